@@ -1,0 +1,129 @@
+//! Conntrack: one LRU table shared by all CPUs holds both directions of every flow. The
+//! consumer-to-target entry is keyed by consumer network + 5-tuple; the reply entry by
+//! the translated 5-tuple on the provider side. A flow stays on its target for life.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
+use endpoint_common::{
+    counter, hash,
+    maps::{Addr, Endpoint, FAMILY_IPV4, Flow, FlowKey, PROTO_TCP, PROVIDER_NETWORK},
+};
+
+use crate::{maps::FLOWS, outcome::Outcome, parse::Tcp, select::Choice};
+
+/// How many NAT ports a new flow tries before it is dropped as exhausted.
+const NAT_PORT_ATTEMPTS: u32 = 8;
+
+/// The key of a packet as it arrives, in the given network.
+#[inline(always)]
+fn key_of(network: u32, packet: &Tcp) -> FlowKey {
+    // SAFETY: `parse` checked the headers lie within the frame.
+    let (ip, tcp) = unsafe { (&*packet.ip, &*packet.tcp) };
+    FlowKey {
+        network,
+        src: Addr::ipv4(ip.src_addr),
+        dst: Addr::ipv4(ip.dst_addr),
+        src_port_be: u16::from_ne_bytes(tcp.source),
+        dst_port_be: u16::from_ne_bytes(tcp.dest),
+        proto: PROTO_TCP,
+        family: FAMILY_IPV4,
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+pub fn forward_key(network: u32, packet: &Tcp) -> FlowKey {
+    key_of(network, packet)
+}
+
+#[inline(always)]
+pub fn lookup(key: &FlowKey) -> Option<Flow> {
+    // SAFETY: plain data; see `classify::interface`.
+    FLOWS.get_ptr(key).map(|flow| unsafe { *flow })
+}
+
+/// The flow a provider-side packet to a NAT address belongs to. A packet that matches
+/// none is dropped: the provider side can never open anything towards a consumer.
+#[inline(always)]
+pub fn reply(packet: &Tcp) -> Result<Flow, Outcome> {
+    lookup(&key_of(PROVIDER_NETWORK, packet)).ok_or(Outcome::drop(counter::DROP_REPLY_NO_FLOW))
+}
+
+/// Only a SYN (without ACK) may open a flow.
+#[inline(always)]
+pub fn require_syn(packet: &Tcp, endpoint: u32) -> Result<(), Outcome> {
+    // SAFETY: as in `key_of`.
+    let tcp = unsafe { &*packet.tcp };
+    if tcp.syn() != 0 && tcp.ack() == 0 {
+        Ok(())
+    } else {
+        Err(Outcome::drop_for(counter::DROP_NO_FLOW, endpoint))
+    }
+}
+
+/// Opens a flow: finds a NAT port free towards the target (the reply entry is inserted
+/// only if absent, which makes the choice race-free across CPUs), then the forward entry.
+#[inline(always)]
+pub fn open(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    packet: &Tcp,
+    endpoint: &Endpoint,
+    choice: &Choice,
+) -> Result<Flow, Outcome> {
+    // SAFETY: as in `key_of`.
+    let eth = unsafe { &*packet.eth };
+    let span = (choice.nat_port_max - choice.nat_port_min) as u32 + 1;
+    let start = hash::nat(choice.hash, key.network);
+    let mut reply_key = FlowKey {
+        network: PROVIDER_NETWORK,
+        src: choice.target.addr,
+        dst: choice.nat.addr,
+        src_port_be: choice.target.port_be,
+        dst_port_be: 0,
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    };
+    let reply = Flow {
+        src: key.dst,
+        dst: key.src,
+        src_port_be: key.dst_port_be,
+        dst_port_be: key.src_port_be,
+        peer_network: key.network,
+        endpoint: endpoint.id,
+        target: choice.target_index,
+        ifindex: ctx.ingress_ifindex() as u32,
+        // Replies go back to whoever sent this, from the address it sent to.
+        mac_src: eth.dst_addr,
+        mac_dst: eth.src_addr,
+    };
+    let mut attempt = 0;
+    while attempt < NAT_PORT_ATTEMPTS {
+        // An odd multiplier walks the whole range in a scattered order.
+        let offset = start.wrapping_add(attempt.wrapping_mul(0x9e37_79b1)) % span;
+        let port = choice.nat_port_min + offset as u16;
+        reply_key.dst_port_be = port.to_be();
+        if FLOWS.insert(&reply_key, &reply, BPF_NOEXIST as u64).is_ok() {
+            let forward = Flow {
+                src: choice.nat.addr,
+                dst: choice.target.addr,
+                src_port_be: reply_key.dst_port_be,
+                dst_port_be: choice.target.port_be,
+                peer_network: PROVIDER_NETWORK,
+                endpoint: endpoint.id,
+                target: choice.target_index,
+                ifindex: choice.nat.ifindex,
+                mac_src: [0; 6],
+                mac_dst: [0; 6],
+            };
+            if FLOWS.insert(key, &forward, BPF_NOEXIST as u64).is_ok() {
+                return Ok(forward);
+            }
+            // Another CPU opened the same flow first (a retransmitted SYN): use theirs.
+            let _ = FLOWS.remove(&reply_key);
+            return lookup(key).ok_or(Outcome::drop_for(counter::DROP_NO_FLOW, endpoint.id));
+        }
+        attempt += 1;
+    }
+    Err(Outcome::drop_for(counter::DROP_NAT_EXHAUSTED, endpoint.id))
+}

@@ -1,0 +1,116 @@
+//! Forward: where the rewritten packet goes. Towards a target: a FIB lookup gives the
+//! egress interface and MACs, and any failure drops the packet (counted by reason)
+//! before it is rewritten. Back to a consumer: the interface and MACs the flow arrived
+//! with, because a FIB lookup cannot tell overlapping consumer networks apart.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams, xdp_action,
+    },
+    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use endpoint_common::{
+    counter,
+    maps::{Addr, Flow},
+};
+use network_types::eth::EthHdr;
+
+use crate::{outcome::Outcome, parse::Tcp};
+
+const AF_INET: u8 = 2;
+
+pub struct Route {
+    pub ifindex: u32,
+    pub mac_src: [u8; 6],
+    pub mac_dst: [u8; 6],
+}
+
+impl Route {
+    #[inline(always)]
+    pub fn back_to_consumer(flow: &Flow) -> Self {
+        Self {
+            ifindex: flow.ifindex,
+            mac_src: flow.mac_src,
+            mac_dst: flow.mac_dst,
+        }
+    }
+}
+
+/// A router does not forward a packet whose TTL would reach zero.
+#[inline(always)]
+pub fn check_ttl(packet: &Tcp, endpoint: u32) -> Result<(), Outcome> {
+    // SAFETY: `parse` checked the header lies within the frame.
+    if unsafe { (*packet.ip).ttl } > 1 {
+        Ok(())
+    } else {
+        Err(Outcome::drop_for(counter::DROP_TTL_EXPIRED, endpoint))
+    }
+}
+
+/// The route from `src` to `dst`, looked up as if the packet arrived on `ifindex`
+/// (the NAT address's provider interface).
+#[inline(always)]
+pub fn route(
+    ctx: &XdpContext,
+    packet: &Tcp,
+    src: Addr,
+    dst: Addr,
+    ifindex: u32,
+    endpoint: u32,
+) -> Result<Route, Outcome> {
+    // SAFETY: `parse` checked the header lies within the frame.
+    let ip = unsafe { &*packet.ip };
+    // SAFETY: an all-zero `bpf_fib_lookup` is a valid (empty) request.
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = ip.proto;
+    params.__bindgen_anon_1.tot_len = ip.tot_len();
+    params.__bindgen_anon_2.tos = ip.tos;
+    params.ifindex = ifindex;
+    params.__bindgen_anon_3.ipv4_src = src.ipv4_be();
+    params.__bindgen_anon_4.ipv4_dst = dst.ipv4_be();
+    // SAFETY: the helper reads and writes only `params`.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut params,
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    let reason = match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            return Ok(Route {
+                ifindex: params.ifindex,
+                mac_src: params.smac,
+                mac_dst: params.dmac,
+            });
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => counter::DROP_FIB_NO_NEIGHBOUR,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => counter::DROP_FIB_FRAG_NEEDED,
+        _ => counter::DROP_FIB_UNREACHABLE,
+    };
+    Err(Outcome::drop_for(reason, endpoint))
+}
+
+/// Sends the rewritten packet: back out the interface it came in on, or to another.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, packet: &Tcp, route: &Route, counter: u32, endpoint: u32) -> Outcome {
+    // SAFETY: `parse` checked the header lies within the frame.
+    let eth: &mut EthHdr = unsafe { &mut *packet.eth };
+    eth.src_addr = route.mac_src;
+    eth.dst_addr = route.mac_dst;
+    let action = if route.ifindex == ctx.ingress_ifindex() as u32 {
+        xdp_action::XDP_TX
+    } else {
+        // SAFETY: a plain helper call; it returns the XDP action to take.
+        unsafe { bpf_redirect(route.ifindex, 0) as u32 }
+    };
+    Outcome {
+        action,
+        counter,
+        endpoint,
+    }
+}

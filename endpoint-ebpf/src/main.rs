@@ -1,0 +1,111 @@
+//! The XDP program. Every packet on an attached interface makes the same journey:
+//!
+//! parse → classify (endpoint traffic? a reply? an ARP request for our address?) →
+//! policy (acceptance) → conntrack (find or open the flow) → select (target, NAT
+//! address) → forward (route lookup, decided before anything is rewritten) → nat
+//! (rewrite addresses, ports, TTL and checksums) → send; and every outcome is counted.
+#![no_std]
+#![no_main]
+
+mod arp;
+mod classify;
+mod conntrack;
+mod forward;
+mod maps;
+mod nat;
+mod outcome;
+mod parse;
+mod policy;
+mod select;
+mod stats;
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+use endpoint_common::{
+    counter,
+    maps::{Endpoint, Interface},
+};
+
+use crate::{
+    outcome::Outcome,
+    parse::{Frame, Tcp},
+};
+
+#[xdp]
+pub fn endpoint(ctx: XdpContext) -> u32 {
+    let outcome = match journey(&ctx) {
+        Ok(outcome) | Err(outcome) => outcome,
+    };
+    stats::count(&ctx, &outcome);
+    outcome.action
+}
+
+/// Each step either hands the packet on or ends the journey with an [`Outcome`] (`Err`).
+#[inline(always)]
+fn journey(ctx: &XdpContext) -> Result<Outcome, Outcome> {
+    let interface = classify::interface(ctx)?;
+    match parse::frame(ctx)? {
+        Frame::Arp { eth, arp } => arp::answer(ctx, &interface, eth, arp),
+        Frame::Unsupported { dst, counter } => classify::unsupported(ctx, dst, counter),
+        Frame::Tcp(packet) => {
+            if let Some(endpoint) = classify::endpoint(&interface, &packet) {
+                return consumer_to_target(ctx, &interface, &packet, &endpoint);
+            }
+            if classify::reply(ctx, &interface, &packet) {
+                return target_to_consumer(ctx, &packet);
+            }
+            Ok(Outcome::pass())
+        }
+    }
+}
+
+/// A packet from a consumer to one of its endpoints.
+#[inline(always)]
+fn consumer_to_target(
+    ctx: &XdpContext,
+    interface: &Interface,
+    packet: &Tcp,
+    endpoint: &Endpoint,
+) -> Result<Outcome, Outcome> {
+    policy::admit(endpoint)?;
+    forward::check_ttl(packet, endpoint.id)?;
+    let key = conntrack::forward_key(interface.network, packet);
+    let (flow, route, counter) = match conntrack::lookup(&key) {
+        Some(flow) => {
+            let route = forward::route(ctx, packet, flow.src, flow.dst, flow.ifindex, endpoint.id)?;
+            (flow, route, counter::FORWARD)
+        }
+        None => {
+            conntrack::require_syn(packet, endpoint.id)?;
+            let choice = select::choose(endpoint, &key)?;
+            // The route is decided before any state exists: a SYN that cannot be
+            // forwarded leaves nothing behind, and its retransmission tries again.
+            let (nat, target) = (&choice.nat, &choice.target);
+            let route = forward::route(ctx, packet, nat.addr, target.addr, nat.ifindex, endpoint.id)?;
+            let flow = conntrack::open(ctx, &key, packet, endpoint, &choice)?;
+            (flow, route, counter::FORWARD_NEW)
+        }
+    };
+    nat::rewrite(packet, &flow);
+    Ok(forward::send(ctx, packet, &route, counter, endpoint.id))
+}
+
+/// A packet from a target back to a NAT address.
+#[inline(always)]
+fn target_to_consumer(ctx: &XdpContext, packet: &Tcp) -> Result<Outcome, Outcome> {
+    let flow = conntrack::reply(packet)?;
+    forward::check_ttl(packet, flow.endpoint)?;
+    let route = forward::Route::back_to_consumer(&flow);
+    nat::rewrite(packet, &flow);
+    Ok(forward::send(ctx, packet, &route, counter::REPLY, flow.endpoint))
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // A panic path that survives optimisation makes the verifier reject the program.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
