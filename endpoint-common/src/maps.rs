@@ -57,7 +57,19 @@ pub struct Interface {
     pub network: u32,
     /// The interface's own Ethernet address, for ARP replies.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// How a frame goes back out the interface it came in on ([`bounce`]).
+    pub bounce: u8,
+    pub _pad: u8,
+}
+
+/// Ways to send a frame back out its ingress interface (values of [`Interface::bounce`]).
+pub mod bounce {
+    /// `XDP_TX`: the fast way on real NICs.
+    pub const TX: u8 = 0;
+    /// A redirect to the same interface. On veth, `XDP_TX` frames wait in the peer's ring
+    /// until other traffic wakes it, unless the peer runs an XDP program; a redirect
+    /// flushes them at once.
+    pub const REDIRECT: u8 = 1;
 }
 
 /// Acceptance states of an endpoint, as stored in [`Endpoint::state`].

@@ -2,11 +2,11 @@
 //! provider interfaces, so consumers and targets reach them with no setup on the node
 //! (and two consumer networks can use the same endpoint IP).
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use endpoint_common::{counter, maps::Interface};
 use network_types::{arp::ArpHdr, eth::EthHdr};
 
-use crate::{classify, outcome::Outcome};
+use crate::{classify, forward, outcome::Outcome};
 
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
@@ -45,7 +45,7 @@ pub fn answer(
     eth.dst_addr = asker_mac;
     eth.src_addr = mac;
     Ok(Outcome {
-        action: xdp_action::XDP_TX,
+        action: forward::bounce(ctx, interface),
         counter: counter::ARP_REPLY,
         endpoint: 0,
     })

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use endpoint_common::{
     counter,
-    maps::{Addr, Flow},
+    maps::{Addr, Flow, Interface, bounce},
 };
 use network_types::eth::EthHdr;
 
@@ -97,20 +97,42 @@ pub fn route(
 
 /// Sends the rewritten packet: back out the interface it came in on, or to another.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, packet: &Tcp, route: &Route, counter: u32, endpoint: u32) -> Outcome {
+pub fn send(
+    ctx: &XdpContext,
+    interface: &Interface,
+    packet: &Tcp,
+    route: &Route,
+    counter: u32,
+    endpoint: u32,
+) -> Outcome {
     // SAFETY: `parse` checked the header lies within the frame.
     let eth: &mut EthHdr = unsafe { &mut *packet.eth };
     eth.src_addr = route.mac_src;
     eth.dst_addr = route.mac_dst;
     let action = if route.ifindex == ctx.ingress_ifindex() as u32 {
-        xdp_action::XDP_TX
+        bounce(ctx, interface)
     } else {
-        // SAFETY: a plain helper call; it returns the XDP action to take.
-        unsafe { bpf_redirect(route.ifindex, 0) as u32 }
+        redirect(route.ifindex)
     };
     Outcome {
         action,
         counter,
         endpoint,
     }
+}
+
+/// The action that sends the frame back out its ingress interface.
+#[inline(always)]
+pub fn bounce(ctx: &XdpContext, interface: &Interface) -> u32 {
+    if interface.bounce == bounce::REDIRECT {
+        redirect(ctx.ingress_ifindex() as u32)
+    } else {
+        xdp_action::XDP_TX
+    }
+}
+
+#[inline(always)]
+fn redirect(ifindex: u32) -> u32 {
+    // SAFETY: a plain helper call; it returns the XDP action to take.
+    unsafe { bpf_redirect(ifindex, 0) as u32 }
 }

@@ -51,7 +51,7 @@ fn journey(ctx: &XdpContext) -> Result<Outcome, Outcome> {
                 return consumer_to_target(ctx, &interface, &packet, &endpoint);
             }
             if classify::reply(ctx, &interface, &packet) {
-                return target_to_consumer(ctx, &packet);
+                return target_to_consumer(ctx, &interface, &packet);
             }
             Ok(Outcome::pass())
         }
@@ -86,17 +86,28 @@ fn consumer_to_target(
         }
     };
     nat::rewrite(packet, &flow);
-    Ok(forward::send(ctx, packet, &route, counter, endpoint.id))
+    Ok(forward::send(ctx, interface, packet, &route, counter, endpoint.id))
 }
 
 /// A packet from a target back to a NAT address.
 #[inline(always)]
-fn target_to_consumer(ctx: &XdpContext, packet: &Tcp) -> Result<Outcome, Outcome> {
+fn target_to_consumer(
+    ctx: &XdpContext,
+    interface: &Interface,
+    packet: &Tcp,
+) -> Result<Outcome, Outcome> {
     let flow = conntrack::reply(packet)?;
     forward::check_ttl(packet, flow.endpoint)?;
     let route = forward::Route::back_to_consumer(&flow);
     nat::rewrite(packet, &flow);
-    Ok(forward::send(ctx, packet, &route, counter::REPLY, flow.endpoint))
+    Ok(forward::send(
+        ctx,
+        interface,
+        packet,
+        &route,
+        counter::REPLY,
+        flow.endpoint,
+    ))
 }
 
 #[cfg(not(test))]

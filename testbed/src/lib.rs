@@ -1,1 +1,14 @@
+//! A small network of namespaces for the demo, the end-to-end tests and the benchmarks:
+//! consumers (two with the same addresses) — node (the agent) — provider (real TCP
+//! servers as targets). Everything it makes it removes, on drop and, for what a killed
+//! run left behind, at the next start.
 
+mod agent;
+mod netns;
+mod tcp;
+mod topology;
+
+pub use agent::Agent;
+pub use netns::{Namespace, sweep};
+pub use tcp::{Answer, Server, ask, at, connect, exchange};
+pub use topology::{Topology, addresses};

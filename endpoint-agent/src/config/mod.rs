@@ -1,0 +1,295 @@
+//! The YAML model: what the node, its services and their endpoints look like, in the
+//! product's words. `load` reads and checks a file; nothing reaches the maps unless the
+//! whole file is valid.
+
+mod lines;
+mod validate;
+
+use std::{fmt, net::Ipv4Addr, path::Path};
+
+use serde::Deserialize;
+
+pub use self::{
+    lines::Lines,
+    validate::{Problem, Severity, validate},
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: Node,
+    #[serde(default)]
+    pub services: Vec<Service>,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// The node the agent runs on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub interfaces: Vec<Interface>,
+    /// Ports NAT addresses use towards targets.
+    #[serde(default)]
+    pub nat_ports: PortRange,
+    /// Seed of the flow hash: the same on every node, so all pick the same target.
+    #[serde(default)]
+    pub hash_seed: u32,
+    #[serde(default)]
+    pub tables: Tables,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    pub name: String,
+    pub role: Role,
+    /// For `consumer` and `both`: the consumer network (VPC) behind this interface.
+    pub consumer_network: Option<String>,
+    /// For `provider` and `both`: addresses targets see connections come from.
+    #[serde(default)]
+    pub nat_addresses: Vec<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Consumer,
+    Provider,
+    Both,
+}
+
+impl Role {
+    pub fn consumer(self) -> bool {
+        matches!(self, Role::Consumer | Role::Both)
+    }
+
+    pub fn provider(self) -> bool {
+        matches!(self, Role::Provider | Role::Both)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        Self {
+            first: 1024,
+            last: 65535,
+        }
+    }
+}
+
+/// BPF map sizes: fixed when the program is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tables {
+    /// Connection-table entries (two per connection).
+    pub flows: u32,
+    /// Endpoints (each has its own counters).
+    pub endpoints: u32,
+    /// Targets over all services.
+    pub targets: u32,
+    /// Target rings: one per listener of each load balancer.
+    pub rings: u32,
+    /// Slots per ring: a prime, at least 100 × the targets of any listener.
+    pub ring_size: u32,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Self {
+            flows: 1 << 18,
+            endpoints: 4096,
+            targets: 16384,
+            rings: 1024,
+            ring_size: 1021,
+        }
+    }
+}
+
+/// An endpoint service, published by a provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    /// Whether the provider must accept each endpoint before it carries traffic.
+    #[serde(default = "yes")]
+    pub acceptance_required: bool,
+    /// Principals (accounts) that may create endpoints; `*` = anyone.
+    #[serde(default)]
+    pub allowed_principals: Vec<String>,
+    pub load_balancers: Vec<LoadBalancer>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A network load balancer in one zone. Endpoints are spread over a service's load
+/// balancers round-robin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancer {
+    pub name: String,
+    pub zone: String,
+    pub listeners: Vec<Listener>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// An interface endpoint: an IP address in a consumer network that reaches a service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub id: String,
+    pub service: String,
+    pub principal: String,
+    pub consumer_network: String,
+    pub ip: Ipv4Addr,
+    pub zone: String,
+    pub state: State,
+}
+
+/// An endpoint's state. Only `available` carries traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum State {
+    PendingAcceptance,
+    Pending,
+    Available,
+    Rejected,
+    Failed,
+    Deleting,
+    Deleted,
+    Expired,
+}
+
+impl State {
+    /// The code the XDP program sees.
+    pub fn code(self) -> u32 {
+        use endpoint_common::maps::state;
+        match self {
+            State::Available => state::AVAILABLE,
+            State::PendingAcceptance => state::PENDING_ACCEPTANCE,
+            State::Pending => state::PENDING,
+            State::Rejected => state::REJECTED,
+            State::Failed => state::FAILED,
+            State::Deleting => state::DELETING,
+            State::Deleted => state::DELETED,
+            State::Expired => state::EXPIRED,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            State::PendingAcceptance => "pendingAcceptance",
+            State::Pending => "pending",
+            State::Available => "available",
+            State::Rejected => "rejected",
+            State::Failed => "failed",
+            State::Deleting => "deleting",
+            State::Deleted => "deleted",
+            State::Expired => "expired",
+        };
+        f.write_str(name)
+    }
+}
+
+/// A config file that failed to load: every problem, each with its line.
+#[derive(Debug)]
+pub struct Invalid {
+    pub report: String,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.report)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+/// A valid config and the warnings it raised.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Reads, parses and validates `path`.
+pub fn load(path: &Path) -> Result<Loaded, Invalid> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| Invalid {
+        report: format!("{name}: cannot read: {e}"),
+    })?;
+    parse(&name, &text)
+}
+
+/// Parses and validates `text`, naming it `name` in messages.
+pub fn parse(name: &str, text: &str) -> Result<Loaded, Invalid> {
+    let config: Config = serde_yaml::from_str(text).map_err(|e| Invalid {
+        report: match e.location() {
+            Some(at) => format!("{name}:{}:{}: error: {e}", at.line(), at.column()),
+            None => format!("{name}: error: {e}"),
+        },
+    })?;
+    let lines = Lines::index(text);
+    let render = |p: &Problem| {
+        let at = lines.find(&p.path).map_or(String::new(), |at| format!("{}:", at.line));
+        format!("{name}:{at} {p}")
+    };
+    let problems = validate(&config);
+    let (errors, warnings): (Vec<_>, Vec<_>) = problems
+        .iter()
+        .partition(|p| p.severity == Severity::Error);
+    if !errors.is_empty() {
+        let mut report: Vec<String> = errors.iter().map(|p| render(p)).collect();
+        report.push(format!(
+            "{name}: {} error(s); nothing was applied",
+            errors.len()
+        ));
+        return Err(Invalid {
+            report: report.join("\n"),
+        });
+    }
+    Ok(Loaded {
+        config,
+        warnings: warnings.iter().map(|p| render(p)).collect(),
+    })
+}

@@ -1,0 +1,438 @@
+//! Every check a config must pass before anything is applied. Each problem names the
+//! object, the field (as a path the line index resolves) and what would be valid.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt,
+    net::Ipv4Addr,
+};
+
+use super::{Config, Protocol, State};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub severity: Severity,
+    /// The object, in the product's words: `endpoint "vpce-1"`.
+    pub object: String,
+    /// The field's path in the file: `endpoints[3].service`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{severity}: {} ({}): {}", self.object, self.path, self.message)
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn error(&mut self, object: &str, path: String, message: String) {
+        self.push(Severity::Error, object, path, message);
+    }
+
+    fn warning(&mut self, object: &str, path: String, message: String) {
+        self.push(Severity::Warning, object, path, message);
+    }
+
+    fn push(&mut self, severity: Severity, object: &str, path: String, message: String) {
+        self.0.push(Problem {
+            severity,
+            object: object.to_string(),
+            path,
+            message,
+        });
+    }
+}
+
+/// All problems of `config`, errors and warnings, in file order.
+pub fn validate(config: &Config) -> Vec<Problem> {
+    let mut problems = Problems::default();
+    let networks = node(config, &mut problems);
+    services(config, &mut problems);
+    endpoints(config, &networks, &mut problems);
+    tables(config, &mut problems);
+    problems.0
+}
+
+/// A usable unicast host address.
+fn unicast(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
+}
+
+fn list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<_> = names.into_iter().collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Checks the node; returns its consumer networks.
+fn node(config: &Config, problems: &mut Problems) -> BTreeSet<String> {
+    let node = &config.node;
+    let mut networks = BTreeSet::new();
+    let mut names = BTreeSet::new();
+    let mut nat_addresses = BTreeSet::new();
+    if node.interfaces.is_empty() {
+        problems.error(
+            "node",
+            "node.interfaces".into(),
+            "no interfaces: list at least one consumer and one provider interface".into(),
+        );
+    }
+    for (i, interface) in node.interfaces.iter().enumerate() {
+        let object = format!("interface {:?}", interface.name);
+        let path = |field: &str| format!("node.interfaces[{i}].{field}");
+        if interface.name.is_empty() || interface.name.len() > 15 {
+            problems.error(
+                &object,
+                path("name"),
+                "an interface name has 1 to 15 characters".into(),
+            );
+        }
+        if !names.insert(interface.name.as_str()) {
+            problems.error(&object, path("name"), "interface listed twice".into());
+        }
+        match (&interface.consumer_network, interface.role.consumer()) {
+            (Some(network), true) if !network.is_empty() => {
+                networks.insert(network.clone());
+            }
+            (_, true) => problems.error(
+                &object,
+                path("consumer_network"),
+                "a consumer interface needs the consumer network (VPC) behind it".into(),
+            ),
+            (Some(_), false) => problems.error(
+                &object,
+                path("consumer_network"),
+                "only `consumer` and `both` interfaces face a consumer network".into(),
+            ),
+            (None, false) => {}
+        }
+        if !interface.nat_addresses.is_empty() && !interface.role.provider() {
+            problems.error(
+                &object,
+                path("nat_addresses"),
+                "NAT addresses live on `provider` or `both` interfaces".into(),
+            );
+        }
+        for (j, &addr) in interface.nat_addresses.iter().enumerate() {
+            if !unicast(addr) {
+                problems.error(
+                    &object,
+                    path(&format!("nat_addresses[{j}]")),
+                    format!("{addr} is not a unicast host address"),
+                );
+            }
+            if !nat_addresses.insert(addr) {
+                problems.error(
+                    &object,
+                    path(&format!("nat_addresses[{j}]")),
+                    format!("NAT address {addr} is listed twice"),
+                );
+            }
+        }
+    }
+    if !node.interfaces.is_empty() {
+        if networks.is_empty() {
+            problems.error(
+                "node",
+                "node.interfaces".into(),
+                "no consumer interface: endpoints would be unreachable".into(),
+            );
+        }
+        if nat_addresses.is_empty() {
+            problems.error(
+                "node",
+                "node.interfaces".into(),
+                "no NAT address: give a provider interface `nat_addresses`".into(),
+            );
+        }
+    }
+    let ports = node.nat_ports;
+    if ports.first == 0 || ports.first > ports.last {
+        problems.error(
+            "node",
+            "node.nat_ports".into(),
+            format!(
+                "NAT ports {}-{} are not a range: need 1 <= first <= last <= 65535",
+                ports.first, ports.last
+            ),
+        );
+    }
+    networks
+}
+
+fn services(config: &Config, problems: &mut Problems) {
+    let mut names = BTreeSet::new();
+    for (s, service) in config.services.iter().enumerate() {
+        let object = format!("service {:?}", service.name);
+        let path = |field: &str| format!("services[{s}].{field}");
+        if service.name.is_empty() {
+            problems.error(&object, path("name"), "a service needs a name".into());
+        }
+        if !names.insert(service.name.as_str()) {
+            problems.error(&object, path("name"), "service defined twice".into());
+        }
+        if service.allowed_principals.iter().any(|p| p == "*") && !service.acceptance_required {
+            problems.warning(
+                &object,
+                path("allowed_principals"),
+                "`*` without acceptance_required makes the service public: anyone's endpoint \
+                 is available at once"
+                    .into(),
+            );
+        }
+        if service.load_balancers.is_empty() {
+            problems.error(
+                &object,
+                path("load_balancers"),
+                "a service needs at least one load balancer".into(),
+            );
+        }
+        let mut lb_names = BTreeSet::new();
+        let mut first_ports: Option<BTreeSet<u16>> = None;
+        for (l, lb) in service.load_balancers.iter().enumerate() {
+            let path = |field: &str| format!("services[{s}].load_balancers[{l}].{field}");
+            let lb_object = format!("load balancer {:?} of service {:?}", lb.name, service.name);
+            if !lb_names.insert(lb.name.as_str()) {
+                problems.error(&lb_object, path("name"), "load balancer listed twice".into());
+            }
+            if lb.zone.is_empty() {
+                problems.error(&lb_object, path("zone"), "a load balancer needs a zone".into());
+            }
+            if lb.listeners.is_empty() {
+                problems.error(
+                    &lb_object,
+                    path("listeners"),
+                    "a load balancer needs at least one listener".into(),
+                );
+            }
+            let mut ports = BTreeSet::new();
+            for (n, listener) in lb.listeners.iter().enumerate() {
+                let path = |field: &str| {
+                    format!("services[{s}].load_balancers[{l}].listeners[{n}].{field}")
+                };
+                if listener.port == 0 {
+                    problems.error(&lb_object, path("port"), "port 0 is not a listener port".into());
+                }
+                if !ports.insert(listener.port) {
+                    problems.error(
+                        &lb_object,
+                        path("port"),
+                        format!("port {} has two listeners", listener.port),
+                    );
+                }
+                if listener.protocol == Protocol::Udp {
+                    problems.error(
+                        &lb_object,
+                        path("protocol"),
+                        "UDP listeners are not supported yet: use `tcp`".into(),
+                    );
+                }
+                if listener.targets.is_empty() {
+                    problems.warning(
+                        &lb_object,
+                        path("targets"),
+                        format!("listener {} has no targets: its connections are dropped", listener.port),
+                    );
+                }
+                let mut seen = BTreeSet::new();
+                for (t, target) in listener.targets.iter().enumerate() {
+                    let field = |f: &str| format!("{}[{t}].{f}", path("targets"));
+                    if !unicast(target.ip) {
+                        problems.error(
+                            &lb_object,
+                            field("ip"),
+                            format!("{} is not a unicast host address", target.ip),
+                        );
+                    }
+                    if target.port == 0 {
+                        problems.error(&lb_object, field("port"), "a target needs a port (1-65535)".into());
+                    }
+                    if target.weight > 1_000_000 {
+                        problems.error(
+                            &lb_object,
+                            field("weight"),
+                            format!("weight {} is above the maximum, 1000000", target.weight),
+                        );
+                    }
+                    if !seen.insert((target.ip, target.port)) {
+                        problems.error(
+                            &lb_object,
+                            field("ip"),
+                            format!("target {}:{} listed twice", target.ip, target.port),
+                        );
+                    }
+                }
+            }
+            match &first_ports {
+                None => first_ports = Some(ports),
+                Some(first) if *first != ports => problems.error(
+                    &lb_object,
+                    path("listeners"),
+                    format!(
+                        "listens on ports {ports:?} but the service's first load balancer on \
+                         {first:?}: all load balancers of a service serve the same ports"
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Problems) {
+    let services: HashMap<&str, &super::Service> =
+        config.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut ids = BTreeSet::new();
+    // (network, ip, port) → endpoint id that has it.
+    let mut bound: BTreeMap<(&str, Ipv4Addr, u16), &str> = BTreeMap::new();
+    for (e, endpoint) in config.endpoints.iter().enumerate() {
+        let object = format!("endpoint {:?}", endpoint.id);
+        let path = |field: &str| format!("endpoints[{e}].{field}");
+        if endpoint.id.is_empty() {
+            problems.error(&object, path("id"), "an endpoint needs an id".into());
+        }
+        if !ids.insert(endpoint.id.as_str()) {
+            problems.error(&object, path("id"), "endpoint id used twice".into());
+        }
+        if !networks.contains(&endpoint.consumer_network) {
+            problems.error(
+                &object,
+                path("consumer_network"),
+                format!(
+                    "no interface faces consumer network {:?}; known: {}",
+                    endpoint.consumer_network,
+                    list(networks.iter().map(String::as_str))
+                ),
+            );
+        }
+        if !unicast(endpoint.ip) {
+            problems.error(
+                &object,
+                path("ip"),
+                format!("{} is not a unicast host address", endpoint.ip),
+            );
+        }
+        let Some(service) = services.get(endpoint.service.as_str()) else {
+            problems.error(
+                &object,
+                path("service"),
+                format!(
+                    "no service named {:?}; services: {}",
+                    endpoint.service,
+                    list(config.services.iter().map(|s| s.name.as_str()))
+                ),
+            );
+            continue;
+        };
+        let allowed = service
+            .allowed_principals
+            .iter()
+            .any(|p| p == "*" || *p == endpoint.principal);
+        if !allowed && endpoint.state == State::Available {
+            problems.error(
+                &object,
+                path("principal"),
+                format!(
+                    "principal {:?} is not allowed by service {:?} (allowed: {}), so the \
+                     endpoint cannot be available; set state: rejected or allow the principal",
+                    endpoint.principal,
+                    service.name,
+                    list(service.allowed_principals.iter().map(String::as_str))
+                ),
+            );
+        }
+        let ports = service
+            .load_balancers
+            .first()
+            .map(|lb| lb.listeners.iter().map(|l| l.port).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for port in ports {
+            let slot = (endpoint.consumer_network.as_str(), endpoint.ip, port);
+            if let Some(other) = bound.insert(slot, endpoint.id.as_str()) {
+                problems.error(
+                    &object,
+                    path("ip"),
+                    format!(
+                        "{}:{port} in consumer network {:?} is already endpoint {other:?}",
+                        endpoint.ip, endpoint.consumer_network
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn tables(config: &Config, problems: &mut Problems) {
+    let tables = &config.node.tables;
+    let listeners: Vec<_> = config
+        .services
+        .iter()
+        .flat_map(|s| &s.load_balancers)
+        .flat_map(|lb| &lb.listeners)
+        .collect();
+    let targets: usize = listeners.iter().map(|l| l.targets.len()).sum();
+    let most = listeners.iter().map(|l| l.targets.len()).max().unwrap_or(0);
+    let mut check = |field: &str, have: usize, limit: u32, what: &str| {
+        if have > limit as usize {
+            problems.error(
+                "node",
+                format!("node.tables.{field}"),
+                format!("{have} {what} do not fit in tables.{field} = {limit}; raise it"),
+            );
+        }
+    };
+    check("endpoints", config.endpoints.len(), tables.endpoints, "endpoints");
+    check("targets", targets, tables.targets, "targets");
+    check("rings", listeners.len(), tables.rings, "listeners");
+    if tables.flows < 2 {
+        problems.error(
+            "node",
+            "node.tables.flows".into(),
+            "the flow table needs room for at least one connection (2 entries)".into(),
+        );
+    }
+    if !is_prime(tables.ring_size) || (tables.ring_size as usize) < 100 * most.max(1) {
+        problems.error(
+            "node",
+            "node.tables.ring_size".into(),
+            format!(
+                "ring_size {} must be a prime of at least 100 x the targets of the largest \
+                 listener ({most}); e.g. {}",
+                tables.ring_size,
+                next_prime(100 * most.max(1) as u32)
+            ),
+        );
+    }
+    if (tables.rings as u64) * (tables.ring_size as u64) > u32::MAX as u64 / 4 {
+        problems.error(
+            "node",
+            "node.tables.rings".into(),
+            "rings x ring_size is too large for one BPF array".into(),
+        );
+    }
+}
+
+fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+fn next_prime(from: u32) -> u32 {
+    (from..).find(|&n| is_prime(n)).unwrap_or(from)
+}

@@ -1,0 +1,129 @@
+//! Network namespaces with unique names, deleted on drop.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Every namespace we make is named `epx-<pid>-<n>-<role>`.
+const PREFIX: &str = "epx-";
+
+pub struct Namespace {
+    name: String,
+}
+
+impl Namespace {
+    /// A new, empty namespace with loopback up.
+    pub fn new(role: &str) -> Result<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        sweep();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{PREFIX}{}-{n}-{role}", std::process::id());
+        run("ip", &["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n <ns> <args>`.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Runs a program inside the namespace and returns its output.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec!["netns", "exec", &self.name, program];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// Runs `f` on a thread inside the namespace. Sockets it opens stay in the namespace
+    /// wherever they are used later.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        std::thread::spawn(move || {
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns: {}", std::io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in {path} panicked"))?
+    }
+
+    /// Sets a sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")]).map(drop)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its interfaces, and veth peers with them.
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// A veth pair `a` (in `ns_a`) — `b` (in `ns_b`), both up.
+pub fn veth(ns_a: &Namespace, a: &str, ns_b: &Namespace, b: &str) -> Result<()> {
+    ns_a.ip(&[
+        "link", "add", "name", a, "type", "veth", "peer", "name", b, "netns", &ns_b.name,
+    ])?;
+    ns_a.ip(&["link", "set", a, "up"])?;
+    ns_b.ip(&["link", "set", b, "up"])?;
+    Ok(())
+}
+
+/// Removes namespaces left behind by runs that were killed before they could clean up
+/// (their process no longer exists).
+pub fn sweep() {
+    let Ok(list) = run("ip", &["netns", "list"]) else {
+        return;
+    };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = run("ip", &["netns", "del", name]);
+        }
+    }
+}
+
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

@@ -1,0 +1,140 @@
+//! Real TCP: target servers that say who they are and whom they saw, and clients that
+//! ask them something through an endpoint. All bounded in time.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::Namespace;
+
+/// A target: answers each line with `<name> <peer ip:port> <line>`, and records every
+/// peer it saw.
+pub struct Server {
+    pub name: String,
+    pub addr: SocketAddrV4,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(ns: &Namespace, name: &str, addr: SocketAddrV4) -> Result<Self> {
+        let listener = ns
+            .enter(move || TcpListener::bind(addr))?
+            .with_context(|| format!("binding {addr} in {}", ns.name()))?;
+        listener.set_nonblocking(true)?;
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (name, peers, stop) = (name.to_string(), peers.clone(), stop.clone());
+            std::thread::spawn(move || serve(&listener, &name, &peers, &stop))
+        };
+        Ok(Self {
+            name: name.to_string(),
+            addr,
+            peers,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Every peer address that connected so far.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(listener: &TcpListener, name: &str, peers: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                peers.lock().unwrap().push(peer);
+                let name = name.to_string();
+                std::thread::spawn(move || {
+                    let _ = answer(stream, &name, peer);
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn answer(stream: TcpStream, name: &str, peer: SocketAddr) -> Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut writer = stream.try_clone()?;
+    for line in BufReader::new(stream).lines() {
+        writeln!(writer, "{name} {peer} {}", line?)?;
+    }
+    Ok(())
+}
+
+/// What a target answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The server's name.
+    pub target: String,
+    /// The address the server saw the connection come from.
+    pub seen_from: SocketAddrV4,
+    pub echo: String,
+}
+
+/// Opens a connection from inside `ns` (bounded by `timeout`).
+pub fn connect(ns: &Namespace, to: SocketAddrV4, timeout: Duration) -> Result<TcpStream> {
+    let stream = ns
+        .enter(move || TcpStream::connect_timeout(&to.into(), timeout))?
+        .with_context(|| format!("connecting to {to} from {}", ns.name()))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
+/// Sends one line on an open connection and reads the answer.
+pub fn exchange(stream: &mut TcpStream, line: &str) -> Result<Answer> {
+    writeln!(stream, "{line}")?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut reply = String::new();
+    if reader.read_line(&mut reply)? == 0 {
+        bail!("connection closed before an answer");
+    }
+    let mut words = reply.trim_end().splitn(3, ' ');
+    let (Some(target), Some(seen_from), echo) = (words.next(), words.next(), words.next()) else {
+        bail!("unexpected answer {reply:?}");
+    };
+    Ok(Answer {
+        target: target.to_string(),
+        seen_from: seen_from.parse().with_context(|| format!("answer {reply:?}"))?,
+        echo: echo.unwrap_or_default().to_string(),
+    })
+}
+
+/// Connects from `ns` to `to`, asks `line`, and closes.
+pub fn ask(ns: &Namespace, to: SocketAddrV4, line: &str, timeout: Duration) -> Result<Answer> {
+    let mut stream = connect(ns, to, timeout)?;
+    let answer = exchange(&mut stream, line)?;
+    let _ = stream.shutdown(Shutdown::Both);
+    Ok(answer)
+}
+
+/// An IPv4 socket address.
+pub fn at(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
