@@ -26,7 +26,9 @@ pub fn fill(ebpf: &mut Ebpf, desired: &Desired) -> Result<()> {
 }
 
 fn set_array<V: Pod>(ebpf: &mut Ebpf, name: &str, values: &[V]) -> Result<()> {
-    let map = ebpf.map_mut(name).with_context(|| format!("no map {name}"))?;
+    let map = ebpf
+        .map_mut(name)
+        .with_context(|| format!("no map {name}"))?;
     let mut array: Array<&mut MapData, V> = Array::try_from(map)?;
     for (i, value) in values.iter().enumerate() {
         array
@@ -41,10 +43,13 @@ fn insert_all<K: Pod + Ord, V: Pod>(
     name: &str,
     entries: &BTreeMap<K, V>,
 ) -> Result<()> {
-    let map = ebpf.map_mut(name).with_context(|| format!("no map {name}"))?;
+    let map = ebpf
+        .map_mut(name)
+        .with_context(|| format!("no map {name}"))?;
     let mut hash: HashMap<&mut MapData, K, V> = HashMap::try_from(map)?;
     for (key, value) in entries {
-        hash.insert(key, value, 0).with_context(|| format!("{name}: inserting"))?;
+        hash.insert(key, value, 0)
+            .with_context(|| format!("{name}: inserting"))?;
     }
     Ok(())
 }

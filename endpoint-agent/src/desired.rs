@@ -75,7 +75,11 @@ pub fn build(config: &Config, link: impl Fn(&str) -> Result<Link>) -> Result<Des
                 roles,
                 network,
                 mac: found.mac,
-                bounce: if found.veth { bounce::REDIRECT } else { bounce::TX },
+                bounce: if found.veth {
+                    bounce::REDIRECT
+                } else {
+                    bounce::TX
+                },
                 _pad: 0,
             },
         );
@@ -121,12 +125,14 @@ pub fn build(config: &Config, link: impl Fn(&str) -> Result<Link>) -> Result<Des
                         weight: t.weight,
                     })
                     .collect();
-                desired.targets.extend(listener.targets.iter().map(|t| Target {
-                    addr: Addr::ipv4(t.ip.octets()),
-                    port_be: t.port.to_be(),
-                    family: FAMILY_IPV4,
-                    _pad: 0,
-                }));
+                desired
+                    .targets
+                    .extend(listener.targets.iter().map(|t| Target {
+                        addr: Addr::ipv4(t.ip.octets()),
+                        port_be: t.port.to_be(),
+                        family: FAMILY_IPV4,
+                        _pad: 0,
+                    }));
                 let ring = maglev::ring(&members, ring_size, node.hash_seed);
                 desired.rings.extend(ring.into_iter().map(|slot| {
                     if slot == maps::NO_TARGET {

@@ -89,7 +89,12 @@ impl Host {
             return Ok(());
         };
         let words: Vec<&str> = route.split_whitespace().collect();
-        let after = |word| words.iter().position(|w| *w == word).and_then(|i| words.get(i + 1));
+        let after = |word| {
+            words
+                .iter()
+                .position(|w| *w == word)
+                .and_then(|i| words.get(i + 1))
+        };
         let (Some(dev), next_hop) = (after("dev"), after("via")) else {
             return Ok(());
         };
@@ -97,15 +102,26 @@ impl Host {
             return Ok(());
         }
         let next_hop: Ipv4Addr = next_hop.map_or(Ok(target), |hop| hop.parse())?;
-        if self.neighbours.iter().any(|(a, d)| *a == next_hop && d == dev) {
+        if self
+            .neighbours
+            .iter()
+            .any(|(a, d)| *a == next_hop && d == dev)
+        {
             return Ok(());
         }
         let existing = ip(&["neigh", "show", &next_hop.to_string(), "dev", dev])?;
         if existing.contains("PERMANENT") {
             return Ok(());
         }
-        ip(&["neigh", "replace", &next_hop.to_string(), "dev", dev, "managed"])
-            .with_context(|| format!("keeping the neighbour {next_hop} on {dev} resolved"))?;
+        ip(&[
+            "neigh",
+            "replace",
+            &next_hop.to_string(),
+            "dev",
+            dev,
+            "managed",
+        ])
+        .with_context(|| format!("keeping the neighbour {next_hop} on {dev} resolved"))?;
         self.neighbours.push((next_hop, dev.to_string()));
         Ok(())
     }

@@ -27,10 +27,21 @@ fn bed() -> Bed {
     let servers = addresses::TARGETS
         .iter()
         .enumerate()
-        .map(|(i, &ip)| Server::start(&topology.provider, &format!("target-{}", i + 1), at(ip, 8080)).unwrap())
+        .map(|(i, &ip)| {
+            Server::start(
+                &topology.provider,
+                &format!("target-{}", i + 1),
+                at(ip, 8080),
+            )
+            .unwrap()
+        })
         .collect();
     let agent = Agent::start(&topology.node, AGENT.as_ref(), &example()).expect("agent");
-    Bed { agent, servers, topology }
+    Bed {
+        agent,
+        servers,
+        topology,
+    }
 }
 
 #[test]
@@ -40,6 +51,10 @@ fn consumer_reaches_a_target_through_its_endpoint_and_the_target_sees_the_nat_ad
         .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", bed.agent.log()));
     assert_eq!(answer.echo, "hello");
     assert!(answer.target.starts_with("target-"));
-    assert_eq!(*answer.seen_from.ip(), NAT, "the target must see the NAT address");
+    assert_eq!(
+        *answer.seen_from.ip(),
+        NAT,
+        "the target must see the NAT address"
+    );
     let _ = (&bed.servers, PENDING);
 }

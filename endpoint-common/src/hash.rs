@@ -11,7 +11,10 @@ const C2: u32 = 0x1b87_3593;
 #[inline(always)]
 const fn round(h: u32, k: u32) -> u32 {
     let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -45,7 +48,10 @@ pub const fn flow(key: &FlowKey, seed: u32) -> u32 {
     let d = key.dst.words_be;
     let ports = (key.src_port_be as u32) | ((key.dst_port_be as u32) << 16);
     let kind = (key.proto as u32) | ((key.family as u32) << 8);
-    words(&[s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], ports, kind], seed)
+    words(
+        &[s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], ports, kind],
+        seed,
+    )
 }
 
 /// A second, independent hash of the same connection that also covers its consumer
@@ -109,7 +115,11 @@ mod tests {
     /// The consumer network does not change the target choice but does change the NAT hash.
     #[test]
     fn network_only_affects_nat_hash() {
-        let a = FlowKey { network: 1, src_port_be: 5, ..FlowKey::default() };
+        let a = FlowKey {
+            network: 1,
+            src_port_be: 5,
+            ..FlowKey::default()
+        };
         let b = FlowKey { network: 2, ..a };
         assert_eq!(flow(&a, 3), flow(&b, 3));
         assert_ne!(nat(flow(&a, 3), a.network), nat(flow(&b, 3), b.network));

@@ -81,7 +81,10 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(i, &weight)| Member { identity: 1000 + i as u64, weight })
+            .map(|(i, &weight)| Member {
+                identity: 1000 + i as u64,
+                weight,
+            })
             .collect()
     }
 
@@ -90,7 +93,10 @@ mod tests {
         for &slot in ring {
             counts[slot as usize] += 1;
         }
-        counts.iter().map(|&c| c as f64 / ring.len() as f64).collect()
+        counts
+            .iter()
+            .map(|&c| c as f64 / ring.len() as f64)
+            .collect()
     }
 
     #[test]
@@ -100,7 +106,10 @@ mod tests {
         let total: u32 = weights.iter().sum();
         for (i, share) in shares(&ring, weights.len()).iter().enumerate() {
             let want = weights[i] as f64 / total as f64;
-            assert!((share - want).abs() < 0.02 * want, "target {i}: {share} vs {want}");
+            assert!(
+                (share - want).abs() < 0.02 * want,
+                "target {i}: {share} vs {want}"
+            );
         }
     }
 
@@ -108,7 +117,11 @@ mod tests {
     fn weight_zero_gets_nothing_and_empty_gives_no_target() {
         let ring_ = ring(&members(&[1, 0, 1]), 251, 1);
         assert!(ring_.iter().all(|&s| s == 0 || s == 2));
-        assert!(ring(&members(&[0, 0]), 251, 1).iter().all(|&s| s == NO_TARGET));
+        assert!(
+            ring(&members(&[0, 0]), 251, 1)
+                .iter()
+                .all(|&s| s == NO_TARGET)
+        );
         assert!(ring(&[], 251, 1).iter().all(|&s| s == NO_TARGET));
     }
 
@@ -136,6 +149,9 @@ mod tests {
             .count();
         let ideal = SIZE as f64 / n as f64;
         assert!(removed.identity == all[4].identity);
-        assert!((moved as f64) < ideal * 1.25, "moved {moved} slots, ideal {ideal}");
+        assert!(
+            (moved as f64) < ideal * 1.25,
+            "moved {moved} slots, ideal {ideal}"
+        );
     }
 }

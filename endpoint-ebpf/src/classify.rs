@@ -3,7 +3,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use endpoint_common::maps::{
-    Address, AddressKey, Addr, Endpoint, EndpointKey, FAMILY_IPV4, Interface, PROTO_TCP,
+    Addr, Address, AddressKey, Endpoint, EndpointKey, FAMILY_IPV4, Interface, PROTO_TCP,
     address_kind, role,
 };
 

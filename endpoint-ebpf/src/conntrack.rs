@@ -3,6 +3,7 @@
 //! the translated 5-tuple on the provider side. A flow stays on its target for life.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
+use aya_log_ebpf::{debug, warn};
 use endpoint_common::{
     counter, hash,
     maps::{Addr, Endpoint, FAMILY_IPV4, Flow, FlowKey, PROTO_TCP, PROVIDER_NETWORK},
@@ -117,6 +118,13 @@ pub fn open(
                 mac_dst: [0; 6],
             };
             if FLOWS.insert(key, &forward, BPF_NOEXIST as u64).is_ok() {
+                debug!(
+                    ctx,
+                    "flow opened: endpoint {} -> target {}, NAT port {}",
+                    endpoint.id,
+                    choice.target_index,
+                    port
+                );
                 return Ok(forward);
             }
             // Another CPU opened the same flow first (a retransmitted SYN): use theirs.
@@ -125,5 +133,12 @@ pub fn open(
         }
         attempt += 1;
     }
+    warn!(
+        ctx,
+        "no free NAT port towards target {} after {} tries (endpoint {})",
+        choice.target_index,
+        NAT_PORT_ATTEMPTS,
+        endpoint.id
+    );
     Err(Outcome::drop_for(counter::DROP_NAT_EXHAUSTED, endpoint.id))
 }

@@ -6,6 +6,9 @@
 //! (rewrite addresses, ports, TTL and checksums) → send; and every outcome is counted.
 #![no_std]
 #![no_main]
+// Map helpers take `impl Borrow<K>`: pass keys by reference, not by (copied) value, on
+// a 512-byte stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod arp;
 mod classify;
@@ -80,13 +83,21 @@ fn consumer_to_target(
             // The route is decided before any state exists: a SYN that cannot be
             // forwarded leaves nothing behind, and its retransmission tries again.
             let (nat, target) = (&choice.nat, &choice.target);
-            let route = forward::route(ctx, packet, nat.addr, target.addr, nat.ifindex, endpoint.id)?;
+            let route =
+                forward::route(ctx, packet, nat.addr, target.addr, nat.ifindex, endpoint.id)?;
             let flow = conntrack::open(ctx, &key, packet, endpoint, &choice)?;
             (flow, route, counter::FORWARD_NEW)
         }
     };
     nat::rewrite(packet, &flow);
-    Ok(forward::send(ctx, interface, packet, &route, counter, endpoint.id))
+    Ok(forward::send(
+        ctx,
+        interface,
+        packet,
+        &route,
+        counter,
+        endpoint.id,
+    ))
 }
 
 /// A packet from a target back to a NAT address.

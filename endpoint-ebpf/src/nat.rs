@@ -20,7 +20,9 @@ pub fn rewrite(packet: &Tcp, flow: &Flow) {
     let addresses = Delta::default()
         .dword(old_src, new_src)
         .dword(old_dst, new_dst);
-    let ip_check = addresses.word(old_ttl, new_ttl).apply(u16::from_ne_bytes(ip.check));
+    let ip_check = addresses
+        .word(old_ttl, new_ttl)
+        .apply(u16::from_ne_bytes(ip.check));
     // The TCP checksum covers the addresses through the pseudo-header.
     let tcp_check = addresses
         .word(old_sport, new_sport)

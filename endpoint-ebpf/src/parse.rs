@@ -28,10 +28,16 @@ pub struct Tcp {
 }
 
 pub enum Frame {
-    Arp { eth: *mut EthHdr, arp: *mut ArpHdr },
+    Arp {
+        eth: *mut EthHdr,
+        arp: *mut ArpHdr,
+    },
     Tcp(Tcp),
     /// TCP we cannot handle; dropped under `counter` if `dst` is ours, else passed.
-    Unsupported { dst: [u8; 4], counter: u32 },
+    Unsupported {
+        dst: [u8; 4],
+        counter: u32,
+    },
 }
 
 const IP_OFFSET: usize = EthHdr::LEN;

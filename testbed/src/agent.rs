@@ -25,7 +25,10 @@ impl Agent {
             .command(binary.to_str().context("agent path")?)
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -52,7 +55,10 @@ impl Agent {
                 return Ok(agent);
             }
             if let Some(status) = agent.child.try_wait()? {
-                bail!("the agent exited ({status}) before it was ready:\n{}", agent.log());
+                bail!(
+                    "the agent exited ({status}) before it was ready:\n{}",
+                    agent.log()
+                );
             }
             if Instant::now() > deadline {
                 bail!("the agent was not ready within 30 s:\n{}", agent.log());

@@ -72,7 +72,8 @@ impl Namespace {
 
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec("sysctl", &["-qw", &format!("{key}={value}")]).map(drop)
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(drop)
     }
 }
 

@@ -121,7 +121,9 @@ pub fn exchange(stream: &mut TcpStream, line: &str) -> Result<Answer> {
     };
     Ok(Answer {
         target: target.to_string(),
-        seen_from: seen_from.parse().with_context(|| format!("answer {reply:?}"))?,
+        seen_from: seen_from
+            .parse()
+            .with_context(|| format!("answer {reply:?}"))?,
         echo: echo.unwrap_or_default().to_string(),
     })
 }

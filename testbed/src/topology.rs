@@ -25,7 +25,8 @@ pub mod addresses {
     /// The node's own address on the provider network.
     pub const NODE_PROVIDER: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
     /// The provider hosts' addresses: one target server each.
-    pub const TARGETS: [Ipv4Addr; 2] = [Ipv4Addr::new(172, 16, 0, 10), Ipv4Addr::new(172, 16, 0, 11)];
+    pub const TARGETS: [Ipv4Addr; 2] =
+        [Ipv4Addr::new(172, 16, 0, 10), Ipv4Addr::new(172, 16, 0, 11)];
     pub const PROVIDER_PREFIX: u8 = 24;
 }
 
@@ -56,7 +57,13 @@ impl Topology {
             (&t.consumer_b, Self::CONSUMER_B_LINK),
         ] {
             veth(consumer, "eth0", &t.node, link)?;
-            consumer.ip(&["addr", "add", &format!("{CLIENT}/{CONSUMER_PREFIX}"), "dev", "eth0"])?;
+            consumer.ip(&[
+                "addr",
+                "add",
+                &format!("{CLIENT}/{CONSUMER_PREFIX}"),
+                "dev",
+                "eth0",
+            ])?;
             host_side(consumer)?;
         }
         veth(&t.node, Self::PROVIDER_LINK, &t.provider, "eth0")?;
@@ -68,8 +75,13 @@ impl Topology {
             Self::PROVIDER_LINK,
         ])?;
         for target in TARGETS {
-            t.provider
-                .ip(&["addr", "add", &format!("{target}/{PROVIDER_PREFIX}"), "dev", "eth0"])?;
+            t.provider.ip(&[
+                "addr",
+                "add",
+                &format!("{target}/{PROVIDER_PREFIX}"),
+                "dev",
+                "eth0",
+            ])?;
         }
         host_side(&t.provider)?;
         Ok(topology)

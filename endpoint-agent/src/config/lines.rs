@@ -44,7 +44,10 @@ impl Lines {
             let path = match stack.last_mut() {
                 None => String::new(),
                 // A key: its position stands for the field.
-                Some(Frame::Mapping { path, key: key @ None }) => {
+                Some(Frame::Mapping {
+                    path,
+                    key: key @ None,
+                }) => {
                     let name = match &event {
                         Event::Scalar(name, ..) => name.to_string(),
                         _ => "?".to_string(),

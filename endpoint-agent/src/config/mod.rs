@@ -271,13 +271,14 @@ pub fn parse(name: &str, text: &str) -> Result<Loaded, Invalid> {
     })?;
     let lines = Lines::index(text);
     let render = |p: &Problem| {
-        let at = lines.find(&p.path).map_or(String::new(), |at| format!("{}:", at.line));
+        let at = lines
+            .find(&p.path)
+            .map_or(String::new(), |at| format!("{}:", at.line));
         format!("{name}:{at} {p}")
     };
     let problems = validate(&config);
-    let (errors, warnings): (Vec<_>, Vec<_>) = problems
-        .iter()
-        .partition(|p| p.severity == Severity::Error);
+    let (errors, warnings): (Vec<_>, Vec<_>) =
+        problems.iter().partition(|p| p.severity == Severity::Error);
     if !errors.is_empty() {
         let mut report: Vec<String> = errors.iter().map(|p| render(p)).collect();
         report.push(format!(

@@ -31,7 +31,11 @@ impl fmt::Display for Problem {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{severity}: {} ({}): {}", self.object, self.path, self.message)
+        write!(
+            f,
+            "{severity}: {} ({}): {}",
+            self.object, self.path, self.message
+        )
     }
 }
 
@@ -210,10 +214,18 @@ fn services(config: &Config, problems: &mut Problems) {
             let path = |field: &str| format!("services[{s}].load_balancers[{l}].{field}");
             let lb_object = format!("load balancer {:?} of service {:?}", lb.name, service.name);
             if !lb_names.insert(lb.name.as_str()) {
-                problems.error(&lb_object, path("name"), "load balancer listed twice".into());
+                problems.error(
+                    &lb_object,
+                    path("name"),
+                    "load balancer listed twice".into(),
+                );
             }
             if lb.zone.is_empty() {
-                problems.error(&lb_object, path("zone"), "a load balancer needs a zone".into());
+                problems.error(
+                    &lb_object,
+                    path("zone"),
+                    "a load balancer needs a zone".into(),
+                );
             }
             if lb.listeners.is_empty() {
                 problems.error(
@@ -228,7 +240,11 @@ fn services(config: &Config, problems: &mut Problems) {
                     format!("services[{s}].load_balancers[{l}].listeners[{n}].{field}")
                 };
                 if listener.port == 0 {
-                    problems.error(&lb_object, path("port"), "port 0 is not a listener port".into());
+                    problems.error(
+                        &lb_object,
+                        path("port"),
+                        "port 0 is not a listener port".into(),
+                    );
                 }
                 if !ports.insert(listener.port) {
                     problems.error(
@@ -248,7 +264,10 @@ fn services(config: &Config, problems: &mut Problems) {
                     problems.warning(
                         &lb_object,
                         path("targets"),
-                        format!("listener {} has no targets: its connections are dropped", listener.port),
+                        format!(
+                            "listener {} has no targets: its connections are dropped",
+                            listener.port
+                        ),
                     );
                 }
                 let mut seen = BTreeSet::new();
@@ -262,7 +281,11 @@ fn services(config: &Config, problems: &mut Problems) {
                         );
                     }
                     if target.port == 0 {
-                        problems.error(&lb_object, field("port"), "a target needs a port (1-65535)".into());
+                        problems.error(
+                            &lb_object,
+                            field("port"),
+                            "a target needs a port (1-65535)".into(),
+                        );
                     }
                     if target.weight > 1_000_000 {
                         problems.error(
@@ -297,8 +320,11 @@ fn services(config: &Config, problems: &mut Problems) {
 }
 
 fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Problems) {
-    let services: HashMap<&str, &super::Service> =
-        config.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    let services: HashMap<&str, &super::Service> = config
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s))
+        .collect();
     let mut ids = BTreeSet::new();
     // (network, ip, port) → endpoint id that has it.
     let mut bound: BTreeMap<(&str, Ipv4Addr, u16), &str> = BTreeMap::new();
@@ -398,7 +424,12 @@ fn tables(config: &Config, problems: &mut Problems) {
             );
         }
     };
-    check("endpoints", config.endpoints.len(), tables.endpoints, "endpoints");
+    check(
+        "endpoints",
+        config.endpoints.len(),
+        tables.endpoints,
+        "endpoints",
+    );
     check("targets", targets, tables.targets, "targets");
     check("rings", listeners.len(), tables.rings, "listeners");
     if tables.flows < 2 {
@@ -430,7 +461,10 @@ fn tables(config: &Config, problems: &mut Problems) {
 }
 
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 fn next_prime(from: u32) -> u32 {

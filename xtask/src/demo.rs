@@ -1,0 +1,155 @@
+//! The demo: two consumer networks whose clients have the same address each reach the
+//! `orders` service through their own endpoint; the targets see only the NAT address; a
+//! `pendingAcceptance` endpoint gets no connection. Everything is removed on exit or
+//! Ctrl-C.
+
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use anyhow::{Result, bail};
+use testbed::{Agent, Namespace, Server, Topology, addresses, ask, at};
+
+/// The endpoint IPs of the example config (examples/demo.yaml).
+const ORDERS_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+const BILLING_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 101);
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted: cleaning up");
+    }
+    Ok(())
+}
+
+pub fn run(agent: &Path, config: &Path, keep: bool) -> Result<()> {
+    // Ctrl-C ends the demo between steps (each bounded by a timeout), so that every
+    // namespace, link and process it made is removed on the way out.
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+    }
+    println!("\n== Building the topology (network namespaces and veth links)");
+    let topology = Topology::build()?;
+    println!(
+        "   consumer-a ({}) and consumer-b ({}): clients at {} in BOTH\n   node ({}): the agent and the XDP program\n   provider ({}): targets at {}:8080 and {}:8080, billing at {}:9090",
+        topology.consumer_a.name(),
+        topology.consumer_b.name(),
+        addresses::CLIENT,
+        topology.node.name(),
+        topology.provider.name(),
+        addresses::TARGETS[0],
+        addresses::TARGETS[1],
+        addresses::TARGETS[0],
+    );
+    let _servers = [
+        Server::start(
+            &topology.provider,
+            "orders-target-1",
+            at(addresses::TARGETS[0], 8080),
+        )?,
+        Server::start(
+            &topology.provider,
+            "orders-target-2",
+            at(addresses::TARGETS[1], 8080),
+        )?,
+        Server::start(
+            &topology.provider,
+            "billing-target",
+            at(addresses::TARGETS[0], 9090),
+        )?,
+    ];
+    check_interrupt()?;
+
+    println!("\n== Starting the agent with {}", config.display());
+    let mut agent = Agent::start(&topology.node, agent, config)?;
+    for line in agent.log().lines() {
+        println!("   agent: {line}");
+    }
+    check_interrupt()?;
+
+    for (consumer, network, endpoint) in [
+        (&topology.consumer_a, "vpc-a", "vpce-a-orders"),
+        (&topology.consumer_b, "vpc-b", "vpce-b-orders"),
+    ] {
+        println!(
+            "\n== {network}: client {} connects to endpoint {endpoint} at {ORDERS_ENDPOINT}:80 (service `orders`)",
+            addresses::CLIENT
+        );
+        for i in 1..=4 {
+            check_interrupt()?;
+            converse(consumer, network, i)?;
+        }
+    }
+
+    check_interrupt()?;
+    println!(
+        "\n== vpc-b: client connects to endpoint vpce-b-billing at {BILLING_ENDPOINT}:80 (state: pendingAcceptance)"
+    );
+    match ask(
+        &topology.consumer_b,
+        at(BILLING_ENDPOINT, 80),
+        "hello",
+        TIMEOUT,
+    ) {
+        Ok(answer) => bail!("a pendingAcceptance endpoint answered: {answer:?}"),
+        Err(e) => println!("   no connection, as it should be: {e:#}"),
+    }
+
+    if keep {
+        println!(
+            "\n== Keeping everything up: try `ip netns exec {} curl -v http://{ORDERS_ENDPOINT}/` style commands (no HTTP server here: `nc {ORDERS_ENDPOINT} 80` and type a line). Ctrl-C to stop.",
+            topology.consumer_a.name()
+        );
+        while !INTERRUPTED.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    println!("\n== Stopping the agent (SIGTERM): it detaches and restores the node");
+    agent.stop()?;
+    for line in agent
+        .log()
+        .lines()
+        .rev()
+        .take(2)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        println!("   agent: {line}");
+    }
+    println!("\n== Removing the namespaces and links\n");
+    Ok(())
+}
+
+fn converse(consumer: &Namespace, network: &str, i: u32) -> Result<()> {
+    let line = format!("hello from {network} #{i}");
+    let answer = ask(consumer, at(ORDERS_ENDPOINT, 80), &line, TIMEOUT)?;
+    if answer.echo != line {
+        bail!("the target echoed {:?}, not {line:?}", answer.echo);
+    }
+    println!(
+        "   #{i}: answered by {}; it saw the connection come from {} (the NAT address, not {})",
+        answer.target,
+        answer.seen_from,
+        addresses::CLIENT
+    );
+    Ok(())
+}
