@@ -13,26 +13,30 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{config::Config, desired::Link};
 
-/// The ifindex and MAC of a local interface.
+/// What the node knows about a local interface, asked over netlink (`ip`), so that it
+/// answers for the network namespace of the calling thread.
 pub fn link(name: &str) -> Result<Link> {
-    let c_name = std::ffi::CString::new(name)?;
-    // SAFETY: a plain libc call on a NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    if ifindex == 0 {
-        bail!("no interface named {name:?} on this node");
-    }
-    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address"))
-        .with_context(|| format!("reading the MAC of {name}"))?;
+    let details = ip(&["-d", "-o", "link", "show", "dev", name])
+        .map_err(|_| anyhow::anyhow!("no interface named {name:?} on this node"))?;
+    let words: Vec<&str> = details.split_whitespace().collect();
+    let ifindex = words
+        .first()
+        .and_then(|w| w.trim_end_matches(':').parse().ok())
+        .with_context(|| format!("unexpected `ip link` output for {name}: {details}"))?;
+    let ether = words
+        .iter()
+        .position(|w| *w == "link/ether")
+        .and_then(|i| words.get(i + 1))
+        .with_context(|| format!("{name} has no Ethernet address"))?;
     let mut mac = [0u8; 6];
-    let octets: Vec<_> = text.trim().split(':').collect();
+    let octets: Vec<&str> = ether.split(':').collect();
     if octets.len() != 6 {
-        bail!("{name} has no Ethernet address ({:?})", text.trim());
+        bail!("{name}: unexpected Ethernet address {ether}");
     }
     for (byte, octet) in mac.iter_mut().zip(octets) {
         *byte = u8::from_str_radix(octet, 16)?;
     }
-    let details = ip(&["-d", "-o", "link", "show", "dev", name])?;
-    let veth = details.split_whitespace().any(|word| word == "veth");
+    let veth = words.contains(&"veth");
     Ok(Link { ifindex, mac, veth })
 }
 

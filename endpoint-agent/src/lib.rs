@@ -11,3 +11,4 @@ pub mod desired;
 pub mod host;
 pub mod loader;
 pub mod run;
+pub mod stats;

@@ -9,6 +9,6 @@ mod tcp;
 mod topology;
 
 pub use agent::Agent;
-pub use netns::{Namespace, sweep};
+pub use netns::{Namespace, sweep, veth};
 pub use tcp::{Answer, Server, ask, at, connect, exchange};
 pub use topology::{Topology, addresses};

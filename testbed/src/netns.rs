@@ -54,20 +54,25 @@ impl Namespace {
         command
     }
 
-    /// Runs `f` on a thread inside the namespace. Sockets it opens stay in the namespace
-    /// wherever they are used later.
-    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    /// Runs `f` on a thread inside the namespace and returns its result; a panic in `f`
+    /// carries on in the caller. Sockets `f` opens stay in the namespace wherever they
+    /// are used later; so do interface lookups and BPF test runs made inside `f`.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         let path = format!("/run/netns/{}", self.name);
         let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-        std::thread::spawn(move || {
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("setns: {}", std::io::Error::last_os_error());
+        std::thread::scope(|scope| {
+            let thread = scope.spawn(move || {
+                // SAFETY: setns on this thread only, with a valid namespace fd.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    bail!("setns into {path}: {}", std::io::Error::last_os_error());
+                }
+                Ok(f())
+            });
+            match thread.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
             }
-            Ok(f())
         })
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread in {path} panicked"))?
     }
 
     /// Sets a sysctl inside the namespace.
