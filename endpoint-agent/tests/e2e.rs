@@ -1,60 +1,332 @@
 //! End to end: the real agent binary on a real topology of namespaces and veths, real
-//! TCP servers and clients. Needs root.
+//! TCP servers and clients (see testbed::Topology). Needs root.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use testbed::{Agent, Server, Topology, addresses, ask, at};
+use testbed::{
+    Agent, Namespace, Server, Topology, addresses, ask, at, connect, connect_from, exchange,
+};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_endpoint-agent");
-const ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
-const PENDING: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 101);
+/// Endpoint IPs of the example config (examples/demo.yaml).
+const ORDERS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+const BILLING: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 101);
 const NAT: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 100);
 const WAIT: Duration = Duration::from_secs(3);
 
-fn example() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/demo.yaml")
+fn example() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/demo.yaml");
+    std::fs::read_to_string(path).unwrap()
 }
 
-/// The standard topology with the example config's targets serving.
+/// The standard topology with the example's targets serving and the agent running
+/// `config` (written next to the test binary).
 struct Bed {
     agent: Agent,
     servers: Vec<Server>,
     topology: Topology,
+    _config: TempFile,
 }
 
-fn bed() -> Bed {
+/// A config file removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "endpoint-e2e-{}-{:?}.yaml",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn bed_with(config: &str) -> Bed {
     let topology = Topology::build().expect("topology");
-    let servers = addresses::TARGETS
-        .iter()
-        .enumerate()
-        .map(|(i, &ip)| {
-            Server::start(
-                &topology.provider,
-                &format!("target-{}", i + 1),
-                at(ip, 8080),
-            )
-            .unwrap()
-        })
-        .collect();
-    let agent = Agent::start(&topology.node, AGENT.as_ref(), &example()).expect("agent");
+    let servers = vec![
+        Server::start(
+            &topology.provider,
+            "orders-1",
+            at(addresses::TARGETS[0], 8080),
+        )
+        .unwrap(),
+        Server::start(
+            &topology.provider,
+            "orders-2",
+            at(addresses::TARGETS[1], 8080),
+        )
+        .unwrap(),
+        Server::start(
+            &topology.provider,
+            "billing",
+            at(addresses::TARGETS[0], 9090),
+        )
+        .unwrap(),
+    ];
+    let config = TempFile::new(config);
+    let agent = Agent::start(&topology.node, Path::new(AGENT), &config.0).expect("agent");
     Bed {
         agent,
         servers,
         topology,
+        _config: config,
+    }
+}
+
+impl Bed {
+    fn server(&self, name: &str) -> &Server {
+        self.servers.iter().find(|s| s.name == name).unwrap()
+    }
+
+    fn all_peers(&self) -> Vec<SocketAddr> {
+        self.servers.iter().flat_map(Server::peers).collect()
+    }
+
+    fn fail(&self, e: anyhow::Error) -> ! {
+        panic!("{e:#}\nagent log:\n{}", self.agent.log())
     }
 }
 
 #[test]
-fn consumer_reaches_a_target_through_its_endpoint_and_the_target_sees_the_nat_address() {
-    let bed = bed();
-    let answer = ask(&bed.topology.consumer_a, at(ENDPOINT, 80), "hello", WAIT)
-        .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", bed.agent.log()));
-    assert_eq!(answer.echo, "hello");
-    assert!(answer.target.starts_with("target-"));
-    assert_eq!(
-        *answer.seen_from.ip(),
-        NAT,
-        "the target must see the NAT address"
+fn data_round_trips_through_the_endpoint_and_the_target_sees_only_the_nat_address() {
+    let bed = bed_with(&example());
+    let mut stream =
+        connect(&bed.topology.consumer_a, at(ORDERS, 80), WAIT).unwrap_or_else(|e| bed.fail(e));
+    for line in ["hello", "second line", &"x".repeat(1 << 20)] {
+        let answer = exchange(&mut stream, line).unwrap_or_else(|e| bed.fail(e));
+        assert_eq!(answer.echo, line, "echo through the endpoint");
+        assert!(answer.target.starts_with("orders-"), "{answer:?}");
+        assert_eq!(
+            *answer.seen_from.ip(),
+            NAT,
+            "the target must see the NAT address"
+        );
+    }
+    let peers = bed.all_peers();
+    assert_eq!(peers.len(), 1, "one connection: {peers:?}");
+    assert!(
+        peers.iter().all(|p| p.ip() == Ipv4Addr::from(NAT)),
+        "{peers:?}"
     );
-    let _ = (&bed.servers, PENDING);
+    assert!(
+        !peers
+            .iter()
+            .any(|p| p.ip() == Ipv4Addr::from(addresses::CLIENT))
+    );
+}
+
+#[test]
+fn two_consumers_with_the_same_address_and_port_work_at_once_without_crossing() {
+    let bed = bed_with(&example());
+    let t = &bed.topology;
+    // Same client IP, same source port, same endpoint IP — in two consumer networks.
+    let mut a =
+        connect_from(&t.consumer_a, 40000, at(ORDERS, 80), WAIT).unwrap_or_else(|e| bed.fail(e));
+    let mut b =
+        connect_from(&t.consumer_b, 40000, at(ORDERS, 80), WAIT).unwrap_or_else(|e| bed.fail(e));
+    let (mut seen_a, mut seen_b) = (None, None);
+    for i in 0..20 {
+        let line_a = format!("a{i}");
+        let line_b = format!("b{i}");
+        let answer_a = exchange(&mut a, &line_a).unwrap_or_else(|e| bed.fail(e));
+        let answer_b = exchange(&mut b, &line_b).unwrap_or_else(|e| bed.fail(e));
+        assert_eq!(answer_a.echo, line_a, "consumer a got another's answer");
+        assert_eq!(answer_b.echo, line_b, "consumer b got another's answer");
+        // Each connection stays on its target and NAT port for its lifetime.
+        assert_eq!(
+            *seen_a.get_or_insert((answer_a.target.clone(), answer_a.seen_from)),
+            (answer_a.target, answer_a.seen_from)
+        );
+        assert_eq!(
+            *seen_b.get_or_insert((answer_b.target.clone(), answer_b.seen_from)),
+            (answer_b.target, answer_b.seen_from)
+        );
+    }
+    let (a, b) = (seen_a.unwrap(), seen_b.unwrap());
+    assert!(
+        a != b,
+        "both consumers were given the same target and NAT port: {a:?}"
+    );
+}
+
+#[test]
+fn pending_and_rejected_endpoints_get_no_connection() {
+    for state in ["pendingAcceptance", "rejected"] {
+        let config = example().replace("state: pendingAcceptance", &format!("state: {state}"));
+        let bed = bed_with(&config);
+        let result = ask(
+            &bed.topology.consumer_b,
+            at(BILLING, 80),
+            "hello",
+            Duration::from_secs(2),
+        );
+        assert!(result.is_err(), "a {state} endpoint answered: {result:?}");
+        assert!(
+            bed.server("billing").peers().is_empty(),
+            "the {state} endpoint's target saw a connection"
+        );
+        // The available endpoint next to it works.
+        ask(&bed.topology.consumer_b, at(ORDERS, 80), "hello", WAIT)
+            .unwrap_or_else(|e| bed.fail(e));
+    }
+}
+
+#[test]
+fn the_provider_side_cannot_open_a_connection_into_a_consumer_network() {
+    let bed = bed_with(&example());
+    let t = &bed.topology;
+    let inside = Server::start(&t.consumer_a, "consumer-host", at(addresses::CLIENT, 22)).unwrap();
+    // Even with a route through the node, a provider host cannot reach the consumer...
+    t.provider
+        .ip(&[
+            "route",
+            "add",
+            "10.0.0.0/24",
+            "via",
+            &addresses::NODE_PROVIDER.to_string(),
+        ])
+        .unwrap();
+    let via_node = ask(
+        &t.provider,
+        at(addresses::CLIENT, 22),
+        "in?",
+        Duration::from_secs(2),
+    );
+    assert!(
+        via_node.is_err(),
+        "reached a consumer host through the node: {via_node:?}"
+    );
+    // ...nor open anything through a NAT address and port.
+    for port in [1024, 40000, 65535] {
+        let via_nat = ask(&t.provider, at(NAT, port), "in?", Duration::from_secs(1));
+        assert!(
+            via_nat.is_err(),
+            "NAT port {port} let a provider connection in: {via_nat:?}"
+        );
+    }
+    assert!(
+        inside.peers().is_empty(),
+        "the consumer host saw {:?}",
+        inside.peers()
+    );
+}
+
+#[test]
+fn the_agent_detaches_and_restores_the_node_on_sigterm_and_on_sigint() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut bed = bed_with(&example());
+        let node = &bed.topology.node;
+        assert!(xdp_attached(node), "the program is attached while running");
+        assert!(node.ip(&["neigh", "show"]).unwrap().contains("managed"));
+        let status = bed.agent.stop_with(signal).unwrap();
+        assert!(
+            status.success(),
+            "agent exit: {status}\n{}",
+            bed.agent.log()
+        );
+        let node = &bed.topology.node;
+        assert!(
+            !xdp_attached(node),
+            "an XDP program is still attached after exit"
+        );
+        assert!(
+            !node.ip(&["neigh", "show"]).unwrap().contains("managed"),
+            "managed neighbours left behind"
+        );
+        let forwarding = node
+            .exec("sysctl", &["-n", "net.ipv4.conf.prov.forwarding"])
+            .unwrap();
+        assert_eq!(forwarding.trim(), "0", "forwarding not restored");
+        let result = ask(
+            &bed.topology.consumer_a,
+            at(ORDERS, 80),
+            "hello",
+            Duration::from_secs(1),
+        );
+        assert!(
+            result.is_err(),
+            "the endpoint still answers after the agent stopped"
+        );
+    }
+}
+
+fn xdp_attached(ns: &Namespace) -> bool {
+    ns.ip(&["link", "show"]).unwrap().contains("xdp")
+}
+
+#[test]
+fn an_invalid_config_names_the_line_exits_non_zero_and_attaches_nothing() {
+    let topology = Topology::build().unwrap();
+    let config = TempFile::new(&example().replacen("service: orders", "service: ordrs", 1));
+    let output = topology
+        .node
+        .command(AGENT)
+        .args(["run", "--config"])
+        .arg(&config.0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains(":51: error: endpoint \"vpce-a-orders\" (endpoints[0].service): no service named \"ordrs\""), "{stderr}");
+    assert!(!xdp_attached(&topology.node));
+}
+
+#[test]
+fn namespaces_are_removed_even_when_a_test_fails() {
+    let names = std::panic::catch_unwind(|| {
+        let topology = Topology::build().unwrap();
+        let names: Vec<String> = [
+            &topology.consumer_a,
+            &topology.consumer_b,
+            &topology.node,
+            &topology.provider,
+        ]
+        .iter()
+        .map(|ns| ns.name().to_string())
+        .collect();
+        std::panic::panic_any(names);
+    })
+    .unwrap_err()
+    .downcast::<Vec<String>>()
+    .unwrap();
+    let left = testbed_namespaces();
+    for name in names.iter() {
+        assert!(!left.contains(name), "{name} survived a failing test");
+    }
+
+    // What a killed run left behind (its process is gone) is swept at the next start.
+    let stale = "epx-999999999-0-stale";
+    std::process::Command::new("ip")
+        .args(["netns", "add", stale])
+        .status()
+        .unwrap();
+    let _fresh = Namespace::new("fresh").unwrap();
+    assert!(
+        !testbed_namespaces().contains(&stale.to_string()),
+        "a stale namespace was not swept"
+    );
+}
+
+fn testbed_namespaces() -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
 }

@@ -106,6 +106,9 @@ struct Out {
 /// Runs `test` on a thread inside a fresh namespace set up for CONFIG.
 fn with_rig(test: impl FnOnce(&mut Rig) + Send) {
     let ns = Namespace::new("packets").expect("namespace");
+    // No IPv6 neighbour discovery chatter hitting the program between test frames.
+    ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1").unwrap();
+    ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1").unwrap();
     for (link, peer) in [
         ("cons-a", "cons-a-peer"),
         ("cons-b", "cons-b-peer"),

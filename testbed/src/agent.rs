@@ -77,7 +77,12 @@ impl Agent {
 
     /// Sends SIGTERM and waits (up to 10 s) for the agent to exit.
     pub fn stop(&mut self) -> Result<ExitStatus> {
-        self.signal(libc::SIGTERM);
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal` (SIGTERM, SIGINT) and waits (up to 10 s) for the agent to exit.
+    pub fn stop_with(&mut self, signal: i32) -> Result<ExitStatus> {
+        self.signal(signal);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait()? {

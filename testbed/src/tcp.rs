@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use socket2::{Domain, Socket, Type};
 
 use crate::Namespace;
 
@@ -99,8 +100,25 @@ pub struct Answer {
 
 /// Opens a connection from inside `ns` (bounded by `timeout`).
 pub fn connect(ns: &Namespace, to: SocketAddrV4, timeout: Duration) -> Result<TcpStream> {
+    connect_from(ns, 0, to, timeout)
+}
+
+/// Opens a connection from inside `ns`, from source port `port` (0: any).
+pub fn connect_from(
+    ns: &Namespace,
+    port: u16,
+    to: SocketAddrV4,
+    timeout: Duration,
+) -> Result<TcpStream> {
+    let open = move || -> std::io::Result<TcpStream> {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
+        socket.connect_timeout(&to.into(), timeout)?;
+        Ok(socket.into())
+    };
     let stream = ns
-        .enter(move || TcpStream::connect_timeout(&to.into(), timeout))?
+        .enter(open)?
         .with_context(|| format!("connecting to {to} from {}", ns.name()))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;

@@ -263,11 +263,18 @@ pub fn load(path: &Path) -> Result<Loaded, Invalid> {
 
 /// Parses and validates `text`, naming it `name` in messages.
 pub fn parse(name: &str, text: &str) -> Result<Loaded, Invalid> {
-    let config: Config = serde_yaml::from_str(text).map_err(|e| Invalid {
-        report: match e.location() {
-            Some(at) => format!("{name}:{}:{}: error: {e}", at.line(), at.column()),
-            None => format!("{name}: error: {e}"),
-        },
+    let config: Config = serde_yaml::from_str(text).map_err(|e| {
+        let message = e.to_string();
+        Invalid {
+            report: match e.location() {
+                Some(at) => {
+                    // The position leads the line instead of trailing it.
+                    let message = message.rsplit_once(" at line ").map_or(&*message, |m| m.0);
+                    format!("{name}:{}:{}: error: {message}", at.line(), at.column())
+                }
+                None => format!("{name}: error: {message}"),
+            },
+        }
     })?;
     let lines = Lines::index(text);
     let render = |p: &Problem| {
@@ -294,3 +301,6 @@ pub fn parse(name: &str, text: &str) -> Result<Loaded, Invalid> {
         warnings: warnings.iter().map(|p| render(p)).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests;

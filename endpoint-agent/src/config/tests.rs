@@ -1,0 +1,311 @@
+//! Every validation error, with the object, field and line it must name.
+
+use super::parse;
+
+const BASE: &str = "\
+node:
+  interfaces:
+    - name: cons-a
+      role: consumer
+      consumer_network: vpc-a
+    - name: prov
+      role: provider
+      nat_addresses: [172.16.0.100]
+services:
+  - name: orders
+    acceptance_required: true
+    allowed_principals: [team-a]
+    load_balancers:
+      - name: nlb-1
+        zone: z1
+        listeners:
+          - port: 80
+            targets:
+              - { ip: 172.16.0.10, port: 8080 }
+endpoints:
+  - id: vpce-1
+    service: orders
+    principal: team-a
+    consumer_network: vpc-a
+    ip: 10.0.0.100
+    zone: z1
+    state: available
+";
+
+/// Parses BASE with `from` replaced by `to` (which must occur) and returns the report.
+fn error(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "BASE has no {from:?}");
+    let text = BASE.replacen(from, to, 1);
+    match parse("test.yaml", &text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(invalid) => invalid.report,
+    }
+}
+
+/// The 1-based line of the first line of BASE containing `needle`.
+fn line_of(needle: &str) -> usize {
+    BASE.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle")
+        + 1
+}
+
+fn assert_names(report: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(report.contains(part), "{part:?} missing from:\n{report}");
+    }
+}
+
+#[test]
+fn base_and_shipped_example_are_valid() {
+    parse("test.yaml", BASE).expect("BASE is valid");
+    let example = include_str!("../../../examples/demo.yaml");
+    let loaded = parse("demo.yaml", example).expect("the shipped example is valid");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn syntax_and_type_errors_carry_their_line() {
+    let report = error("      role: consumer", "      role: [consumer");
+    assert!(report.starts_with("test.yaml:"), "{report}");
+    let report = error("port: 8080", "port: 70000");
+    assert_names(
+        &report,
+        &[&format!("test.yaml:{}:", line_of("port: 8080")), "70000"],
+    );
+}
+
+#[test]
+fn unknown_fields_and_values_say_what_is_valid() {
+    let report = error("    zone: z1\n    state", "    zonne: z1\n    state");
+    assert_names(&report, &["zonne", "expected one of", "zone"]);
+    let report = error("state: available", "state: avialable");
+    assert_names(
+        &report,
+        &[
+            &format!("test.yaml:{}:", line_of("state: available")),
+            "avialable",
+            "pendingAcceptance",
+        ],
+    );
+    let report = error("role: provider", "role: router");
+    assert_names(&report, &["router", "consumer", "provider", "both"]);
+}
+
+#[test]
+fn interface_errors() {
+    let line = line_of("consumer_network: vpc-a");
+    let report = error("      consumer_network: vpc-a\n", "");
+    assert_names(
+        &report,
+        &[
+            "interface \"cons-a\"",
+            "consumer_network",
+            "needs the consumer network",
+            &format!(":{}:", line - 2),
+        ],
+    );
+
+    let report = error(
+        "      nat_addresses: [172.16.0.100]",
+        "      consumer_network: vpc-b",
+    );
+    assert_names(
+        &report,
+        &[
+            "interface \"prov\"",
+            "only `consumer` and `both`",
+            "no NAT address",
+        ],
+    );
+
+    let report = error("    - name: prov", "    - name: cons-a");
+    assert_names(
+        &report,
+        &[
+            "interface \"cons-a\"",
+            "listed twice",
+            &format!("test.yaml:{}:", line_of("- name: prov")),
+        ],
+    );
+
+    let report = error("[172.16.0.100]", "[172.16.0.100, 172.16.0.100]");
+    assert_names(&report, &["NAT address 172.16.0.100 is listed twice"]);
+
+    let report = error("[172.16.0.100]", "[224.0.0.1]");
+    assert_names(&report, &["224.0.0.1 is not a unicast host address"]);
+
+    let report = error(
+        "      role: consumer\n",
+        "      role: consumer\n      nat_addresses: [172.16.0.101]\n",
+    );
+    assert_names(
+        &report,
+        &["NAT addresses live on `provider` or `both` interfaces"],
+    );
+
+    let report = error(
+        "services:",
+        "  nat_ports: { first: 3000, last: 2000 }\nservices:",
+    );
+    assert_names(&report, &["node.nat_ports", "3000-2000 are not a range"]);
+}
+
+#[test]
+fn service_errors() {
+    let report = error(
+        "  - name: orders",
+        "  - name: orders\n    load_balancers: []\n  - name: orders",
+    );
+    assert_names(
+        &report,
+        &[
+            "service \"orders\"",
+            "defined twice",
+            "at least one load balancer",
+        ],
+    );
+
+    let report = error("          - port: 80", "          - port: 0");
+    assert_names(
+        &report,
+        &[
+            "port 0 is not a listener port",
+            &format!(":{}:", line_of("- port: 80")),
+        ],
+    );
+
+    let report = error(
+        "          - port: 80\n",
+        "          - port: 80\n            protocol: udp\n",
+    );
+    assert_names(&report, &["UDP listeners are not supported yet"]);
+
+    let report = error("port: 8080 }", "port: 0 }");
+    assert_names(
+        &report,
+        &[
+            "load balancer \"nlb-1\" of service \"orders\"",
+            "targets[0].port",
+            "needs a port",
+        ],
+    );
+
+    let report = error(
+        "              - { ip: 172.16.0.10, port: 8080 }",
+        "              - { ip: 172.16.0.10, port: 8080 }\n              - { ip: 172.16.0.10, port: 8080, weight: 2000000 }",
+    );
+    assert_names(
+        &report,
+        &[
+            "172.16.0.10:8080 listed twice",
+            "weight 2000000 is above the maximum",
+        ],
+    );
+
+    let report = error(
+        "endpoints:",
+        "      - name: nlb-2\n        zone: z2\n        listeners:\n          - port: 81\n            targets: []\nendpoints:",
+    );
+    assert_names(
+        &report,
+        &[
+            "load balancer \"nlb-2\"",
+            "all load balancers of a service serve the same ports",
+        ],
+    );
+
+    let report = error(
+        "        listeners:\n",
+        "        listeners: []\n        x:\n",
+    );
+    assert_names(&report, &["unknown field `x`"]);
+}
+
+#[test]
+fn endpoint_errors() {
+    let report = error("    service: orders", "    service: ordrs");
+    assert_names(
+        &report,
+        &[
+            "endpoint \"vpce-1\"",
+            "endpoints[0].service",
+            "no service named \"ordrs\"; services: orders",
+            &format!("test.yaml:{}:", line_of("service: orders")),
+        ],
+    );
+
+    let report = error(
+        "    consumer_network: vpc-a\n    ip",
+        "    consumer_network: vpc-z\n    ip",
+    );
+    assert_names(
+        &report,
+        &["no interface faces consumer network \"vpc-z\"; known: vpc-a"],
+    );
+
+    let report = error("    principal: team-a", "    principal: team-x");
+    assert_names(
+        &report,
+        &["principal \"team-x\" is not allowed by service \"orders\" (allowed: team-a)"],
+    );
+    // Not allowed but rejected is a consistent state.
+    let text = BASE
+        .replace("principal: team-a", "principal: team-x")
+        .replace("state: available", "state: rejected");
+    parse("test.yaml", &text).expect("a rejected endpoint of a principal not allowed is valid");
+
+    let duplicate = "  - id: vpce-1\n    service: orders\n    principal: team-a\n    consumer_network: vpc-a\n    ip: 10.0.0.100\n    zone: z1\n    state: pendingAcceptance\n";
+    let report = error("endpoints:\n", &format!("endpoints:\n{duplicate}"));
+    assert_names(
+        &report,
+        &[
+            "endpoint id used twice",
+            "10.0.0.100:80 in consumer network \"vpc-a\" is already endpoint \"vpce-1\"",
+        ],
+    );
+}
+
+#[test]
+fn table_errors() {
+    let report = error("services:", "  tables: { endpoints: 0 }\nservices:");
+    assert_names(
+        &report,
+        &[
+            "node.tables.endpoints",
+            "1 endpoints do not fit in tables.endpoints = 0",
+        ],
+    );
+    let report = error("services:", "  tables: { ring_size: 1000 }\nservices:");
+    assert_names(&report, &["ring_size 1000 must be a prime", "e.g. 101"]);
+}
+
+#[test]
+fn a_public_service_is_a_warning() {
+    let text = BASE
+        .replace("acceptance_required: true", "acceptance_required: false")
+        .replace("[team-a]", "['*']");
+    let loaded = parse("test.yaml", &text).expect("valid");
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(
+        loaded.warnings[0].contains("makes the service public"),
+        "{:?}",
+        loaded.warnings
+    );
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let text = BASE
+        .replace("service: orders", "service: nope")
+        .replace("port: 8080", "port: 0");
+    let report = parse("test.yaml", &text).unwrap_err().report;
+    assert_names(
+        &report,
+        &[
+            "no service named",
+            "needs a port",
+            "2 error(s); nothing was applied",
+        ],
+    );
+}
