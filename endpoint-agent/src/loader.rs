@@ -8,18 +8,13 @@ use aya::{
 };
 use endpoint_common::counter;
 
-use crate::config::Config;
+use crate::config::{Config, MAX_LISTENERS, MAX_NAT_ADDRESSES};
 
 /// The XDP object built by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/endpoint"));
 
 /// The program's name in the object.
 pub const PROGRAM: &str = "endpoint";
-
-/// Listener ports one load balancer may have (sizes `ENDPOINTS`).
-pub const MAX_LISTENERS: u32 = 16;
-/// NAT addresses a node may have (the size of `NAT`).
-pub const MAX_NAT_ADDRESSES: u32 = 64;
 
 /// How an interface got the program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

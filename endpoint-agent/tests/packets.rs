@@ -107,7 +107,8 @@ struct Out {
 fn with_rig(test: impl FnOnce(&mut Rig) + Send) {
     let ns = Namespace::new("packets").expect("namespace");
     // No IPv6 neighbour discovery chatter hitting the program between test frames.
-    ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1").unwrap();
+    ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+        .unwrap();
     ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1").unwrap();
     for (link, peer) in [
         ("cons-a", "cons-a-peer"),

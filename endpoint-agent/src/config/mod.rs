@@ -14,6 +14,11 @@ pub use self::{
     validate::{Problem, Severity, validate},
 };
 
+/// Listener ports one load balancer may have (sizes the `ENDPOINTS` map).
+pub const MAX_LISTENERS: u32 = 16;
+/// NAT addresses a node may have (the size of the `NAT` map).
+pub const MAX_NAT_ADDRESSES: u32 = 64;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {

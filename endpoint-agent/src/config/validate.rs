@@ -151,6 +151,17 @@ fn node(config: &Config, problems: &mut Problems) -> BTreeSet<String> {
             }
         }
     }
+    if nat_addresses.len() > super::MAX_NAT_ADDRESSES as usize {
+        problems.error(
+            "node",
+            "node.interfaces".into(),
+            format!(
+                "{} NAT addresses; a node has at most {}",
+                nat_addresses.len(),
+                super::MAX_NAT_ADDRESSES
+            ),
+        );
+    }
     if !node.interfaces.is_empty() {
         if networks.is_empty() {
             problems.error(
@@ -227,11 +238,15 @@ fn services(config: &Config, problems: &mut Problems) {
                     "a load balancer needs a zone".into(),
                 );
             }
-            if lb.listeners.is_empty() {
+            if lb.listeners.is_empty() || lb.listeners.len() > super::MAX_LISTENERS as usize {
                 problems.error(
                     &lb_object,
                     path("listeners"),
-                    "a load balancer needs at least one listener".into(),
+                    format!(
+                        "a load balancer has 1 to {} listeners, not {}",
+                        super::MAX_LISTENERS,
+                        lb.listeners.len()
+                    ),
                 );
             }
             let mut ports = BTreeSet::new();
