@@ -116,15 +116,8 @@ fn data_round_trips_through_the_endpoint_and_the_target_sees_only_the_nat_addres
     }
     let peers = bed.all_peers();
     assert_eq!(peers.len(), 1, "one connection: {peers:?}");
-    assert!(
-        peers.iter().all(|p| p.ip() == Ipv4Addr::from(NAT)),
-        "{peers:?}"
-    );
-    assert!(
-        !peers
-            .iter()
-            .any(|p| p.ip() == Ipv4Addr::from(addresses::CLIENT))
-    );
+    assert!(peers.iter().all(|p| p.ip() == NAT), "{peers:?}");
+    assert!(!peers.iter().any(|p| p.ip() == addresses::CLIENT));
 }
 
 #[test]
