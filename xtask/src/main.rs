@@ -27,14 +27,15 @@ enum Cmd {
     /// Set up and build the agent (with the XDP program inside), release profile.
     Build,
     /// Without arguments: the demo on namespaces. With `-- --config FILE`: the agent on
-    /// this machine's real interfaces, as a node agent.
+    /// this machine's real interfaces, as a node agent (everything after `--` goes to
+    /// `endpoint-agent run`).
     Run {
-        /// Run the agent on this machine with this config instead of the demo.
-        #[arg(long)]
-        config: Option<PathBuf>,
         /// Demo only: keep the topology up until Ctrl-C to look around.
         #[arg(long)]
         keep: bool,
+        /// Arguments for `endpoint-agent run`, e.g. `--config node.yaml`.
+        #[arg(last = true)]
+        agent_args: Vec<String>,
     },
     /// Set up, then run every check and test: formatting, lints, host unit tests,
     /// packet tests through BPF_PROG_RUN and end-to-end tests in namespaces.
@@ -47,7 +48,7 @@ fn main() {
     let result = match cli.command {
         Cmd::Setup => setup::run(),
         Cmd::Build => setup::run().and_then(|()| build()).map(drop),
-        Cmd::Run { config, keep } => run(config, keep),
+        Cmd::Run { keep, agent_args } => run(&agent_args, keep),
         Cmd::Test => test(),
     };
     if let Err(e) = result {
@@ -106,13 +107,14 @@ fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-fn run(config: Option<PathBuf>, keep: bool) -> Result<()> {
+fn run(agent_args: &[String], keep: bool) -> Result<()> {
     require_root("cargo xtask run")?;
     setup::run()?;
     let agent = build()?;
-    match config {
-        Some(config) => sh(Command::new(agent).args(["run", "--config"]).arg(config)),
-        None => demo::run(&agent, &root().join("examples/demo.yaml"), keep),
+    if agent_args.is_empty() {
+        demo::run(&agent, &root().join("examples/demo.yaml"), keep)
+    } else {
+        sh(Command::new(agent).arg("run").args(agent_args))
     }
 }
 
