@@ -54,7 +54,13 @@ impl Drop for TempFile {
 }
 
 fn bed_with(config: &str) -> Bed {
+    bed_prepared(config, |_| {})
+}
+
+/// As `bed_with`, with `prepare` run on the topology before the agent starts.
+fn bed_prepared(config: &str, prepare: impl FnOnce(&Topology)) -> Bed {
     let topology = Topology::build().expect("topology");
+    prepare(&topology);
     let servers = vec![
         Server::start(
             &topology.provider,
@@ -253,6 +259,29 @@ fn the_agent_detaches_and_restores_the_node_on_sigterm_and_on_sigint() {
             "the endpoint still answers after the agent stopped"
         );
     }
+}
+
+#[test]
+fn an_interface_without_native_xdp_falls_back_to_generic_and_the_log_says_so() {
+    // macvlan has no native XDP support.
+    let config = example().replacen(
+        "  nat_ports:",
+        "    - name: mv0\n      role: provider\n  nat_ports:",
+        1,
+    );
+    let bed = bed_prepared(&config, |t| {
+        t.node
+            .ip(&[
+                "link", "add", "name", "mv0", "link", "prov", "type", "macvlan",
+            ])
+            .unwrap();
+        t.node.ip(&["link", "set", "mv0", "up"]).unwrap();
+    });
+    let log = bed.agent.log();
+    assert!(log.contains("mv0: native XDP not supported"), "{log}");
+    assert!(log.contains("mv0: attached in generic mode"), "{log}");
+    assert!(log.contains("prov: attached in native mode"), "{log}");
+    ask(&bed.topology.consumer_a, at(ORDERS, 80), "hello", WAIT).unwrap_or_else(|e| bed.fail(e));
 }
 
 fn xdp_attached(ns: &Namespace) -> bool {
