@@ -1,18 +1,23 @@
-//! Desired state: the exact contents every map should have for a valid config. Pure:
-//! interface names are resolved by the caller, so host tests can build it too.
+//! Desired state: the exact contents every map should have for a valid config, given
+//! the ids to use. Pure: interface names are resolved by the caller, so host tests
+//! build it too.
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use endpoint_common::{
     maglev,
     maps::{
-        self, Addr, Address, AddressKey, EndpointKey, FAMILY_IPV4, NatAddress, PROTO_TCP, Target,
-        address_kind, bounce, role,
+        self, Addr, Address, AddressKey, EndpointKey, FAMILY_IPV4, NatAddress, PROTO_TCP,
+        SecurityGroup, SourcePrefix, Target, address_kind, bounce, endpoint_flag, role,
     },
 };
 
-use crate::config::Config;
+use crate::{
+    acceptance,
+    config::{Config, Revoke},
+    ids::{self, Ids},
+};
 
 /// What the node knows about an interface named in the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,34 +28,27 @@ pub struct Link {
     pub veth: bool,
 }
 
+/// An LPM trie key: prefix length (see [`SourcePrefix::FIXED_BITS`]) and data.
+pub type PrefixKey = (u32, SourcePrefix);
+
+/// The contents of the maps the agent owns (not the flow table or the counters).
+/// Arrays are listed by index, absent indices hold zeroes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Desired {
+pub struct State {
     pub interfaces: BTreeMap<u32, maps::Interface>,
     pub endpoints: BTreeMap<EndpointKey, maps::Endpoint>,
     pub addresses: BTreeMap<AddressKey, Address>,
-    pub nat: Vec<NatAddress>,
+    pub security_groups: BTreeMap<PrefixKey, SecurityGroup>,
+    pub nat: BTreeMap<u32, NatAddress>,
     pub config: maps::Config,
-    pub targets: Vec<Target>,
-    /// All rings, `config.ring_size` slots each, end to end.
-    pub rings: Vec<u32>,
+    pub targets: BTreeMap<u32, Target>,
+    /// Ring index → its `config.ring_size` slots (target indices).
+    pub rings: BTreeMap<u32, Vec<u32>>,
 }
 
-/// Consumer networks get ids 1, 2, … in name order (0 is the provider side).
-pub fn network_ids(config: &Config) -> BTreeMap<&str, u32> {
-    let mut names: Vec<&str> = config
-        .node
-        .interfaces
-        .iter()
-        .filter_map(|i| i.consumer_network.as_deref())
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    names.into_iter().zip(1..).collect()
-}
-
-pub fn build(config: &Config, link: impl Fn(&str) -> Result<Link>) -> Result<Desired> {
-    let mut desired = Desired::default();
-    let networks = network_ids(config);
+/// The state for `config` with `ids` (see [`Ids::assign`]).
+pub fn build(config: &Config, ids: &Ids, link: impl Fn(&str) -> Result<Link>) -> Result<State> {
+    let mut state = State::default();
     let node = &config.node;
 
     let mut links = BTreeMap::new();
@@ -67,9 +65,9 @@ pub fn build(config: &Config, link: impl Fn(&str) -> Result<Link>) -> Result<Des
         }
         let network = interface
             .consumer_network
-            .as_deref()
-            .map_or(0, |n| networks[n]);
-        desired.interfaces.insert(
+            .as_ref()
+            .map_or(0, |n| ids.networks[n]);
+        state.interfaces.insert(
             found.ifindex,
             maps::Interface {
                 roles,
@@ -85,13 +83,16 @@ pub fn build(config: &Config, link: impl Fn(&str) -> Result<Link>) -> Result<Des
         );
         for &addr in &interface.nat_addresses {
             let addr = Addr::ipv4(addr.octets());
-            desired.nat.push(NatAddress {
-                addr,
-                ifindex: found.ifindex,
-                family: FAMILY_IPV4,
-                _pad: [0; 3],
-            });
-            desired.addresses.insert(
+            state.nat.insert(
+                state.nat.len() as u32,
+                NatAddress {
+                    addr,
+                    ifindex: found.ifindex,
+                    family: FAMILY_IPV4,
+                    _pad: [0; 3],
+                },
+            );
+            state.addresses.insert(
                 address_key(found.ifindex, addr),
                 Address {
                     kind: address_kind::NAT,
@@ -103,20 +104,34 @@ pub fn build(config: &Config, link: impl Fn(&str) -> Result<Link>) -> Result<Des
     }
 
     let ring_size = node.tables.ring_size;
-    desired.config = maps::Config {
+    state.config = maps::Config {
         ring_size,
-        nat_addresses: desired.nat.len() as u32,
+        nat_addresses: state.nat.len() as u32,
         nat_port_min: node.nat_ports.first,
         nat_port_max: node.nat_ports.last,
         hash_seed: node.hash_seed,
     };
 
-    // One ring per listener of each load balancer: (service, lb, port) → ring id.
-    let mut rings = BTreeMap::new();
-    for (s, service) in config.services.iter().enumerate() {
-        for (l, lb) in service.load_balancers.iter().enumerate() {
+    for service in &config.services {
+        for lb in &service.load_balancers {
             for listener in &lb.listeners {
-                let first = desired.targets.len() as u32;
+                let ring = ids::ring_name(&service.name, &lb.name, listener.port);
+                let indices: Vec<u32> = listener
+                    .targets
+                    .iter()
+                    .map(|t| ids.targets[&ids::target_name(&ring, t)])
+                    .collect();
+                for (target, &index) in listener.targets.iter().zip(&indices) {
+                    state.targets.insert(
+                        index,
+                        Target {
+                            addr: Addr::ipv4(target.ip.octets()),
+                            port_be: target.port.to_be(),
+                            family: FAMILY_IPV4,
+                            _pad: 0,
+                        },
+                    );
+                }
                 let members: Vec<maglev::Member> = listener
                     .targets
                     .iter()
@@ -125,46 +140,44 @@ pub fn build(config: &Config, link: impl Fn(&str) -> Result<Link>) -> Result<Des
                         weight: t.weight,
                     })
                     .collect();
-                desired
-                    .targets
-                    .extend(listener.targets.iter().map(|t| Target {
-                        addr: Addr::ipv4(t.ip.octets()),
-                        port_be: t.port.to_be(),
-                        family: FAMILY_IPV4,
-                        _pad: 0,
-                    }));
-                let ring = maglev::ring(&members, ring_size, node.hash_seed);
-                desired.rings.extend(ring.into_iter().map(|slot| {
-                    if slot == maps::NO_TARGET {
-                        slot
-                    } else {
-                        first + slot
-                    }
-                }));
-                rings.insert((s, l, listener.port), rings.len() as u32);
+                let slots = maglev::ring(&members, ring_size, node.hash_seed)
+                    .into_iter()
+                    .map(|slot| match slot {
+                        maps::NO_TARGET => slot,
+                        member => indices[member as usize],
+                    })
+                    .collect();
+                state.rings.insert(ids.rings[&ring], slots);
             }
         }
     }
 
-    // Endpoints: spread over their service's load balancers round-robin, in file order.
-    let services: BTreeMap<&str, usize> = config
+    // Endpoints are spread over their service's load balancers round-robin, in file
+    // order.
+    let services: BTreeMap<&str, &crate::config::Service> = config
         .services
         .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.as_str(), i))
+        .map(|s| (s.name.as_str(), s))
         .collect();
-    let mut per_service = vec![0usize; config.services.len()];
-    for (id, endpoint) in (1u32..).zip(&config.endpoints) {
-        let Some(&s) = services.get(endpoint.service.as_str()) else {
-            bail!("endpoint {:?}: unknown service", endpoint.id);
-        };
-        let service = &config.services[s];
-        let l = per_service[s] % service.load_balancers.len();
-        per_service[s] += 1;
-        let network = networks[endpoint.consumer_network.as_str()];
+    let mut spread: BTreeMap<&str, usize> = BTreeMap::new();
+    for endpoint in &config.endpoints {
+        let service = services[endpoint.service.as_str()];
+        let turn = spread.entry(service.name.as_str()).or_default();
+        let lb = &service.load_balancers[*turn % service.load_balancers.len()];
+        *turn += 1;
+        let id = ids.endpoints[&endpoint.id];
+        let network = ids.networks[&endpoint.consumer_network];
         let addr = Addr::ipv4(endpoint.ip.octets());
-        for listener in &service.load_balancers[l].listeners {
-            desired.endpoints.insert(
+        let mut flags = 0;
+        if endpoint.security_groups.is_some() {
+            flags |= endpoint_flag::SECURITY_GROUPS;
+        }
+        if service.on_revoke == Revoke::Reset {
+            flags |= endpoint_flag::RESET_ON_REVOKE;
+        }
+        let state_code = acceptance::effective(endpoint, service).code();
+        for (listener_index, listener) in lb.listeners.iter().enumerate() {
+            state.endpoints.insert(
                 EndpointKey {
                     network,
                     addr,
@@ -174,16 +187,39 @@ pub fn build(config: &Config, link: impl Fn(&str) -> Result<Link>) -> Result<Des
                 },
                 maps::Endpoint {
                     id,
-                    state: endpoint.state.code(),
-                    ring: rings[&(s, l, listener.port)],
-                    service: s as u32 + 1,
+                    ring: ids.rings[&ids::ring_name(&service.name, &lb.name, listener.port)],
+                    service: ids.services[&service.name],
+                    state: state_code,
+                    flags,
+                    listener: listener_index as u8,
+                    _pad: 0,
                 },
             );
         }
+        for rule in endpoint.security_groups.iter().flatten() {
+            let ports = lb
+                .listeners
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| rule.ports.as_ref().is_none_or(|p| p.contains(&l.port)))
+                .fold(0u32, |mask, (i, _)| mask | 1 << i);
+            let mut key_addr = [0u8; 16];
+            key_addr[..4].copy_from_slice(&rule.cidr.network().octets());
+            let key = (
+                SourcePrefix::FIXED_BITS + u32::from(rule.cidr.prefix_len()),
+                SourcePrefix {
+                    endpoint: id,
+                    family: FAMILY_IPV4,
+                    addr: key_addr,
+                    _pad: [0; 3],
+                },
+            );
+            state.security_groups.entry(key).or_default().ports |= ports;
+        }
         // Answer ARP for the endpoint IP on every interface facing its network.
         for interface in &node.interfaces {
-            if interface.consumer_network.as_deref() == Some(endpoint.consumer_network.as_str()) {
-                desired.addresses.insert(
+            if interface.consumer_network.as_ref() == Some(&endpoint.consumer_network) {
+                state.addresses.insert(
                     address_key(links[interface.name.as_str()].ifindex, addr),
                     Address {
                         kind: address_kind::ENDPOINT,
@@ -194,7 +230,35 @@ pub fn build(config: &Config, link: impl Fn(&str) -> Result<Link>) -> Result<Des
             }
         }
     }
-    Ok(desired)
+    widen_security_groups(&mut state.security_groups);
+    Ok(state)
+}
+
+/// An LPM lookup returns only the longest matching prefix, but a source may use the
+/// ports of every rule that contains it: give each prefix the ports of the wider
+/// prefixes of the same endpoint around it.
+fn widen_security_groups(groups: &mut BTreeMap<PrefixKey, SecurityGroup>) {
+    let rules: Vec<(PrefixKey, u32)> = groups.iter().map(|(k, v)| (*k, v.ports)).collect();
+    for ((len, prefix), group) in groups.iter_mut() {
+        for ((wider_len, wider), ports) in &rules {
+            if wider.endpoint == prefix.endpoint
+                && wider_len < len
+                && same_prefix(
+                    &wider.addr,
+                    &prefix.addr,
+                    wider_len - SourcePrefix::FIXED_BITS,
+                )
+            {
+                group.ports |= ports;
+            }
+        }
+    }
+}
+
+fn same_prefix(a: &[u8; 16], b: &[u8; 16], bits: u32) -> bool {
+    let a = u128::from_be_bytes(*a);
+    let b = u128::from_be_bytes(*b);
+    bits == 0 || (a ^ b) >> (128 - bits) == 0
 }
 
 fn address_key(ifindex: u32, addr: Addr) -> AddressKey {

@@ -1,4 +1,5 @@
-//! Host: what the agent changes on the node besides the maps, all undone on exit.
+//! Host: what the agent changes on the node besides the maps, recorded in the state
+//! directory so that it is undone even after the agent was killed (`cleanup`).
 //!
 //! - `forwarding` sysctls: on for provider interfaces (the route lookup towards targets is
 //!   made from there and the kernel refuses it otherwise), off for consumer-only ones (so
@@ -7,11 +8,16 @@
 //!   them resolved without traffic, so the XDP route lookup finds the MAC from the first
 //!   SYN on (it cannot trigger ARP itself).
 
-use std::{net::Ipv4Addr, path::PathBuf, process::Command};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    process::Command,
+};
 
 use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
 
-use crate::{config::Config, desired::Link};
+use crate::{config::Config, desired::Link, instance::Instance};
 
 /// What the node knows about a local interface, asked over netlink (`ip`), so that it
 /// answers for the network namespace of the calling thread.
@@ -40,109 +46,126 @@ pub fn link(name: &str) -> Result<Link> {
     Ok(Link { ifindex, mac, veth })
 }
 
-#[derive(Default)]
+/// The host changes in effect, and what to put back.
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Host {
-    /// Sysctl files and the values to put back.
-    sysctls: Vec<(PathBuf, String)>,
-    /// Neighbour entries we made: (address, device).
-    neighbours: Vec<(Ipv4Addr, String)>,
+    /// Sysctl file → the value it had before the agent changed it.
+    sysctls: BTreeMap<String, String>,
+    /// Managed neighbour entries the agent made: (address, device).
+    neighbours: BTreeSet<(Ipv4Addr, String)>,
 }
 
+const FILE: &str = "host.json";
+
 impl Host {
-    /// Prepares the node for `config`. On error, whatever was done is undone.
-    pub fn prepare(config: &Config) -> Result<Self> {
-        let mut host = Self::default();
-        for interface in &config.node.interfaces {
-            let forwarding = if interface.role.provider() { "1" } else { "0" };
-            host.set_sysctl(
-                format!("/proc/sys/net/ipv4/conf/{}/forwarding", interface.name).into(),
-                forwarding,
-            )?;
-        }
-        let mut targets: Vec<Ipv4Addr> = config
-            .services
-            .iter()
-            .flat_map(|s| &s.load_balancers)
-            .flat_map(|lb| &lb.listeners)
-            .flat_map(|l| &l.targets)
-            .map(|t| t.ip)
-            .collect();
-        targets.sort_unstable();
-        targets.dedup();
-        for target in targets {
-            host.keep_resolved(target)?;
-        }
-        Ok(host)
+    /// What an earlier agent of `instance` left in effect.
+    pub fn adopt(instance: &Instance) -> Result<Self> {
+        Ok(instance.read(FILE)?.unwrap_or_default())
     }
 
-    fn set_sysctl(&mut self, path: PathBuf, value: &str) -> Result<()> {
-        let old = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+    /// Brings the host in line with `config` and records it.
+    pub fn reconcile(&mut self, config: &Config, instance: &Instance) -> Result<()> {
+        for interface in &config.node.interfaces {
+            let forwarding = if interface.role.provider() { "1" } else { "0" };
+            let path = format!("/proc/sys/net/ipv4/conf/{}/forwarding", interface.name);
+            self.set_sysctl(path, forwarding)?;
+        }
+        let wanted: BTreeSet<(Ipv4Addr, String)> =
+            targets(config).into_iter().filter_map(next_hop).collect();
+        for (address, dev) in wanted.difference(&self.neighbours.clone()) {
+            self.keep_resolved(*address, dev)?;
+        }
+        for (address, dev) in self
+            .neighbours
+            .difference(&wanted)
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            forget(address, &dev);
+            self.neighbours.remove(&(address, dev));
+        }
+        instance.write(FILE, self)
+    }
+
+    /// Puts everything back as it was.
+    pub fn restore(&mut self, instance: &Instance) -> Result<()> {
+        for (address, dev) in std::mem::take(&mut self.neighbours) {
+            forget(address, &dev);
+        }
+        for (path, value) in std::mem::take(&mut self.sysctls) {
+            if let Err(e) = std::fs::write(&path, &value) {
+                log::warn!("restoring {path}: {e}");
+            }
+        }
+        instance.write(FILE, self)
+    }
+
+    fn set_sysctl(&mut self, path: String, value: &str) -> Result<()> {
+        let old = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         if old.trim() != value {
-            std::fs::write(&path, value).with_context(|| format!("writing {}", path.display()))?;
-            self.sysctls.push((path, old.trim().to_string()));
+            std::fs::write(&path, value).with_context(|| format!("writing {path}"))?;
+            self.sysctls
+                .entry(path)
+                .or_insert_with(|| old.trim().to_string());
         }
         Ok(())
     }
 
-    /// Makes the kernel keep the next hop towards `target` resolved.
-    fn keep_resolved(&mut self, target: Ipv4Addr) -> Result<()> {
-        let route = ip(&["-o", "route", "get", &target.to_string()]);
-        let Ok(route) = route else {
-            log::warn!("target {target}: no route from this node; its flows will be dropped");
-            return Ok(());
-        };
-        let words: Vec<&str> = route.split_whitespace().collect();
-        let after = |word| {
-            words
-                .iter()
-                .position(|w| *w == word)
-                .and_then(|i| words.get(i + 1))
-        };
-        let (Some(dev), next_hop) = (after("dev"), after("via")) else {
-            return Ok(());
-        };
-        if *dev == "lo" || words.first() == Some(&"local") {
-            return Ok(());
-        }
-        let next_hop: Ipv4Addr = next_hop.map_or(Ok(target), |hop| hop.parse())?;
-        if self
-            .neighbours
-            .iter()
-            .any(|(a, d)| *a == next_hop && d == dev)
-        {
-            return Ok(());
-        }
-        let existing = ip(&["neigh", "show", &next_hop.to_string(), "dev", dev])?;
+    /// Makes the kernel keep the neighbour `address` on `dev` resolved.
+    fn keep_resolved(&mut self, address: Ipv4Addr, dev: &str) -> Result<()> {
+        let existing = ip(&["neigh", "show", &address.to_string(), "dev", dev])?;
         if existing.contains("PERMANENT") {
             return Ok(());
         }
         ip(&[
             "neigh",
             "replace",
-            &next_hop.to_string(),
+            &address.to_string(),
             "dev",
             dev,
             "managed",
         ])
-        .with_context(|| format!("keeping the neighbour {next_hop} on {dev} resolved"))?;
-        self.neighbours.push((next_hop, dev.to_string()));
+        .with_context(|| format!("keeping the neighbour {address} on {dev} resolved"))?;
+        self.neighbours.insert((address, dev.to_string()));
         Ok(())
     }
 }
 
-impl Drop for Host {
-    fn drop(&mut self) {
-        for (address, dev) in self.neighbours.drain(..).rev() {
-            if let Err(e) = ip(&["neigh", "del", &address.to_string(), "dev", &dev]) {
-                log::warn!("removing neighbour {address} on {dev}: {e:#}");
-            }
-        }
-        for (path, value) in self.sysctls.drain(..).rev() {
-            if let Err(e) = std::fs::write(&path, &value) {
-                log::warn!("restoring {}: {e}", path.display());
-            }
-        }
+fn targets(config: &Config) -> BTreeSet<Ipv4Addr> {
+    config
+        .services
+        .iter()
+        .flat_map(|s| &s.load_balancers)
+        .flat_map(|lb| &lb.listeners)
+        .flat_map(|l| &l.targets)
+        .map(|t| t.ip)
+        .collect()
+}
+
+/// The next hop (and device) towards `target`, if the node has a route there.
+fn next_hop(target: Ipv4Addr) -> Option<(Ipv4Addr, String)> {
+    let Ok(route) = ip(&["-o", "route", "get", &target.to_string()]) else {
+        log::warn!("target {target}: no route from this node; its flows will be dropped");
+        return None;
+    };
+    let words: Vec<&str> = route.split_whitespace().collect();
+    let after = |word| {
+        words
+            .iter()
+            .position(|w| *w == word)
+            .and_then(|i| words.get(i + 1))
+    };
+    let dev = after("dev")?;
+    if *dev == "lo" || words.first() == Some(&"local") {
+        return None;
+    }
+    let hop = after("via").map_or(Some(target), |hop| hop.parse().ok())?;
+    Some((hop, dev.to_string()))
+}
+
+fn forget(address: Ipv4Addr, dev: &str) {
+    if let Err(e) = ip(&["neigh", "del", &address.to_string(), "dev", dev]) {
+        log::warn!("removing neighbour {address} on {dev}: {e:#}");
     }
 }
 

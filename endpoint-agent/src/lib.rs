@@ -1,14 +1,26 @@
 //! The node agent: keeps the XDP program's maps in sync with the YAML model.
 //!
 //! The pipeline, one module per stage: [`config`] (YAML → model, validated with line
-//! numbers) → [`desired`] (model → map contents) → [`apply`] (into the maps); around it,
-//! [`loader`] (load, attach) and [`host`] (sysctls, neighbours); [`run`] strings them
-//! together.
+//! numbers) → [`ids`] (stable numbers) → [`desired`] (model → map contents) → [`plan`]
+//! (the difference, in a safe order) → [`apply`] (into the maps). Around it:
+//! [`acceptance`] (states and transitions), [`loader`] (load, attach, pin),
+//! [`instance`] (what outlives the process), [`host`] (sysctls, neighbours), [`events`],
+//! [`expiry`] (idle flows), [`reconcile`] (one pass), [`run`] (the loop), and the
+//! commands [`status`], [`connections`].
 
+pub mod acceptance;
 pub mod apply;
 pub mod config;
+pub mod connections;
 pub mod desired;
+pub mod events;
+pub mod expiry;
 pub mod host;
+pub mod ids;
+pub mod instance;
 pub mod loader;
+pub mod plan;
+pub mod reconcile;
 pub mod run;
 pub mod stats;
+pub mod status;

@@ -1,14 +1,26 @@
-//! Loader: the embedded XDP object, loaded with map sizes from the config, and attached
-//! natively where the driver allows it, generically where it does not.
+//! Loader: the embedded XDP object, loaded with map sizes from the config and its maps
+//! pinned for the instance (reused if an earlier agent left them); attached natively
+//! where the driver allows it, generically where it does not, through pinned links
+//! that a restarted agent takes over with an atomic program replacement.
 
-use anyhow::{Context as _, Result};
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use endpoint_common::counter;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, MAX_LISTENERS, MAX_NAT_ADDRESSES};
+use crate::{
+    config::{Config, MAX_LISTENERS, MAX_NAT_ADDRESSES, Tables},
+    instance::Instance,
+};
 
 /// The XDP object built by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/endpoint"));
@@ -17,7 +29,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const PROGRAM: &str = "endpoint";
 
 /// How an interface got the program.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// In the driver: the fast path.
     Native,
@@ -35,7 +48,7 @@ impl std::fmt::Display for Mode {
 }
 
 /// Map sizes for `config`.
-pub fn map_sizes(config: &Config) -> [(&'static str, u32); 6] {
+pub fn map_sizes(config: &Config) -> [(&'static str, u32); 7] {
     let t = &config.node.tables;
     let consumer_interfaces = config
         .node
@@ -50,17 +63,37 @@ pub fn map_sizes(config: &Config) -> [(&'static str, u32); 6] {
             "ADDRESSES",
             t.endpoints * consumer_interfaces.max(1) + MAX_NAT_ADDRESSES,
         ),
-        ("TARGETS", t.targets),
+        ("SECURITY_GROUPS", t.endpoints * 16),
+        // Index 0 is never used (see `ids`).
+        ("TARGETS", t.targets + 1),
         ("RINGS", t.rings * t.ring_size),
         ("STATS", (t.endpoints + 1) * counter::COUNT),
     ]
 }
 
-/// Loads the program into the kernel (verified, not yet attached).
-pub fn load(config: &Config) -> Result<Ebpf> {
+/// Every map the agent pins (and a `cleanup` removes).
+pub const PINNED: [&str; 10] = [
+    "INTERFACES",
+    "ENDPOINTS",
+    "ADDRESSES",
+    "SECURITY_GROUPS",
+    "NAT",
+    "CONFIG",
+    "TARGETS",
+    "RINGS",
+    "FLOWS",
+    "STATS",
+];
+
+/// Loads the program into the kernel (verified, not yet attached). The maps are the
+/// instance's pinned ones if they exist, else new ones, pinned.
+pub fn load(config: &Config, instance: &Instance) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     for (map, size) in map_sizes(config) {
         loader.map_max_entries(map, size);
+    }
+    for map in PINNED {
+        loader.map_pin_path(map, instance.pins.join(map));
     }
     // The program logs rare events only (new flows at debug, NAT exhaustion at warn);
     // below the agent's own level they cost one comparison.
@@ -73,6 +106,20 @@ pub fn load(config: &Config) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
+/// Map sizes cannot change under a running data path: a config whose tables differ
+/// from the pinned maps' needs `cleanup` first.
+pub fn check_tables(instance: &Instance, tables: &Tables) -> Result<()> {
+    if let Some(pinned) = instance.read::<Tables>("tables.json")? {
+        if pinned != *tables {
+            bail!(
+                "node.tables changed ({pinned:?} -> {tables:?}): map sizes are fixed while \
+                 the data path runs; run `endpoint-agent cleanup` (cuts connections) to resize"
+            );
+        }
+    }
+    instance.write("tables.json", tables)
+}
+
 pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     let program = ebpf
         .program_mut(PROGRAM)
@@ -80,22 +127,74 @@ pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     Ok(program.try_into()?)
 }
 
-/// Attaches to `interface`: natively if the driver supports it, else generically.
-pub fn attach(ebpf: &mut Ebpf, interface: &str) -> Result<(XdpLinkId, Mode)> {
+/// Attach modes by interface, as recorded in the state directory.
+pub type Modes = BTreeMap<String, Mode>;
+
+/// Puts the loaded program on `interface`: takes over the instance's pinned link if
+/// there is one (the old program is replaced atomically, no packet sees neither),
+/// else attaches natively if the driver supports it, generically if not, and pins the
+/// link.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    instance: &Instance,
+    interface: &str,
+    modes: &Modes,
+) -> Result<Mode> {
+    let pin = instance.link_pin(interface);
     let program = program(ebpf)?;
-    match program.attach(interface, XdpMode::Driver) {
-        Ok(link) => Ok((link, Mode::Native)),
+    if pin.exists() {
+        let link =
+            PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+        let link =
+            XdpLink::try_from(FdLink::from(link)).map_err(|e: LinkError| anyhow::anyhow!(e))?;
+        program
+            .attach_to_link(link)
+            .with_context(|| format!("replacing the program on {interface}"))?;
+        return Ok(modes.get(interface).copied().unwrap_or(Mode::Native));
+    }
+    let (link, mode) = match program.attach(interface, XdpMode::Driver) {
+        Ok(link) => (link, Mode::Native),
         Err(ProgramError::UnknownInterface { name }) => {
-            anyhow::bail!("no interface named {name:?} on this node")
+            bail!("no interface named {name:?} on this node")
         }
         Err(native) => {
             let link = program
                 .attach(interface, XdpMode::Skb)
                 .with_context(|| format!("attaching to {interface:?} (native failed: {native})"))?;
             log::warn!("{interface}: native XDP not supported ({native}); using generic mode");
-            Ok((link, Mode::Generic))
+            (link, Mode::Generic)
+        }
+    };
+    let link = FdLink::try_from(program.take_link(link)?)?;
+    link.pin(&pin)
+        .with_context(|| format!("pinning the link of {interface}"))?;
+    Ok(mode)
+}
+
+/// Takes the program off `interface` (once this process closes its own handles).
+pub fn detach(instance: &Instance, interface: &str) -> Result<()> {
+    let pin = instance.link_pin(interface);
+    if pin.exists() {
+        PinnedLink::from_pin(&pin)
+            .with_context(|| format!("opening {}", pin.display()))?
+            .unpin()
+            .with_context(|| format!("unpinning {}", pin.display()))?;
+    }
+    Ok(())
+}
+
+/// Detaches every pinned link of the instance and removes its pinned maps.
+pub fn remove_pins(instance: &Instance) -> Result<()> {
+    let links = instance.pins.join("links");
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        for entry in entries.flatten() {
+            detach(instance, &entry.file_name().to_string_lossy())?;
         }
     }
+    for map in PINNED {
+        let _ = std::fs::remove_file(instance.pins.join(map));
+    }
+    Ok(())
 }
 
 /// aya-log's level numbering (error = 1 … trace = 5) for the agent's log level.

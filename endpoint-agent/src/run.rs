@@ -1,62 +1,197 @@
-//! `endpoint-agent run`: the node agent. Config → validate → desired state → load →
-//! fill the maps → prepare the host → attach; then wait for SIGINT/SIGTERM and leave
-//! nothing behind.
+//! `endpoint-agent run`: the node agent. Start (or take over an earlier agent's data
+//! path), apply the config, then keep the maps in sync with it — the file is re-read
+//! every half second and on SIGHUP — while expiring idle flows and watching for traffic
+//! to endpoints that wait for acceptance; on SIGINT/SIGTERM take everything down (or,
+//! with `--on-exit keep`, leave the data path running for the next agent).
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
+use aya::maps::{MapData, PerCpuArray};
+use endpoint_common::counter::{self, Count};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    time::interval,
 };
 
-use crate::{apply, config, desired, host, loader};
+use crate::{
+    config::{self, State},
+    events::{self, Events, Kind},
+    expiry,
+    instance::Instance,
+    reconcile::Agent,
+};
 
-pub async fn run(path: &Path) -> Result<()> {
-    let loaded = config::load(path)?;
-    for warning in &loaded.warnings {
-        log::warn!("{warning}");
-    }
-    let config = &loaded.config;
-    let desired = desired::build(config, host::link)?;
+/// What to do with the data path when the agent is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnExit {
+    /// Detach, unpin and restore the node: nothing is left behind.
+    Detach,
+    /// Leave the program, maps and flows running: a restarted agent adopts them with no
+    /// connection lost (`endpoint-agent cleanup` removes them).
+    Keep,
+}
 
-    let mut ebpf = loader::load(config)?;
-    drain_program_logs(&mut ebpf);
-    apply::fill(&mut ebpf, &desired)?;
-    let host = host::Host::prepare(config)?;
-    for interface in &config.node.interfaces {
-        let (_, mode) = loader::attach(&mut ebpf, &interface.name)?;
-        log::info!(
-            "{}: attached in {mode} mode as {:?}{}",
-            interface.name,
-            interface.role,
-            interface
-                .consumer_network
-                .as_deref()
-                .map_or(String::new(), |n| format!(" for consumer network {n:?}"))
-        );
-    }
-    let available = config
-        .endpoints
-        .iter()
-        .filter(|e| e.state == config::State::Available)
-        .count();
-    log::info!(
-        "ready: {} services, {} endpoints ({available} available)",
-        config.services.len(),
-        config.endpoints.len()
-    );
+pub struct Options {
+    pub config: PathBuf,
+    pub instance: Instance,
+    /// `-` for stdout, a file, or none.
+    pub events: Option<String>,
+    pub on_exit: OnExit,
+}
+
+/// How often the file is re-read and idle flows are looked for.
+const WATCH: Duration = Duration::from_millis(500);
+const EXPIRE: Duration = Duration::from_secs(5);
+
+pub async fn run(options: Options) -> Result<()> {
+    let source = options.config.display().to_string();
+    let text = read(&options.config)?;
+    // Nothing is loaded or attached for a config that is not valid.
+    let loaded = config::parse(&source, &text)?;
+    let events = options.events.as_deref().map(Events::open).transpose()?;
+    let mut agent = Agent::start(&loaded.config, options.instance, events, source.clone())?;
+    drain_program_logs(&mut agent.ebpf);
+    agent.reconcile(&text, true)?;
+    let summary = |agent: &Agent| {
+        let config = agent.applied.config.as_ref();
+        let states = config.map(events::effective_states).unwrap_or_default();
+        format!(
+            "{} services, {} endpoints ({} available)",
+            config.map_or(0, |c| c.services.len()),
+            states.len(),
+            states.values().filter(|s| **s == State::Available).count()
+        )
+    };
+    log::info!("ready: {}", summary(&agent));
 
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: stopping"),
-        _ = terminate.recv() => log::info!("SIGTERM: stopping"),
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut watch = interval(WATCH);
+    let mut expire = interval(EXPIRE);
+    let mut pending = Pending::default();
+    // The last text tried, valid or not: an invalid file is reported once, not twice a
+    // second.
+    let mut tried = text;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => { log::info!("SIGTERM: stopping"); break }
+            _ = interrupt.recv() => { log::info!("SIGINT: stopping"); break }
+            _ = hangup.recv() => {
+                log::info!("SIGHUP: reloading {source}");
+                tried = String::new();
+                reload(&mut agent, &options.config, &mut tried, summary);
+            }
+            _ = watch.tick() => {
+                reload(&mut agent, &options.config, &mut tried, summary);
+                pending.watch(&mut agent);
+            }
+            _ = expire.tick() => {
+                let config = agent.applied.config.clone();
+                if let Some(config) = config {
+                    match expiry::expire(&mut agent.ebpf, &config, &agent.applied.ids, expiry::now_s()) {
+                        Ok(0) => {}
+                        Ok(n) => log::debug!("expired {n} idle connections"),
+                        Err(e) => log::warn!("expiring flows: {e:#}"),
+                    }
+                }
+            }
+        }
     }
-    // Detach first, then put the host back as it was.
-    drop(ebpf);
-    drop(host);
-    log::info!("detached; bye");
+    match options.on_exit {
+        OnExit::Detach => {
+            agent.remove()?;
+            log::info!("detached and restored the node; bye");
+        }
+        OnExit::Keep => log::info!(
+            "left the data path running for the next agent of instance {:?}; bye",
+            agent.instance.name
+        ),
+    }
     Ok(())
+}
+
+fn read(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Re-applies the file if it changed since the last try. A config that fails leaves the
+/// running state exactly as it was.
+fn reload(
+    agent: &mut Agent,
+    path: &std::path::Path,
+    tried: &mut String,
+    summary: impl Fn(&Agent) -> String,
+) {
+    let text = match read(path) {
+        Ok(text) => text,
+        Err(e) => {
+            log::warn!("{e:#}; keeping the running config");
+            return;
+        }
+    };
+    if text == *tried {
+        return;
+    }
+    *tried = text.clone();
+    if text == agent.applied.text {
+        return;
+    }
+    match agent.reconcile(&text, false) {
+        Ok(()) => log::info!("reloaded: {}", summary(agent)),
+        Err(e) => log::error!("{e:#}\nkeeping the running config"),
+    }
+}
+
+/// Watches endpoints waiting for acceptance for their first packet.
+#[derive(Default)]
+struct Pending {
+    /// Endpoint → (packets dropped when it started waiting, reported yet).
+    seen: BTreeMap<String, (u64, bool)>,
+}
+
+impl Pending {
+    fn watch(&mut self, agent: &mut Agent) {
+        let Some(config) = agent.applied.config.clone() else {
+            return;
+        };
+        let states = events::effective_states(&config);
+        let Some(map) = agent.ebpf.map("STATS") else {
+            return;
+        };
+        let Ok(stats) = PerCpuArray::<&MapData, Count>::try_from(map) else {
+            return;
+        };
+        let mut still = BTreeMap::new();
+        for endpoint in &config.endpoints {
+            if states.get(endpoint.id.as_str()) != Some(&State::PendingAcceptance) {
+                continue;
+            }
+            let Some(&id) = agent.applied.ids.endpoints.get(&endpoint.id) else {
+                continue;
+            };
+            let index = counter::index(id, counter::DROP_STATE_PENDING_ACCEPTANCE);
+            let Ok(per_cpu) = stats.get(&index, 0) else {
+                continue;
+            };
+            let dropped: u64 = per_cpu.iter().map(|c| c.packets).sum();
+            let (baseline, reported) = self
+                .seen
+                .get(&endpoint.id)
+                .copied()
+                .unwrap_or((dropped, false));
+            let report = !reported && dropped > baseline;
+            if report {
+                if let Some(events) = &mut agent.events {
+                    events.emit(Kind::PendingTraffic, endpoint, State::PendingAcceptance);
+                }
+            }
+            still.insert(endpoint.id.clone(), (baseline, reported || report));
+        }
+        self.seen = still;
+    }
 }
 
 /// Forwards the program's aya-log records to the agent's log.

@@ -1,11 +1,10 @@
 //! Counters: the program's per-CPU `STATS` array, summed over CPUs.
 
 use anyhow::{Context as _, Result};
-use aya::{
-    Ebpf,
-    maps::{MapData, PerCpuArray},
-};
+use aya::maps::{MapData, PerCpuArray};
 use endpoint_common::counter::{self, Count};
+
+use crate::apply::Maps;
 
 pub struct Counters {
     /// Indexed like `STATS`: `endpoint * counter::COUNT + counter`.
@@ -13,7 +12,7 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn read(ebpf: &Ebpf) -> Result<Self> {
+    pub fn read(ebpf: &impl Maps) -> Result<Self> {
         let map = ebpf.map("STATS").context("no map STATS")?;
         let stats: PerCpuArray<&MapData, Count> = PerCpuArray::try_from(map)?;
         let counts = (0..stats.len())
@@ -36,13 +35,20 @@ impl Counters {
             .unwrap_or_default()
     }
 
-    /// Packets under `counter`, over all endpoints.
-    pub fn packets(&self, counter: u32) -> u64 {
+    /// Packets and bytes under `counter`, over all endpoints.
+    pub fn total(&self, counter: u32) -> Count {
         self.counts
             .iter()
             .skip(counter as usize)
             .step_by(counter::COUNT as usize)
-            .map(|c| c.packets)
-            .sum()
+            .fold(Count::default(), |sum, c| Count {
+                packets: sum.packets + c.packets,
+                bytes: sum.bytes + c.bytes,
+            })
+    }
+
+    /// Packets under `counter`, over all endpoints.
+    pub fn packets(&self, counter: u32) -> u64 {
+        self.total(counter).packets
     }
 }

@@ -24,21 +24,22 @@ fn example() -> String {
 }
 
 /// The standard topology with the example's targets serving and the agent running
-/// `config` (written next to the test binary).
+/// `config` (a file the test may rewrite), with events going to a file.
 struct Bed {
     agent: Agent,
     servers: Vec<Server>,
     topology: Topology,
-    _config: TempFile,
+    config: TempFile,
+    events: TempFile,
 }
 
-/// A config file removed on drop.
+/// A file removed on drop.
 struct TempFile(PathBuf);
 
 impl TempFile {
-    fn new(text: &str) -> Self {
+    fn new(kind: &str, text: &str) -> Self {
         let path = std::env::temp_dir().join(format!(
-            "endpoint-e2e-{}-{:?}.yaml",
+            "endpoint-e2e-{}-{:?}-{kind}",
             std::process::id(),
             std::thread::current().id()
         ));
@@ -81,14 +82,28 @@ fn bed_prepared(config: &str, prepare: impl FnOnce(&Topology)) -> Bed {
         )
         .unwrap(),
     ];
-    let config = TempFile::new(config);
-    let agent = Agent::start(&topology.node, Path::new(AGENT), &config.0).expect("agent");
+    let config = TempFile::new("config.yaml", config);
+    let events = TempFile::new("events.jsonl", "");
+    let agent = start_agent(&topology, &config, &events);
     Bed {
         agent,
         servers,
         topology,
-        _config: config,
+        config,
+        events,
     }
+}
+
+fn start_agent(topology: &Topology, config: &TempFile, events: &TempFile) -> Agent {
+    let events = events.0.to_str().unwrap();
+    Agent::start(
+        &topology.node,
+        Path::new(AGENT),
+        topology.node.name(),
+        &config.0,
+        &["--events", events],
+    )
+    .expect("agent")
 }
 
 impl Bed {
@@ -102,6 +117,42 @@ impl Bed {
 
     fn fail(&self, e: anyhow::Error) -> ! {
         panic!("{e:#}\nagent log:\n{}", self.agent.log())
+    }
+
+    /// Rewrites the config and waits until the agent has applied it (SIGHUP, so as not
+    /// to wait for the next look at the file).
+    fn reconfigure(&self, text: &str) {
+        let before = self.agent.log().matches("reloaded:").count();
+        std::fs::write(&self.config.0, text).unwrap();
+        self.agent.signal(libc::SIGHUP);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.agent.log().matches("reloaded:").count() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not reloaded:\n{}",
+                self.agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config.0).unwrap()
+    }
+
+    fn events(&self) -> String {
+        std::fs::read_to_string(&self.events.0).unwrap()
+    }
+
+    /// Runs an agent command (status, accept …) for this bed's instance and config.
+    fn agent_command(&self, args: &[&str]) -> String {
+        let output = self.agent.command(args).unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 }
 
@@ -291,17 +342,28 @@ fn xdp_attached(ns: &Namespace) -> bool {
 #[test]
 fn an_invalid_config_names_the_line_exits_non_zero_and_attaches_nothing() {
     let topology = Topology::build().unwrap();
-    let config = TempFile::new(&example().replacen("service: orders", "service: ordrs", 1));
+    let config = TempFile::new(
+        "config.yaml",
+        &example().replacen("service: orders", "service: ordrs", 1),
+    );
     let output = topology
         .node
         .command(AGENT)
-        .args(["run", "--config"])
+        .args(["--instance", topology.node.name(), "run", "--config"])
         .arg(&config.0)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains(":51: error: endpoint \"vpce-a-orders\" (endpoints[0].service): no service named \"ordrs\""), "{stderr}");
+    let line = example()
+        .lines()
+        .position(|l| l.contains("service: orders"))
+        .unwrap()
+        + 1;
+    let expected = format!(
+        ":{line}: error: endpoint \"vpce-a-orders\" (endpoints[0].service): no service named \"ordrs\""
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
     assert!(!xdp_attached(&topology.node));
 }
 
@@ -351,4 +413,83 @@ fn testbed_namespaces() -> Vec<String> {
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
         .collect()
+}
+
+/// A conversation that must go on: the same target and NAT port every time.
+struct Conversation {
+    stream: std::net::TcpStream,
+    seen: (String, std::net::SocketAddrV4),
+    turn: u32,
+}
+
+impl Conversation {
+    fn open(bed: &Bed) -> Self {
+        let mut stream =
+            connect(&bed.topology.consumer_a, at(ORDERS, 80), WAIT).unwrap_or_else(|e| bed.fail(e));
+        let answer = exchange(&mut stream, "hello").unwrap_or_else(|e| bed.fail(e));
+        Self {
+            stream,
+            seen: (answer.target, answer.seen_from),
+            turn: 0,
+        }
+    }
+
+    /// One more exchange; `log` is shown if it fails.
+    fn say(&mut self, when: &str, log: &str) {
+        self.turn += 1;
+        let line = format!("turn {}", self.turn);
+        let answer = exchange(&mut self.stream, &line)
+            .unwrap_or_else(|e| panic!("the conversation broke {when}: {e:#}\nagent log:\n{log}"));
+        assert_eq!(answer.echo, line, "{when}");
+        assert_eq!((answer.target, answer.seen_from), self.seen, "moved {when}");
+    }
+}
+
+/// An endpoint in vpc-b that has nothing to do with vpc-a's connection.
+fn with_extra_endpoint(config: &str, n: u32) -> String {
+    format!(
+        "{config}\n  - {{ id: extra-{n}, service: billing, principal: team-b, consumer_network: vpc-b, ip: 10.0.0.{}, zone: zone-1 }}\n",
+        150 + n % 50
+    )
+}
+
+#[test]
+fn a_long_lived_connection_survives_100_config_changes_and_an_agent_kill_and_restart() {
+    let bed = bed_with(&example());
+    let mut conversation = Conversation::open(&bed);
+    let base = example();
+    for n in 0..100 {
+        // Endpoints come and go, weights and billing's state change: none concern vpc-a.
+        let mut text = if n % 2 == 0 {
+            with_extra_endpoint(&base, n)
+        } else {
+            base.clone()
+        };
+        if n % 3 == 0 {
+            text = text.replace(
+                "port: 9090 }",
+                &format!("port: 9090, weight: {} }}", 1 + n % 4),
+            );
+        }
+        bed.reconfigure(&text);
+        conversation.say(&format!("after config change {n}"), &bed.agent.log());
+    }
+
+    let Bed {
+        agent,
+        servers,
+        topology,
+        config,
+        events,
+    } = bed;
+    agent.kill().unwrap();
+    conversation.say("with the agent killed (kill -9)", "");
+    let agent = start_agent(&topology, &config, &events);
+    assert!(
+        agent.log().contains("adopting the data path"),
+        "{}",
+        agent.log()
+    );
+    conversation.say("after the agent restarted", &agent.log());
+    drop((agent, servers, topology));
 }

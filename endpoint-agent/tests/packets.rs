@@ -10,7 +10,9 @@ use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions, Xdp, XdpMode},
 };
-use endpoint_agent::{apply, config, desired, host, loader, stats::Counters};
+use endpoint_agent::{
+    apply, config, desired, host, ids::Ids, instance::Instance, loader, plan::Plan, stats::Counters,
+};
 use endpoint_common::{
     counter, hash,
     maps::{Addr, EndpointKey, FAMILY_IPV4, FlowKey, NO_TARGET, PROTO_TCP},
@@ -44,6 +46,7 @@ node:
   hash_seed: 11
 services:
   - name: orders
+    acceptance_required: false
     allowed_principals: ['*']
     load_balancers:
       - name: nlb
@@ -54,6 +57,7 @@ services:
               - { ip: 172.16.0.10, port: 8080 }
               - { ip: 172.16.0.11, port: 8080 }
   - name: unresolved
+    acceptance_required: false
     allowed_principals: ['*']
     load_balancers:
       - name: nlb
@@ -62,6 +66,7 @@ services:
           - port: 80
             targets: [{ ip: 172.16.0.20, port: 8080 }]
   - name: unrouted
+    acceptance_required: false
     allowed_principals: ['*']
     load_balancers:
       - name: nlb
@@ -69,6 +74,18 @@ services:
         listeners:
           - port: 80
             targets: [{ ip: 192.168.99.1, port: 8080 }]
+  - name: strict
+    acceptance_required: false
+    allowed_principals: ['*']
+    on_revoke: reset
+    load_balancers:
+      - name: nlb
+        zone: z1
+        listeners:
+          - port: 80
+            targets: [{ ip: 172.16.0.10, port: 8080 }]
+          - port: 443
+            targets: [{ ip: 172.16.0.10, port: 8443 }]
 endpoints:
   - { id: a, service: orders, principal: p, consumer_network: vpc-a, ip: 10.0.0.100, zone: z1, state: available }
   - { id: b, service: orders, principal: p, consumer_network: vpc-b, ip: 10.0.0.100, zone: z1, state: available }
@@ -76,20 +93,25 @@ endpoints:
   - { id: rejected, service: orders, principal: p, consumer_network: vpc-b, ip: 10.0.0.101, zone: z1, state: rejected }
   - { id: unresolved, service: unresolved, principal: p, consumer_network: vpc-a, ip: 10.0.0.102, zone: z1, state: available }
   - { id: unrouted, service: unrouted, principal: p, consumer_network: vpc-a, ip: 10.0.0.103, zone: z1, state: available }
+  - id: guarded
+    service: strict
+    principal: p
+    consumer_network: vpc-b
+    ip: 10.0.0.104
+    zone: z1
+    security_groups:
+      - { cidr: 10.0.0.0/28, ports: [80] }
+      - { cidr: 10.0.0.0/24, ports: [443] }
+  - { id: revoked, service: strict, principal: p, consumer_network: vpc-a, ip: 10.0.0.105, zone: z1, state: rejected }
 ";
-
-/// Endpoint ids (their order in CONFIG).
-const ENDPOINT_A: u32 = 1;
-const ENDPOINT_B: u32 = 2;
-const ENDPOINT_PENDING: u32 = 3;
-const ENDPOINT_REJECTED: u32 = 4;
 
 /// A namespace with the node's interfaces, the program loaded, attached and its maps
 /// filled from CONFIG.
 struct Rig {
     ebpf: Ebpf,
-    desired: desired::Desired,
+    desired: desired::State,
     config: config::Config,
+    ids: Ids,
 }
 
 struct Link {
@@ -136,13 +158,19 @@ fn with_rig(test: impl FnOnce(&mut Rig) + Send) {
         .unwrap();
     }
     ns.sysctl("net.ipv4.conf.prov.forwarding", "1").unwrap();
+    // The maps are pinned under an instance of the test's own, removed at the end.
+    let instance = Instance::new(ns.name()).unwrap();
+    instance.prepare().unwrap();
+    let _unpin = Unpin(instance.clone());
     ns.enter(|| {
         let config = config::parse("test.yaml", CONFIG)
             .expect("valid config")
             .config;
-        let desired = desired::build(&config, host::link).expect("desired state");
-        let mut ebpf = loader::load(&config).expect("load");
-        apply::fill(&mut ebpf, &desired).expect("fill");
+        let ids = Ids::default().assign(&config);
+        let desired = desired::build(&config, &ids, host::link).expect("desired state");
+        let mut ebpf = loader::load(&config, &instance).expect("load");
+        let plan = Plan::between(&desired::State::default(), &desired);
+        apply::apply(&mut ebpf, &plan).expect("apply");
         for interface in &config.node.interfaces {
             program(&mut ebpf)
                 .attach(&interface.name, XdpMode::Driver)
@@ -152,9 +180,20 @@ fn with_rig(test: impl FnOnce(&mut Rig) + Send) {
             ebpf,
             desired,
             config,
+            ids,
         });
     })
     .expect("namespace thread");
+}
+
+/// Removes a test instance's pins and state, even when the test fails.
+struct Unpin(Instance);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let _ = loader::remove_pins(&self.0);
+        let _ = self.0.remove();
+    }
 }
 
 fn program(ebpf: &mut Ebpf) -> &mut Xdp {
@@ -162,6 +201,29 @@ fn program(ebpf: &mut Ebpf) -> &mut Xdp {
 }
 
 impl Rig {
+    /// The id (counter slot) of the endpoint named `name` in CONFIG.
+    fn endpoint(&self, name: &str) -> u32 {
+        self.ids.endpoints[name]
+    }
+
+    /// Applies another config the way the agent does: a plan from what the maps hold.
+    fn reconfigure(&mut self, text: &str) {
+        let config = config::parse("test.yaml", text)
+            .expect("valid config")
+            .config;
+        let ids = self.ids.assign(&config);
+        let desired = desired::build(&config, &ids, host::link).expect("desired state");
+        apply::apply(&mut self.ebpf, &Plan::between(&self.desired, &desired)).expect("apply");
+        (self.config, self.ids, self.desired) = (config, ids, desired);
+    }
+
+    fn flows(&self) -> Vec<(FlowKey, endpoint_common::maps::Flow)> {
+        let flows = self.ebpf.map("FLOWS").unwrap();
+        let flows: aya::maps::HashMap<_, FlowKey, endpoint_common::maps::Flow> =
+            aya::maps::HashMap::try_from(flows).unwrap();
+        flows.iter().map(Result::unwrap).collect()
+    }
+
     fn link(&self, name: &str) -> Link {
         let link = host::link(name).unwrap();
         Link {
@@ -210,13 +272,10 @@ impl Rig {
         };
         let ring = self.desired.endpoints[&key].ring;
         let size = self.desired.config.ring_size;
-        let slot = ring * size + hash::flow(flow, self.config.node.hash_seed) % size;
-        let target = self.desired.rings[slot as usize];
+        let slot = hash::flow(flow, self.config.node.hash_seed) % size;
+        let target = self.desired.rings[&ring][slot as usize];
         assert_ne!(target, NO_TARGET);
-        self.desired.targets[target as usize]
-            .addr
-            .ipv4_be()
-            .to_ne_bytes()
+        self.desired.targets[&target].addr.ipv4_be().to_ne_bytes()
     }
 }
 
@@ -377,9 +436,14 @@ fn syn_is_translated_to_a_target_and_the_reply_back_to_the_consumer() {
         );
 
         let counters = rig.counters();
-        assert_eq!(counters.get(ENDPOINT_A, counter::FORWARD_NEW).packets, 1);
-        assert_eq!(counters.get(ENDPOINT_A, counter::REPLY).packets, 1);
-        assert_eq!(counters.get(ENDPOINT_A, counter::FORWARD).packets, 1);
+        assert_eq!(
+            counters
+                .get(rig.endpoint("a"), counter::FORWARD_NEW)
+                .packets,
+            1
+        );
+        assert_eq!(counters.get(rig.endpoint("a"), counter::REPLY).packets, 1);
+        assert_eq!(counters.get(rig.endpoint("a"), counter::FORWARD).packets, 1);
     });
 }
 
@@ -403,8 +467,18 @@ fn two_consumer_networks_with_the_same_tuple_get_separate_flows_and_ports() {
             tcp_a.source_port
         );
         let counters = rig.counters();
-        assert_eq!(counters.get(ENDPOINT_A, counter::FORWARD_NEW).packets, 1);
-        assert_eq!(counters.get(ENDPOINT_B, counter::FORWARD_NEW).packets, 1);
+        assert_eq!(
+            counters
+                .get(rig.endpoint("a"), counter::FORWARD_NEW)
+                .packets,
+            1
+        );
+        assert_eq!(
+            counters
+                .get(rig.endpoint("b"), counter::FORWARD_NEW)
+                .packets,
+            1
+        );
 
         // Each reply goes back out the interface its flow came in on.
         for (ip, tcp, link) in [(&ip_a, &tcp_a, "cons-a"), (&ip_b, &tcp_b, "cons-b")] {
@@ -444,13 +518,16 @@ fn endpoints_that_are_not_available_drop_and_count_by_state() {
         let counters = rig.counters();
         assert_eq!(
             counters
-                .get(ENDPOINT_PENDING, counter::DROP_STATE_PENDING_ACCEPTANCE)
+                .get(
+                    rig.endpoint("pending"),
+                    counter::DROP_STATE_PENDING_ACCEPTANCE
+                )
                 .packets,
             1
         );
         assert_eq!(
             counters
-                .get(ENDPOINT_REJECTED, counter::DROP_STATE_REJECTED)
+                .get(rig.endpoint("rejected"), counter::DROP_STATE_REJECTED)
                 .packets,
             1
         );
@@ -495,7 +572,7 @@ fn a_segment_without_syn_and_without_flow_is_dropped() {
         assert_eq!(rig.run("cons-a", &ack.frame(b"x")).action, XDP_DROP);
         assert_eq!(
             rig.counters()
-                .get(ENDPOINT_A, counter::DROP_NO_FLOW)
+                .get(rig.endpoint("a"), counter::DROP_NO_FLOW)
                 .packets,
             1
         );
@@ -664,7 +741,9 @@ fn options_fragments_and_expiring_ttl_to_an_endpoint_are_dropped_by_policy() {
         assert_eq!(counters.packets(counter::DROP_IP_OPTIONS), 1);
         assert_eq!(counters.packets(counter::DROP_FRAGMENT), 1);
         assert_eq!(
-            counters.get(ENDPOINT_A, counter::DROP_TTL_EXPIRED).packets,
+            counters
+                .get(rig.endpoint("a"), counter::DROP_TTL_EXPIRED)
+                .packets,
             1
         );
         assert_eq!(counters.packets(counter::FORWARD_NEW), 0);
@@ -687,5 +766,163 @@ fn route_lookup_failures_drop_before_any_flow_exists() {
         let flows: aya::maps::HashMap<_, FlowKey, endpoint_common::maps::Flow> =
             aya::maps::HashMap::try_from(flows).unwrap();
         assert_eq!(flows.keys().count(), 0);
+    });
+}
+
+const GUARDED: [u8; 4] = [10, 0, 0, 104];
+const REVOKED: [u8; 4] = [10, 0, 0, 105];
+
+#[test]
+fn security_groups_admit_only_their_sources_and_ports() {
+    with_rig(|rig| {
+        let mac = rig.link("cons-b").mac;
+        let guarded = rig.endpoint("guarded");
+        // 10.0.0.10 is in 10.0.0.0/28 (port 80) and 10.0.0.0/24 (port 443): both ports.
+        for port in [80, 443] {
+            let syn = Segment {
+                dport: port,
+                ..syn_to(mac, GUARDED, 40000 + port)
+            };
+            assert_eq!(
+                rig.run("cons-b", &syn.frame(b"")).action,
+                XDP_REDIRECT,
+                "port {port}"
+            );
+        }
+        // 10.0.0.200 is only in the /24: port 443 yes, port 80 no.
+        let outsider = |port| Segment {
+            src: [10, 0, 0, 200],
+            dport: port,
+            ..syn_to(mac, GUARDED, 41000)
+        };
+        assert_eq!(
+            rig.run("cons-b", &outsider(443).frame(b"")).action,
+            XDP_REDIRECT
+        );
+        assert_eq!(rig.run("cons-b", &outsider(80).frame(b"")).action, XDP_DROP);
+        // 10.0.1.1 is in none.
+        let stranger = Segment {
+            src: [10, 0, 1, 1],
+            ..syn_to(mac, GUARDED, 42000)
+        };
+        assert_eq!(rig.run("cons-b", &stranger.frame(b"")).action, XDP_DROP);
+        let counters = rig.counters();
+        assert_eq!(
+            counters.get(guarded, counter::DROP_SECURITY_GROUP).packets,
+            2
+        );
+        assert_eq!(counters.get(guarded, counter::FORWARD_NEW).packets, 3);
+    });
+}
+
+#[test]
+fn a_revoked_endpoint_with_reset_answers_segments_with_a_rst() {
+    with_rig(|rig| {
+        let cons = rig.link("cons-a");
+        let revoked = rig.endpoint("revoked");
+        // A data segment of a connection the consumer still thinks is open.
+        let data = Segment {
+            syn: false,
+            ack: true,
+            ..syn_to(cons.mac, REVOKED, 40000)
+        };
+        let out = rig.run("cons-a", &data.frame(b"more data"));
+        assert_eq!(out.action, XDP_REDIRECT, "sent back out cons-a");
+        // RST from the endpoint, seq = the segment's ack (2000), no ACK, no payload.
+        let mut ip =
+            etherparse::Ipv4Header::new(20, 64, etherparse::IpNumber::TCP, REVOKED, CLIENT)
+                .unwrap();
+        ip.dont_fragment = true;
+        let mut expected = Vec::new();
+        PacketBuilder::ethernet2(cons.mac, CLIENT_MAC)
+            .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+            .tcp(80, 40000, 2000, 0)
+            .rst()
+            .write(&mut expected, b"")
+            .unwrap();
+        assert_eq!(out.frame, expected);
+        parse(&out.frame);
+
+        // A SYN is refused like any non-available endpoint's; a RST is never answered.
+        let syn = syn_to(cons.mac, REVOKED, 40001);
+        assert_eq!(rig.run("cons-a", &syn.frame(b"")).action, XDP_DROP);
+        let mut rst = data.frame(b"");
+        rst[14 + 20 + 13] |= 0x04;
+        assert_eq!(rig.run("cons-a", &rst).action, XDP_DROP);
+        let counters = rig.counters();
+        assert_eq!(
+            counters.get(revoked, counter::RESET_REVOKED).packets,
+            2,
+            "the RST and the dropped RST"
+        );
+        assert_eq!(
+            counters.get(revoked, counter::DROP_STATE_REJECTED).packets,
+            1,
+            "the SYN"
+        );
+    });
+}
+
+#[test]
+fn a_revoked_endpoint_that_drains_keeps_established_flows_and_refuses_new_ones() {
+    with_rig(|rig| {
+        let mac = rig.link("cons-a").mac;
+        let syn = syn_to(mac, ENDPOINT, 40000);
+        assert_eq!(rig.run("cons-a", &syn.frame(b"")).action, XDP_REDIRECT);
+        let rejected = CONFIG.replacen(
+            "ip: 10.0.0.100, zone: z1, state: available",
+            "ip: 10.0.0.100, zone: z1, state: rejected",
+            1,
+        );
+        rig.reconfigure(&rejected);
+        let established = Segment {
+            syn: false,
+            ack: true,
+            ..syn
+        };
+        assert_eq!(
+            rig.run("cons-a", &established.frame(b"x")).action,
+            XDP_REDIRECT
+        );
+        let new = syn_to(mac, ENDPOINT, 40001);
+        assert_eq!(rig.run("cons-a", &new.frame(b"")).action, XDP_DROP);
+        let a = rig.endpoint("a");
+        let counters = rig.counters();
+        assert_eq!(counters.get(a, counter::FORWARD).packets, 1);
+        assert_eq!(counters.get(a, counter::DROP_STATE_REJECTED).packets, 1);
+    });
+}
+
+#[test]
+fn flows_are_stamped_when_used_and_marked_closing_on_fin() {
+    with_rig(|rig| {
+        let mac = rig.link("cons-a").mac;
+        let syn = syn_to(mac, ENDPOINT, 40000);
+        rig.run("cons-a", &syn.frame(b""));
+        let now = endpoint_agent::expiry::now_s();
+        let flows = rig.flows();
+        assert_eq!(flows.len(), 2, "both directions");
+        for (_, flow) in &flows {
+            assert!(
+                flow.last_seen_s.abs_diff(now) <= 1,
+                "{} vs {now}",
+                flow.last_seen_s
+            );
+            assert_eq!(flow.flags, 0);
+        }
+        let mut fin = Segment {
+            syn: false,
+            ack: true,
+            ..syn
+        }
+        .frame(b"");
+        fin[14 + 20 + 13] |= 0x01;
+        assert_eq!(rig.run("cons-a", &fin).action, XDP_REDIRECT);
+        let closing = rig
+            .flows()
+            .iter()
+            .filter(|(_, f)| f.flags & endpoint_common::maps::flow_flag::CLOSING != 0)
+            .count();
+        assert_eq!(closing, 1, "the direction that saw the FIN");
     });
 }

@@ -76,11 +76,15 @@ counters! {
     DROP_STATE_DELETED = "drop_state_deleted",
     /// The endpoint is `expired`.
     DROP_STATE_EXPIRED = "drop_state_expired",
+    /// The source is outside the endpoint's security groups.
+    DROP_SECURITY_GROUP = "drop_security_group",
+    /// A packet of a flow whose endpoint was revoked with `reset`: answered with a RST.
+    RESET_REVOKED = "reset_revoked",
 }
 
 /// The counter a packet to an endpoint in `state` (not available) is dropped under.
 #[inline(always)]
-pub const fn drop_for_state(state: u32) -> u32 {
+pub const fn drop_for_state(state: u8) -> u32 {
     use crate::maps::state;
     match state {
         state::PENDING_ACCEPTANCE => DROP_STATE_PENDING_ACCEPTANCE,

@@ -74,14 +74,23 @@ pub mod bounce {
 
 /// Acceptance states of an endpoint, as stored in [`Endpoint::state`].
 pub mod state {
-    pub const AVAILABLE: u32 = 1;
-    pub const PENDING_ACCEPTANCE: u32 = 2;
-    pub const PENDING: u32 = 3;
-    pub const REJECTED: u32 = 4;
-    pub const FAILED: u32 = 5;
-    pub const DELETING: u32 = 6;
-    pub const DELETED: u32 = 7;
-    pub const EXPIRED: u32 = 8;
+    pub const AVAILABLE: u8 = 1;
+    pub const PENDING_ACCEPTANCE: u8 = 2;
+    pub const PENDING: u8 = 3;
+    pub const REJECTED: u8 = 4;
+    pub const FAILED: u8 = 5;
+    pub const DELETING: u8 = 6;
+    pub const DELETED: u8 = 7;
+    pub const EXPIRED: u8 = 8;
+}
+
+/// Bits of [`Endpoint::flags`].
+pub mod endpoint_flag {
+    /// Only sources in the endpoint's security groups may use it (`SECURITY_GROUPS`).
+    pub const SECURITY_GROUPS: u8 = 1;
+    /// When the endpoint stops being available, established flows are reset (the
+    /// consumer gets a RST) instead of drained.
+    pub const RESET_ON_REVOKE: u8 = 2;
 }
 
 /// `ENDPOINTS` key: a listener port of an endpoint in a consumer network.
@@ -101,12 +110,42 @@ pub struct EndpointKey {
 pub struct Endpoint {
     /// Endpoint id (≥ 1): its slot in the `STATS` counters.
     pub id: u32,
-    /// Acceptance [`state`]; only `AVAILABLE` forwards.
-    pub state: u32,
     /// The target ring (`RINGS` row) new flows are hashed over.
     pub ring: u32,
     /// Service id, for per-service accounting.
     pub service: u32,
+    /// Acceptance [`state`]; only `AVAILABLE` opens flows.
+    pub state: u8,
+    /// [`endpoint_flag`] bits.
+    pub flags: u8,
+    /// This port's index among the endpoint's listeners (bit in [`SecurityGroup::ports`]).
+    pub listener: u8,
+    pub _pad: u8,
+}
+
+/// `SECURITY_GROUPS` key data (an LPM trie, whose keys are a prefix length followed by
+/// this): the endpoint, then the source address. A rule's prefix length is
+/// [`SourcePrefix::FIXED_BITS`] + its CIDR's length, so the endpoint always matches whole.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourcePrefix {
+    pub endpoint: u32,
+    pub family: u8,
+    pub addr: [u8; 16],
+    pub _pad: [u8; 3],
+}
+
+impl SourcePrefix {
+    /// Bits before the address: endpoint and family.
+    pub const FIXED_BITS: u32 = 40;
+}
+
+/// `SECURITY_GROUPS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SecurityGroup {
+    /// Listener indices ([`Endpoint::listener`]) sources under this prefix may use.
+    pub ports: u32,
 }
 
 /// `ADDRESSES` key: an address the node answers ARP for on one interface.
@@ -217,6 +256,18 @@ pub struct Flow {
     /// Ethernet addresses for the reply direction, remembered from the first packet.
     pub mac_src: [u8; 6],
     pub mac_dst: [u8; 6],
+    /// When a packet last used this direction (monotonic clock, seconds); written at
+    /// most once a second, for the agent's idle expiry.
+    pub last_seen_s: u32,
+    /// [`flow_flag`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Bits of [`Flow::flags`].
+pub mod flow_flag {
+    /// A FIN or RST was seen: the connection is ending, expire it soon.
+    pub const CLOSING: u8 = 1;
 }
 
 const _: () = {
@@ -230,7 +281,9 @@ const _: () = {
     assert!(size_of::<Config>() == 16);
     assert!(size_of::<Target>() == 20);
     assert!(size_of::<FlowKey>() == 44);
-    assert!(size_of::<Flow>() == 64);
+    assert!(size_of::<Flow>() == 72);
+    assert!(size_of::<SourcePrefix>() == 24);
+    assert!(size_of::<SecurityGroup>() == 4);
     assert!(size_of::<crate::counter::Count>() == 16);
 };
 
@@ -252,5 +305,7 @@ mod pod {
     unsafe impl aya::Pod for Target {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for SourcePrefix {}
+    unsafe impl aya::Pod for SecurityGroup {}
     unsafe impl aya::Pod for Count {}
 }

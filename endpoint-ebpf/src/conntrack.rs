@@ -2,11 +2,13 @@
 //! consumer-to-target entry is keyed by consumer network + 5-tuple; the reply entry by
 //! the translated 5-tuple on the provider side. A flow stays on its target for life.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext,
+};
 use aya_log_ebpf::{debug, warn};
 use endpoint_common::{
     counter, hash,
-    maps::{Addr, Endpoint, FAMILY_IPV4, Flow, FlowKey, PROTO_TCP, PROVIDER_NETWORK},
+    maps::{Addr, Endpoint, FAMILY_IPV4, Flow, FlowKey, PROTO_TCP, PROVIDER_NETWORK, flow_flag},
 };
 
 use crate::{maps::FLOWS, outcome::Outcome, parse::Tcp, select::Choice};
@@ -36,25 +38,52 @@ pub fn forward_key(network: u32, packet: &Tcp) -> FlowKey {
     key_of(network, packet)
 }
 
+/// The flow entry for `key`, if any; `packet` marks it as used (and as closing on a
+/// FIN or RST).
 #[inline(always)]
-pub fn lookup(key: &FlowKey) -> Option<Flow> {
-    // SAFETY: plain data; see `classify::interface`.
-    FLOWS.get_ptr(key).map(|flow| unsafe { *flow })
+pub fn lookup(key: &FlowKey, packet: &Tcp) -> Option<Flow> {
+    let flow = FLOWS.get_ptr_mut(key)?;
+    // SAFETY: a map value; concurrent writers only ever store the same small fields.
+    unsafe {
+        let now = now_s();
+        if (*flow).last_seen_s != now {
+            (*flow).last_seen_s = now;
+        }
+        let tcp = &*packet.tcp;
+        if (tcp.fin() != 0 || tcp.rst() != 0) && (*flow).flags & flow_flag::CLOSING == 0 {
+            (*flow).flags |= flow_flag::CLOSING;
+        }
+        Some(*flow)
+    }
+}
+
+/// Seconds on the monotonic clock (the agent reads the same clock to expire flows).
+#[inline(always)]
+fn now_s() -> u32 {
+    // SAFETY: a plain helper call.
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
 }
 
 /// The flow a provider-side packet to a NAT address belongs to. A packet that matches
 /// none is dropped: the provider side can never open anything towards a consumer.
 #[inline(always)]
 pub fn reply(packet: &Tcp) -> Result<Flow, Outcome> {
-    lookup(&key_of(PROVIDER_NETWORK, packet)).ok_or(Outcome::drop(counter::DROP_REPLY_NO_FLOW))
+    lookup(&key_of(PROVIDER_NETWORK, packet), packet)
+        .ok_or(Outcome::drop(counter::DROP_REPLY_NO_FLOW))
 }
 
-/// Only a SYN (without ACK) may open a flow.
+/// A SYN without ACK: the first segment of a connection.
 #[inline(always)]
-pub fn require_syn(packet: &Tcp, endpoint: u32) -> Result<(), Outcome> {
+pub fn is_syn(packet: &Tcp) -> bool {
     // SAFETY: as in `key_of`.
     let tcp = unsafe { &*packet.tcp };
-    if tcp.syn() != 0 && tcp.ack() == 0 {
+    tcp.syn() != 0 && tcp.ack() == 0
+}
+
+/// Only a SYN may open a flow.
+#[inline(always)]
+pub fn require_syn(packet: &Tcp, endpoint: u32) -> Result<(), Outcome> {
+    if is_syn(packet) {
         Ok(())
     } else {
         Err(Outcome::drop_for(counter::DROP_NO_FLOW, endpoint))
@@ -97,6 +126,9 @@ pub fn open(
         // Replies go back to whoever sent this, from the address it sent to.
         mac_src: eth.dst_addr,
         mac_dst: eth.src_addr,
+        last_seen_s: now_s(),
+        flags: 0,
+        _pad: [0; 3],
     };
     let mut attempt = 0;
     while attempt < NAT_PORT_ATTEMPTS {
@@ -116,6 +148,9 @@ pub fn open(
                 ifindex: choice.nat.ifindex,
                 mac_src: [0; 6],
                 mac_dst: [0; 6],
+                last_seen_s: reply.last_seen_s,
+                flags: 0,
+                _pad: [0; 3],
             };
             if FLOWS.insert(key, &forward, BPF_NOEXIST as u64).is_ok() {
                 debug!(
@@ -129,7 +164,8 @@ pub fn open(
             }
             // Another CPU opened the same flow first (a retransmitted SYN): use theirs.
             let _ = FLOWS.remove(&reply_key);
-            return lookup(key).ok_or(Outcome::drop_for(counter::DROP_NO_FLOW, endpoint.id));
+            return lookup(key, packet)
+                .ok_or(Outcome::drop_for(counter::DROP_NO_FLOW, endpoint.id));
         }
         attempt += 1;
     }

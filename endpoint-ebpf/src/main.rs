@@ -19,6 +19,7 @@ mod nat;
 mod outcome;
 mod parse;
 mod policy;
+mod reset;
 mod select;
 mod stats;
 
@@ -31,6 +32,7 @@ use endpoint_common::{
 use crate::{
     outcome::Outcome,
     parse::{Frame, Tcp},
+    policy::Admission,
 };
 
 #[xdp]
@@ -69,15 +71,24 @@ fn consumer_to_target(
     packet: &Tcp,
     endpoint: &Endpoint,
 ) -> Result<Outcome, Outcome> {
-    policy::admit(endpoint)?;
+    policy::security_groups(endpoint, packet)?;
+    let admission = policy::admission(endpoint);
+    if let Admission::Reset = admission {
+        // Segments of connections that may still be open get a RST; a SYN is refused
+        // like any non-available endpoint's.
+        return match conntrack::is_syn(packet) {
+            true => Err(policy::refused(endpoint)),
+            false => reset::answer(ctx, interface, packet, endpoint.id),
+        };
+    }
     forward::check_ttl(packet, endpoint.id)?;
     let key = conntrack::forward_key(interface.network, packet);
-    let (flow, route, counter) = match conntrack::lookup(&key) {
-        Some(flow) => {
+    let (flow, route, counter) = match (conntrack::lookup(&key, packet), admission) {
+        (Some(flow), _) => {
             let route = forward::route(ctx, packet, flow.src, flow.dst, flow.ifindex, endpoint.id)?;
             (flow, route, counter::FORWARD)
         }
-        None => {
+        (None, Admission::Open) => {
             conntrack::require_syn(packet, endpoint.id)?;
             let choice = select::choose(endpoint, &key)?;
             // The route is decided before any state exists: a SYN that cannot be
@@ -88,6 +99,7 @@ fn consumer_to_target(
             let flow = conntrack::open(ctx, &key, packet, endpoint, &choice)?;
             (flow, route, counter::FORWARD_NEW)
         }
+        (None, _) => return Err(policy::refused(endpoint)),
     };
     nat::rewrite(packet, &flow);
     Ok(forward::send(

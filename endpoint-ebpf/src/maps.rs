@@ -3,13 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use endpoint_common::{
     counter::{self, Count},
     maps::{
         Address, AddressKey, Config, Endpoint, EndpointKey, Flow, FlowKey, Interface, NatAddress,
-        Target,
+        SecurityGroup, SourcePrefix, Target,
     },
 };
 
@@ -20,6 +20,12 @@ pub static INTERFACES: HashMap<u32, Interface> = HashMap::with_max_entries(256, 
 /// (consumer network, endpoint IP, port, protocol) → endpoint.
 #[map]
 pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> = HashMap::with_max_entries(16384, 0);
+
+/// (endpoint, source prefix) → listeners the source may use, for endpoints with
+/// security groups.
+#[map]
+pub static SECURITY_GROUPS: LpmTrie<SourcePrefix, SecurityGroup> =
+    LpmTrie::with_max_entries(65536, 0);
 
 /// (interface, IP) → endpoint and NAT addresses the node answers for there.
 #[map]

@@ -1,30 +1,47 @@
-//! The agent binary, run inside a namespace: started, waited for until ready, stopped
-//! with SIGTERM (and only that process).
+//! The agent binary, run inside a namespace as an instance of its own: started, waited
+//! for until ready, stopped by signal (only this process), and its instance cleaned up
+//! whatever happened to it.
 
 use std::{
+    fs::File,
     io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, ExitStatus, Stdio},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::Namespace;
+use crate::{Namespace, netns::enter_on_exec};
 
 pub struct Agent {
     child: Child,
     log: Arc<Mutex<String>>,
+    binary: PathBuf,
+    instance: String,
+    netns: File,
+    /// Run `cleanup` for the instance on drop (not after `kill`, whose point is to
+    /// leave the data path for the next agent).
+    cleanup: bool,
 }
 
 impl Agent {
-    /// Starts `binary run --config config` in `ns` and waits until it says it is ready.
-    pub fn start(ns: &Namespace, binary: &Path, config: &Path) -> Result<Self> {
-        let mut child = ns
-            .command(binary.to_str().context("agent path")?)
-            .args(["run", "--config"])
+    /// Starts `binary --instance <instance> run --config <config> <extra…>` in `ns` and
+    /// waits until it says it is ready.
+    pub fn start(
+        ns: &Namespace,
+        binary: &Path,
+        instance: &str,
+        config: &Path,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let netns = ns.handle()?;
+        let mut child = enter_on_exec(Command::new(binary), netns.as_raw_fd())
+            .args(["--instance", instance, "run", "--config"])
             .arg(config)
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -48,7 +65,14 @@ impl Agent {
                 }
             });
         }
-        let mut agent = Self { child, log };
+        let mut agent = Self {
+            child,
+            log,
+            binary: binary.to_path_buf(),
+            instance: instance.to_string(),
+            netns,
+            cleanup: true,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if ready.recv_timeout(Duration::from_millis(100)).is_ok() {
@@ -71,6 +95,21 @@ impl Agent {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits up to `timeout` for `text` to appear in the log.
+    pub fn wait_for(&self, text: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(text) {
+            if Instant::now() > deadline {
+                bail!(
+                    "{text:?} not in the agent's log within {timeout:?}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -80,7 +119,8 @@ impl Agent {
         self.stop_with(libc::SIGTERM)
     }
 
-    /// Sends `signal` (SIGTERM, SIGINT) and waits (up to 10 s) for the agent to exit.
+    /// Sends `signal` (SIGTERM, SIGINT, SIGKILL) and waits (up to 10 s) for the agent to
+    /// exit.
     pub fn stop_with(&mut self, signal: i32) -> Result<ExitStatus> {
         self.signal(signal);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -90,15 +130,36 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 self.signal(libc::SIGKILL);
-                bail!("the agent ignored SIGTERM for 10 s:\n{}", self.log());
+                bail!(
+                    "the agent ignored signal {signal} for 10 s:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    fn signal(&self, signal: i32) {
+    /// SIGKILL: the agent dies at once, leaving its data path running (a later agent of
+    /// the same instance adopts it, and cleans up in the end).
+    pub fn kill(mut self) -> Result<()> {
+        self.cleanup = false;
+        self.stop_with(libc::SIGKILL).map(drop)
+    }
+
+    /// Sends `signal` without waiting (SIGHUP: reload).
+    pub fn signal(&self, signal: i32) {
         // SAFETY: a signal to the child we started, by its pid.
         unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Runs another command of the agent binary for this instance, in its namespace.
+    pub fn command(&self, args: &[&str]) -> Result<std::process::Output> {
+        let output = enter_on_exec(Command::new(&self.binary), self.netns.as_raw_fd())
+            .args(["--instance", &self.instance])
+            .args(args)
+            .output()
+            .context("running the agent binary")?;
+        Ok(output)
     }
 }
 
@@ -106,6 +167,10 @@ impl Drop for Agent {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.stop();
+        }
+        // Whatever state the agent left, the instance goes.
+        if self.cleanup {
+            let _ = self.command(&["cleanup"]);
         }
     }
 }

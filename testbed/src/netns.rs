@@ -2,7 +2,10 @@
 
 use std::{
     fs::File,
-    os::fd::AsRawFd,
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::process::CommandExt,
+    },
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -14,6 +17,8 @@ const PREFIX: &str = "epx-";
 
 pub struct Namespace {
     name: String,
+    /// An open handle on the namespace, for entering it.
+    file: File,
 }
 
 impl Namespace {
@@ -24,7 +29,9 @@ impl Namespace {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("{PREFIX}{}-{n}-{role}", std::process::id());
         run("ip", &["netns", "add", &name])?;
-        let ns = Self { name };
+        let path = format!("/run/netns/{name}");
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        let ns = Self { name, file };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -47,24 +54,28 @@ impl Namespace {
         run("ip", &all)
     }
 
-    /// A command that runs `program` inside the namespace.
-    pub fn command(&self, program: &str) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name, program]);
-        command
+    /// A command that runs `program` inside the namespace (its network only: it sees the
+    /// host's mounts, bpffs included, unlike `ip netns exec`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        enter_on_exec(Command::new(program), self.file.as_raw_fd())
+    }
+
+    /// A handle that keeps the namespace enterable (see [`enter_on_exec`]).
+    pub fn handle(&self) -> Result<File> {
+        Ok(self.file.try_clone()?)
     }
 
     /// Runs `f` on a thread inside the namespace and returns its result; a panic in `f`
     /// carries on in the caller. Sockets `f` opens stay in the namespace wherever they
     /// are used later; so do interface lookups and BPF test runs made inside `f`.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let path = format!("/run/netns/{}", self.name);
-        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        let fd = self.file.as_raw_fd();
+        let name = &self.name;
         std::thread::scope(|scope| {
             let thread = scope.spawn(move || {
                 // SAFETY: setns on this thread only, with a valid namespace fd.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    bail!("setns into {path}: {}", std::io::Error::last_os_error());
+                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                    bail!("setns into {name}: {}", std::io::Error::last_os_error());
                 }
                 Ok(f())
             });
@@ -87,6 +98,21 @@ impl Drop for Namespace {
         // Deleting a namespace deletes its interfaces, and veth peers with them.
         let _ = run("ip", &["netns", "del", &self.name]);
     }
+}
+
+/// `command`, set to run in the network namespace of `netns` (an fd that must stay open
+/// until it is spawned).
+pub fn enter_on_exec(mut command: Command, netns: RawFd) -> Command {
+    // SAFETY: setns is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(netns, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
 }
 
 /// A veth pair `a` (in `ns_a`) — `b` (in `ns_b`), both up.

@@ -78,7 +78,16 @@ pub fn run(agent: &Path, config: &Path, keep: bool) -> Result<()> {
     check_interrupt()?;
 
     println!("\n== Starting the agent with {}", config.display());
-    let mut agent = Agent::start(&topology.node, agent, config)?;
+    let events =
+        std::env::temp_dir().join(format!("endpoint-demo-events-{}.jsonl", std::process::id()));
+    let events_arg = events.to_string_lossy().to_string();
+    let mut agent = Agent::start(
+        &topology.node,
+        agent,
+        topology.node.name(),
+        config,
+        &["--events", &events_arg],
+    )?;
     for line in agent.log().lines() {
         println!("   agent: {line}");
     }
@@ -120,6 +129,18 @@ pub fn run(agent: &Path, config: &Path, keep: bool) -> Result<()> {
         while !INTERRUPTED.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    println!("\n== Events the agent emitted (JSON lines, for a provider to automate acceptance)");
+    for line in std::fs::read_to_string(&events).unwrap_or_default().lines() {
+        println!("   {line}");
+    }
+    let _ = std::fs::remove_file(&events);
+
+    println!("\n== Status (endpoint-agent status)");
+    let status = agent.command(&["status"])?;
+    for line in String::from_utf8_lossy(&status.stdout).lines() {
+        println!("   {line}");
     }
 
     println!("\n== Stopping the agent (SIGTERM): it detaches and restores the node");

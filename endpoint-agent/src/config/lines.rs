@@ -15,14 +15,31 @@ pub struct Position {
     pub column: usize,
 }
 
+/// Where a value is in the text, in bytes; for mappings, also whether they are written
+/// in flow style (`{ a: 1 }`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+    pub flow: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct Lines {
     positions: HashMap<String, Position>,
+    spans: HashMap<String, Span>,
 }
 
 enum Frame {
-    Mapping { path: String, key: Option<String> },
-    Sequence { path: String, next: usize },
+    Mapping {
+        path: String,
+        key: Option<String>,
+        start: usize,
+    },
+    Sequence {
+        path: String,
+        next: usize,
+    },
 }
 
 impl Lines {
@@ -30,16 +47,31 @@ impl Lines {
     /// error (serde_yaml reports the syntax error itself).
     pub fn index(text: &str) -> Self {
         let mut positions = HashMap::new();
+        let mut spans = HashMap::new();
         let mut stack: Vec<Frame> = Vec::new();
+        // The parser counts characters; slicing needs bytes.
+        let offsets: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+        let byte = |chars: usize| offsets.get(chars).copied().unwrap_or(text.len());
         for event in Parser::new_from_str(text) {
             let Ok((event, span)) = event else { break };
             let position = Position {
                 line: span.start.line(),
                 column: span.start.col() + 1,
             };
-            if matches!(event, Event::MappingEnd | Event::SequenceEnd) {
-                stack.pop();
-                continue;
+            match event {
+                Event::MappingEnd => {
+                    if let Some(Frame::Mapping { path, start, .. }) = stack.pop() {
+                        let end = byte(span.end.index());
+                        let flow = text[start..].starts_with('{');
+                        spans.insert(path, Span { start, end, flow });
+                    }
+                    continue;
+                }
+                Event::SequenceEnd => {
+                    stack.pop();
+                    continue;
+                }
+                _ => {}
             }
             let path = match stack.last_mut() {
                 None => String::new(),
@@ -47,6 +79,7 @@ impl Lines {
                 Some(Frame::Mapping {
                     path,
                     key: key @ None,
+                    ..
                 }) => {
                     let name = match &event {
                         Event::Scalar(name, ..) => name.to_string(),
@@ -56,7 +89,9 @@ impl Lines {
                     *key = Some(name);
                     continue;
                 }
-                Some(Frame::Mapping { path, key }) => join(path, &key.take().unwrap_or_default()),
+                Some(Frame::Mapping { path, key, .. }) => {
+                    join(path, &key.take().unwrap_or_default())
+                }
                 Some(Frame::Sequence { path, next }) => {
                     let item = format!("{path}[{next}]");
                     *next += 1;
@@ -65,12 +100,32 @@ impl Lines {
                 }
             };
             match event {
-                Event::MappingStart(..) => stack.push(Frame::Mapping { path, key: None }),
+                Event::MappingStart(..) => stack.push(Frame::Mapping {
+                    path,
+                    key: None,
+                    start: byte(span.start.index()),
+                }),
                 Event::SequenceStart(..) => stack.push(Frame::Sequence { path, next: 0 }),
+                Event::Scalar(..) => {
+                    let (start, end) = (byte(span.start.index()), byte(span.end.index()));
+                    spans.insert(
+                        path,
+                        Span {
+                            start,
+                            end,
+                            flow: false,
+                        },
+                    );
+                }
                 _ => {}
             }
         }
-        Self { positions }
+        Self { positions, spans }
+    }
+
+    /// Where the value at `path` (a scalar or a mapping) is in the text.
+    pub fn span(&self, path: &str) -> Option<Span> {
+        self.spans.get(path).copied()
     }
 
     /// The position of `path`, or of its closest ancestor that has one.
@@ -133,6 +188,19 @@ services:
     fn missing_fields_point_at_their_parent() {
         assert_eq!(line("node.interfaces[0].consumer_network"), 3);
         assert_eq!(line("services[0].load_balancers[0].name"), 8);
+    }
+
+    #[test]
+    fn values_have_spans_and_mappings_know_their_style() {
+        let lines = Lines::index(TEXT);
+        let role = lines.span("node.interfaces[0].role").unwrap();
+        assert_eq!(&TEXT[role.start..role.end], "consumer");
+        let flow = lines
+            .span("services[0].load_balancers[0].listeners[0]")
+            .unwrap();
+        assert!(flow.flow);
+        assert_eq!(&TEXT[flow.start..flow.end], "{ port: 80 }");
+        assert!(!lines.span("node.interfaces[0]").unwrap().flow);
     }
 
     #[test]

@@ -91,7 +91,7 @@ impl Default for PortRange {
 }
 
 /// BPF map sizes: fixed when the program is loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tables {
     /// Connection-table entries (two per connection).
@@ -109,7 +109,7 @@ pub struct Tables {
 impl Default for Tables {
     fn default() -> Self {
         Self {
-            flows: 1 << 18,
+            flows: 1 << 17,
             endpoints: 4096,
             targets: 16384,
             rings: 1024,
@@ -130,6 +130,28 @@ pub struct Service {
     #[serde(default)]
     pub allowed_principals: Vec<String>,
     pub load_balancers: Vec<LoadBalancer>,
+    /// A DNS name consumers may use inside their networks (split horizon).
+    pub private_dns_name: Option<String>,
+    /// Connections idle this long are forgotten (FIN or RST shorten it).
+    #[serde(default = "idle_timeout")]
+    pub idle_timeout_seconds: u32,
+    /// What happens to established connections when an endpoint stops being available.
+    #[serde(default)]
+    pub on_revoke: Revoke,
+}
+
+fn idle_timeout() -> u32 {
+    350
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Revoke {
+    /// Established connections carry on until they end; new ones are refused.
+    #[default]
+    Drain,
+    /// Established connections are cut: the consumer gets a TCP reset.
+    Reset,
 }
 
 fn yes() -> bool {
@@ -186,7 +208,22 @@ pub struct Endpoint {
     pub consumer_network: String,
     pub ip: Ipv4Addr,
     pub zone: String,
-    pub state: State,
+    /// Sources allowed to use the endpoint; absent: any source in the consumer network.
+    pub security_groups: Option<Vec<SecurityGroupRule>>,
+    /// Absent for a new connection request: it becomes `available` at once if the
+    /// service needs no acceptance, `pendingAcceptance` if it does, and `rejected` if
+    /// the principal is not allowed.
+    pub state: Option<State>,
+    /// When the provider accepted the endpoint (written by `endpoint-agent accept`).
+    pub accepted_at: Option<String>,
+}
+
+/// Sources (a CIDR) and listener ports (all if absent) allowed to use an endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupRule {
+    pub cidr: ipnet::Ipv4Net,
+    pub ports: Option<Vec<u16>>,
 }
 
 /// An endpoint's state. Only `available` carries traffic.
@@ -205,7 +242,7 @@ pub enum State {
 
 impl State {
     /// The code the XDP program sees.
-    pub fn code(self) -> u32 {
+    pub fn code(self) -> u8 {
         use endpoint_common::maps::state;
         match self {
             State::Available => state::AVAILABLE,
@@ -220,9 +257,10 @@ impl State {
     }
 }
 
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match self {
+impl State {
+    /// The state's name, as written in the YAML.
+    pub fn name(self) -> &'static str {
+        match self {
             State::PendingAcceptance => "pendingAcceptance",
             State::Pending => "pending",
             State::Available => "available",
@@ -231,8 +269,13 @@ impl fmt::Display for State {
             State::Deleting => "deleting",
             State::Deleted => "deleted",
             State::Expired => "expired",
-        };
-        f.write_str(name)
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

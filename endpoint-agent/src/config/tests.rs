@@ -22,6 +22,7 @@ services:
           - port: 80
             targets:
               - { ip: 172.16.0.10, port: 8080 }
+              - { ip: 172.16.0.11, port: 8080 }
 endpoints:
   - id: vpce-1
     service: orders
@@ -30,6 +31,7 @@ endpoints:
     ip: 10.0.0.100
     zone: z1
     state: available
+    accepted_at: \"2026-11-28T10:00:00Z\"
 ";
 
 /// Parses BASE with `from` replaced by `to` (which must occur) and returns the report.
@@ -277,7 +279,7 @@ fn table_errors() {
         ],
     );
     let report = error("services:", "  tables: { ring_size: 1000 }\nservices:");
-    assert_names(&report, &["ring_size 1000 must be a prime", "e.g. 101"]);
+    assert_names(&report, &["ring_size 1000 must be a prime", "e.g. 211"]);
 }
 
 #[test]
@@ -305,7 +307,7 @@ fn every_error_is_reported_at_once() {
         &[
             "no service named",
             "needs a port",
-            "2 error(s); nothing was applied",
+            "3 error(s); nothing was applied",
         ],
     );
 }

@@ -219,6 +219,28 @@ fn services(config: &Config, problems: &mut Problems) {
                 "a service needs at least one load balancer".into(),
             );
         }
+        if !(10..=86_400).contains(&service.idle_timeout_seconds) {
+            problems.error(
+                &object,
+                path("idle_timeout_seconds"),
+                format!(
+                    "{} s is not an idle timeout: use 10 to 86400 (PrivateLink uses 350)",
+                    service.idle_timeout_seconds
+                ),
+            );
+        }
+        if let Some(name) = &service.private_dns_name {
+            if !dns_name(name) {
+                problems.error(
+                    &object,
+                    path("private_dns_name"),
+                    format!(
+                        "{name:?} is not a DNS name: dot-separated labels of letters, digits \
+                         and '-', each 1-63 characters, 253 in all"
+                    ),
+                );
+            }
+        }
         let mut lb_names = BTreeSet::new();
         let mut first_ports: Option<BTreeSet<u16>> = None;
         for (l, lb) in service.load_balancers.iter().enumerate() {
@@ -382,11 +404,8 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
             );
             continue;
         };
-        let allowed = service
-            .allowed_principals
-            .iter()
-            .any(|p| p == "*" || *p == endpoint.principal);
-        if !allowed && endpoint.state == State::Available {
+        let allowed = crate::acceptance::allowed(service, &endpoint.principal);
+        if !allowed && endpoint.state == Some(State::Available) {
             problems.error(
                 &object,
                 path("principal"),
@@ -399,11 +418,71 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
                 ),
             );
         }
+        if endpoint.state == Some(State::Available)
+            && service.acceptance_required
+            && endpoint.accepted_at.is_none()
+        {
+            problems.error(
+                &object,
+                path("state"),
+                format!(
+                    "available, but service {:?} requires acceptance and the endpoint was \
+                     never accepted (no accepted_at): run `endpoint-agent accept {}`",
+                    service.name, endpoint.id
+                ),
+            );
+        }
+        if let Some(at) = &endpoint.accepted_at {
+            if humantime::parse_rfc3339_weak(at).is_err() {
+                problems.error(
+                    &object,
+                    path("accepted_at"),
+                    format!("{at:?} is not a time like \"2026-11-28T23:00:00Z\""),
+                );
+            }
+        }
         let ports = service
             .load_balancers
             .first()
             .map(|lb| lb.listeners.iter().map(|l| l.port).collect::<Vec<_>>())
             .unwrap_or_default();
+        let rules = endpoint.security_groups.as_deref().unwrap_or_default();
+        if rules.len() > MAX_SECURITY_GROUP_RULES {
+            problems.error(
+                &object,
+                path("security_groups"),
+                format!(
+                    "{} rules; an endpoint has at most {MAX_SECURITY_GROUP_RULES}",
+                    rules.len()
+                ),
+            );
+        }
+        for (r, rule) in rules.iter().enumerate() {
+            let field = |f: &str| format!("endpoints[{e}].security_groups[{r}].{f}");
+            if rule.cidr != rule.cidr.trunc() {
+                problems.error(
+                    &object,
+                    field("cidr"),
+                    format!(
+                        "{} has host bits set; did you mean {}?",
+                        rule.cidr,
+                        rule.cidr.trunc()
+                    ),
+                );
+            }
+            for port in rule.ports.iter().flatten() {
+                if !ports.contains(port) {
+                    problems.error(
+                        &object,
+                        field("ports"),
+                        format!(
+                            "port {port} is not a listener of service {:?} (listeners: {ports:?})",
+                            service.name
+                        ),
+                    );
+                }
+            }
+        }
         for port in ports {
             let slot = (endpoint.consumer_network.as_str(), endpoint.ip, port);
             if let Some(other) = bound.insert(slot, endpoint.id.as_str()) {
@@ -418,6 +497,21 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
             }
         }
     }
+}
+
+/// Security-group rules one endpoint may have (sizes the `SECURITY_GROUPS` map).
+pub const MAX_SECURITY_GROUP_RULES: usize = 16;
+
+fn dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 fn tables(config: &Config, problems: &mut Problems) {
@@ -463,6 +557,28 @@ fn tables(config: &Config, problems: &mut Problems) {
                  listener ({most}); e.g. {}",
                 tables.ring_size,
                 next_prime(100 * most.max(1) as u32)
+            ),
+        );
+    }
+    let nat_addresses: usize = config
+        .node
+        .interfaces
+        .iter()
+        .map(|i| i.nat_addresses.len())
+        .sum();
+    let ports = config.node.nat_ports;
+    let per_target =
+        (ports.last as u64 + 1).saturating_sub(ports.first as u64) * nat_addresses as u64;
+    let capacity = per_target * targets.max(1) as u64;
+    if per_target > 0 && capacity < tables.flows as u64 / 2 {
+        problems.warning(
+            "node",
+            "node.nat_ports".into(),
+            format!(
+                "NAT ports run out at {capacity} connections ({per_target} NAT address:port \
+                 pairs per target), before the flow table's {}: widen nat_ports, add NAT \
+                 addresses or shrink tables.flows",
+                tables.flows / 2
             ),
         );
     }

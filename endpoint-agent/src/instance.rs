@@ -1,0 +1,118 @@
+//! An agent instance and where it keeps what must outlive its process: the pinned maps
+//! and links under bpffs (so the data path keeps running, and a restarted agent adopts
+//! it), and a state directory with the ids, the last applied config, the host changes
+//! to undo and the attach modes.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Serialize, de::DeserializeOwned};
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub name: String,
+    /// `/sys/fs/bpf/endpoint-agent/<name>`: maps, and `links/<interface>`.
+    pub pins: PathBuf,
+    /// `/run/endpoint-agent/<name>`.
+    pub state: PathBuf,
+}
+
+impl Instance {
+    pub fn new(name: &str) -> Result<Self> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("instance name {name:?}: use letters, digits, '-' and '_'");
+        }
+        Ok(Self {
+            name: name.to_string(),
+            pins: Path::new(BPFFS).join("endpoint-agent").join(name),
+            state: Path::new("/run/endpoint-agent").join(name),
+        })
+    }
+
+    /// Mounts bpffs if it is not (a fresh machine has an empty `/sys/fs/bpf`) and makes
+    /// the directories.
+    pub fn prepare(&self) -> Result<()> {
+        let mounts = fs::read_to_string("/proc/self/mounts").context("reading mounts")?;
+        let mounted = mounts.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&BPFFS) && fields.get(2) == Some(&"bpf")
+        });
+        if !mounted {
+            log::info!("mounting bpffs on {BPFFS}");
+            let status = Command::new("mount")
+                .args(["-t", "bpf", "bpf", BPFFS])
+                .status()
+                .context("running mount")?;
+            if !status.success() {
+                bail!("could not mount bpffs on {BPFFS}");
+            }
+        }
+        for dir in [self.pins.join("links"), self.state.clone()] {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether an agent of this instance left a data path behind (pinned maps).
+    pub fn exists(&self) -> bool {
+        self.pins.join("FLOWS").exists()
+    }
+
+    pub fn link_pin(&self, interface: &str) -> PathBuf {
+        self.pins.join("links").join(interface)
+    }
+
+    pub fn read<T: DeserializeOwned>(&self, file: &str) -> Result<Option<T>> {
+        let path = self.state.join(file);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes `file` atomically (a crash leaves the old or the new version).
+    pub fn write<T: Serialize>(&self, file: &str, value: &T) -> Result<()> {
+        let text = serde_json::to_string_pretty(value)?;
+        write_atomically(&self.state.join(file), text.as_bytes())
+    }
+
+    /// Removes the pins and the state directory.
+    pub fn remove(&self) -> Result<()> {
+        for dir in [&self.pins, &self.state] {
+            match fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+            }
+        }
+        // The parents go too when no other instance uses them.
+        for dir in [self.pins.parent(), self.state.parent()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+}
+
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().context("a file path")?.to_string_lossy();
+    let temporary = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    fs::write(&temporary, bytes).with_context(|| format!("writing {}", temporary.display()))?;
+    fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))
+}
