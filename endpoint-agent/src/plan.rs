@@ -60,11 +60,14 @@ pub struct Plan {
     pub changes: Vec<Change>,
 }
 
+/// Puts (new and changed entries), then removals.
+type Ops<K, V> = (Vec<Op<K, V>>, Vec<Op<K, V>>);
+
 /// Puts (new and changed entries) and removals between two tables.
 fn ops<K: Ord + Copy, V: PartialEq + Copy>(
     old: &BTreeMap<K, V>,
     new: &BTreeMap<K, V>,
-) -> (Vec<Op<K, V>>, Vec<Op<K, V>>) {
+) -> Ops<K, V> {
     let puts = new
         .iter()
         .filter(|(k, v)| old.get(k) != Some(v))

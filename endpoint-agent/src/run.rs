@@ -19,7 +19,9 @@ use crate::{
     config::{self, State},
     events::{self, Events, Kind},
     expiry,
+    host::Host,
     instance::Instance,
+    loader,
     reconcile::Agent,
 };
 
@@ -51,9 +53,23 @@ pub async fn run(options: Options) -> Result<()> {
     // Nothing is loaded or attached for a config that is not valid.
     let loaded = config::parse(&source, &text)?;
     let events = options.events.as_deref().map(Events::open).transpose()?;
-    let mut agent = Agent::start(&loaded.config, options.instance, events, source.clone())?;
+    // A first start that fails leaves nothing behind; a restart that fails leaves the
+    // running data path alone.
+    let instance = options.instance.clone();
+    let fresh = !instance.exists();
+    let mut agent = Agent::start(&loaded.config, options.instance, events, source.clone())
+        .inspect_err(|_| {
+            if fresh {
+                discard(&instance);
+            }
+        })?;
     drain_program_logs(&mut agent.ebpf);
-    agent.reconcile(&text, true)?;
+    if let Err(e) = agent.reconcile(&text, true) {
+        if fresh {
+            let _ = agent.remove();
+        }
+        return Err(e);
+    }
     let summary = |agent: &Agent| {
         let config = agent.applied.config.as_ref();
         let states = config.map(events::effective_states).unwrap_or_default();
@@ -111,6 +127,15 @@ pub async fn run(options: Options) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Removes whatever a failed first start of `instance` made.
+fn discard(instance: &Instance) {
+    let _ = loader::remove_pins(instance);
+    if let Ok(mut host) = Host::adopt(instance) {
+        let _ = host.restore(instance);
+    }
+    let _ = instance.remove();
 }
 
 fn read(path: &std::path::Path) -> Result<String> {

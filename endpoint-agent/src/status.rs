@@ -5,7 +5,11 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result, bail};
-use endpoint_common::counter::{self, Count};
+use aya::maps::{HashMap, MapData};
+use endpoint_common::{
+    counter::{self, Count},
+    maps::{Flow, FlowKey},
+};
 
 use crate::{
     apply::{Maps as _, Pinned},
@@ -32,11 +36,9 @@ pub fn show(instance: &Instance) -> Result<String> {
     let modes: Modes = instance.read("modes.json")?.unwrap_or_default();
     let maps = Pinned::open(&instance.pins, &["STATS", "FLOWS"])?;
     let counters = Counters::read(&maps)?;
-    let flows = maps
-        .map("FLOWS")
-        .map(|m| aya::maps::HashMap::<_, endpoint_common::maps::FlowKey, endpoint_common::maps::Flow>::try_from(m))
-        .transpose()?
-        .map_or(0, |f| f.keys().count());
+    let flows: HashMap<&MapData, FlowKey, Flow> =
+        HashMap::try_from(maps.map("FLOWS").context("no map FLOWS")?)?;
+    let flows = flows.keys().count();
 
     let mut out = String::new();
     let _ = writeln!(

@@ -214,7 +214,11 @@ fn two_consumers_with_the_same_address_and_port_work_at_once_without_crossing() 
 #[test]
 fn pending_and_rejected_endpoints_get_no_connection() {
     for state in ["pendingAcceptance", "rejected"] {
-        let config = example().replace("state: pendingAcceptance", &format!("state: {state}"));
+        let config = example().replace(
+            "    ip: 10.0.0.101\n    zone: zone-1",
+            &format!("    ip: 10.0.0.101\n    zone: zone-1\n    state: {state}"),
+        );
+        assert!(config.contains(&format!("state: {state}")));
         let bed = bed_with(&config);
         let result = ask(
             &bed.topology.consumer_b,
@@ -492,4 +496,236 @@ fn a_long_lived_connection_survives_100_config_changes_and_an_agent_kill_and_res
     );
     conversation.say("after the agent restarted", &agent.log());
     drop((agent, servers, topology));
+}
+
+/// Waits until the agent has applied what is in the file (after a CLI edited it).
+fn wait_applied(bed: &Bed, reloads_before: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while bed.agent.log().matches("reloaded:").count() <= reloads_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not reloaded:\n{}",
+            bed.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn rejecting_with_drain_keeps_the_connection_and_with_reset_cuts_it() {
+    for on_revoke in ["drain", "reset"] {
+        let bed =
+            bed_with(&example().replace("on_revoke: drain", &format!("on_revoke: {on_revoke}")));
+        let mut conversation = Conversation::open(&bed);
+        let before = bed.agent.log().matches("reloaded:").count();
+        let config = bed.config.0.to_str().unwrap().to_string();
+        let said = bed.agent_command(&["reject", "vpce-a-orders", "--config", &config]);
+        assert!(said.contains("available -> rejected"), "{said}");
+        wait_applied(&bed, before);
+        assert!(bed.config_text().contains("state: rejected"));
+
+        // New connections fail either way.
+        let new = ask(
+            &bed.topology.consumer_a,
+            at(ORDERS, 80),
+            "new",
+            Duration::from_secs(1),
+        );
+        assert!(
+            new.is_err(),
+            "{on_revoke}: a new connection to a rejected endpoint worked"
+        );
+        match on_revoke {
+            "drain" => conversation.say("after a draining rejection", &bed.agent.log()),
+            _ => {
+                let line = "after the reset";
+                let result = exchange(&mut conversation.stream, line);
+                let error = result.expect_err("a reset revocation must cut the connection");
+                let reset = error
+                    .chain()
+                    .filter_map(|c| c.downcast_ref::<std::io::Error>())
+                    .any(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
+                assert!(reset, "cut, but not by a reset: {error:#}");
+            }
+        }
+        let events = bed.events();
+        assert!(
+            events.contains("\"event\":\"rejected\",\"endpoint\":\"vpce-a-orders\""),
+            "{events}"
+        );
+    }
+}
+
+#[test]
+fn an_invalid_file_is_refused_and_changes_nothing() {
+    let bed = bed_with(&example());
+    let mut conversation = Conversation::open(&bed);
+    let status_before = bed.agent_command(&["status"]);
+    let broken = with_extra_endpoint(&example(), 1)
+        .replace("service: billing, principal", "service: nothing, principal");
+    std::fs::write(&bed.config.0, &broken).unwrap();
+    bed.agent
+        .wait_for("no service named \"nothing\"", Duration::from_secs(5))
+        .unwrap();
+    bed.agent
+        .wait_for("keeping the running config", Duration::from_secs(1))
+        .unwrap();
+    conversation.say("after an invalid file", &bed.agent.log());
+    let status_after = bed.agent_command(&["status"]);
+    assert!(
+        !status_after.contains("extra-1"),
+        "the invalid file's endpoint appeared"
+    );
+    let endpoints = |s: &str| {
+        s.lines()
+            .filter(|l| l.contains("vpce-"))
+            .map(|l| l.split_whitespace().take(5).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(endpoints(&status_before), endpoints(&status_after));
+}
+
+#[test]
+fn a_source_outside_the_security_group_gets_no_connection() {
+    // 10.0.0.10 is outside 10.0.0.0/30.
+    let bed = bed_with(&example().replace(
+        "{ cidr: 10.0.0.0/24, ports: [80] }",
+        "{ cidr: 10.0.0.0/30, ports: [80] }",
+    ));
+    let result = ask(
+        &bed.topology.consumer_a,
+        at(ORDERS, 80),
+        "hello",
+        Duration::from_secs(1),
+    );
+    assert!(
+        result.is_err(),
+        "a source outside the security group connected"
+    );
+    // vpc-b's endpoint has no security group.
+    ask(&bed.topology.consumer_b, at(ORDERS, 80), "hello", WAIT).unwrap_or_else(|e| bed.fail(e));
+    let status = bed.agent_command(&["status"]);
+    let dropped = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("drop_security_group"))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        dropped
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1,
+        "{dropped}"
+    );
+    // Widening the group lets it in, live.
+    bed.reconfigure(&example());
+    ask(&bed.topology.consumer_a, at(ORDERS, 80), "hello", WAIT).unwrap_or_else(|e| bed.fail(e));
+}
+
+#[test]
+fn accepting_a_request_rewrites_the_file_opens_the_endpoint_and_says_so() {
+    let bed = bed_with(&example());
+    let config = bed.config.0.to_str().unwrap().to_string();
+    let listed = bed.agent_command(&["connections", "--config", &config]);
+    assert!(listed.starts_with("pendingAcceptance (1):"), "{listed}");
+    assert!(listed.contains("vpce-b-billing") && listed.contains("(new request)"));
+    // Traffic while pending is refused, and reported once.
+    assert!(
+        ask(
+            &bed.topology.consumer_b,
+            at(BILLING, 80),
+            "knock",
+            Duration::from_secs(1)
+        )
+        .is_err()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !bed.events().contains("pending_traffic") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pending_traffic event:\n{}",
+            bed.events()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let before = bed.agent.log().matches("reloaded:").count();
+    let said = bed.agent_command(&["accept", "vpce-b-billing", "--config", &config]);
+    assert!(said.contains("pendingAcceptance -> available"), "{said}");
+    let text = bed.config_text();
+    assert!(
+        text.contains("    zone: zone-1\n    state: available\n    accepted_at: \""),
+        "{text}"
+    );
+    // Everything else is as it was.
+    for line in example().lines() {
+        assert!(text.contains(line), "accept lost the line {line:?}");
+    }
+    wait_applied(&bed, before);
+    let answer = ask(&bed.topology.consumer_b, at(BILLING, 80), "open", WAIT)
+        .unwrap_or_else(|e| bed.fail(e));
+    assert_eq!(answer.target, "billing");
+
+    let events: Vec<serde_json::Value> = bed
+        .events()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |id: &str| {
+        events
+            .iter()
+            .filter(|e| e["endpoint"] == id)
+            .map(|e| e["event"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of("vpce-b-billing"),
+        ["connection_request", "pending_traffic", "accepted"]
+    );
+    assert_eq!(of("vpce-a-orders"), ["connection_request", "accepted"]);
+    // A second accept is refused: the model has no such transition.
+    let again = bed
+        .agent
+        .command(&["accept", "vpce-b-billing", "--config", &config])
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already available"));
+}
+
+#[test]
+fn closed_connections_leave_the_flow_table_and_their_nat_ports_are_reused() {
+    let bed = bed_with(&example());
+    let flows = |bed: &Bed| -> usize {
+        let status = bed.agent_command(&["status"]);
+        let first = status.lines().next().unwrap_or_default();
+        first
+            .split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{status}"))
+    };
+    // Always the same source port: the same tuple, so the same NAT port once the first
+    // connection's entries are gone.
+    let mut stream = connect_from(&bed.topology.consumer_a, 45000, at(ORDERS, 80), WAIT)
+        .unwrap_or_else(|e| bed.fail(e));
+    let first = exchange(&mut stream, "one").unwrap_or_else(|e| bed.fail(e));
+    assert_eq!(flows(&bed), 2);
+    drop(stream); // FIN
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while flows(&bed) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connection's flows stayed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut stream = connect_from(&bed.topology.consumer_a, 45000, at(ORDERS, 80), WAIT)
+        .unwrap_or_else(|e| bed.fail(e));
+    let second = exchange(&mut stream, "two").unwrap_or_else(|e| bed.fail(e));
+    assert_eq!(
+        second.seen_from, first.seen_from,
+        "the NAT port is free again and chosen again"
+    );
 }

@@ -926,3 +926,67 @@ fn flows_are_stamped_when_used_and_marked_closing_on_fin() {
         assert_eq!(closing, 1, "the direction that saw the FIN");
     });
 }
+
+#[test]
+fn what_the_agent_reads_back_from_the_maps_is_what_it_applied() {
+    with_rig(|rig| {
+        assert_eq!(apply::read(&rig.ebpf, &rig.ids).unwrap(), rig.desired);
+        // Another target, another NAT address, an endpoint gone and one rejected.
+        let changed = CONFIG
+            .replace(
+                "              - { ip: 172.16.0.11, port: 8080 }",
+                "              - { ip: 172.16.0.11, port: 8080 }\n              - { ip: 172.16.0.12, port: 8080 }",
+            )
+            .replace("nat_addresses: [172.16.0.100]", "nat_addresses: [172.16.0.100, 172.16.0.101]")
+            .replace("ip: 10.0.0.100, zone: z1, state: available }", "ip: 10.0.0.100, zone: z1, state: rejected }")
+            .replace("  - { id: unrouted,", "  - { id: unrouted-gone,");
+        rig.reconfigure(&changed);
+        assert_eq!(apply::read(&rig.ebpf, &rig.ids).unwrap(), rig.desired);
+    });
+}
+
+#[test]
+fn idle_and_closing_connections_expire_both_directions() {
+    use endpoint_agent::expiry;
+    with_rig(|rig| {
+        let mac = rig.link("cons-a").mac;
+        let idle = syn_to(mac, ENDPOINT, 40000);
+        rig.run("cons-a", &idle.frame(b""));
+        let closing = syn_to(mac, ENDPOINT, 40001);
+        rig.run("cons-a", &closing.frame(b""));
+        let mut fin = Segment {
+            syn: false,
+            ack: true,
+            ..closing
+        }
+        .frame(b"");
+        fin[14 + 20 + 13] |= 0x01;
+        rig.run("cons-a", &fin);
+        assert_eq!(rig.flows().len(), 4);
+
+        let now = expiry::now_s();
+        let (config, ids) = (rig.config.clone(), rig.ids.clone());
+        assert_eq!(
+            expiry::expire(&mut rig.ebpf, &config, &ids, now).unwrap(),
+            0
+        );
+        // Past the closing grace, not past the idle timeout (350 s by default).
+        let later = now + expiry::CLOSING_SECONDS + 2;
+        assert_eq!(
+            expiry::expire(&mut rig.ebpf, &config, &ids, later).unwrap(),
+            1
+        );
+        let left = rig.flows();
+        assert_eq!(left.len(), 2);
+        assert!(
+            left.iter().all(
+                |(k, f)| k.src_port_be == 40000u16.to_be() || f.dst_port_be == 40000u16.to_be()
+            )
+        );
+        assert_eq!(
+            expiry::expire(&mut rig.ebpf, &config, &ids, now + 352).unwrap(),
+            1
+        );
+        assert!(rig.flows().is_empty());
+    });
+}
