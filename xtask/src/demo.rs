@@ -31,7 +31,7 @@ fn check_interrupt() -> Result<()> {
     Ok(())
 }
 
-pub fn run(agent: &Path, config: &Path, keep: bool) -> Result<()> {
+pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
     // Ctrl-C ends the demo between steps (each bounded by a timeout), so that every
     // namespace, link and process it made is removed on the way out.
     // SAFETY: the handler only stores to an atomic.
@@ -77,7 +77,16 @@ pub fn run(agent: &Path, config: &Path, keep: bool) -> Result<()> {
     ];
     check_interrupt()?;
 
-    println!("\n== Starting the agent with {}", config.display());
+    // The agent runs on a copy: the demo accepts an endpoint, which edits the file.
+    let config = std::env::temp_dir().join(format!("endpoint-demo-{}.yaml", std::process::id()));
+    std::fs::copy(example, &config)?;
+    let _remove = Remove(config.clone());
+    let config = config.as_path();
+    println!(
+        "\n== Starting the agent with {} (a copy of {})",
+        config.display(),
+        example.display()
+    );
     let events =
         std::env::temp_dir().join(format!("endpoint-demo-events-{}.jsonl", std::process::id()));
     let events_arg = events.to_string_lossy().to_string();
@@ -121,6 +130,33 @@ pub fn run(agent: &Path, config: &Path, keep: bool) -> Result<()> {
         Err(e) => println!("   no connection, as it should be: {e:#}"),
     }
 
+    check_interrupt()?;
+    println!("\n== The provider accepts it: endpoint-agent accept vpce-b-billing");
+    let config_arg = config.to_string_lossy().to_string();
+    let accepted = agent.command(&["accept", "vpce-b-billing", "--config", &config_arg])?;
+    println!("   {}", String::from_utf8_lossy(&accepted.stdout).trim());
+    agent.wait_for("reloaded:", Duration::from_secs(10))?;
+    println!("   the running agent saw the file change and applied only the difference:");
+    let log = agent.log();
+    let applied = log.rsplit("applied:").next().unwrap_or_default();
+    for line in applied
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+    {
+        println!("   {}", line.trim());
+    }
+    let answer = ask(
+        &topology.consumer_b,
+        at(BILLING_ENDPOINT, 80),
+        "hello billing",
+        TIMEOUT,
+    )?;
+    println!(
+        "   vpc-b -> vpce-b-billing: answered by {}, which saw {}",
+        answer.target, answer.seen_from
+    );
+
     if keep {
         println!(
             "\n== Keeping everything up: try `ip netns exec {} curl -v http://{ORDERS_ENDPOINT}/` style commands (no HTTP server here: `nc {ORDERS_ENDPOINT} 80` and type a line). Ctrl-C to stop.",
@@ -132,6 +168,7 @@ pub fn run(agent: &Path, config: &Path, keep: bool) -> Result<()> {
     }
 
     println!("\n== Events the agent emitted (JSON lines, for a provider to automate acceptance)");
+    std::thread::sleep(Duration::from_millis(600));
     for line in std::fs::read_to_string(&events).unwrap_or_default().lines() {
         println!("   {line}");
     }
@@ -158,6 +195,15 @@ pub fn run(agent: &Path, config: &Path, keep: bool) -> Result<()> {
     }
     println!("\n== Removing the namespaces and links\n");
     Ok(())
+}
+
+/// Removes a file when dropped.
+struct Remove(std::path::PathBuf);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn converse(consumer: &Namespace, network: &str, i: u32) -> Result<()> {
