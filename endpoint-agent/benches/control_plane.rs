@@ -67,7 +67,7 @@ fn step(
     let validate = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let ids = ids.assign(&config);
-    let state = desired::build(&config, &ids, host::link).expect("desired");
+    let state = desired::build(&config, &ids, &Default::default(), host::link).expect("desired");
     let desired_time = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let plan = Plan::between(current, &state);

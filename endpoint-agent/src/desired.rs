@@ -2,7 +2,7 @@
 //! the ids to use. Pure: interface names are resolved by the caller, so host tests
 //! build it too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, Result};
 use endpoint_common::{
@@ -15,7 +15,7 @@ use endpoint_common::{
 
 use crate::{
     acceptance,
-    config::{Config, Revoke},
+    config::{Config, CrossZone, Listener, LoadBalancer, Node, Revoke},
     ids::{self, Ids},
 };
 
@@ -46,8 +46,14 @@ pub struct State {
     pub rings: BTreeMap<u32, Vec<u32>>,
 }
 
-/// The state for `config` with `ids` (see [`Ids::assign`]).
-pub fn build(config: &Config, ids: &Ids, link: impl Fn(&str) -> Result<Link>) -> Result<State> {
+/// The state for `config` with `ids` (see [`Ids::assign`]), given the targets found
+/// unhealthy (by name, see [`ids::target_name`]).
+pub fn build(
+    config: &Config,
+    ids: &Ids,
+    unhealthy: &BTreeSet<String>,
+    link: impl Fn(&str) -> Result<Link>,
+) -> Result<State> {
     let mut state = State::default();
     let node = &config.node;
 
@@ -112,18 +118,14 @@ pub fn build(config: &Config, ids: &Ids, link: impl Fn(&str) -> Result<Link>) ->
         hash_seed: node.hash_seed,
     };
 
+    // Targets, each once per listener.
     for service in &config.services {
         for lb in &service.load_balancers {
             for listener in &lb.listeners {
-                let ring = ids::ring_name(&service.name, &lb.name, listener.port);
-                let indices: Vec<u32> = listener
-                    .targets
-                    .iter()
-                    .map(|t| ids.targets[&ids::target_name(&ring, t)])
-                    .collect();
-                for (target, &index) in listener.targets.iter().zip(&indices) {
+                let listener_name = ids::listener_name(&service.name, &lb.name, listener.port);
+                for target in &listener.targets {
                     state.targets.insert(
-                        index,
+                        ids.targets[&ids::target_name(&listener_name, target)],
                         Target {
                             addr: Addr::ipv4(target.ip.octets()),
                             port_be: target.port.to_be(),
@@ -132,39 +134,18 @@ pub fn build(config: &Config, ids: &Ids, link: impl Fn(&str) -> Result<Link>) ->
                         },
                     );
                 }
-                let members: Vec<maglev::Member> = listener
-                    .targets
-                    .iter()
-                    .map(|t| maglev::Member {
-                        identity: (u64::from(u32::from(t.ip)) << 16) | u64::from(t.port),
-                        weight: t.weight,
-                    })
-                    .collect();
-                let slots = maglev::ring(&members, ring_size, node.hash_seed)
-                    .into_iter()
-                    .map(|slot| match slot {
-                        maps::NO_TARGET => slot,
-                        member => indices[member as usize],
-                    })
-                    .collect();
-                state.rings.insert(ids.rings[&ring], slots);
             }
         }
     }
 
-    // Endpoints are spread over their service's load balancers round-robin, in file
-    // order.
     let services: BTreeMap<&str, &crate::config::Service> = config
         .services
         .iter()
         .map(|s| (s.name.as_str(), s))
         .collect();
-    let mut spread: BTreeMap<&str, usize> = BTreeMap::new();
-    for endpoint in &config.endpoints {
+    for (endpoint, lb_index) in config.endpoints.iter().zip(placement(config)) {
         let service = services[endpoint.service.as_str()];
-        let turn = spread.entry(service.name.as_str()).or_default();
-        let lb = &service.load_balancers[*turn % service.load_balancers.len()];
-        *turn += 1;
+        let lb = &service.load_balancers[lb_index];
         let id = ids.endpoints[&endpoint.id];
         let network = ids.networks[&endpoint.consumer_network];
         let addr = Addr::ipv4(endpoint.ip.octets());
@@ -177,6 +158,20 @@ pub fn build(config: &Config, ids: &Ids, link: impl Fn(&str) -> Result<Link>) ->
         }
         let state_code = acceptance::effective(endpoint, service).code();
         for (listener_index, listener) in lb.listeners.iter().enumerate() {
+            let listener_name = ids::listener_name(&service.name, &lb.name, listener.port);
+            let ring_name = ids::ring_name(&listener_name, &endpoint.zone);
+            let ring = ids.rings[&ring_name];
+            state.rings.entry(ring).or_insert_with(|| {
+                ring_slots(
+                    listener,
+                    lb,
+                    &endpoint.zone,
+                    &listener_name,
+                    ids,
+                    unhealthy,
+                    node,
+                )
+            });
             state.endpoints.insert(
                 EndpointKey {
                     network,
@@ -187,7 +182,7 @@ pub fn build(config: &Config, ids: &Ids, link: impl Fn(&str) -> Result<Link>) ->
                 },
                 maps::Endpoint {
                     id,
-                    ring: ids.rings[&ids::ring_name(&service.name, &lb.name, listener.port)],
+                    ring,
                     service: ids.services[&service.name],
                     state: state_code,
                     flags,
@@ -232,6 +227,91 @@ pub fn build(config: &Config, ids: &Ids, link: impl Fn(&str) -> Result<Link>) ->
     }
     widen_security_groups(&mut state.security_groups);
     Ok(state)
+}
+
+/// The load balancer (index in its service) each endpoint is mapped onto, in endpoint
+/// order: one of the service's load balancers in the endpoint's zone — any zone if none
+/// is there — taken round-robin across the service's endpoints in that zone, in file
+/// order (so every node maps alike).
+pub fn placement(config: &Config) -> Vec<usize> {
+    let mut turns: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    config
+        .endpoints
+        .iter()
+        .map(|endpoint| {
+            let Some(service) = config.services.iter().find(|s| s.name == endpoint.service) else {
+                return 0;
+            };
+            let local: Vec<usize> = (0..service.load_balancers.len())
+                .filter(|&i| service.load_balancers[i].zone == endpoint.zone)
+                .collect();
+            let candidates: Vec<usize> = if local.is_empty() {
+                (0..service.load_balancers.len()).collect()
+            } else {
+                local
+            };
+            let turn = turns
+                .entry((service.name.as_str(), endpoint.zone.as_str()))
+                .or_default();
+            let chosen = candidates[*turn % candidates.len()];
+            *turn += 1;
+            chosen
+        })
+        .collect()
+}
+
+/// The Maglev ring of `listener` for endpoints in `zone`: healthy targets of the zone,
+/// or of every zone as `cross_zone` says; when none is healthy it fails open (as an NLB
+/// does) and uses them all rather than none.
+fn ring_slots(
+    listener: &Listener,
+    lb: &LoadBalancer,
+    zone: &str,
+    listener_name: &str,
+    ids: &Ids,
+    unhealthy: &BTreeSet<String>,
+    node: &Node,
+) -> Vec<u32> {
+    let named: Vec<(String, &crate::config::Target)> = listener
+        .targets
+        .iter()
+        .map(|t| (ids::target_name(listener_name, t), t))
+        .collect();
+    let in_zone = |t: &crate::config::Target| t.zone.as_deref().unwrap_or(&lb.zone) == zone;
+    let healthy = |name: &String| !unhealthy.contains(name);
+    let pick = |keep: &dyn Fn(&crate::config::Target) -> bool, need_healthy: bool| {
+        named
+            .iter()
+            .filter(|(name, t)| keep(t) && (!need_healthy || healthy(name)) && t.weight > 0)
+            .collect::<Vec<_>>()
+    };
+    let everywhere = |_: &crate::config::Target| true;
+    let chosen = match lb.cross_zone {
+        CrossZone::Always => Some(pick(&everywhere, true)),
+        CrossZone::Never => Some(pick(&in_zone, true)),
+        CrossZone::OnFailure => [pick(&in_zone, true), pick(&everywhere, true)]
+            .into_iter()
+            .find(|set| !set.is_empty()),
+    }
+    .filter(|set| !set.is_empty())
+    .unwrap_or_else(|| match lb.cross_zone {
+        CrossZone::Never => pick(&in_zone, false),
+        _ => pick(&everywhere, false),
+    });
+    let members: Vec<maglev::Member> = chosen
+        .iter()
+        .map(|(_, t)| maglev::Member {
+            identity: (u64::from(u32::from(t.ip)) << 16) | u64::from(t.port),
+            weight: t.weight,
+        })
+        .collect();
+    maglev::ring(&members, node.tables.ring_size, node.hash_seed)
+        .into_iter()
+        .map(|slot| match slot {
+            maps::NO_TARGET => slot,
+            member => ids.targets[&chosen[member as usize].0],
+        })
+        .collect()
 }
 
 /// An LPM lookup returns only the longest matching prefix, but a source may use the

@@ -21,6 +21,8 @@ pub enum Kind {
     Rejected,
     Deleted,
     PendingTraffic,
+    TargetHealthy,
+    TargetUnhealthy,
 }
 
 #[derive(Serialize)]
@@ -32,6 +34,14 @@ struct Line<'a> {
     principal: &'a str,
     consumer_network: &'a str,
     state: &'a str,
+}
+
+#[derive(Serialize)]
+struct TargetLine<'a> {
+    time: String,
+    event: Kind,
+    target: &'a str,
+    address: String,
 }
 
 pub struct Events {
@@ -56,16 +66,33 @@ impl Events {
     }
 
     pub fn emit(&mut self, event: Kind, endpoint: &Endpoint, state: State) {
-        let line = Line {
-            time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        self.write(&Line {
+            time: now(),
             event,
             endpoint: &endpoint.id,
             service: &endpoint.service,
             principal: &endpoint.principal,
             consumer_network: &endpoint.consumer_network,
             state: state.name(),
-        };
-        let written = serde_json::to_string(&line)
+        });
+    }
+
+    /// A target became healthy or unhealthy.
+    pub fn target(&mut self, transition: &crate::health::Transition) {
+        self.write(&TargetLine {
+            time: now(),
+            event: if transition.healthy {
+                Kind::TargetHealthy
+            } else {
+                Kind::TargetUnhealthy
+            },
+            target: &transition.target,
+            address: transition.addr.to_string(),
+        });
+    }
+
+    fn write(&mut self, line: &impl Serialize) {
+        let written = serde_json::to_string(line)
             .map_err(std::io::Error::other)
             .and_then(|json| writeln!(self.sink, "{json}"))
             .and_then(|()| self.sink.flush());
@@ -102,6 +129,10 @@ impl Events {
             }
         }
     }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
 /// Endpoint id → effective state.

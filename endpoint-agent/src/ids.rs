@@ -17,21 +17,27 @@ pub struct Ids {
     pub services: BTreeMap<String, u32>,
     /// Endpoint → id (≥ 1; its counter slot).
     pub endpoints: BTreeMap<String, u32>,
-    /// `service/load balancer/port` → ring index.
+    /// `service/load balancer/port@zone` → ring index: one per listener and zone of the
+    /// endpoints mapped onto it.
     pub rings: BTreeMap<String, u32>,
     /// `service/load balancer/port/ip:port` → target index (≥ 1: a zeroed ring slot
     /// means "never written").
     pub targets: BTreeMap<String, u32>,
 }
 
-/// The name of the ring of a listener.
-pub fn ring_name(service: &str, lb: &str, port: u16) -> String {
+/// The name of a listener of a load balancer.
+pub fn listener_name(service: &str, lb: &str, port: u16) -> String {
     format!("{service}/{lb}/{port}")
 }
 
+/// The name of the ring of a listener for endpoints in `zone`.
+pub fn ring_name(listener: &str, zone: &str) -> String {
+    format!("{listener}@{zone}")
+}
+
 /// The name of a target of a listener.
-pub fn target_name(ring: &str, target: &crate::config::Target) -> String {
-    format!("{ring}/{}:{}", target.ip, target.port)
+pub fn target_name(listener: &str, target: &crate::config::Target) -> String {
+    format!("{listener}/{}:{}", target.ip, target.port)
 }
 
 impl Ids {
@@ -46,15 +52,28 @@ impl Ids {
             .filter_map(|i| i.consumer_network.clone());
         let services = config.services.iter().map(|s| s.name.clone());
         let endpoints = config.endpoints.iter().map(|e| e.id.clone());
-        let mut rings = Vec::new();
         let mut targets = Vec::new();
         for service in &config.services {
             for lb in &service.load_balancers {
                 for listener in &lb.listeners {
-                    let ring = ring_name(&service.name, &lb.name, listener.port);
-                    targets.extend(listener.targets.iter().map(|t| target_name(&ring, t)));
-                    rings.push(ring);
+                    let name = listener_name(&service.name, &lb.name, listener.port);
+                    targets.extend(listener.targets.iter().map(|t| target_name(&name, t)));
                 }
+            }
+        }
+        let mut rings = Vec::new();
+        for (endpoint, lb) in config
+            .endpoints
+            .iter()
+            .zip(crate::desired::placement(config))
+        {
+            let Some(service) = config.services.iter().find(|s| s.name == endpoint.service) else {
+                continue;
+            };
+            let lb = &service.load_balancers[lb];
+            for listener in &lb.listeners {
+                let listener = listener_name(&service.name, &lb.name, listener.port);
+                rings.push(ring_name(&listener, &endpoint.zone));
             }
         }
         Ids {

@@ -5,7 +5,7 @@
 //! (the difference, in a safe order) → [`apply`] (into the maps). Around it:
 //! [`acceptance`] (states and transitions), [`loader`] (load, attach, pin),
 //! [`instance`] (what outlives the process), [`host`] (sysctls, neighbours), [`events`],
-//! [`expiry`] (idle flows), [`reconcile`] (one pass), [`run`] (the loop), and the
+//! [`expiry`] (idle flows), [`health`] (target checks), [`reconcile`] (one pass), [`run`] (the loop), and the
 //! commands [`status`], [`connections`].
 
 pub mod acceptance;
@@ -15,6 +15,7 @@ pub mod connections;
 pub mod desired;
 pub mod events;
 pub mod expiry;
+pub mod health;
 pub mod host;
 pub mod ids;
 pub mod instance;

@@ -166,7 +166,8 @@ fn plan(instance: &Instance, config: &config::Config) -> Result<String> {
         Default::default()
     };
     let new_ids = ids.assign(config);
-    let state = desired::build(config, &new_ids, host::link)?;
+    let unhealthy = instance.read("unhealthy.json")?.unwrap_or_default();
+    let state = desired::build(config, &new_ids, &unhealthy, host::link)?;
     let plan = Plan::between(&current, &state);
     let links = |c: &config::Config| {
         c.node

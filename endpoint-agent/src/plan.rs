@@ -647,9 +647,9 @@ mod tests {
                 continue;
             };
             let ids_a = Ids::default().assign(&a.config);
-            let state_a = desired::build(&a.config, &ids_a, link).unwrap();
+            let state_a = desired::build(&a.config, &ids_a, &Default::default(), link).unwrap();
             let ids_b = ids_a.assign(&b.config);
-            let state_b = desired::build(&b.config, &ids_b, link).unwrap();
+            let state_b = desired::build(&b.config, &ids_b, &Default::default(), link).unwrap();
 
             let plan = Plan::between(&state_a, &state_b);
             let mut maps = state_a.clone();
@@ -685,8 +685,8 @@ mod tests {
         let ids_a = Ids::default().assign(&a);
         let ids_b = ids_a.assign(&b);
         let plan = Plan::between(
-            &desired::build(&a, &ids_a, link).unwrap(),
-            &desired::build(&b, &ids_b, link).unwrap(),
+            &desired::build(&a, &ids_a, &Default::default(), link).unwrap(),
+            &desired::build(&b, &ids_b, &Default::default(), link).unwrap(),
         );
         for change in &plan.changes {
             if let Change::Endpoint(op) = change {

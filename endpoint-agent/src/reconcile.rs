@@ -4,7 +4,7 @@
 //! flows of endpoints revoked with `reset`. A config that fails anywhere before the maps
 //! change changes nothing; one whose map update fails is rolled back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
@@ -42,6 +42,8 @@ pub struct Agent {
     pub events: Option<Events>,
     /// Name of the config file, for messages.
     pub source: String,
+    /// Targets the health checks found unhealthy (left out of the rings).
+    pub unhealthy: BTreeSet<String>,
 }
 
 impl Agent {
@@ -83,6 +85,7 @@ impl Agent {
                 ids,
                 state,
             },
+            unhealthy: instance.read("unhealthy.json")?.unwrap_or_default(),
             instance,
             events,
             source,
@@ -106,7 +109,7 @@ impl Agent {
             }
         }
         let ids = self.applied.ids.assign(&config);
-        let state = desired::build(&config, &ids, host::link)?;
+        let state = desired::build(&config, &ids, &self.unhealthy, host::link)?;
         let plan = Plan::between(&self.applied.state, &state);
 
         let old_interfaces: Vec<String> = self
@@ -146,13 +149,7 @@ impl Agent {
             }
         }
 
-        if let Err(e) = apply::apply(&mut self.ebpf, &plan) {
-            log::error!("applying the plan failed ({e:#}); rolling back");
-            let actual = apply::read(&self.ebpf, &ids)?;
-            apply::apply(&mut self.ebpf, &Plan::between(&actual, &self.applied.state))
-                .context("rolling back")?;
-            return Err(e);
-        }
+        self.apply_or_roll_back(&plan, &ids)?;
         if !plan.is_empty() {
             let names = Names::merge(
                 self.names(&ids, &config),
@@ -199,6 +196,43 @@ impl Agent {
             ids,
             state,
         };
+        Ok(())
+    }
+
+    /// Applies `plan`; if that fails half-way, puts the maps back as they were.
+    fn apply_or_roll_back(&mut self, plan: &Plan, ids: &Ids) -> Result<()> {
+        if let Err(e) = apply::apply(&mut self.ebpf, plan) {
+            log::error!("applying the plan failed ({e:#}); rolling back");
+            let actual = apply::read(&self.ebpf, ids)?;
+            apply::apply(&mut self.ebpf, &Plan::between(&actual, &self.applied.state))
+                .context("rolling back")?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the rings after health changed (`unhealthy`), applying the difference.
+    pub fn set_unhealthy(&mut self, unhealthy: BTreeSet<String>) -> Result<()> {
+        self.unhealthy = unhealthy;
+        self.instance.write("unhealthy.json", &self.unhealthy)?;
+        let Some(config) = self.applied.config.clone() else {
+            return Ok(());
+        };
+        let ids = self.applied.ids.clone();
+        let state = desired::build(&config, &ids, &self.unhealthy, host::link)?;
+        let plan = Plan::between(&self.applied.state, &state);
+        self.apply_or_roll_back(&plan, &ids)?;
+        if !plan.is_empty() {
+            let names = self.names(&ids, &config);
+            log::info!(
+                "applied:\n{}",
+                Shown {
+                    plan: &plan,
+                    names: &names
+                }
+            );
+        }
+        self.applied.state = state;
         Ok(())
     }
 

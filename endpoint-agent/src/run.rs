@@ -4,7 +4,11 @@
 //! to endpoints that wait for acceptance; on SIGINT/SIGTERM take everything down (or,
 //! with `--on-exit keep`, leave the data path running for the next agent).
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, PerCpuArray};
@@ -12,6 +16,7 @@ use endpoint_common::counter::{self, Count};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::mpsc,
     time::interval,
 };
 
@@ -19,6 +24,7 @@ use crate::{
     config::{self, State},
     events::{self, Events, Kind},
     expiry,
+    health::{self, Checks},
     host::Host,
     instance::Instance,
     loader,
@@ -43,9 +49,11 @@ pub struct Options {
     pub on_exit: OnExit,
 }
 
-/// How often the file is re-read and idle flows are looked for.
+/// How often the file is re-read, idle flows are looked for, and due health checks
+/// started.
 const WATCH: Duration = Duration::from_millis(500);
 const EXPIRE: Duration = Duration::from_secs(5);
+const HEALTH: Duration = Duration::from_millis(250);
 
 pub async fn run(options: Options) -> Result<()> {
     let source = options.config.display().to_string();
@@ -88,6 +96,9 @@ pub async fn run(options: Options) -> Result<()> {
     let mut watch = interval(WATCH);
     let mut expire = interval(EXPIRE);
     let mut pending = Pending::default();
+    let mut health = interval(HEALTH);
+    let mut checks = Checks::default();
+    let (results, mut checked) = mpsc::unbounded_channel::<(String, bool)>();
     // The last text tried, valid or not: an invalid file is reported once, not twice a
     // second.
     let mut tried = text;
@@ -103,6 +114,29 @@ pub async fn run(options: Options) -> Result<()> {
             _ = watch.tick() => {
                 reload(&mut agent, &options.config, &mut tried, summary);
                 pending.watch(&mut agent);
+            }
+            _ = health.tick() => {
+                if let Some(config) = &agent.applied.config {
+                    checks.sync(config);
+                }
+                for (target, addr, spec) in checks.due(Instant::now()) {
+                    let results = results.clone();
+                    tokio::spawn(async move {
+                        let _ = results.send((target, health::probe(addr, &spec).await));
+                    });
+                }
+            }
+            Some((target, passed)) = checked.recv() => {
+                if let Some(transition) = checks.record(&target, passed) {
+                    let state = if transition.healthy { "healthy" } else { "unhealthy" };
+                    log::warn!("target {} ({}) is {state}", transition.target, transition.addr);
+                    if let Some(events) = &mut agent.events {
+                        events.target(&transition);
+                    }
+                    if let Err(e) = agent.set_unhealthy(checks.unhealthy()) {
+                        log::error!("updating the rings after a health change: {e:#}");
+                    }
+                }
             }
             _ = expire.tick() => {
                 let config = agent.applied.config.clone();

@@ -167,7 +167,8 @@ fn with_rig(test: impl FnOnce(&mut Rig) + Send) {
             .expect("valid config")
             .config;
         let ids = Ids::default().assign(&config);
-        let desired = desired::build(&config, &ids, host::link).expect("desired state");
+        let desired =
+            desired::build(&config, &ids, &Default::default(), host::link).expect("desired state");
         let mut ebpf = loader::load(&config, &instance).expect("load");
         let plan = Plan::between(&desired::State::default(), &desired);
         apply::apply(&mut ebpf, &plan).expect("apply");
@@ -212,7 +213,8 @@ impl Rig {
             .expect("valid config")
             .config;
         let ids = self.ids.assign(&config);
-        let desired = desired::build(&config, &ids, host::link).expect("desired state");
+        let desired =
+            desired::build(&config, &ids, &Default::default(), host::link).expect("desired state");
         apply::apply(&mut self.ebpf, &Plan::between(&self.desired, &desired)).expect("apply");
         (self.config, self.ids, self.desired) = (config, ids, desired);
     }

@@ -18,11 +18,13 @@ use socket2::{Domain, Socket, Type};
 use crate::Namespace;
 
 /// A target: answers each line with `<name> <peer ip:port> <line>`, and records every
-/// peer it saw.
+/// peer that sent one (health checks that only connect are not peers). An HTTP request
+/// line (`GET /…`) gets the server's health status instead, for HTTP health checks.
 pub struct Server {
     pub name: String,
     pub addr: SocketAddrV4,
     peers: Arc<Mutex<Vec<SocketAddr>>>,
+    health: Arc<Mutex<u16>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -34,28 +36,39 @@ impl Server {
             .with_context(|| format!("binding {addr} in {}", ns.name()))?;
         listener.set_nonblocking(true)?;
         let peers = Arc::new(Mutex::new(Vec::new()));
+        let health = Arc::new(Mutex::new(200));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (name, peers, stop) = (name.to_string(), peers.clone(), stop.clone());
-            std::thread::spawn(move || serve(&listener, &name, &peers, &stop))
+            let shared = Shared {
+                name: name.to_string(),
+                peers: peers.clone(),
+                health: health.clone(),
+            };
+            let stop = stop.clone();
+            std::thread::spawn(move || serve(&listener, &shared, &stop))
         };
         Ok(Self {
             name: name.to_string(),
             addr,
             peers,
+            health,
             stop,
             thread: Some(thread),
         })
     }
 
-    /// Every peer address that connected so far.
+    /// Every peer address that sent a line so far.
     pub fn peers(&self) -> Vec<SocketAddr> {
         self.peers.lock().unwrap().clone()
     }
-}
 
-impl Drop for Server {
-    fn drop(&mut self) {
+    /// The status HTTP health checks get from now on.
+    pub fn set_health(&self, status: u16) {
+        *self.health.lock().unwrap() = status;
+    }
+
+    /// Stops listening: new connections are refused (established ones carry on).
+    pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -63,14 +76,26 @@ impl Drop for Server {
     }
 }
 
-fn serve(listener: &TcpListener, name: &str, peers: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool) {
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    name: String,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    health: Arc<Mutex<u16>>,
+}
+
+fn serve(listener: &TcpListener, shared: &Shared, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, peer)) => {
-                peers.lock().unwrap().push(peer);
-                let name = name.to_string();
+                let shared = shared.clone();
                 std::thread::spawn(move || {
-                    let _ = answer(stream, &name, peer);
+                    let _ = answer(stream, &shared, peer);
                 });
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -78,12 +103,23 @@ fn serve(listener: &TcpListener, name: &str, peers: &Mutex<Vec<SocketAddr>>, sto
     }
 }
 
-fn answer(stream: TcpStream, name: &str, peer: SocketAddr) -> Result<()> {
+fn answer(stream: TcpStream, shared: &Shared, peer: SocketAddr) -> Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut writer = stream.try_clone()?;
+    let mut counted = false;
     for line in BufReader::new(stream).lines() {
-        writeln!(writer, "{name} {peer} {}", line?)?;
+        let line = line?;
+        if line.starts_with("GET /") {
+            let status = *shared.health.lock().unwrap();
+            write!(writer, "HTTP/1.0 {status} {}\r\n\r\n", shared.name)?;
+            return Ok(());
+        }
+        if !counted {
+            shared.peers.lock().unwrap().push(peer);
+            counted = true;
+        }
+        writeln!(writer, "{} {peer} {line}", shared.name)?;
     }
     Ok(())
 }

@@ -158,14 +158,76 @@ fn yes() -> bool {
     true
 }
 
-/// A network load balancer in one zone. Endpoints are spread over a service's load
-/// balancers round-robin.
+/// A network load balancer in one zone. Each endpoint is mapped onto one of its
+/// service's load balancers in the endpoint's zone (any zone if none is there),
+/// round-robin across endpoints.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadBalancer {
     pub name: String,
     pub zone: String,
     pub listeners: Vec<Listener>,
+    /// Whether new flows may go to targets in other zones than the endpoint's.
+    #[serde(default)]
+    pub cross_zone: CrossZone,
+    #[serde(default)]
+    pub health_check: HealthCheck,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrossZone {
+    /// Targets in the endpoint's zone; all zones only when none there is healthy.
+    #[default]
+    OnFailure,
+    /// Targets in every zone alike (cross-zone load balancing).
+    Always,
+    /// Only targets in the endpoint's zone, healthy or not.
+    Never,
+}
+
+/// How the agent checks a load balancer's targets.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    pub protocol: HealthProtocol,
+    /// HTTP only: the path to GET and the status that means healthy.
+    pub path: String,
+    pub expect_status: u16,
+    /// The port to check (default: each target's own).
+    pub port: Option<u16>,
+    pub interval_seconds: u32,
+    pub timeout_seconds: u32,
+    /// Consecutive successes that make an unhealthy target healthy again.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy target unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            protocol: HealthProtocol::Tcp,
+            path: "/".into(),
+            expect_status: 200,
+            port: None,
+            interval_seconds: 10,
+            timeout_seconds: 5,
+            healthy_threshold: 3,
+            unhealthy_threshold: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthProtocol {
+    /// A TCP connection that opens is healthy.
+    Tcp,
+    /// An HTTP GET answered with `expect_status` is healthy.
+    Http,
+    /// No checks: every target counts as healthy.
+    None,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +254,8 @@ pub struct Target {
     pub port: u16,
     #[serde(default = "one")]
     pub weight: u32,
+    /// The target's zone (default: its load balancer's).
+    pub zone: Option<String>,
 }
 
 fn one() -> u32 {

@@ -7,7 +7,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use super::{Config, Protocol, State};
+use super::{Config, HealthProtocol, Protocol, State};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -259,6 +259,49 @@ fn services(config: &Config, problems: &mut Problems) {
                     path("zone"),
                     "a load balancer needs a zone".into(),
                 );
+            }
+            let check = &lb.health_check;
+            let field = |f: &str| path(&format!("health_check.{f}"));
+            if !(1..=300).contains(&check.interval_seconds) {
+                problems.error(
+                    &lb_object,
+                    field("interval_seconds"),
+                    format!("{} s: use 1 to 300", check.interval_seconds),
+                );
+            }
+            if check.timeout_seconds == 0 || check.timeout_seconds > check.interval_seconds {
+                problems.error(
+                    &lb_object,
+                    field("timeout_seconds"),
+                    format!(
+                        "{} s: use 1 to the interval ({} s)",
+                        check.timeout_seconds, check.interval_seconds
+                    ),
+                );
+            }
+            for (name, value) in [
+                ("healthy_threshold", check.healthy_threshold),
+                ("unhealthy_threshold", check.unhealthy_threshold),
+            ] {
+                if !(1..=10).contains(&value) {
+                    problems.error(&lb_object, field(name), format!("{value}: use 1 to 10"));
+                }
+            }
+            if check.protocol == HealthProtocol::Http
+                && (!check.path.starts_with('/') || !(100..=599).contains(&check.expect_status))
+            {
+                problems.error(
+                    &lb_object,
+                    field("path"),
+                    format!(
+                        "an HTTP check needs a path starting with '/' and a status 100-599 (have \
+                         {:?}, {})",
+                        check.path, check.expect_status
+                    ),
+                );
+            }
+            if check.port == Some(0) {
+                problems.error(&lb_object, field("port"), "port 0 cannot be checked".into());
             }
             if lb.listeners.is_empty() || lb.listeners.len() > super::MAX_LISTENERS as usize {
                 problems.error(

@@ -1,0 +1,271 @@
+//! Health checks: the agent checks every target as its load balancer says (a TCP
+//! connection, or an HTTP GET and an expected status) and keeps count of consecutive
+//! results. A healthy target that fails `unhealthy_threshold` times in a row leaves the
+//! rings for new flows (its established flows stay); one that then passes
+//! `healthy_threshold` times comes back. Targets start healthy.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{SocketAddr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    time::timeout,
+};
+
+use crate::{
+    config::{Config, HealthCheck, HealthProtocol},
+    ids,
+};
+
+struct Check {
+    addr: SocketAddrV4,
+    spec: HealthCheck,
+    healthy: bool,
+    /// Consecutive results that disagree with `healthy`.
+    streak: u32,
+    next: Instant,
+    in_flight: bool,
+}
+
+/// A target's health changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub target: String,
+    pub addr: SocketAddrV4,
+    pub healthy: bool,
+}
+
+#[derive(Default)]
+pub struct Checks {
+    targets: BTreeMap<String, Check>,
+}
+
+impl Checks {
+    /// Follows the config: new targets are checked (and start healthy), removed ones are
+    /// forgotten, changed check settings apply from the next check.
+    pub fn sync(&mut self, config: &Config) {
+        let mut wanted = BTreeMap::new();
+        for service in &config.services {
+            for lb in &service.load_balancers {
+                if lb.health_check.protocol == HealthProtocol::None {
+                    continue;
+                }
+                for listener in &lb.listeners {
+                    let name = ids::listener_name(&service.name, &lb.name, listener.port);
+                    for target in &listener.targets {
+                        let port = lb.health_check.port.unwrap_or(target.port);
+                        wanted.insert(
+                            ids::target_name(&name, target),
+                            (SocketAddrV4::new(target.ip, port), lb.health_check.clone()),
+                        );
+                    }
+                }
+            }
+        }
+        self.targets.retain(|name, _| wanted.contains_key(name));
+        for (name, (addr, spec)) in wanted {
+            match self.targets.get_mut(&name) {
+                Some(check) => (check.addr, check.spec) = (addr, spec),
+                None => {
+                    self.targets.insert(
+                        name,
+                        Check {
+                            addr,
+                            spec,
+                            healthy: true,
+                            streak: 0,
+                            next: Instant::now(),
+                            in_flight: false,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Targets that are unhealthy now, by name.
+    pub fn unhealthy(&self) -> BTreeSet<String> {
+        self.targets
+            .iter()
+            .filter(|(_, c)| !c.healthy)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Checks that are due now (each is then in flight until its result is recorded).
+    pub fn due(&mut self, now: Instant) -> Vec<(String, SocketAddrV4, HealthCheck)> {
+        let mut due = Vec::new();
+        for (name, check) in &mut self.targets {
+            if !check.in_flight && check.next <= now {
+                check.in_flight = true;
+                check.next = now + Duration::from_secs(check.spec.interval_seconds.into());
+                due.push((name.clone(), check.addr, check.spec.clone()));
+            }
+        }
+        due
+    }
+
+    /// Counts a result; returns the transition it caused, if any.
+    pub fn record(&mut self, target: &str, passed: bool) -> Option<Transition> {
+        let check = self.targets.get_mut(target)?;
+        check.in_flight = false;
+        if passed == check.healthy {
+            check.streak = 0;
+            return None;
+        }
+        check.streak += 1;
+        let threshold = if check.healthy {
+            check.spec.unhealthy_threshold
+        } else {
+            check.spec.healthy_threshold
+        };
+        if check.streak < threshold {
+            return None;
+        }
+        check.healthy = passed;
+        check.streak = 0;
+        Some(Transition {
+            target: target.to_string(),
+            addr: check.addr,
+            healthy: passed,
+        })
+    }
+}
+
+/// One check of `addr`, bounded by the spec's timeout.
+pub async fn probe(addr: SocketAddrV4, spec: &HealthCheck) -> bool {
+    let limit = Duration::from_secs(spec.timeout_seconds.into());
+    let attempt = async {
+        let mut stream = TcpStream::connect(SocketAddr::V4(addr)).await.ok()?;
+        if spec.protocol != HealthProtocol::Http {
+            return Some(true);
+        }
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: endpoint-agent\r\nConnection: close\r\n\r\n",
+            spec.path,
+            addr.ip()
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 64];
+        let mut read = 0;
+        while read < 12 {
+            let n = stream.read(&mut head[read..]).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            read += n;
+        }
+        // "HTTP/1.1 200 OK": the status is the second word.
+        let line = String::from_utf8_lossy(&head[..read]);
+        let status = line.split_whitespace().nth(1)?.parse::<u16>().ok()?;
+        Some(line.starts_with("HTTP/") && status == spec.expect_status)
+    };
+    matches!(timeout(limit, attempt).await, Ok(Some(true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checks(healthy: u32, unhealthy: u32) -> Checks {
+        let mut checks = Checks::default();
+        checks.targets.insert(
+            "t".into(),
+            Check {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                spec: HealthCheck {
+                    healthy_threshold: healthy,
+                    unhealthy_threshold: unhealthy,
+                    ..HealthCheck::default()
+                },
+                healthy: true,
+                streak: 0,
+                next: Instant::now(),
+                in_flight: false,
+            },
+        );
+        checks
+    }
+
+    #[test]
+    fn thresholds_count_consecutive_results() {
+        let mut c = checks(2, 3);
+        assert_eq!(c.record("t", false), None);
+        assert_eq!(c.record("t", false), None);
+        assert_eq!(
+            c.record("t", true),
+            None,
+            "a pass resets the failure streak"
+        );
+        assert_eq!(c.record("t", false), None);
+        assert_eq!(c.record("t", false), None);
+        let down = c.record("t", false).expect("third failure in a row");
+        assert!(!down.healthy);
+        assert_eq!(c.unhealthy(), BTreeSet::from(["t".to_string()]));
+        assert_eq!(c.record("t", true), None);
+        let up = c.record("t", true).expect("second pass in a row");
+        assert!(up.healthy);
+        assert!(c.unhealthy().is_empty());
+    }
+
+    #[test]
+    fn a_check_is_not_due_again_while_in_flight_or_before_its_interval() {
+        let mut c = checks(1, 1);
+        let now = Instant::now();
+        assert_eq!(c.due(now).len(), 1);
+        assert!(c.due(now + Duration::from_secs(60)).is_empty(), "in flight");
+        c.record("t", true);
+        assert!(
+            c.due(now + Duration::from_secs(1)).is_empty(),
+            "interval not over"
+        );
+        assert_eq!(c.due(now + Duration::from_secs(10)).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn probes_tell_open_from_closed_and_check_http_status() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let SocketAddr::V4(open) = listener.local_addr().unwrap() else {
+            unreachable!()
+        };
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 256];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let status = if String::from_utf8_lossy(&buf[..n]).contains("/ok") {
+                    "200 OK"
+                } else {
+                    "503 No"
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        let tcp = HealthCheck {
+            timeout_seconds: 1,
+            ..HealthCheck::default()
+        };
+        assert!(probe(open, &tcp).await);
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let std::net::SocketAddr::V4(a) = l.local_addr().unwrap() else {
+                unreachable!()
+            };
+            a
+        };
+        assert!(!probe(closed, &tcp).await);
+        let http = |path: &str| HealthCheck {
+            protocol: HealthProtocol::Http,
+            path: path.into(),
+            ..tcp.clone()
+        };
+        assert!(probe(open, &http("/ok")).await);
+        assert!(!probe(open, &http("/sick")).await);
+    }
+}
