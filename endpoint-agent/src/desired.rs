@@ -349,3 +349,109 @@ fn address_key(ifindex: u32, addr: Addr) -> AddressKey {
         addr,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    const ZONED: &str = "
+node:
+  interfaces:
+    - { name: cons, role: consumer, consumer_network: vpc }
+    - { name: prov, role: provider, nat_addresses: [172.16.0.100] }
+services:
+  - name: s
+    acceptance_required: false
+    allowed_principals: [p]
+    load_balancers:
+      - name: a1
+        zone: za
+        cross_zone: CROSS
+        listeners:
+          - port: 80
+            targets:
+              - { ip: 172.16.0.10, port: 80 }
+              - { ip: 172.16.0.11, port: 80 }
+              - { ip: 172.16.0.20, port: 80, zone: zb }
+      - name: a2
+        zone: za
+        listeners: [{ port: 80, targets: [{ ip: 172.16.0.12, port: 80 }] }]
+      - name: b1
+        zone: zb
+        listeners: [{ port: 80, targets: [{ ip: 172.16.0.21, port: 80 }] }]
+endpoints:
+  - { id: e1, service: s, principal: p, consumer_network: vpc, ip: 10.0.0.1, zone: za }
+  - { id: e2, service: s, principal: p, consumer_network: vpc, ip: 10.0.0.2, zone: zb }
+  - { id: e3, service: s, principal: p, consumer_network: vpc, ip: 10.0.0.3, zone: za }
+  - { id: e4, service: s, principal: p, consumer_network: vpc, ip: 10.0.0.4, zone: zc }
+  - { id: e5, service: s, principal: p, consumer_network: vpc, ip: 10.0.0.5, zone: zc }
+  - { id: e6, service: s, principal: p, consumer_network: vpc, ip: 10.0.0.6, zone: za }
+";
+
+    fn link(name: &str) -> Result<Link> {
+        Ok(Link {
+            ifindex: if name == "cons" { 2 } else { 3 },
+            mac: [2, 0, 0, 0, 0, 1],
+            veth: false,
+        })
+    }
+
+    fn config(cross: &str) -> Config {
+        config::parse("t", &ZONED.replace("CROSS", cross))
+            .expect("valid")
+            .config
+    }
+
+    #[test]
+    fn endpoints_go_round_robin_over_the_load_balancers_of_their_zone() {
+        // za has a1, a2 (e1, e3, e6 take turns); zb has b1; zc has none: all three.
+        assert_eq!(placement(&config("on_failure")), [0, 2, 1, 0, 1, 0]);
+    }
+
+    /// The targets (addresses) e1's ring (a1, zone za) uses, given unhealthy targets.
+    fn e1_targets(cross: &str, unhealthy: &[&str]) -> BTreeSet<String> {
+        let config = config(cross);
+        let ids = Ids::default().assign(&config);
+        let unhealthy = unhealthy
+            .iter()
+            .map(|t| format!("s/a1/80/172.16.0.{t}:80"))
+            .collect();
+        let state = build(&config, &ids, &unhealthy, link).unwrap();
+        let ring = ids.rings["s/a1/80@za"];
+        state.rings[&ring]
+            .iter()
+            .map(|index| {
+                let target = state.targets[index];
+                format!(
+                    "{}",
+                    std::net::Ipv4Addr::from(target.addr.ipv4_be().to_ne_bytes())
+                )
+            })
+            .collect()
+    }
+
+    fn set(addresses: &[&str]) -> BTreeSet<String> {
+        addresses.iter().map(|a| format!("172.16.0.{a}")).collect()
+    }
+
+    #[test]
+    fn rings_prefer_the_zone_and_fall_back_across_zones_as_configured() {
+        assert_eq!(e1_targets("on_failure", &[]), set(&["10", "11"]));
+        assert_eq!(e1_targets("on_failure", &["10"]), set(&["11"]));
+        assert_eq!(
+            e1_targets("on_failure", &["10", "11"]),
+            set(&["20"]),
+            "fallback"
+        );
+        assert_eq!(e1_targets("always", &[]), set(&["10", "11", "20"]));
+        assert_eq!(e1_targets("always", &["20"]), set(&["10", "11"]));
+        assert_eq!(e1_targets("never", &["10"]), set(&["11"]));
+        // Nowhere healthy: fail open rather than drop everything.
+        assert_eq!(e1_targets("never", &["10", "11"]), set(&["10", "11"]));
+        assert_eq!(
+            e1_targets("on_failure", &["10", "11", "20"]),
+            set(&["10", "11", "20"])
+        );
+    }
+}

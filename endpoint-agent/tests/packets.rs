@@ -992,3 +992,33 @@ fn idle_and_closing_connections_expire_both_directions() {
         assert!(rig.flows().is_empty());
     });
 }
+
+#[test]
+fn the_kernel_picks_the_target_the_agent_predicts_for_every_flow() {
+    with_rig(|rig| {
+        let weighted = CONFIG.replacen(
+            "              - { ip: 172.16.0.11, port: 8080 }",
+            "              - { ip: 172.16.0.11, port: 8080, weight: 3 }",
+            1,
+        );
+        rig.reconfigure(&weighted);
+        let mac = rig.link("cons-a").mac;
+        let mut on_second = 0;
+        for port in 0..400u16 {
+            let syn = syn_to(mac, ENDPOINT, 20000 + port);
+            let out = rig.run("cons-a", &syn.frame(b""));
+            assert_eq!(out.action, XDP_REDIRECT);
+            let (ip, _) = parse(&out.frame);
+            let predicted = rig.predicted_target(1, ENDPOINT, &flow_key(1, &syn));
+            assert_eq!(ip.destination, predicted, "flow from port {}", 20000 + port);
+            if ip.destination == TARGETS[1].0 {
+                on_second += 1;
+            }
+        }
+        // Weight 3 of 4: about 300 of 400.
+        assert!(
+            (250..350).contains(&on_second),
+            "{on_second} of 400 on the weight-3 target"
+        );
+    });
+}

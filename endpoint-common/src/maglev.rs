@@ -113,6 +113,53 @@ mod tests {
         }
     }
 
+    /// A million flows hashed through a weighted ring land on targets within 2 % of
+    /// their weights.
+    #[test]
+    fn a_million_flows_follow_the_weights() {
+        use crate::{hash, maps::FlowKey};
+        let weights = [1, 2, 3, 4];
+        let ring = ring(&members(&weights), SIZE, 9);
+        let mut landed = [0u32; 4];
+        for i in 0..1_000_000u32 {
+            let key = FlowKey {
+                src: crate::maps::Addr::ipv4((0x0a00_0000 | (i >> 16)).to_be_bytes()),
+                src_port_be: (i & 0xffff) as u16,
+                dst_port_be: 80u16.to_be(),
+                ..FlowKey::default()
+            };
+            landed[ring[(hash::flow(&key, 9) % SIZE) as usize] as usize] += 1;
+        }
+        let total: u32 = weights.iter().sum();
+        for (i, &n) in landed.iter().enumerate() {
+            let want = 1e6 * weights[i] as f64 / total as f64;
+            assert!(
+                (n as f64 - want).abs() < 0.02 * want,
+                "target {i}: {n} flows, want {want}"
+            );
+        }
+    }
+
+    /// Adding a target to N moves about 1/(N+1) of the slots, all to the new target.
+    #[test]
+    fn adding_a_target_moves_about_one_nth_to_it() {
+        let n = 10;
+        let before = ring(&members(&vec![1; n]), SIZE, 3);
+        let after = ring(&members(&vec![1; n + 1]), SIZE, 3);
+        let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+        let to_new = after.iter().filter(|&&a| a == n as u32).count();
+        let ideal = SIZE as f64 / (n + 1) as f64;
+        assert!(
+            (moved as f64) < ideal * 1.25,
+            "moved {moved}, ideal {ideal}"
+        );
+        assert!(
+            moved - to_new < (ideal * 0.25) as usize,
+            "{} moved between old targets",
+            moved - to_new
+        );
+    }
+
     #[test]
     fn weight_zero_gets_nothing_and_empty_gives_no_target() {
         let ring_ = ring(&members(&[1, 0, 1]), 251, 1);

@@ -225,6 +225,27 @@ fn service_errors() {
 }
 
 #[test]
+fn health_check_errors() {
+    let lb = "        zone: z1\n        listeners:";
+    let bad = "        zone: z1\n        health_check: { interval_seconds: 0, timeout_seconds: 9, unhealthy_threshold: 11, protocol: http, path: health }\n        listeners:";
+    let report = error(lb, bad);
+    assert_names(
+        &report,
+        &[
+            "health_check.interval_seconds): 0 s: use 1 to 300",
+            "health_check.timeout_seconds): 9 s: use 1 to the interval (0 s)",
+            "health_check.unhealthy_threshold): 11: use 1 to 10",
+            "an HTTP check needs a path starting with '/'",
+        ],
+    );
+    let report = error(
+        lb,
+        "        zone: z1\n        cross_zone: sometimes\n        listeners:",
+    );
+    assert_names(&report, &["sometimes", "on_failure", "always", "never"]);
+}
+
+#[test]
 fn endpoint_errors() {
     let report = error("    service: orders", "    service: ordrs");
     assert_names(
