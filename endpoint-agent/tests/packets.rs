@@ -1022,3 +1022,60 @@ fn the_kernel_picks_the_target_the_agent_predicts_for_every_flow() {
         );
     });
 }
+
+#[test]
+fn established_flows_keep_their_target_when_it_is_drained_or_removed() {
+    with_rig(|rig| {
+        let mac = rig.link("cons-a").mac;
+        // Open flows until one lands on each target.
+        let mut on = std::collections::BTreeMap::new();
+        for port in 0..50u16 {
+            let syn = syn_to(mac, ENDPOINT, 30000 + port);
+            let (ip, _) = parse(&rig.run("cons-a", &syn.frame(b"")).frame);
+            on.entry(ip.destination).or_insert(syn);
+        }
+        let first = on[&TARGETS[0].0];
+        let follow_up = |s: Segment| {
+            Segment {
+                syn: false,
+                ack: true,
+                ..s
+            }
+            .frame(b"x")
+        };
+        for (round, (change, text)) in [
+            (
+                "drained",
+                CONFIG.replacen(
+                    "{ ip: 172.16.0.10, port: 8080 }",
+                    "{ ip: 172.16.0.10, port: 8080, weight: 0 }",
+                    1,
+                ),
+            ),
+            (
+                "removed",
+                CONFIG.replacen("              - { ip: 172.16.0.10, port: 8080 }\n", "", 1),
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            rig.reconfigure(&text);
+            let (ip, _) = parse(&rig.run("cons-a", &follow_up(first)).frame);
+            assert_eq!(
+                ip.destination, TARGETS[0].0,
+                "an established flow moved when its target was {change}"
+            );
+            for port in 0..50u16 {
+                // Fresh tuples: new flows, not the ones opened before.
+                let syn = syn_to(mac, ENDPOINT, 40000 + 100 * round as u16 + port);
+                let (ip, _) = parse(&rig.run("cons-a", &syn.frame(b"")).frame);
+                assert_eq!(
+                    ip.destination, TARGETS[1].0,
+                    "a new flow went to the {change} target"
+                );
+            }
+            rig.reconfigure(CONFIG);
+        }
+    });
+}
