@@ -14,7 +14,9 @@ const HTYPE_ETHERNET: u16 = 1;
 const PTYPE_IPV4: u16 = 0x0800;
 
 /// Turns an ARP request for one of our addresses into the reply, sent back out.
-#[inline(always)]
+// Its own BPF function: its stack frame is not added to its siblings' (the
+// program's whole call chain must fit in 512 bytes).
+#[inline(never)]
 pub fn answer(
     ctx: &XdpContext,
     interface: &Interface,

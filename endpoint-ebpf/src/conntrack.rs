@@ -11,7 +11,14 @@ use endpoint_common::{
     maps::{Addr, Endpoint, FAMILY_IPV4, Flow, FlowKey, PROTO_TCP, PROVIDER_NETWORK, flow_flag},
 };
 
-use crate::{maps::FLOWS, outcome::Outcome, parse::Tcp, select::Choice};
+use core::ops::Deref;
+
+use crate::{
+    maps::{FLOWS, OPENING},
+    outcome::Outcome,
+    parse::Tcp,
+    select::Choice,
+};
 
 /// How many NAT ports a new flow tries before it is dropped as exhausted.
 const NAT_PORT_ATTEMPTS: u32 = 8;
@@ -38,12 +45,26 @@ pub fn forward_key(network: u32, packet: &Tcp) -> FlowKey {
     key_of(network, packet)
 }
 
+/// A flow entry in the table, read in place (no 72-byte copy on the 512-byte stack).
+pub struct Entry(*const Flow);
+
+impl Deref for Entry {
+    type Target = Flow;
+
+    #[inline(always)]
+    fn deref(&self) -> &Flow {
+        // SAFETY: a pointer the map gave out; the kernel keeps the value alive while the
+        // program runs, and writers only ever store whole small fields.
+        unsafe { &*self.0 }
+    }
+}
+
 /// The flow entry for `key`, if any; `packet` marks it as used (and as closing on a
 /// FIN or RST).
 #[inline(always)]
-pub fn lookup(key: &FlowKey, packet: &Tcp) -> Option<Flow> {
+pub fn lookup(key: &FlowKey, packet: &Tcp) -> Option<Entry> {
     let flow = FLOWS.get_ptr_mut(key)?;
-    // SAFETY: a map value; concurrent writers only ever store the same small fields.
+    // SAFETY: as in `Entry`; the header was checked by `parse`.
     unsafe {
         let now = now_s();
         if (*flow).last_seen_s != now {
@@ -53,8 +74,8 @@ pub fn lookup(key: &FlowKey, packet: &Tcp) -> Option<Flow> {
         if (tcp.fin() != 0 || tcp.rst() != 0) && (*flow).flags & flow_flag::CLOSING == 0 {
             (*flow).flags |= flow_flag::CLOSING;
         }
-        Some(*flow)
     }
+    Some(Entry(flow))
 }
 
 /// Seconds on the monotonic clock (the agent reads the same clock to expire flows).
@@ -67,7 +88,7 @@ fn now_s() -> u32 {
 /// The flow a provider-side packet to a NAT address belongs to. A packet that matches
 /// none is dropped: the provider side can never open anything towards a consumer.
 #[inline(always)]
-pub fn reply(packet: &Tcp) -> Result<Flow, Outcome> {
+pub fn reply(packet: &Tcp) -> Result<Entry, Outcome> {
     lookup(&key_of(PROVIDER_NETWORK, packet), packet)
         .ok_or(Outcome::drop(counter::DROP_REPLY_NO_FLOW))
 }
@@ -90,69 +111,94 @@ pub fn require_syn(packet: &Tcp, endpoint: u32) -> Result<(), Outcome> {
     }
 }
 
+/// What a new flow is built from and of, kept in per-CPU scratch (`OPENING`): along
+/// the program's call chain the 512-byte stack cannot also hold them.
+#[repr(C)]
+pub struct Opening {
+    pub choice: Choice,
+    pub reply_key: FlowKey,
+    pub reply: Flow,
+    pub forward: Flow,
+}
+
+/// This CPU's scratch for opening a flow.
+#[inline(always)]
+pub fn opening(endpoint: u32) -> Result<&'static mut Opening, Outcome> {
+    match OPENING.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
+        Some(opening) => Ok(unsafe { &mut *opening }),
+        None => Err(Outcome::drop_for(counter::DROP_NO_FLOW, endpoint)),
+    }
+}
+
 /// Opens a flow: finds a NAT port free towards the target (the reply entry is inserted
 /// only if absent, which makes the choice race-free across CPUs), then the forward entry.
-#[inline(always)]
+// Its own BPF function: its stack frame is not added to its siblings' (the
+// program's whole call chain must fit in 512 bytes).
+#[inline(never)]
 pub fn open(
     ctx: &XdpContext,
     key: &FlowKey,
     packet: &Tcp,
     endpoint: &Endpoint,
-    choice: &Choice,
-) -> Result<Flow, Outcome> {
+) -> Result<Entry, Outcome> {
+    let Opening {
+        choice,
+        reply_key,
+        reply,
+        forward,
+    } = opening(endpoint.id)?;
     // SAFETY: as in `key_of`.
     let eth = unsafe { &*packet.eth };
     let span = (choice.nat_port_max - choice.nat_port_min) as u32 + 1;
     let start = hash::nat(choice.hash, key.network);
-    let mut reply_key = FlowKey {
-        network: PROVIDER_NETWORK,
-        src: choice.target.addr,
-        dst: choice.nat.addr,
-        src_port_be: choice.target.port_be,
-        dst_port_be: 0,
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
-    };
-    let reply = Flow {
-        src: key.dst,
-        dst: key.src,
-        src_port_be: key.dst_port_be,
-        dst_port_be: key.src_port_be,
-        peer_network: key.network,
-        endpoint: endpoint.id,
-        target: choice.target_index,
-        ifindex: ctx.ingress_ifindex() as u32,
-        // Replies go back to whoever sent this, from the address it sent to.
-        mac_src: eth.dst_addr,
-        mac_dst: eth.src_addr,
-        last_seen_s: now_s(),
-        flags: 0,
-        _pad: [0; 3],
-    };
+    // Field by field: a whole struct literal would be built on the stack first.
+    reply_key.network = PROVIDER_NETWORK;
+    reply_key.src = choice.target.addr;
+    reply_key.dst = choice.nat.addr;
+    reply_key.src_port_be = choice.target.port_be;
+    reply_key.dst_port_be = 0;
+    reply_key.proto = key.proto;
+    reply_key.family = key.family;
+    reply_key._pad = [0; 2];
+    reply.src = key.dst;
+    reply.dst = key.src;
+    reply.src_port_be = key.dst_port_be;
+    reply.dst_port_be = key.src_port_be;
+    reply.peer_network = key.network;
+    reply.endpoint = endpoint.id;
+    reply.target = choice.target_index;
+    reply.ifindex = ctx.ingress_ifindex() as u32;
+    // Replies go back to whoever sent this, from the address it sent to.
+    reply.mac_src = eth.dst_addr;
+    reply.mac_dst = eth.src_addr;
+    reply.last_seen_s = now_s();
+    reply.flags = 0;
+    reply._pad = [0; 3];
     let mut attempt = 0;
     while attempt < NAT_PORT_ATTEMPTS {
         // An odd multiplier walks the whole range in a scattered order.
         let offset = start.wrapping_add(attempt.wrapping_mul(0x9e37_79b1)) % span;
         let port = choice.nat_port_min + offset as u16;
         reply_key.dst_port_be = port.to_be();
-        if FLOWS.insert(&reply_key, &reply, BPF_NOEXIST as u64).is_ok() {
-            let forward = Flow {
-                src: choice.nat.addr,
-                dst: choice.target.addr,
-                src_port_be: reply_key.dst_port_be,
-                dst_port_be: choice.target.port_be,
-                peer_network: PROVIDER_NETWORK,
-                endpoint: endpoint.id,
-                target: choice.target_index,
-                ifindex: choice.nat.ifindex,
-                mac_src: [0; 6],
-                mac_dst: [0; 6],
-                last_seen_s: reply.last_seen_s,
-                flags: 0,
-                _pad: [0; 3],
-            };
-            if FLOWS.insert(key, &forward, BPF_NOEXIST as u64).is_ok() {
+        if FLOWS
+            .insert(&*reply_key, &*reply, BPF_NOEXIST as u64)
+            .is_ok()
+        {
+            forward.src = choice.nat.addr;
+            forward.dst = choice.target.addr;
+            forward.src_port_be = reply_key.dst_port_be;
+            forward.dst_port_be = choice.target.port_be;
+            forward.peer_network = PROVIDER_NETWORK;
+            forward.endpoint = endpoint.id;
+            forward.target = choice.target_index;
+            forward.ifindex = choice.nat.ifindex;
+            forward.mac_src = [0; 6];
+            forward.mac_dst = [0; 6];
+            forward.last_seen_s = reply.last_seen_s;
+            forward.flags = 0;
+            forward._pad = [0; 3];
+            if FLOWS.insert(key, &*forward, BPF_NOEXIST as u64).is_ok() {
                 debug!(
                     ctx,
                     "flow opened: endpoint {} -> target {}, NAT port {}",
@@ -160,10 +206,11 @@ pub fn open(
                     choice.target_index,
                     port
                 );
-                return Ok(forward);
+                return lookup(key, packet)
+                    .ok_or(Outcome::drop_for(counter::DROP_NO_FLOW, endpoint.id));
             }
             // Another CPU opened the same flow first (a retransmitted SYN): use theirs.
-            let _ = FLOWS.remove(&reply_key);
+            let _ = FLOWS.remove(&*reply_key);
             return lookup(key, packet)
                 .ok_or(Outcome::drop_for(counter::DROP_NO_FLOW, endpoint.id));
         }

@@ -21,6 +21,7 @@ use crate::{outcome::Outcome, parse::Tcp};
 
 const AF_INET: u8 = 2;
 
+#[derive(Clone, Copy)]
 pub struct Route {
     pub ifindex: u32,
     pub mac_src: [u8; 6],
@@ -49,17 +50,19 @@ pub fn check_ttl(packet: &Tcp, endpoint: u32) -> Result<(), Outcome> {
     }
 }
 
-/// The route from `src` to `dst`, looked up as if the packet arrived on `ifindex`
-/// (the NAT address's provider interface).
-#[inline(always)]
-pub fn route(
-    ctx: &XdpContext,
-    packet: &Tcp,
-    src: Addr,
-    dst: Addr,
-    ifindex: u32,
-    endpoint: u32,
-) -> Result<Route, Outcome> {
+/// Where a packet towards a target goes: its new source and destination, and the
+/// interface the route is looked up from (the NAT address's provider interface).
+#[derive(Clone, Copy)]
+pub struct Hop {
+    pub src: Addr,
+    pub dst: Addr,
+    pub ifindex: u32,
+}
+
+/// The route for `hop`, looked up as if the packet arrived on `hop.ifindex`.
+#[inline(never)]
+pub fn route(ctx: &XdpContext, packet: &Tcp, hop: &Hop, endpoint: u32) -> Result<Route, Outcome> {
+    let Hop { src, dst, ifindex } = *hop;
     // SAFETY: `parse` checked the header lies within the frame.
     let ip = unsafe { &*packet.ip };
     // SAFETY: an all-zero `bpf_fib_lookup` is a valid (empty) request.

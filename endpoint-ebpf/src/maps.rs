@@ -1,7 +1,9 @@
 //! The maps. Sizes here are defaults; the agent sets the real ones from the node's
 //! `tables` settings before loading.
 
+use crate::conntrack::Opening;
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -17,9 +19,11 @@ use endpoint_common::{
 #[map]
 pub static INTERFACES: HashMap<u32, Interface> = HashMap::with_max_entries(256, 0);
 
-/// (consumer network, endpoint IP, port, protocol) → endpoint.
+/// (consumer network, endpoint IP, port, protocol) → endpoint. Config-sized maps
+/// allocate entries on demand: their limits can be generous without costing memory.
 #[map]
-pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> = HashMap::with_max_entries(16384, 0);
+pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> =
+    HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
 /// (endpoint, source prefix) → listeners the source may use, for endpoints with
 /// security groups.
@@ -29,7 +33,8 @@ pub static SECURITY_GROUPS: LpmTrie<SourcePrefix, SecurityGroup> =
 
 /// (interface, IP) → endpoint and NAT addresses the node answers for there.
 #[map]
-pub static ADDRESSES: HashMap<AddressKey, Address> = HashMap::with_max_entries(16384, 0);
+pub static ADDRESSES: HashMap<AddressKey, Address> =
+    HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
 /// The provider-side addresses flows are translated to.
 #[map]
@@ -51,6 +56,10 @@ pub static RINGS: Array<u32> = Array::with_max_entries(1 << 20, 0);
 /// another CPU than its request).
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(1 << 18, 0);
+
+/// Per-CPU scratch for opening a flow (see `conntrack::Opening`).
+#[map]
+pub static OPENING: PerCpuArray<Opening> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters, per endpoint slot (see `endpoint_common::counter`).
 #[map]

@@ -5,7 +5,8 @@ use endpoint_common::{checksum::Delta, maps::Flow};
 
 use crate::parse::Tcp;
 
-#[inline(always)]
+// Its own BPF function, to keep the caller's stack frame small.
+#[inline(never)]
 pub fn rewrite(packet: &Tcp, flow: &Flow) {
     // SAFETY: `parse` checked the headers lie within the frame.
     let (ip, tcp) = unsafe { (&mut *packet.ip, &mut *packet.tcp) };

@@ -38,7 +38,8 @@ pub fn refused(endpoint: &Endpoint) -> Outcome {
 }
 
 /// Drops sources outside the endpoint's security groups (when it has any).
-#[inline(always)]
+// Its own BPF function, to keep the caller's stack frame small.
+#[inline(never)]
 pub fn security_groups(endpoint: &Endpoint, packet: &Tcp) -> Result<(), Outcome> {
     if endpoint.flags & endpoint_flag::SECURITY_GROUPS == 0 {
         return Ok(());

@@ -10,7 +10,9 @@ use crate::{forward, outcome::Outcome, parse::Tcp};
 
 const RST_LEN: usize = EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN;
 
-#[inline(always)]
+// Its own BPF function: its stack frame is not added to its siblings' (the
+// program's whole call chain must fit in 512 bytes).
+#[inline(never)]
 pub fn answer(
     ctx: &XdpContext,
     interface: &Interface,

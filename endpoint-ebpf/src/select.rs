@@ -12,6 +12,7 @@ use crate::{
 };
 
 /// Everything a new flow needs decided before it is opened.
+#[repr(C)]
 pub struct Choice {
     pub hash: u32,
     pub target_index: u32,
@@ -21,8 +22,10 @@ pub struct Choice {
     pub nat_port_max: u16,
 }
 
-#[inline(always)]
-pub fn choose(endpoint: &Endpoint, key: &FlowKey) -> Result<Choice, Outcome> {
+/// Chooses into `choice` (per-CPU scratch: the stack is too small to carry it).
+// Its own BPF function, to keep the caller's stack frame small.
+#[inline(never)]
+pub fn choose(endpoint: &Endpoint, key: &FlowKey, choice: &mut Choice) -> Result<(), Outcome> {
     let no_target = Outcome::drop_for(counter::DROP_NO_TARGET, endpoint.id);
     let config: Config = match CONFIG.get(0) {
         Some(config) if config.ring_size != 0 => *config,
@@ -42,12 +45,13 @@ pub fn choose(endpoint: &Endpoint, key: &FlowKey) -> Result<Choice, Outcome> {
         return Err(exhausted);
     }
     let nat = *NAT.get(hash % config.nat_addresses).ok_or(exhausted)?;
-    Ok(Choice {
+    *choice = Choice {
         hash,
         target_index,
         target,
         nat,
         nat_port_min: config.nat_port_min,
         nat_port_max: config.nat_port_max,
-    })
+    };
+    Ok(())
 }
