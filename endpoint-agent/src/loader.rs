@@ -88,22 +88,30 @@ pub const PINNED: [&str; 10] = [
 /// Loads the program into the kernel (verified, not yet attached). The maps are the
 /// instance's pinned ones if they exist, else new ones, pinned.
 pub fn load(config: &Config, instance: &Instance) -> Result<Ebpf> {
+    let mut ebpf = open(OBJECT, config, Some(instance))?;
+    program(&mut ebpf)?
+        .load()
+        .context("the kernel verifier rejected the XDP program")?;
+    Ok(ebpf)
+}
+
+/// Creates (or, with `pins`, reuses) the maps of `object` sized for `config`; its
+/// programs are not loaded yet. The benchmarks open their own object this way.
+pub fn open(object: &[u8], config: &Config, pins: Option<&Instance>) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     for (map, size) in map_sizes(config) {
         loader.map_max_entries(map, size);
     }
-    for map in PINNED {
-        loader.map_pin_path(map, instance.pins.join(map));
+    if let Some(instance) = pins {
+        for map in PINNED {
+            loader.map_pin_path(map, instance.pins.join(map));
+        }
     }
     // The program logs rare events only (new flows at debug, NAT exhaustion at warn);
     // below the agent's own level they cost one comparison.
     let level = log_level();
     loader.override_global("AYA_LOG_LEVEL", &level, false);
-    let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
-    program(&mut ebpf)?
-        .load()
-        .context("the kernel verifier rejected the XDP program")?;
-    Ok(ebpf)
+    loader.load(object).context("loading the XDP object")
 }
 
 /// Map sizes cannot change under a running data path: a config whose tables differ

@@ -10,5 +10,5 @@ mod topology;
 
 pub use agent::Agent;
 pub use netns::{Namespace, sweep, veth};
-pub use tcp::{Answer, Server, ask, at, connect, connect_from, exchange};
+pub use tcp::{Answer, Server, accept_until, ask, at, connect, connect_from, exchange};
 pub use topology::{Topology, addresses};

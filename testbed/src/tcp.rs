@@ -90,21 +90,42 @@ struct Shared {
 }
 
 fn serve(listener: &TcpListener, shared: &Shared, stop: &AtomicBool) {
+    accept_until(listener, stop, |stream, peer| {
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            let _ = answer(stream, &shared, peer);
+        });
+    });
+}
+
+/// Accepts connections on a non-blocking `listener` and hands each to `handle`, until
+/// `stop` is set (looked at every 50 ms; a connection is taken the moment it arrives).
+pub fn accept_until(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    mut handle: impl FnMut(TcpStream, SocketAddr),
+) {
+    use std::os::fd::AsRawFd;
+    let mut poll = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                let shared = shared.clone();
-                std::thread::spawn(move || {
-                    let _ = answer(stream, &shared, peer);
-                });
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        // SAFETY: one valid pollfd, bounded wait.
+        if unsafe { libc::poll(&mut poll, 1, 50) } <= 0 {
+            continue;
+        }
+        while let Ok((stream, peer)) = listener.accept() {
+            let _ = stream.set_nonblocking(false);
+            handle(stream, peer);
         }
     }
 }
 
 fn answer(stream: TcpStream, shared: &Shared, peer: SocketAddr) -> Result<()> {
     stream.set_nonblocking(false)?;
+    stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut writer = stream.try_clone()?;
     let mut counted = false;
@@ -112,14 +133,18 @@ fn answer(stream: TcpStream, shared: &Shared, peer: SocketAddr) -> Result<()> {
         let line = line?;
         if line.starts_with("GET /") {
             let status = *shared.health.lock().unwrap();
-            write!(writer, "HTTP/1.0 {status} {}\r\n\r\n", shared.name)?;
+            let response = format!("HTTP/1.0 {status} {}\r\n\r\n", shared.name);
+            writer.write_all(response.as_bytes())?;
             return Ok(());
         }
         if !counted {
             shared.peers.lock().unwrap().push(peer);
             counted = true;
         }
-        writeln!(writer, "{} {peer} {line}", shared.name)?;
+        // One write per answer: a formatted write may be several, and Nagle would hold
+        // the rest back for the client's delayed ACK.
+        let answer = format!("{} {peer} {line}\n", shared.name);
+        writer.write_all(answer.as_bytes())?;
     }
     Ok(())
 }
@@ -163,7 +188,7 @@ pub fn connect_from(
 
 /// Sends one line on an open connection and reads the answer.
 pub fn exchange(stream: &mut TcpStream, line: &str) -> Result<Answer> {
-    writeln!(stream, "{line}")?;
+    stream.write_all(format!("{line}\n").as_bytes())?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut reply = String::new();
     if reader.read_line(&mut reply)? == 0 {

@@ -6,8 +6,8 @@
 //!   the frame between repeats, so these first copy the pristine frame back from
 //!   `FRAME` (the copy's cost is `restore_pass` − `empty`) and then run the data path —
 //!   `restore_new_flow` with a new source port each time, so every run opens a flow;
-//! - for packets per second through namespaces: `generate` (live-frames traffic: a new
-//!   source port per frame over `FLOWS_GENERATED` flows, XDP_TX), `sink` (count, drop)
+//! - for packets per second through namespaces: `generate` (live-frames traffic: `FRAME`
+//!   with a new source port per frame over `FLOWS_GENERATED` flows, XDP_TX), `sink` (count, drop)
 //!   and `redirect` (MACs and egress from `REDIRECT`: the ceiling of the pipeline).
 #![no_std]
 #![no_main]
@@ -143,10 +143,12 @@ pub fn restore_new_flow(ctx: XdpContext) -> u32 {
     endpoint_ebpf::handle(&ctx)
 }
 
+/// Live frames' pages come back as the receivers left them (the forwarder and the
+/// kernel rewrite them): every frame starts again from `FRAME`.
 #[xdp]
 pub fn generate(ctx: XdpContext) -> u32 {
     let flows = FLOWS_GENERATED.get(0).copied().unwrap_or(1);
-    if !next_source_port(&ctx, flows) {
+    if !restore(&ctx) || !next_source_port(&ctx, flows) {
         return xdp_action::XDP_ABORTED;
     }
     xdp_action::XDP_TX

@@ -1,0 +1,187 @@
+//! The namespaces of Layers B and C. One consumer host with three links to the node, one
+//! per way through it; the node runs the agent on the first:
+//!
+//! ```text
+//!  consumer eth0 10.0.0.10 ── cons-a  the forwarder (agent, XDP)     ┐
+//!           eth1 10.2.0.10 ── cons-r  trivial XDP redirect (ceiling) ├ node ── prov ── eth0 provider
+//!           eth2 10.1.0.10 ── cons-k  the kernel: routing, nftables  ┘         172.16.0.10, .11
+//! ```
+//!
+//! Every node ingress has an XDP program (the kernel path a pass-through one: native XDP
+//! on a veth turns TSO off on its peer, so all paths pay that alike) and GRO off.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use aya::{Ebpf, programs::Xdp, programs::XdpMode};
+use testbed::{Agent, Namespace, veth};
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_endpoint-agent");
+
+/// The forwarder's config: endpoint 10.0.0.100 (ports 80 and 9000) of a service whose
+/// targets are the provider's hosts. No health checks: Layer B's sink answers nothing.
+const CONFIG: &str = "
+node:
+  interfaces:
+    - { name: cons-a, role: consumer, consumer_network: vpc }
+    - { name: prov, role: provider, nat_addresses: [172.16.0.100] }
+services:
+  - name: bench
+    acceptance_required: false
+    allowed_principals: ['*']
+    load_balancers:
+      - name: nlb
+        zone: z
+        health_check: { protocol: none }
+        listeners:
+          - { port: 80, targets: [{ ip: 172.16.0.10, port: 8080 }, { ip: 172.16.0.11, port: 8080 }] }
+          - { port: 9000, targets: [{ ip: 172.16.0.10, port: 9000 }] }
+endpoints:
+  - { id: bench, service: bench, principal: p, consumer_network: vpc, ip: 10.0.0.100, zone: z }
+";
+
+/// nftables DNAT + masquerade on the kernel path, for the same service.
+const NFT: &str = "
+table ip endpoint_bench {
+  chain prerouting {
+    type nat hook prerouting priority dstnat;
+    ip daddr 10.1.0.100 tcp dport 80 dnat to 172.16.0.10:8080
+    ip daddr 10.1.0.100 tcp dport 9000 dnat to 172.16.0.10:9000
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat;
+    ct status dnat oifname \"prov\" masquerade
+  }
+}
+";
+
+pub struct Bed {
+    pub agent: Agent,
+    pub consumer: Namespace,
+    pub node: Namespace,
+    pub provider: Namespace,
+    config: PathBuf,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+pub fn link(ns: &Namespace, name: &str) -> Result<(u32, [u8; 6])> {
+    ns.enter(|| endpoint_agent::host::link(name).map(|l| (l.ifindex, l.mac)))?
+}
+
+impl Bed {
+    pub fn build(object: &mut Ebpf) -> Result<Self> {
+        let consumer = Namespace::new("bench-consumer")?;
+        let node = Namespace::new("bench-node")?;
+        let provider = Namespace::new("bench-provider")?;
+        for (i, (link, address)) in [
+            ("cons-a", "10.0.0.10/24"),
+            ("cons-r", "10.2.0.10/24"),
+            ("cons-k", "10.1.0.10/24"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let eth = format!("eth{i}");
+            veth(&consumer, &eth, &node, link)?;
+            consumer.ip(&["addr", "add", address, "dev", &eth])?;
+            consumer.exec("ethtool", &["-K", &eth, "tx", "off", "gro", "on"])?;
+            node.exec("ethtool", &["-K", link, "gro", "off"])?;
+        }
+        veth(&node, "prov", &provider, "eth0")?;
+        node.ip(&["addr", "add", "172.16.0.1/24", "dev", "prov"])?;
+        node.ip(&["addr", "add", "10.1.0.1/24", "dev", "cons-k"])?;
+        node.ip(&["addr", "add", "10.1.0.100/32", "dev", "cons-k"])?;
+        for address in ["172.16.0.10/24", "172.16.0.11/24"] {
+            provider.ip(&["addr", "add", address, "dev", "eth0"])?;
+        }
+        provider.exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"])?;
+        // The sink eats ARP: the node knows the provider hosts' MAC for good.
+        let (_, provider_mac) = link(&provider, "eth0")?;
+        let mac = provider_mac.map(|b| format!("{b:02x}")).join(":");
+        for target in ["172.16.0.10", "172.16.0.11"] {
+            node.ip(&[
+                "neigh",
+                "replace",
+                target,
+                "lladdr",
+                &mac,
+                "dev",
+                "prov",
+                "nud",
+                "permanent",
+            ])?;
+        }
+        for key in ["all", "default", "cons-k", "prov"] {
+            node.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
+        }
+        node.sysctl("net.ipv4.conf.cons-k.forwarding", "1")?;
+        node.sysctl("net.ipv4.conf.prov.forwarding", "1")?;
+        provider.ip(&["route", "add", "10.1.0.0/24", "via", "172.16.0.1"])?;
+        let rules = write_temp("nft", NFT)?;
+        let loaded = node.exec("nft", &["-f", &rules.to_string_lossy()]);
+        let _ = std::fs::remove_file(&rules);
+        loaded?;
+
+        let (prov, prov_mac) = link(&node, "prov")?;
+        let mut egress = [0u8; 12];
+        egress[..6].copy_from_slice(&provider_mac);
+        egress[6..].copy_from_slice(&prov_mac);
+        let word = |i: usize| u32::from_ne_bytes(egress[i..i + 4].try_into().unwrap());
+        let mut redirect: aya::maps::Array<_, [u32; 4]> =
+            aya::maps::Array::try_from(object.map_mut("REDIRECT").context("REDIRECT")?)?;
+        redirect.set(0, [prov, word(0), word(4), word(8)], 0)?;
+        attach(object, "redirect", &node, "cons-r")?;
+        attach(object, "empty", &node, "cons-k")?;
+
+        let config = write_temp("config.yaml", CONFIG)?;
+        let instance = node.name().to_string();
+        let agent = Agent::start(
+            &node,
+            Path::new(AGENT),
+            &instance,
+            &config,
+            &["--events", "/dev/null"],
+        )?;
+        Ok(Self {
+            agent,
+            consumer,
+            node,
+            provider,
+            config,
+        })
+    }
+}
+
+/// Attaches `program` of the bench object to `interface` in `ns`, natively.
+pub fn attach(
+    object: &mut Ebpf,
+    program: &str,
+    ns: &Namespace,
+    interface: &str,
+) -> Result<aya::programs::xdp::XdpLinkId> {
+    let xdp: &mut Xdp = object
+        .program_mut(program)
+        .context(program.to_string())?
+        .try_into()?;
+    ns.enter(|| xdp.attach(interface, XdpMode::Driver))?
+        .with_context(|| format!("attaching {program} to {interface}"))
+}
+
+fn write_temp(name: &str, text: &str) -> Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("endpoint-bench-{}-{name}", std::process::id()));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Lets queued frames drain before counting.
+pub fn settle() {
+    std::thread::sleep(Duration::from_millis(50));
+}

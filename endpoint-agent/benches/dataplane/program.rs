@@ -1,0 +1,451 @@
+//! Layer A: the program alone, through BPF_PROG_RUN on the real object, beside an empty
+//! XDP_PASS program and a swap-MACs + XDP_TX program in the same rounds.
+//!
+//! BPF_PROG_RUN does not restore the frame between repeats, so the data-path cases run
+//! behind a wrapper that first copies the pristine frame back; the wrapper's own cost
+//! (`restore_pass` − `empty`, measured in the same rounds) is subtracted.
+
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+use anyhow::{Context as _, Result, ensure};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData},
+    programs::{TestRun, TestRunOptions, Xdp, XdpMode},
+};
+use endpoint_agent::{apply, config, desired, host, ids::Ids, loader, plan::Plan};
+use endpoint_common::maps::{Flow, FlowKey};
+use etherparse::{PacketBuilder, PacketHeaders};
+use testbed::{Namespace, veth};
+
+use crate::report::{ProgramCase, Report, median};
+
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+const TARGETS: [([u8; 4], [u8; 6]); 2] = [
+    ([172, 16, 0, 10], [2, 0, 0, 0, 0, 0x0a]),
+    ([172, 16, 0, 11], [2, 0, 0, 0, 0, 0x0b]),
+];
+const CLIENT: [u8; 4] = [10, 0, 0, 10];
+const ENDPOINT: [u8; 4] = [10, 0, 0, 100];
+const NAT: [u8; 4] = [172, 16, 0, 100];
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+const PROGRAMS: [&str; 5] = [
+    "empty",
+    "swap_tx",
+    "restore_pass",
+    "restore_endpoint",
+    "restore_new_flow",
+];
+
+/// A config with `endpoints` endpoints (the first is the measured one) and room for
+/// `flows` flow entries.
+fn config_text(endpoints: usize, flows: u32) -> String {
+    let mut y = format!(
+        "node:
+  interfaces:
+    - {{ name: cons-a, role: consumer, consumer_network: vpc-a }}
+    - {{ name: prov, role: provider, nat_addresses: [172.16.0.100] }}
+  tables: {{ endpoints: {}, flows: {flows} }}
+services:
+  - name: s
+    acceptance_required: false
+    allowed_principals: ['*']
+    load_balancers:
+      - name: nlb
+        zone: z
+        health_check: {{ protocol: none }}
+        listeners:
+          - port: 80
+            targets: [{{ ip: 172.16.0.10, port: 8080 }}, {{ ip: 172.16.0.11, port: 8080 }}]
+endpoints:
+",
+        endpoints.next_power_of_two().max(4096)
+    );
+    for e in 0..endpoints {
+        let ip = if e == 0 {
+            Ipv4Addr::from(ENDPOINT)
+        } else {
+            Ipv4Addr::from(0x0b00_0000 + e as u32)
+        };
+        let _ = writeln!(
+            y,
+            "  - {{ id: e{e}, service: s, principal: p, consumer_network: vpc-a, ip: {ip}, zone: z }}"
+        );
+    }
+    y
+}
+
+/// The bench object, loaded for a config, its maps filled by the agent's pipeline.
+struct Rig {
+    ebpf: Ebpf,
+    cons: (u32, [u8; 6]),
+    prov: (u32, [u8; 6]),
+}
+
+impl Rig {
+    fn load(object: &[u8], text: &str) -> Result<Self> {
+        let config = config::parse("bench.yaml", text)?.config;
+        let ids = Ids::default().assign(&config);
+        let state = desired::build(&config, &ids, &Default::default(), host::link)?;
+        let mut ebpf = loader::open(object, &config, None)?;
+        for name in PROGRAMS {
+            let program: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
+            program
+                .load()
+                .with_context(|| format!("verifying {name}"))?;
+        }
+        apply::apply(
+            &mut ebpf,
+            &Plan::between(&desired::State::default(), &state),
+        )?;
+        // Any XDP program on the interfaces registers their receive queues, which test
+        // runs with an ingress interface need.
+        let empty: &mut Xdp = ebpf.program_mut("empty").context("empty")?.try_into()?;
+        for interface in ["cons-a", "prov"] {
+            empty.attach(interface, XdpMode::Driver)?;
+        }
+        let link = |name| host::link(name).map(|l| (l.ifindex, l.mac));
+        Ok(Self {
+            ebpf,
+            cons: link("cons-a")?,
+            prov: link("prov")?,
+        })
+    }
+
+    /// One test run of `program` on `frame` arriving on `ifindex`: (verdict, output,
+    /// ns per run).
+    fn run(
+        &mut self,
+        program: &str,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, f64)> {
+        let mut restore: Array<&mut MapData, [u8; 64]> =
+            Array::try_from(self.ebpf.map_mut("FRAME").context("FRAME")?)?;
+        let mut pristine = [0u8; 64];
+        pristine.copy_from_slice(&frame[..64]);
+        restore.set(0, pristine, 0)?;
+        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        let mut out = vec![0u8; frame.len() + 64];
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(program)
+            .context("program")?
+            .try_into()?;
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..TestRunOptions::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out, result.duration.as_nanos() as f64))
+    }
+
+    /// Fills the flow table with `n` unrelated entries.
+    fn prefill(&mut self, n: u32) -> Result<()> {
+        let mut flows: HashMap<&mut MapData, FlowKey, Flow> =
+            HashMap::try_from(self.ebpf.map_mut("FLOWS").context("FLOWS")?)?;
+        for i in 0..n {
+            let key = FlowKey {
+                network: 7,
+                src: endpoint_common::maps::Addr::ipv4((0x0c00_0000 + i).to_be_bytes()),
+                src_port_be: (i as u16).to_be(),
+                dst_port_be: 80u16.to_be(),
+                proto: 6,
+                family: 4,
+                ..FlowKey::default()
+            };
+            flows.insert(key, Flow::default(), 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// A 64-byte TCP frame (10 bytes of payload).
+fn frame(
+    mac: ([u8; 6], [u8; 6]),
+    ip: ([u8; 4], [u8; 4]),
+    ports: (u16, u16),
+    ttl: u8,
+    syn: bool,
+    ack: bool,
+) -> Vec<u8> {
+    let mut builder = PacketBuilder::ethernet2(mac.0, mac.1)
+        .ipv4(ip.0, ip.1, ttl)
+        .tcp(ports.0, ports.1, 1000, 4096);
+    if syn {
+        builder = builder.syn();
+    }
+    if ack {
+        builder = builder.ack(2000);
+    }
+    let mut out = Vec::new();
+    builder.write(&mut out, b"benchmark!").expect("frame");
+    assert_eq!(out.len(), 64);
+    out
+}
+
+/// The frames of the cases, checked once for verdict and exact output.
+struct Frames {
+    forward: Vec<u8>,
+    reply: Vec<u8>,
+    pass_through: Vec<u8>,
+    malformed: Vec<u8>,
+}
+
+fn check(rig: &mut Rig) -> Result<Frames> {
+    let (cons, prov) = (rig.cons, rig.prov);
+    let forward = frame(
+        (CLIENT_MAC, cons.1),
+        (CLIENT, ENDPOINT),
+        (40000, 80),
+        64,
+        true,
+        false,
+    );
+    let (verdict, out, _) = rig.run("restore_endpoint", &forward, cons.0, 1)?;
+    ensure!(verdict == XDP_REDIRECT, "forward: verdict {verdict}");
+    let headers = PacketHeaders::from_ethernet_slice(&out)?;
+    let Some(etherparse::NetHeaders::Ipv4(ip, _)) = headers.net else {
+        anyhow::bail!("forward: not IPv4")
+    };
+    let Some(etherparse::TransportHeader::Tcp(tcp)) = headers.transport else {
+        anyhow::bail!("forward: not TCP")
+    };
+    let (target, target_mac) = *TARGETS
+        .iter()
+        .find(|(t, _)| *t == ip.destination)
+        .context("forward: not a target")?;
+    let nat_port = tcp.source_port;
+    let expected = frame(
+        (prov.1, target_mac),
+        (NAT, target),
+        (nat_port, 8080),
+        63,
+        true,
+        false,
+    );
+    ensure!(
+        out == expected,
+        "forward: output differs from the expected frame"
+    );
+
+    let reply = frame(
+        (target_mac, prov.1),
+        (target, NAT),
+        (8080, nat_port),
+        64,
+        true,
+        true,
+    );
+    let (verdict, out, _) = rig.run("restore_endpoint", &reply, prov.0, 1)?;
+    ensure!(verdict == XDP_REDIRECT, "reply: verdict {verdict}");
+    let expected = frame(
+        (cons.1, CLIENT_MAC),
+        (ENDPOINT, CLIENT),
+        (80, 40000),
+        63,
+        true,
+        true,
+    );
+    ensure!(
+        out == expected,
+        "reply: output differs from the expected frame"
+    );
+
+    let (verdict, out, _) = rig.run("restore_new_flow", &forward, cons.0, 1)?;
+    ensure!(verdict == XDP_REDIRECT, "new flow: verdict {verdict}");
+    let headers = PacketHeaders::from_ethernet_slice(&out)?;
+    let Some(etherparse::NetHeaders::Ipv4(ip, _)) = headers.net else {
+        anyhow::bail!("new flow: not IPv4")
+    };
+    ensure!(
+        ip.source == NAT && ip.header_checksum == ip.calc_header_checksum(),
+        "new flow: bad header"
+    );
+
+    let pass_through = frame(
+        (CLIENT_MAC, cons.1),
+        (CLIENT, [10, 0, 0, 1]),
+        (40000, 80),
+        64,
+        true,
+        false,
+    );
+    let (verdict, out, _) = rig.run("restore_endpoint", &pass_through, cons.0, 1)?;
+    ensure!(
+        verdict == XDP_PASS && out == pass_through,
+        "pass-through: verdict {verdict} or changed"
+    );
+
+    let mut malformed = forward.clone();
+    malformed[14] = 0x44;
+    let (verdict, _, _) = rig.run("restore_endpoint", &malformed, cons.0, 1)?;
+    ensure!(verdict == XDP_DROP, "malformed: verdict {verdict}");
+
+    let (verdict, out, _) = rig.run("swap_tx", &forward, cons.0, 1)?;
+    ensure!(
+        verdict == XDP_TX && out[..6] == forward[6..12],
+        "swap-MAC-TX baseline"
+    );
+    Ok(Frames {
+        forward,
+        reply,
+        pass_through,
+        malformed,
+    })
+}
+
+/// Medians over interleaved rounds of each (name, program, frame, ifindex).
+fn measure(
+    rig: &mut Rig,
+    cases: &[(&str, &str, &[u8], u32)],
+    rounds: usize,
+    repeat: u32,
+) -> Result<Vec<f64>> {
+    let mut samples = vec![Vec::new(); cases.len()];
+    for _ in 0..rounds {
+        for (i, (_, program, frame, ifindex)) in cases.iter().enumerate() {
+            samples[i].push(rig.run(program, frame, *ifindex, repeat)?.2);
+        }
+    }
+    Ok(samples.iter().map(|s| median(s)).collect())
+}
+
+pub fn run(report: &mut Report, object: &[u8], smoke: bool) -> Result<()> {
+    let (rounds, repeat) = if smoke { (1, 1000) } else { (15, 200_000) };
+    report.rounds = rounds;
+    let ns = Namespace::new("bench-program")?;
+    ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+    ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+    for (link, peer) in [("cons-a", "cons-a-peer"), ("prov", "prov-peer")] {
+        veth(&ns, link, &ns, peer)?;
+    }
+    ns.ip(&["addr", "add", "172.16.0.1/24", "dev", "prov"])?;
+    for (ip, mac) in TARGETS {
+        let mac = mac.map(|b| format!("{b:02x}")).join(":");
+        ns.ip(&[
+            "neigh",
+            "replace",
+            &Ipv4Addr::from(ip).to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            "prov",
+            "nud",
+            "permanent",
+        ])?;
+    }
+    ns.sysctl("net.ipv4.conf.prov.forwarding", "1")?;
+    ns.enter(|| -> Result<()> {
+        let mut rig = Rig::load(object, &config_text(1, 1 << 17))?;
+        let f = check(&mut rig)?;
+        let (cons, prov) = (rig.cons.0, rig.prov.0);
+        let cases: [(&str, &str, &[u8], u32); 8] = [
+            ("baseline: empty XDP_PASS", "empty", &f.forward, cons),
+            ("baseline: swap MACs + XDP_TX", "swap_tx", &f.forward, cons),
+            (
+                "(frame restore, subtracted)",
+                "restore_pass",
+                &f.forward,
+                cons,
+            ),
+            (
+                "established flow, consumer to target",
+                "restore_endpoint",
+                &f.forward,
+                cons,
+            ),
+            (
+                "reply, target to consumer",
+                "restore_endpoint",
+                &f.reply,
+                prov,
+            ),
+            (
+                "new flow (SYN, NAT port claimed)",
+                "restore_new_flow",
+                &f.forward,
+                cons,
+            ),
+            (
+                "pass-through (not endpoint traffic)",
+                "restore_endpoint",
+                &f.pass_through,
+                cons,
+            ),
+            (
+                "malformed frame (IHL 4)",
+                "restore_endpoint",
+                &f.malformed,
+                cons,
+            ),
+        ];
+        let medians = measure(&mut rig, &cases, rounds, repeat)?;
+        let (empty, swap, restore) = (medians[0], medians[1], medians[2] - medians[0]);
+        for (i, (name, program, _, _)) in cases.iter().enumerate() {
+            if i == 2 {
+                continue;
+            }
+            let ns = if program.starts_with("restore") {
+                medians[i] - restore
+            } else {
+                medians[i]
+            };
+            report.program.push(ProgramCase {
+                case: name.to_string(),
+                ns,
+                over_empty: ns - empty,
+                ratio_to_swap_mac_tx: ns / swap,
+            });
+        }
+
+        // One program per interface: the next loads replace this one.
+        drop(rig);
+
+        // Scaling: the established path with more endpoints, and a fuller flow table.
+        let (endpoint_counts, flow_counts) = if smoke {
+            ([1, 100, 1000], [1000, 10_000])
+        } else {
+            ([1, 10_000, 100_000], [1000, 1_000_000])
+        };
+        let mut scale = |label: String, endpoints: usize, flows: u32| -> Result<()> {
+            let table = (flows * 2).max(1 << 17);
+            let mut rig = Rig::load(object, &config_text(endpoints, table))?;
+            let f = check(&mut rig)?;
+            rig.prefill(flows.saturating_sub(2))?;
+            let cons = rig.cons.0;
+            let cases: [(&str, &str, &[u8], u32); 4] = [
+                ("", "empty", &f.forward, cons),
+                ("", "swap_tx", &f.forward, cons),
+                ("", "restore_pass", &f.forward, cons),
+                ("", "restore_endpoint", &f.forward, cons),
+            ];
+            let m = measure(&mut rig, &cases, rounds, repeat)?;
+            let ns = m[3] - (m[2] - m[0]);
+            report.scaling.push(ProgramCase {
+                case: label,
+                ns,
+                over_empty: ns - m[0],
+                ratio_to_swap_mac_tx: ns / m[1],
+            });
+            Ok(())
+        };
+        for n in endpoint_counts {
+            scale(format!("established flow, {n} endpoints"), n, 1000)?;
+        }
+        for n in flow_counts {
+            scale(format!("established flow, {n} flows in the table"), 1, n)?;
+        }
+        Ok(())
+    })?
+}
