@@ -1079,3 +1079,39 @@ fn established_flows_keep_their_target_when_it_is_drained_or_removed() {
         }
     });
 }
+
+#[test]
+fn an_established_flow_follows_a_neighbour_change_within_a_second() {
+    with_rig(|rig| {
+        let mac = rig.link("cons-a").mac;
+        let syn = syn_to(mac, ENDPOINT, 40000);
+        let (ip, _) = parse(&rig.run("cons-a", &syn.frame(b"")).frame);
+        let target = Ipv4Addr::from(ip.destination).to_string();
+        let data = Segment {
+            syn: false,
+            ack: true,
+            ..syn
+        }
+        .frame(b"x");
+        let moved = [2, 0, 0, 0, 0, 0x77];
+        std::process::Command::new("ip")
+            .args([
+                "neigh",
+                "replace",
+                &target,
+                "lladdr",
+                "02:00:00:00:00:77",
+                "dev",
+                "prov",
+                "nud",
+                "permanent",
+            ])
+            .status()
+            .unwrap();
+        // Within the second the kept route may still be used; after it, never.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let out = rig.run("cons-a", &data);
+        assert_eq!(out.action, XDP_REDIRECT);
+        assert_eq!(out.frame[..6], moved, "the flow still goes to the old MAC");
+    });
+}

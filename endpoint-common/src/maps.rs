@@ -249,13 +249,15 @@ pub struct Flow {
     pub endpoint: u32,
     /// Target index the flow is pinned to.
     pub target: u32,
-    /// Egress interface for the reply direction (the one the flow came in on, since a
-    /// route lookup cannot tell overlapping consumer networks apart); 0 = look the route
-    /// up (consumer-to-target direction).
+    /// Egress interface and Ethernet addresses. Replies: the interface the flow came in
+    /// on and the MACs it came with (a route lookup cannot tell overlapping consumer
+    /// networks apart). Towards the target: the route lookup's result, kept and checked
+    /// again once a second.
     pub ifindex: u32,
-    /// Ethernet addresses for the reply direction, remembered from the first packet.
     pub mac_src: [u8; 6],
     pub mac_dst: [u8; 6],
+    /// Towards the target: the interface the route is looked up from (the NAT address's).
+    pub route_from: u32,
     /// When a packet last used this direction (monotonic clock, seconds); written at
     /// most once a second, for the agent's idle expiry.
     pub last_seen_s: u32,
@@ -281,7 +283,7 @@ const _: () = {
     assert!(size_of::<Config>() == 16);
     assert!(size_of::<Target>() == 20);
     assert!(size_of::<FlowKey>() == 44);
-    assert!(size_of::<Flow>() == 72);
+    assert!(size_of::<Flow>() == 76);
     assert!(size_of::<SourcePrefix>() == 24);
     assert!(size_of::<SecurityGroup>() == 4);
     assert!(size_of::<crate::counter::Count>() == 16);

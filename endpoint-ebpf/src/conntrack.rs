@@ -14,6 +14,7 @@ use endpoint_common::{
 use core::ops::Deref;
 
 use crate::{
+    forward::Route,
     maps::{FLOWS, OPENING},
     outcome::Outcome,
     parse::Tcp,
@@ -60,22 +61,47 @@ impl Deref for Entry {
 }
 
 /// The flow entry for `key`, if any; `packet` marks it as used (and as closing on a
-/// FIN or RST).
+/// FIN or RST, as open again on a SYN). `fresh`: the first use this second.
 #[inline(always)]
-pub fn lookup(key: &FlowKey, packet: &Tcp) -> Option<Entry> {
+pub fn lookup(key: &FlowKey, packet: &Tcp) -> Option<(Entry, bool)> {
     let flow = FLOWS.get_ptr_mut(key)?;
     // SAFETY: as in `Entry`; the header was checked by `parse`.
-    unsafe {
+    let fresh = unsafe {
         let now = now_s();
-        if (*flow).last_seen_s != now {
+        let fresh = (*flow).last_seen_s != now;
+        if fresh {
             (*flow).last_seen_s = now;
         }
         let tcp = &*packet.tcp;
-        if (tcp.fin() != 0 || tcp.rst() != 0) && (*flow).flags & flow_flag::CLOSING == 0 {
+        let closing = (*flow).flags & flow_flag::CLOSING != 0;
+        if (tcp.fin() != 0 || tcp.rst() != 0) && !closing {
             (*flow).flags |= flow_flag::CLOSING;
+        } else if closing && tcp.syn() != 0 && tcp.ack() == 0 {
+            // The tuple is used again for a new connection.
+            (*flow).flags &= !flow_flag::CLOSING;
+        }
+        fresh
+    };
+    Some((Entry(flow), fresh))
+}
+
+impl Entry {
+    /// Keeps `route` as this (consumer-to-target) flow's way out, if it changed.
+    #[inline(always)]
+    pub fn keep_route(&self, route: &Route) {
+        let flow = self.0 as *mut Flow;
+        // SAFETY: as in `Entry`.
+        unsafe {
+            if (*flow).ifindex != route.ifindex
+                || (*flow).mac_src != route.mac_src
+                || (*flow).mac_dst != route.mac_dst
+            {
+                (*flow).ifindex = route.ifindex;
+                (*flow).mac_src = route.mac_src;
+                (*flow).mac_dst = route.mac_dst;
+            }
         }
     }
-    Some(Entry(flow))
 }
 
 /// Seconds on the monotonic clock (the agent reads the same clock to expire flows).
@@ -90,6 +116,7 @@ fn now_s() -> u32 {
 #[inline(always)]
 pub fn reply(packet: &Tcp) -> Result<Entry, Outcome> {
     lookup(&key_of(PROVIDER_NETWORK, packet), packet)
+        .map(|(entry, _)| entry)
         .ok_or(Outcome::drop(counter::DROP_REPLY_NO_FLOW))
 }
 
@@ -116,6 +143,8 @@ pub fn require_syn(packet: &Tcp, endpoint: u32) -> Result<(), Outcome> {
 #[repr(C)]
 pub struct Opening {
     pub choice: Choice,
+    /// The route to the target, looked up before the flow is opened.
+    pub route: Route,
     pub reply_key: FlowKey,
     pub reply: Flow,
     pub forward: Flow,
@@ -144,6 +173,7 @@ pub fn open(
 ) -> Result<Entry, Outcome> {
     let Opening {
         choice,
+        route,
         reply_key,
         reply,
         forward,
@@ -172,6 +202,7 @@ pub fn open(
     // Replies go back to whoever sent this, from the address it sent to.
     reply.mac_src = eth.dst_addr;
     reply.mac_dst = eth.src_addr;
+    reply.route_from = 0;
     reply.last_seen_s = now_s();
     reply.flags = 0;
     reply._pad = [0; 3];
@@ -192,9 +223,10 @@ pub fn open(
             forward.peer_network = PROVIDER_NETWORK;
             forward.endpoint = endpoint.id;
             forward.target = choice.target_index;
-            forward.ifindex = choice.nat.ifindex;
-            forward.mac_src = [0; 6];
-            forward.mac_dst = [0; 6];
+            forward.ifindex = route.ifindex;
+            forward.mac_src = route.mac_src;
+            forward.mac_dst = route.mac_dst;
+            forward.route_from = choice.nat.ifindex;
             forward.last_seen_s = reply.last_seen_s;
             forward.flags = 0;
             forward._pad = [0; 3];
@@ -207,11 +239,13 @@ pub fn open(
                     port
                 );
                 return lookup(key, packet)
+                    .map(|(entry, _)| entry)
                     .ok_or(Outcome::drop_for(counter::DROP_NO_FLOW, endpoint.id));
             }
             // Another CPU opened the same flow first (a retransmitted SYN): use theirs.
             let _ = FLOWS.remove(&*reply_key);
             return lookup(key, packet)
+                .map(|(entry, _)| entry)
                 .ok_or(Outcome::drop_for(counter::DROP_NO_FLOW, endpoint.id));
         }
         attempt += 1;

@@ -22,6 +22,7 @@ use crate::{outcome::Outcome, parse::Tcp};
 const AF_INET: u8 = 2;
 
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub struct Route {
     pub ifindex: u32,
     pub mac_src: [u8; 6],
@@ -29,8 +30,10 @@ pub struct Route {
 }
 
 impl Route {
+    /// The way out a flow entry keeps: for replies, where the flow came from; towards
+    /// a target, the last route lookup's result.
     #[inline(always)]
-    pub fn back_to_consumer(flow: &Flow) -> Self {
+    pub fn kept(flow: &Flow) -> Self {
         Self {
             ifindex: flow.ifindex,
             mac_src: flow.mac_src,

@@ -85,13 +85,20 @@ fn consumer_to_target(
     forward::check_ttl(packet, endpoint.id)?;
     let key = conntrack::forward_key(interface.network, packet);
     let (flow, route, counter) = match (conntrack::lookup(&key, packet), admission) {
-        (Some(flow), _) => {
+        // The route is looked up again once a second (the neighbour or route may have
+        // changed); in between, the flow's kept result is used.
+        (Some((flow, true)), _) => {
             let hop = Hop {
                 src: flow.src,
                 dst: flow.dst,
-                ifindex: flow.ifindex,
+                ifindex: flow.route_from,
             };
             let route = forward::route(ctx, packet, &hop, endpoint.id)?;
+            flow.keep_route(&route);
+            (flow, route, counter::FORWARD)
+        }
+        (Some((flow, false)), _) => {
+            let route = forward::Route::kept(&flow);
             (flow, route, counter::FORWARD)
         }
         (None, Admission::Open) => {
@@ -106,6 +113,7 @@ fn consumer_to_target(
                 ifindex: choice.nat.ifindex,
             };
             let route = forward::route(ctx, packet, &hop, endpoint.id)?;
+            conntrack::opening(endpoint.id)?.route = route;
             let flow = conntrack::open(ctx, &key, packet, endpoint)?;
             (flow, route, counter::FORWARD_NEW)
         }
@@ -131,7 +139,7 @@ fn target_to_consumer(
 ) -> Result<Outcome, Outcome> {
     let flow = conntrack::reply(packet)?;
     forward::check_ttl(packet, flow.endpoint)?;
-    let route = forward::Route::back_to_consumer(&flow);
+    let route = forward::Route::kept(&flow);
     nat::rewrite(packet, &flow);
     Ok(forward::send(
         ctx,

@@ -38,8 +38,16 @@ enum Cmd {
         agent_args: Vec<String>,
     },
     /// Set up, then run every check and test: formatting, lints, host unit tests,
-    /// packet tests through BPF_PROG_RUN and end-to-end tests in namespaces.
+    /// packet tests through BPF_PROG_RUN, end-to-end tests in namespaces, and a smoke run
+    /// of the benchmarks (correctness checks only).
     Test,
+    /// Set up, then benchmark: the data path against its baselines and the kernel's NAT
+    /// (three layers), and the control plane; writes docs/bench.{json,svg}.
+    Bench {
+        /// One short round of each, checking only that everything works.
+        #[arg(long)]
+        smoke: bool,
+    },
 }
 
 fn main() {
@@ -50,6 +58,7 @@ fn main() {
         Cmd::Build => setup::run().and_then(|()| build()).map(drop),
         Cmd::Run { keep, agent_args } => run(&agent_args, keep),
         Cmd::Test => test(),
+        Cmd::Bench { smoke } => bench(smoke),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -138,5 +147,42 @@ fn test() -> Result<()> {
         .args(["--all-targets", "--", "-D", "warnings", "-C", "panic=abort"])
         .arg("-Zpanic_abort_tests"))?;
     sh(cargo().args(["test", "--workspace", "--exclude", "endpoint-ebpf"]))?;
-    Ok(())
+    bench(true)
+}
+
+fn bench(smoke: bool) -> Result<()> {
+    require_root("cargo xtask bench")?;
+    setup::run()?;
+    let docs = root().join("docs");
+    let mut dataplane = cargo();
+    dataplane.args([
+        "bench",
+        "--package",
+        "endpoint-agent",
+        "--bench",
+        "dataplane",
+        "--",
+    ]);
+    let mut control = cargo();
+    control.args([
+        "bench",
+        "--package",
+        "endpoint-agent",
+        "--bench",
+        "control_plane",
+        "--",
+    ]);
+    if smoke {
+        dataplane.arg("--smoke");
+        control.arg("--smoke");
+    } else {
+        std::fs::create_dir_all(&docs)?;
+        dataplane
+            .arg("--json")
+            .arg(docs.join("bench.json"))
+            .arg("--svg")
+            .arg(docs.join("bench.svg"));
+    }
+    sh(&mut dataplane)?;
+    sh(&mut control)
 }
