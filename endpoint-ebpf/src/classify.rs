@@ -1,5 +1,5 @@
-//! Classify: whose packet is this? Endpoint traffic (consumer side), a reply (provider
-//! side), or neither — then it goes to the kernel untouched.
+//! Classify: whose packet is this? Endpoint traffic (consumer side), one for a NAT
+//! address (provider side), or neither — then it goes to the kernel untouched.
 
 use aya_ebpf::programs::XdpContext;
 use endpoint_common::maps::{
@@ -44,12 +44,9 @@ pub fn endpoint(interface: &Interface, packet: &Tcp) -> Option<Endpoint> {
     ENDPOINTS.get_ptr(&key).map(|endpoint| unsafe { *endpoint })
 }
 
-/// Whether a provider-side packet is addressed to a NAT address and port: a reply.
+/// Whether a provider-side packet is addressed to a NAT address and port.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, interface: &Interface, packet: &Tcp) -> bool {
-    if interface.roles & role::PROVIDER == 0 {
-        return false;
-    }
+pub fn to_nat_port(ctx: &XdpContext, packet: &Tcp) -> bool {
     // SAFETY: as in `endpoint`.
     let (ip, tcp) = unsafe { (&*packet.ip, &*packet.tcp) };
     match owned(ctx, ip.dst_addr) {

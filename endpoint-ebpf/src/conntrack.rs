@@ -111,13 +111,10 @@ fn now_s() -> u32 {
     (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
 }
 
-/// The flow a provider-side packet to a NAT address belongs to. A packet that matches
-/// none is dropped: the provider side can never open anything towards a consumer.
+/// The flow a provider-side packet is a reply of, if any.
 #[inline(always)]
-pub fn reply(packet: &Tcp) -> Result<Entry, Outcome> {
-    lookup(&key_of(PROVIDER_NETWORK, packet), packet)
-        .map(|(entry, _)| entry)
-        .ok_or(Outcome::drop(counter::DROP_REPLY_NO_FLOW))
+pub fn reply(packet: &Tcp) -> Option<Entry> {
+    lookup(&key_of(PROVIDER_NETWORK, packet), packet).map(|(entry, _)| entry)
 }
 
 /// A SYN without ACK: the first segment of a connection.

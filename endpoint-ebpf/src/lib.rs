@@ -25,10 +25,11 @@ mod stats;
 use aya_ebpf::programs::XdpContext;
 use endpoint_common::{
     counter,
-    maps::{Endpoint, Interface},
+    maps::{Endpoint, Interface, role},
 };
 
 use crate::{
+    conntrack::Entry,
     forward::Hop,
     outcome::Outcome,
     parse::{Frame, Tcp},
@@ -64,8 +65,16 @@ fn journey(ctx: &XdpContext) -> Result<Outcome, Outcome> {
                 }
                 return consumer_to_target(ctx, &interface, &packet, &endpoint);
             }
-            if classify::reply(ctx, &interface, &packet) {
-                return target_to_consumer(ctx, &interface, &packet);
+            if interface.roles & role::PROVIDER != 0 {
+                // The flow table first: on the provider side most packets are replies.
+                if let Some(flow) = conntrack::reply(&packet) {
+                    return target_to_consumer(ctx, &interface, &packet, &flow);
+                }
+                // To a NAT address and port but no flow: the provider side can never
+                // open anything towards a consumer.
+                if classify::to_nat_port(ctx, &packet) {
+                    return Err(Outcome::drop(counter::DROP_REPLY_NO_FLOW));
+                }
             }
             Ok(Outcome::pass())
         }
@@ -136,11 +145,11 @@ fn target_to_consumer(
     ctx: &XdpContext,
     interface: &Interface,
     packet: &Tcp,
+    flow: &Entry,
 ) -> Result<Outcome, Outcome> {
-    let flow = conntrack::reply(packet)?;
     forward::check_ttl(packet, flow.endpoint)?;
-    let route = forward::Route::kept(&flow);
-    nat::rewrite(packet, &flow);
+    let route = forward::Route::kept(flow);
+    nat::rewrite(packet, flow);
     Ok(forward::send(
         ctx,
         interface,

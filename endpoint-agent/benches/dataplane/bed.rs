@@ -95,8 +95,8 @@ impl Bed {
             consumer.exec("ethtool", &["-K", &eth, "tx", "off", "gro", "on"])?;
             node.exec("ethtool", &["-K", link, "gro", "off"])?;
         }
-        // Thousands of short connections a second: reuse TIME_WAIT ports, use them all.
-        consumer.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        // Thousands of short connections a second, each leaving a port in TIME_WAIT for
+        // a minute: give the client every port.
         consumer.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
         veth(&node, "prov", &provider, "eth0")?;
         node.ip(&["addr", "add", "172.16.0.1/24", "dev", "prov"])?;
