@@ -31,6 +31,8 @@ pub struct TcpVariant {
     pub variant: String,
     pub value: f64,
     pub unit: String,
+    /// Attempts that failed (connections per second only).
+    pub failed: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
