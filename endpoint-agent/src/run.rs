@@ -128,13 +128,14 @@ pub async fn run(options: Options) -> Result<()> {
             }
             Some((target, passed)) = checked.recv() => {
                 if let Some(transition) = checks.record(&target, passed) {
+                    // Logged once the rings say so: "unhealthy" means no new flow goes there.
+                    if let Err(e) = agent.set_unhealthy(checks.unhealthy()) {
+                        log::error!("updating the rings after a health change: {e:#}");
+                    }
                     let state = if transition.healthy { "healthy" } else { "unhealthy" };
                     log::warn!("target {} ({}) is {state}", transition.target, transition.addr);
                     if let Some(events) = &mut agent.events {
                         events.target(&transition);
-                    }
-                    if let Err(e) = agent.set_unhealthy(checks.unhealthy()) {
-                        log::error!("updating the rings after a health change: {e:#}");
                     }
                 }
             }
