@@ -175,7 +175,7 @@ impl Report {
             y += 12.0;
             let max = rows.iter().map(|(_, v)| *v).fold(0.0, f64::max).max(1e-9);
             for (name, value) in rows {
-                let bar = (width - label - 90.0) * value / max;
+                let bar = (width - label - 140.0) * value / max;
                 let colour = if name.contains("forwarder")
                     || name.contains("established")
                     || name.contains("reply")
