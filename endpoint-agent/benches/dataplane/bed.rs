@@ -81,6 +81,11 @@ impl Bed {
         let consumer = Namespace::new("bench-consumer")?;
         let node = Namespace::new("bench-node")?;
         let provider = Namespace::new("bench-provider")?;
+        // Only the generated frames reach the sink: no IPv6 neighbour discovery chatter.
+        for ns in [&consumer, &node, &provider] {
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        }
         for (i, (link, address)) in [
             ("cons-a", "10.0.0.10/24"),
             ("cons-r", "10.2.0.10/24"),
