@@ -57,17 +57,7 @@ mod tests {
     fn only_the_model_transitions_are_allowed() {
         use Decision::*;
         use State::*;
-        let all = [
-            PendingAcceptance,
-            Pending,
-            Available,
-            Rejected,
-            Failed,
-            Deleting,
-            Deleted,
-            Expired,
-        ];
-        for state in all {
+        for state in State::ALL {
             let accepted = decide(state, Accept);
             let rejected = decide(state, Reject);
             assert_eq!(

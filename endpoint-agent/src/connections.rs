@@ -19,17 +19,7 @@ use crate::{
 pub fn list(config: &Config) -> String {
     let states = events::effective_states(config);
     let mut out = String::new();
-    let order = [
-        State::PendingAcceptance,
-        State::Available,
-        State::Rejected,
-        State::Pending,
-        State::Failed,
-        State::Deleting,
-        State::Deleted,
-        State::Expired,
-    ];
-    for state in order {
+    for state in State::ALL {
         let endpoints: Vec<_> = config
             .endpoints
             .iter()

@@ -451,19 +451,10 @@ fn describe_endpoint_change(
 
 fn state_name(code: u8) -> &'static str {
     use crate::config::State;
-    [
-        State::Available,
-        State::PendingAcceptance,
-        State::Pending,
-        State::Rejected,
-        State::Failed,
-        State::Deleting,
-        State::Deleted,
-        State::Expired,
-    ]
-    .into_iter()
-    .find(|s| s.code() == code)
-    .map_or("unknown", State::name)
+    State::ALL
+        .into_iter()
+        .find(|s| s.code() == code)
+        .map_or("unknown", State::name)
 }
 
 fn ipv4(addr: maps::Addr) -> std::net::Ipv4Addr {

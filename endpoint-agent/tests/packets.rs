@@ -142,20 +142,7 @@ fn with_rig(test: impl FnOnce(&mut Rig) + Send) {
     ns.ip(&["addr", "add", "172.16.0.1/24", "dev", "prov"])
         .unwrap();
     for (ip, mac) in TARGETS {
-        let ip = Ipv4Addr::from(ip).to_string();
-        let mac = mac.map(|b| format!("{b:02x}")).join(":");
-        ns.ip(&[
-            "neigh",
-            "replace",
-            &ip,
-            "lladdr",
-            &mac,
-            "dev",
-            "prov",
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
+        ns.neighbour(ip.into(), mac, "prov").unwrap();
     }
     ns.sysctl("net.ipv4.conf.prov.forwarding", "1").unwrap();
     // The maps are pinned under an instance of the test's own, removed at the end.

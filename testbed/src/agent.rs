@@ -110,10 +110,6 @@ impl Agent {
         Ok(())
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Sends SIGTERM and waits (up to 10 s) for the agent to exit.
     pub fn stop(&mut self) -> Result<ExitStatus> {
         self.stop_with(libc::SIGTERM)

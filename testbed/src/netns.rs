@@ -86,6 +86,25 @@ impl Namespace {
         })
     }
 
+    /// A permanent neighbour entry: `ip` is at `mac` on `dev` (for hosts that answer no
+    /// ARP, like an XDP sink).
+    pub fn neighbour(&self, ip: std::net::Ipv4Addr, mac: [u8; 6], dev: &str) -> Result<()> {
+        let mac = mac.map(|b| format!("{b:02x}")).join(":");
+        let ip = ip.to_string();
+        self.ip(&[
+            "neigh",
+            "replace",
+            &ip,
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])
+        .map(drop)
+    }
+
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         self.exec("sysctl", &["-qw", &format!("{key}={value}")])

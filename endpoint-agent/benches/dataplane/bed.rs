@@ -113,19 +113,8 @@ impl Bed {
         provider.exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"])?;
         // The sink eats ARP: the node knows the provider hosts' MAC for good.
         let (_, provider_mac) = link(&provider, "eth0")?;
-        let mac = provider_mac.map(|b| format!("{b:02x}")).join(":");
-        for target in ["172.16.0.10", "172.16.0.11"] {
-            node.ip(&[
-                "neigh",
-                "replace",
-                target,
-                "lladdr",
-                &mac,
-                "dev",
-                "prov",
-                "nud",
-                "permanent",
-            ])?;
+        for target in [[172, 16, 0, 10], [172, 16, 0, 11]] {
+            node.neighbour(target.into(), provider_mac, "prov")?;
         }
         for key in ["all", "default", "cons-k", "prov"] {
             node.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;

@@ -332,18 +332,7 @@ pub fn run(report: &mut Report, object: &[u8], smoke: bool) -> Result<()> {
     }
     ns.ip(&["addr", "add", "172.16.0.1/24", "dev", "prov"])?;
     for (ip, mac) in TARGETS {
-        let mac = mac.map(|b| format!("{b:02x}")).join(":");
-        ns.ip(&[
-            "neigh",
-            "replace",
-            &Ipv4Addr::from(ip).to_string(),
-            "lladdr",
-            &mac,
-            "dev",
-            "prov",
-            "nud",
-            "permanent",
-        ])?;
+        ns.neighbour(ip.into(), mac, "prov")?;
     }
     ns.sysctl("net.ipv4.conf.prov.forwarding", "1")?;
     ns.enter(|| -> Result<()> {

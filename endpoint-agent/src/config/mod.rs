@@ -305,6 +305,18 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, connection requests first, then as requests move on.
+    pub const ALL: [State; 8] = [
+        State::PendingAcceptance,
+        State::Available,
+        State::Rejected,
+        State::Pending,
+        State::Failed,
+        State::Deleting,
+        State::Deleted,
+        State::Expired,
+    ];
+
     /// The code the XDP program sees.
     pub fn code(self) -> u8 {
         use endpoint_common::maps::state;
