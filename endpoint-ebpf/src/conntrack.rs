@@ -21,8 +21,9 @@ use crate::{
     select::Choice,
 };
 
-/// How many NAT ports a new flow tries before it is dropped as exhausted.
-const NAT_PORT_ATTEMPTS: u32 = 8;
+/// How many NAT ports a new flow tries before it is dropped as exhausted (with a
+/// quarter of the ports towards a target in use, all 16 are taken once in 4 billion).
+const NAT_PORT_ATTEMPTS: u32 = 16;
 
 /// The key of a packet as it arrives, in the given network.
 #[inline(always)]
