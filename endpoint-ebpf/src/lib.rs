@@ -1,9 +1,10 @@
 //! The data path. Every packet on an attached interface makes the same journey:
 //!
 //! parse → classify (endpoint traffic? a reply? an ARP request for our address?) →
-//! policy (acceptance) → conntrack (find or open the flow) → select (target, NAT
-//! address) → forward (route lookup, decided before anything is rewritten) → nat
-//! (rewrite addresses, ports, TTL and checksums) → send; and every outcome is counted.
+//! policy (security groups, acceptance) → conntrack (find or open the flow) → select
+//! (target, NAT address) → forward (route lookup — decided before anything is rewritten,
+//! then kept by the flow and checked again once a second) → nat (rewrite addresses,
+//! ports, TTL and checksums) → send; and every outcome is counted.
 #![no_std]
 // Map helpers take `impl Borrow<K>`: pass keys by reference, not by (copied) value, on
 // a 512-byte stack.

@@ -38,12 +38,17 @@ pub fn refused(endpoint: &Endpoint) -> Outcome {
 }
 
 /// Drops sources outside the endpoint's security groups (when it has any).
-// Its own BPF function, to keep the caller's stack frame small.
-#[inline(never)]
+#[inline(always)]
 pub fn security_groups(endpoint: &Endpoint, packet: &Tcp) -> Result<(), Outcome> {
     if endpoint.flags & endpoint_flag::SECURITY_GROUPS == 0 {
         return Ok(());
     }
+    check_security_groups(endpoint, packet)
+}
+
+// Its own BPF function, to keep the caller's stack frame small.
+#[inline(never)]
+fn check_security_groups(endpoint: &Endpoint, packet: &Tcp) -> Result<(), Outcome> {
     // SAFETY: `parse` checked the header lies within the frame.
     let source = unsafe { (*packet.ip).src_addr };
     let mut addr = [0u8; 16];
