@@ -278,6 +278,21 @@ fn endpoint_errors() {
         .replace("state: available", "state: rejected");
     parse("test.yaml", &text).expect("a rejected endpoint of a principal not allowed is valid");
 
+    let both = BASE
+        .replace(
+            "    - name: prov\n      role: provider\n      nat_addresses: [172.16.0.100]\n",
+            "",
+        )
+        .replace(
+            "      role: consumer\n      consumer_network: vpc-a",
+            "      role: both\n      consumer_network: vpc-a\n      nat_addresses: [10.0.0.100]",
+        );
+    let report = parse("test.yaml", &both).unwrap_err().report;
+    assert_names(
+        &report,
+        &["10.0.0.100 is also a NAT address of interface \"cons-a\""],
+    );
+
     let duplicate = "  - id: vpce-1\n    service: orders\n    principal: team-a\n    consumer_network: vpc-a\n    ip: 10.0.0.100\n    zone: z1\n    state: pendingAcceptance\n";
     let report = error("endpoints:\n", &format!("endpoints:\n{duplicate}"));
     assert_names(

@@ -435,6 +435,23 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
                 format!("{} is not a unicast host address", endpoint.ip),
             );
         }
+        // On an interface of both roles one address cannot be an endpoint and a NAT
+        // address: both are answered there.
+        for interface in &config.node.interfaces {
+            if interface.consumer_network.as_ref() == Some(&endpoint.consumer_network)
+                && interface.nat_addresses.contains(&endpoint.ip)
+            {
+                problems.error(
+                    &object,
+                    path("ip"),
+                    format!(
+                        "{} is also a NAT address of interface {:?}, which faces this consumer \
+                         network: use another address",
+                        endpoint.ip, interface.name
+                    ),
+                );
+            }
+        }
         let Some(service) = services.get(endpoint.service.as_str()) else {
             problems.error(
                 &object,
