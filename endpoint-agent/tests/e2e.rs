@@ -849,3 +849,65 @@ fn new_flows_prefer_the_endpoint_zone_and_fall_back_across_zones() {
         "no fallback to zone-2"
     );
 }
+
+#[test]
+fn one_interface_can_serve_both_roles() {
+    // Consumer, provider and node on one switched segment (a bridge in its own
+    // namespace); the node's only interface is both consumer- and provider-facing, so
+    // every packet it forwards leaves the way it came.
+    let switch = Namespace::new("switch").unwrap();
+    switch
+        .ip(&["link", "add", "name", "br0", "type", "bridge"])
+        .unwrap();
+    switch.ip(&["link", "set", "br0", "up"]).unwrap();
+    let consumer = Namespace::new("consumer").unwrap();
+    let provider = Namespace::new("provider").unwrap();
+    let node = Namespace::new("node").unwrap();
+    for (ns, link, port, address) in [
+        (&consumer, "eth0", "sw-c", Some("10.0.0.10/24")),
+        (&provider, "eth0", "sw-p", Some("172.16.0.10/24")),
+        (&node, "lan", "sw-n", Some("172.16.0.1/24")),
+    ] {
+        testbed::veth(ns, link, &switch, port).unwrap();
+        switch.ip(&["link", "set", port, "master", "br0"]).unwrap();
+        // The switch side receives frames the node bounces with XDP: it needs NAPI.
+        switch.exec("ethtool", &["-K", port, "gro", "on"]).unwrap();
+        if let Some(address) = address {
+            ns.ip(&["addr", "add", address, "dev", link]).unwrap();
+        }
+    }
+    for ns in [&consumer, &provider] {
+        ns.exec("ethtool", &["-K", "eth0", "tx", "off"]).unwrap();
+    }
+    let _server = Server::start(&provider, "target", at(addresses::TARGETS[0], 8080)).unwrap();
+    let config = TempFile::new(
+        "config.yaml",
+        "
+node:
+  interfaces:
+    - { name: lan, role: both, consumer_network: vpc, nat_addresses: [172.16.0.100] }
+services:
+  - name: s
+    acceptance_required: false
+    allowed_principals: [p]
+    load_balancers:
+      - name: nlb
+        zone: z
+        listeners: [{ port: 80, targets: [{ ip: 172.16.0.10, port: 8080 }] }]
+endpoints:
+  - { id: e, service: s, principal: p, consumer_network: vpc, ip: 10.0.0.100, zone: z }
+",
+    );
+    let agent = Agent::start(
+        &node,
+        Path::new(AGENT),
+        node.name(),
+        &config.0,
+        &["--events", "/dev/null"],
+    )
+    .unwrap();
+    let answer = ask(&consumer, at(ORDERS, 80), "over one link", WAIT)
+        .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log()));
+    assert_eq!(answer.echo, "over one link");
+    assert_eq!(*answer.seen_from.ip(), NAT);
+}
