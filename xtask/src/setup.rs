@@ -1,5 +1,6 @@
 //! Installs what building and testing need, skipping what is already there:
-//! Debian packages (LLVM 22 for bpf-linker, iproute2, ethtool, nftables), rust-src for
+//! Debian packages (LLVM 22 for bpf-linker, iproute2, ethtool, nftables, procps for
+//! sysctl), rust-src for
 //! the nightly toolchain (`-Z build-std=core` for the BPF target), and bpf-linker 0.13.0
 //! linked against LLVM 22 (the LLVM of the nightly's rustc, 22.1.4, must not be newer).
 
@@ -16,6 +17,7 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "nftables",
+    "procps",
 ];
 const BPF_LINKER: &str = "0.13.0";
 
