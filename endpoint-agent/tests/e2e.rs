@@ -692,6 +692,25 @@ fn accepting_a_request_rewrites_the_file_opens_the_endpoint_and_says_so() {
         .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already available"));
+
+    // The consumer deletes the endpoint: it is gone from the data path, and said so.
+    let text = bed.config_text();
+    let start = text.find("  - id: vpce-b-billing").unwrap();
+    bed.reconfigure(&text[..start]);
+    assert!(
+        ask(
+            &bed.topology.consumer_b,
+            at(BILLING, 80),
+            "gone?",
+            Duration::from_secs(1)
+        )
+        .is_err()
+    );
+    let last = bed.events().lines().last().unwrap().to_string();
+    assert!(
+        last.contains("\"event\":\"deleted\",\"endpoint\":\"vpce-b-billing\""),
+        "{last}"
+    );
 }
 
 #[test]
