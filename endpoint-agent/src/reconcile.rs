@@ -145,18 +145,34 @@ impl Agent {
                         .map_or(String::new(), |n| format!(" for consumer network {n:?}"))
                 );
                 self.modes.insert(interface.name.clone(), mode);
-                attached.push(interface.name.as_str());
+                // Only links this pass made are undone if it fails (not adopted ones).
+                if !old_interfaces.contains(&interface.name) {
+                    attached.push(interface.name.as_str());
+                }
             }
         }
 
         self.apply_or_roll_back(&plan, &ids)?;
+        // The maps now hold the new state: record it before anything else can fail, so
+        // the next pass diffs against the truth.
+        self.instance.write("ids.json", &ids)?;
+        crate::instance::write_atomically(
+            &self.instance.state.join("applied.yaml"),
+            text.as_bytes(),
+        )?;
+        let old = std::mem::replace(
+            &mut self.applied,
+            Applied {
+                text: text.to_string(),
+                config: Some(config.clone()),
+                ids: ids.clone(),
+                state,
+            },
+        );
         if !plan.is_empty() {
             let names = Names::merge(
                 self.names(&ids, &config),
-                self.names(
-                    &self.applied.ids,
-                    self.applied.config.as_ref().unwrap_or(&config),
-                ),
+                self.names(&old.ids, old.config.as_ref().unwrap_or(&config)),
             );
             log::info!(
                 "applied:\n{}",
@@ -174,28 +190,16 @@ impl Agent {
                 log::info!("{name}: detached (no longer in the config)");
             }
         }
+        self.instance.write("modes.json", &self.modes)?;
         self.host.reconcile(&config, &self.instance)?;
         if let Some(events) = &mut self.events {
-            events.changes(self.applied.config.as_ref(), &config);
+            events.changes(old.config.as_ref(), &config);
         }
-        let revoked = self.revoked_with_reset(&config, &ids);
+        let revoked = revoked_with_reset(old.config.as_ref(), &config, &ids);
         let cut = expiry::cut(&mut self.ebpf, &revoked)?;
         if cut > 0 {
             log::info!("reset: removed {cut} flow entries of revoked endpoints");
         }
-
-        self.instance.write("ids.json", &ids)?;
-        self.instance.write("modes.json", &self.modes)?;
-        crate::instance::write_atomically(
-            &self.instance.state.join("applied.yaml"),
-            text.as_bytes(),
-        )?;
-        self.applied = Applied {
-            text: text.to_string(),
-            config: Some(config),
-            ids,
-            state,
-        };
         Ok(())
     }
 
@@ -236,28 +240,6 @@ impl Agent {
         Ok(())
     }
 
-    /// Ids of endpoints that were available, are not any more, and whose service resets.
-    fn revoked_with_reset(&self, config: &Config, ids: &Ids) -> Vec<u32> {
-        let Some(old) = &self.applied.config else {
-            return Vec::new();
-        };
-        let before = events::effective_states(old);
-        let after = events::effective_states(config);
-        config
-            .endpoints
-            .iter()
-            .filter(|e| before.get(e.id.as_str()) == Some(&EndpointState::Available))
-            .filter(|e| after.get(e.id.as_str()) != Some(&EndpointState::Available))
-            .filter(|e| {
-                config
-                    .services
-                    .iter()
-                    .any(|s| s.name == e.service && s.on_revoke == Revoke::Reset)
-            })
-            .filter_map(|e| ids.endpoints.get(&e.id).copied())
-            .collect()
-    }
-
     fn names(&self, ids: &Ids, config: &Config) -> Names {
         let interfaces: BTreeMap<String, u32> = config
             .node
@@ -278,4 +260,26 @@ impl Agent {
         self.host.restore(&self.instance)?;
         self.instance.remove()
     }
+}
+
+/// Ids of endpoints that were available, are not any more, and whose service resets.
+fn revoked_with_reset(old: Option<&Config>, config: &Config, ids: &Ids) -> Vec<u32> {
+    let Some(old) = old else {
+        return Vec::new();
+    };
+    let before = events::effective_states(old);
+    let after = events::effective_states(config);
+    config
+        .endpoints
+        .iter()
+        .filter(|e| before.get(e.id.as_str()) == Some(&EndpointState::Available))
+        .filter(|e| after.get(e.id.as_str()) != Some(&EndpointState::Available))
+        .filter(|e| {
+            config
+                .services
+                .iter()
+                .any(|s| s.name == e.service && s.on_revoke == Revoke::Reset)
+        })
+        .filter_map(|e| ids.endpoints.get(&e.id).copied())
+        .collect()
 }
