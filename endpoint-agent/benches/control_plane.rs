@@ -5,9 +5,11 @@
 
 use std::{fmt::Write as _, time::Instant};
 
+use aya::maps::{HashMap, MapData};
 use endpoint_agent::{
-    apply, config, desired, host, ids::Ids, instance::Instance, loader, plan::Plan,
+    apply, config, desired, expiry, host, ids::Ids, instance::Instance, loader, plan::Plan,
 };
+use endpoint_common::maps::{Addr, Flow, FlowKey};
 use testbed::{Namespace, veth};
 
 fn config_text(services: usize, endpoints: usize) -> String {
@@ -133,13 +135,38 @@ fn main() {
                 full.push(first);
                 reload.push(again);
             }
-            (full, reload)
+            // Idle expiry scans the flow table from user space: how long for a full one.
+            let flows = if smoke { 1_000 } else { 200_000 };
+            let mut ebpf = loader::load(&config, &instance).expect("load");
+            {
+                let map = ebpf.map_mut("FLOWS").expect("FLOWS");
+                let mut table: HashMap<&mut MapData, FlowKey, Flow> =
+                    HashMap::try_from(map).expect("FLOWS");
+                for i in 0..flows {
+                    let key = FlowKey {
+                        network: 1,
+                        src: Addr::ipv4((0x0a00_0000u32 + i).to_be_bytes()),
+                        src_port_be: 80,
+                        ..FlowKey::default()
+                    };
+                    table.insert(key, Flow::default(), 0).expect("insert");
+                }
+            }
+            let ids = Ids::default().assign(&config);
+            let t = Instant::now();
+            expiry::expire(&mut ebpf, &config, &ids, 0).expect("expire");
+            // The table holds at most `tables.flows` entries (LRU).
+            let scan = (
+                flows.min(config.node.tables.flows),
+                t.elapsed().as_secs_f64(),
+            );
+            (full, reload, scan)
         })
         .expect("namespace thread");
     let _ = loader::remove_pins(&instance);
     let _ = instance.remove();
 
-    let (full, reload) = rows;
+    let (full, reload, (flows, scan)) = rows;
     println!(
         "control plane: {endpoints} endpoints over {services} services, median of {rounds} round(s), ms"
     );
@@ -163,4 +190,9 @@ fn main() {
             runs[0].changes
         );
     }
+    println!(
+        "idle-expiry scan of {flows} flow entries: {:.0} ms ({:.2} µs per entry)",
+        scan * 1e3,
+        scan * 1e6 / flows as f64
+    );
 }
