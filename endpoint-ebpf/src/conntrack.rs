@@ -27,7 +27,7 @@ const NAT_PORT_ATTEMPTS: u32 = 16;
 
 /// The key of a packet as it arrives, in the given network.
 #[inline(always)]
-fn key_of(network: u32, packet: &Tcp) -> FlowKey {
+pub fn key_of(network: u32, packet: &Tcp) -> FlowKey {
     // SAFETY: `parse` checked the headers lie within the frame.
     let (ip, tcp) = unsafe { (&*packet.ip, &*packet.tcp) };
     FlowKey {
@@ -40,11 +40,6 @@ fn key_of(network: u32, packet: &Tcp) -> FlowKey {
         family: FAMILY_IPV4,
         _pad: [0; 2],
     }
-}
-
-#[inline(always)]
-pub fn forward_key(network: u32, packet: &Tcp) -> FlowKey {
-    key_of(network, packet)
 }
 
 /// A flow entry in the table, read in place (no 72-byte copy on the 512-byte stack).
@@ -236,12 +231,10 @@ pub fn open(
                     choice.target_index,
                     port
                 );
-                return lookup(key, packet)
-                    .map(|(entry, _)| entry)
-                    .ok_or(Outcome::drop_for(counter::DROP_NO_FLOW, endpoint.id));
+            } else {
+                // Another CPU opened the same flow first (a retransmitted SYN): use theirs.
+                let _ = FLOWS.remove(&*reply_key);
             }
-            // Another CPU opened the same flow first (a retransmitted SYN): use theirs.
-            let _ = FLOWS.remove(&*reply_key);
             return lookup(key, packet)
                 .map(|(entry, _)| entry)
                 .ok_or(Outcome::drop_for(counter::DROP_NO_FLOW, endpoint.id));

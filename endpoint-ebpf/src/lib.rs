@@ -91,9 +91,11 @@ fn consumer_to_target(
     packet: &Tcp,
     endpoint: &Endpoint,
 ) -> Result<Outcome, Outcome> {
+    // Read again rather than passed: with the result pointer, a sixth argument would
+    // not fit in the five registers a BPF call has.
     let admission = policy::admission(endpoint);
     forward::check_ttl(packet, endpoint.id)?;
-    let key = conntrack::forward_key(interface.network, packet);
+    let key = conntrack::key_of(interface.network, packet);
     let (flow, route, counter) = match (conntrack::lookup(&key, packet), admission) {
         // The route is looked up again once a second (the neighbour or route may have
         // changed); in between, the flow's kept result is used.
