@@ -42,6 +42,12 @@ impl Instance {
     /// Mounts bpffs if it is not (a fresh machine has an empty `/sys/fs/bpf`) and makes
     /// the directories.
     pub fn prepare(&self) -> Result<()> {
+        // Agents starting at once must not both mount: the second mount would hide what
+        // the first one pinned. The mount point itself is the lock.
+        let mount_point = fs::File::open(BPFFS).with_context(|| format!("opening {BPFFS}"))?;
+        mount_point
+            .lock()
+            .context("locking the bpffs mount point")?;
         let mounts = fs::read_to_string("/proc/self/mounts").context("reading mounts")?;
         let mounted = mounts.lines().any(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
