@@ -7,7 +7,8 @@ use std::{fmt::Write as _, time::Instant};
 
 use aya::maps::{HashMap, MapData};
 use endpoint_agent::{
-    apply, config, desired, expiry, host, ids::Ids, instance::Instance, loader, plan::Plan,
+    apply, desired, expiry, facts::Facts, host, ids::Ids, instance::Instance, loader, plan::Plan,
+    validate,
 };
 use endpoint_common::maps::{Addr, Flow, FlowKey};
 use testbed::{Namespace, veth};
@@ -65,7 +66,9 @@ fn step(
     ebpf: &mut aya::Ebpf,
 ) -> (Timings, Ids, desired::State) {
     let t = Instant::now();
-    let config = config::parse("bench.yaml", text).expect("valid").config;
+    let config = validate::load("bench.yaml", text, &Facts::default())
+        .expect("valid")
+        .config;
     let validate = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let ids = ids.assign(&config);
@@ -118,7 +121,9 @@ fn main() {
     instance.prepare().unwrap();
     let rows = ns
         .enter(|| {
-            let config = config::parse("bench.yaml", &text).expect("valid").config;
+            let config = validate::load("bench.yaml", &text, &Facts::default())
+                .expect("valid")
+                .config;
             let mut full = Vec::new();
             let mut reload = Vec::new();
             for _ in 0..rounds {

@@ -12,7 +12,9 @@ use crate::{
     acceptance::{self, Decision},
     config::{self, Config, State},
     events,
+    facts::Facts,
     instance::write_atomically,
+    validate,
 };
 
 /// The endpoints of `config`, grouped by effective state.
@@ -49,10 +51,38 @@ pub fn list(config: &Config) -> String {
 }
 
 /// Accepts or rejects endpoint `id` in the config file at `path`; returns what changed.
+///
+/// Decisions on one file take turns (a lock beside it), and the file is replaced only
+/// if it still holds the text the decision was made on: an editor that saved in between
+/// makes the decision fail instead of being overwritten.
 pub fn decide(path: &Path, id: &str, decision: Decision) -> Result<String> {
     let name = path.display().to_string();
+    let file_name = path.file_name().context("a config file path")?;
+    let lock_path = path.with_file_name(format!(".{}.lock", file_name.to_string_lossy()));
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {name}"))?;
-    let config = config::parse(&name, &text)
+    let (edited, said) = edited(&name, &text, id, decision)?;
+    replace_if_unchanged(path, &text, &edited)?;
+    Ok(said)
+}
+
+/// Replaces the file at `path` with `edited` if it still holds `read`.
+fn replace_if_unchanged(path: &Path, read: &str, edited: &str) -> Result<()> {
+    let name = path.display();
+    let now = std::fs::read_to_string(path).with_context(|| format!("reading {name}"))?;
+    if now != read {
+        bail!("{name} changed while deciding; nothing was written: try again");
+    }
+    write_atomically(path, edited.as_bytes())
+}
+
+/// The text after `decision` on endpoint `id`, and what changed.
+fn edited(name: &str, text: &str, id: &str, decision: Decision) -> Result<(String, String)> {
+    let facts = Facts::of_this_node()?;
+    let config = validate::load(name, text, &facts)
         .map_err(|e| anyhow::anyhow!("{e}\nfix the file before deciding on endpoints"))?
         .config;
     let Some(index) = config.endpoints.iter().position(|e| e.id == id) else {
@@ -76,21 +106,20 @@ pub fn decide(path: &Path, id: &str, decision: Decision) -> Result<String> {
     let next = acceptance::decide(current, decision)
         .map_err(|why| anyhow::anyhow!("cannot {verb} endpoint {id:?}: {why}"))?;
 
-    let mut edited = text.clone();
+    let mut edited = text.to_string();
     if decision == Decision::Accept {
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         edited = set(&edited, index, "accepted_at", &format!("\"{now}\""))?;
     }
     // Added fields go right after the id line: set the state last so it comes first.
     edited = set(&edited, index, "state", next.name())?;
-    let check = config::parse(&name, &edited)
+    let check = validate::load(name, &edited, &facts)
         .map_err(|e| anyhow::anyhow!("{verb}ing {id:?} would make the config invalid:\n{e}"))?;
     let after = &check.config.endpoints[index];
     if after.id != id || after.state != Some(next) {
         bail!("internal error: editing {name} did not set {id:?} to {next}");
     }
-    write_atomically(path, edited.as_bytes())?;
-    Ok(format!("endpoint {id:?}: {current} -> {next}"))
+    Ok((edited, format!("endpoint {id:?}: {current} -> {next}")))
 }
 
 /// `text` with field `field` of `endpoints[index]` set to `value` (replaced where it
@@ -189,7 +218,7 @@ endpoints:
         for line in untouched {
             assert!(written.contains(line), "lost {line:?}");
         }
-        let config = config::parse("x", &written).unwrap().config;
+        let config = config::parse("x", &written).unwrap();
         assert_eq!(config.endpoints[0].state, Some(State::Available));
         assert!(config.endpoints[0].accepted_at.is_some());
     }
@@ -250,9 +279,73 @@ endpoints:
         );
     }
 
+    /// Decisions made at once on one file all land (each reads what the one before
+    /// wrote), and none reports success without its change in the file.
+    #[test]
+    fn concurrent_decisions_are_never_lost() {
+        let mut text = FILE.to_string();
+        for n in 0..8 {
+            text += &format!(
+                "  - {{ id: r{n}, service: s, principal: alice, consumer_network: vpc, ip: 10.0.1.{n}, zone: z }}\n"
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("connections-{}-race", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, &text).unwrap();
+        std::thread::scope(|scope| {
+            for n in 0..8 {
+                let path = &path;
+                scope.spawn(move || {
+                    let decision = if n % 2 == 0 {
+                        Decision::Accept
+                    } else {
+                        Decision::Reject
+                    };
+                    decide(path, &format!("r{n}"), decision).unwrap();
+                });
+            }
+        });
+        let written = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let config = config::parse("x", &written).unwrap();
+        for n in 0..8 {
+            let endpoint = config
+                .endpoints
+                .iter()
+                .find(|e| e.id == format!("r{n}"))
+                .unwrap();
+            let expected = if n % 2 == 0 {
+                State::Available
+            } else {
+                State::Rejected
+            };
+            assert_eq!(endpoint.state, Some(expected), "r{n}'s decision was lost");
+        }
+    }
+
+    #[test]
+    fn a_file_edited_while_deciding_is_not_overwritten() {
+        let dir = std::env::temp_dir().join(format!("connections-{}-edit", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, FILE).unwrap();
+        // Stand-in for an editor saving between the read and the write: the decision
+        // is made on FILE, the file meanwhile holds something else.
+        let (edited, _) = edited("x", FILE, "e1", Decision::Accept).unwrap();
+        assert_ne!(edited, FILE);
+        std::fs::write(&path, FILE.replace("alice, bob", "alice, bob, carol")).unwrap();
+        let error = replace_if_unchanged(&path, FILE, &edited)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("changed while deciding"), "{error}");
+        assert!(std::fs::read_to_string(&path).unwrap().contains("carol"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn list_groups_by_effective_state() {
-        let config = config::parse("x", FILE).unwrap().config;
+        let config = config::parse("x", FILE).unwrap();
         let listed = list(&config);
         let pending = listed.find("pendingAcceptance (2)").unwrap();
         let available = listed.find("available (1)").unwrap();

@@ -17,6 +17,8 @@ use crate::{
     acceptance,
     config::{Config, CrossZone, Listener, LoadBalancer, Node, Revoke},
     ids::{self, Ids},
+    keys::{ListenerKey, TargetKey},
+    placement,
 };
 
 /// What the node knows about an interface named in the config.
@@ -47,11 +49,11 @@ pub struct State {
 }
 
 /// The state for `config` with `ids` (see [`Ids::assign`]), given the targets found
-/// unhealthy (by name, see [`ids::target_name`]).
+/// unhealthy.
 pub fn build(
     config: &Config,
     ids: &Ids,
-    unhealthy: &BTreeSet<String>,
+    unhealthy: &BTreeSet<TargetKey>,
     link: impl Fn(&str) -> Result<Link>,
 ) -> Result<State> {
     let mut state = State::default();
@@ -119,33 +121,20 @@ pub fn build(
     };
 
     // Targets, each once per listener.
-    for service in &config.services {
-        for lb in &service.load_balancers {
-            for listener in &lb.listeners {
-                let listener_name = ids::listener_name(&service.name, &lb.name, listener.port);
-                for target in &listener.targets {
-                    state.targets.insert(
-                        ids.targets[&ids::target_name(&listener_name, target)],
-                        Target {
-                            addr: Addr::ipv4(target.ip.octets()),
-                            port_be: target.port.to_be(),
-                            family: FAMILY_IPV4,
-                            _pad: 0,
-                        },
-                    );
-                }
-            }
-        }
+    for (key, target) in ids::targets(config) {
+        state.targets.insert(
+            ids.targets[&key],
+            Target {
+                addr: Addr::ipv4(target.ip.octets()),
+                port_be: target.port.to_be(),
+                family: FAMILY_IPV4,
+                _pad: 0,
+            },
+        );
     }
 
-    let services: BTreeMap<&str, &crate::config::Service> = config
-        .services
-        .iter()
-        .map(|s| (s.name.as_str(), s))
-        .collect();
-    for (endpoint, lb_index) in config.endpoints.iter().zip(placement(config)) {
-        let service = services[endpoint.service.as_str()];
-        let lb = &service.load_balancers[lb_index];
+    for placed in placement::place(config) {
+        let (endpoint, service, lb) = (placed.endpoint, placed.service, placed.load_balancer);
         let id = ids.endpoints[&endpoint.id];
         let network = ids.networks[&endpoint.consumer_network];
         let addr = Addr::ipv4(endpoint.ip.octets());
@@ -157,16 +146,14 @@ pub fn build(
             flags |= endpoint_flag::RESET_ON_REVOKE;
         }
         let state_code = acceptance::effective(endpoint, service).code();
-        for (listener_index, listener) in lb.listeners.iter().enumerate() {
-            let listener_name = ids::listener_name(&service.name, &lb.name, listener.port);
-            let ring_name = ids::ring_name(&listener_name, &endpoint.zone);
-            let ring = ids.rings[&ring_name];
+        for listener in placed.listeners() {
+            let ring = ids.rings[&listener.ring];
             state.rings.entry(ring).or_insert_with(|| {
                 ring_slots(
-                    listener,
+                    listener.listener,
                     lb,
                     &endpoint.zone,
-                    &listener_name,
+                    &listener.key,
                     ids,
                     unhealthy,
                     node,
@@ -176,7 +163,7 @@ pub fn build(
                 EndpointKey {
                     network,
                     addr,
-                    port_be: listener.port.to_be(),
+                    port_be: listener.listener.port.to_be(),
                     proto: PROTO_TCP,
                     family: FAMILY_IPV4,
                 },
@@ -186,7 +173,7 @@ pub fn build(
                     service: ids.services[&service.name],
                     state: state_code,
                     flags,
-                    listener: listener_index as u8,
+                    listener: listener.index as u8,
                     _pad: 0,
                 },
             );
@@ -229,37 +216,6 @@ pub fn build(
     Ok(state)
 }
 
-/// The load balancer (index in its service) each endpoint is mapped onto, in endpoint
-/// order: one of the service's load balancers in the endpoint's zone — any zone if none
-/// is there — taken round-robin across the service's endpoints in that zone, in file
-/// order (so every node maps alike).
-pub fn placement(config: &Config) -> Vec<usize> {
-    let mut turns: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-    config
-        .endpoints
-        .iter()
-        .map(|endpoint| {
-            let Some(service) = config.services.iter().find(|s| s.name == endpoint.service) else {
-                return 0;
-            };
-            let local: Vec<usize> = (0..service.load_balancers.len())
-                .filter(|&i| service.load_balancers[i].zone == endpoint.zone)
-                .collect();
-            let candidates: Vec<usize> = if local.is_empty() {
-                (0..service.load_balancers.len()).collect()
-            } else {
-                local
-            };
-            let turn = turns
-                .entry((service.name.as_str(), endpoint.zone.as_str()))
-                .or_default();
-            let chosen = candidates[*turn % candidates.len()];
-            *turn += 1;
-            chosen
-        })
-        .collect()
-}
-
 /// The Maglev ring of `listener` for endpoints in `zone`: healthy targets of the zone,
 /// or of every zone as `cross_zone` says; when none is healthy it fails open (as an NLB
 /// does) and uses them all rather than none.
@@ -267,18 +223,18 @@ fn ring_slots(
     listener: &Listener,
     lb: &LoadBalancer,
     zone: &str,
-    listener_name: &str,
+    key: &ListenerKey,
     ids: &Ids,
-    unhealthy: &BTreeSet<String>,
+    unhealthy: &BTreeSet<TargetKey>,
     node: &Node,
 ) -> Vec<u32> {
-    let named: Vec<(String, &crate::config::Target)> = listener
+    let named: Vec<(TargetKey, &crate::config::Target)> = listener
         .targets
         .iter()
-        .map(|t| (ids::target_name(listener_name, t), t))
+        .map(|t| (key.target(t), t))
         .collect();
     let in_zone = |t: &crate::config::Target| t.zone.as_deref().unwrap_or(&lb.zone) == zone;
-    let healthy = |name: &String| !unhealthy.contains(name);
+    let healthy = |name: &TargetKey| !unhealthy.contains(name);
     let pick = |keep: &dyn Fn(&crate::config::Target) -> bool, need_healthy: bool| {
         named
             .iter()
@@ -353,7 +309,7 @@ fn address_key(ifindex: u32, addr: Addr) -> AddressKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config;
+    use crate::{facts::Facts, validate};
 
     const ZONED: &str = "
 node:
@@ -398,7 +354,7 @@ endpoints:
     }
 
     fn config(cross: &str) -> Config {
-        config::parse("t", &ZONED.replace("CROSS", cross))
+        validate::load("t", &ZONED.replace("CROSS", cross), &Facts::default())
             .expect("valid")
             .config
     }
@@ -406,19 +362,33 @@ endpoints:
     #[test]
     fn endpoints_go_round_robin_over_the_load_balancers_of_their_zone() {
         // za has a1, a2 (e1, e3, e6 take turns); zb has b1; zc has none: all three.
-        assert_eq!(placement(&config("on_failure")), [0, 2, 1, 0, 1, 0]);
+        let config = config("on_failure");
+        let placed: Vec<&str> = placement::place(&config)
+            .iter()
+            .map(|p| p.load_balancer.name.as_str())
+            .collect();
+        assert_eq!(placed, ["a1", "b1", "a2", "a1", "a2", "a1"]);
     }
 
     /// The targets (addresses) e1's ring (a1, zone za) uses, given unhealthy targets.
     fn e1_targets(cross: &str, unhealthy: &[&str]) -> BTreeSet<String> {
         let config = config(cross);
         let ids = Ids::default().assign(&config);
+        let a1 = ListenerKey {
+            service: "s".into(),
+            load_balancer: "a1".into(),
+            port: 80,
+        };
         let unhealthy = unhealthy
             .iter()
-            .map(|t| format!("s/a1/80/172.16.0.{t}:80"))
+            .map(|t| TargetKey {
+                listener: a1.clone(),
+                ip: format!("172.16.0.{t}").parse().unwrap(),
+                port: 80,
+            })
             .collect();
         let state = build(&config, &ids, &unhealthy, link).unwrap();
-        let ring = ids.rings["s/a1/80@za"];
+        let ring = ids.rings[&a1.ring("za")];
         state.rings[&ring]
             .iter()
             .map(|index| {

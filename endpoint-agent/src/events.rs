@@ -40,8 +40,10 @@ struct Line<'a> {
 struct TargetLine<'a> {
     time: String,
     event: Kind,
-    target: &'a str,
-    address: String,
+    service: &'a str,
+    load_balancer: &'a str,
+    port: u16,
+    target: String,
 }
 
 pub struct Events {
@@ -86,8 +88,10 @@ impl Events {
             } else {
                 Kind::TargetUnhealthy
             },
-            target: &transition.target,
-            address: transition.addr.to_string(),
+            service: &transition.target.listener.service,
+            load_balancer: &transition.target.listener.load_balancer,
+            port: transition.target.listener.port,
+            target: format!("{}:{}", transition.target.ip, transition.target.port),
         });
     }
 

@@ -18,7 +18,7 @@ use tokio::{
 
 use crate::{
     config::{Config, HealthCheck, HealthProtocol},
-    ids,
+    keys::{ListenerKey, TargetKey},
 };
 
 struct Check {
@@ -34,14 +34,14 @@ struct Check {
 /// A target's health changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
-    pub target: String,
+    pub target: TargetKey,
     pub addr: SocketAddrV4,
     pub healthy: bool,
 }
 
 #[derive(Default)]
 pub struct Checks {
-    targets: BTreeMap<String, Check>,
+    targets: BTreeMap<TargetKey, Check>,
 }
 
 impl Checks {
@@ -55,11 +55,11 @@ impl Checks {
                     continue;
                 }
                 for listener in &lb.listeners {
-                    let name = ids::listener_name(&service.name, &lb.name, listener.port);
+                    let key = ListenerKey::of(service, lb, listener);
                     for target in &listener.targets {
                         let port = lb.health_check.port.unwrap_or(target.port);
                         wanted.insert(
-                            ids::target_name(&name, target),
+                            key.target(target),
                             (SocketAddrV4::new(target.ip, port), lb.health_check.clone()),
                         );
                     }
@@ -88,7 +88,7 @@ impl Checks {
     }
 
     /// Targets that are unhealthy now, by name.
-    pub fn unhealthy(&self) -> BTreeSet<String> {
+    pub fn unhealthy(&self) -> BTreeSet<TargetKey> {
         self.targets
             .iter()
             .filter(|(_, c)| !c.healthy)
@@ -97,7 +97,7 @@ impl Checks {
     }
 
     /// Checks that are due now (each is then in flight until its result is recorded).
-    pub fn due(&mut self, now: Instant) -> Vec<(String, SocketAddrV4, HealthCheck)> {
+    pub fn due(&mut self, now: Instant) -> Vec<(TargetKey, SocketAddrV4, HealthCheck)> {
         let mut due = Vec::new();
         for (name, check) in &mut self.targets {
             if !check.in_flight && check.next <= now {
@@ -110,7 +110,7 @@ impl Checks {
     }
 
     /// Counts a result; returns the transition it caused, if any.
-    pub fn record(&mut self, target: &str, passed: bool) -> Option<Transition> {
+    pub fn record(&mut self, target: &TargetKey, passed: bool) -> Option<Transition> {
         let check = self.targets.get_mut(target)?;
         check.in_flight = false;
         if passed == check.healthy {
@@ -129,7 +129,7 @@ impl Checks {
         check.healthy = passed;
         check.streak = 0;
         Some(Transition {
-            target: target.to_string(),
+            target: target.clone(),
             addr: check.addr,
             healthy: passed,
         })
@@ -171,10 +171,22 @@ pub async fn probe(addr: SocketAddrV4, spec: &HealthCheck) -> bool {
 mod tests {
     use super::*;
 
+    fn t() -> TargetKey {
+        TargetKey {
+            listener: ListenerKey {
+                service: "s".into(),
+                load_balancer: "lb".into(),
+                port: 80,
+            },
+            ip: "127.0.0.1".parse().unwrap(),
+            port: 1,
+        }
+    }
+
     fn checks(healthy: u32, unhealthy: u32) -> Checks {
         let mut checks = Checks::default();
         checks.targets.insert(
-            "t".into(),
+            t(),
             Check {
                 addr: "127.0.0.1:1".parse().unwrap(),
                 spec: HealthCheck {
@@ -194,20 +206,20 @@ mod tests {
     #[test]
     fn thresholds_count_consecutive_results() {
         let mut c = checks(2, 3);
-        assert_eq!(c.record("t", false), None);
-        assert_eq!(c.record("t", false), None);
+        assert_eq!(c.record(&t(), false), None);
+        assert_eq!(c.record(&t(), false), None);
         assert_eq!(
-            c.record("t", true),
+            c.record(&t(), true),
             None,
             "a pass resets the failure streak"
         );
-        assert_eq!(c.record("t", false), None);
-        assert_eq!(c.record("t", false), None);
-        let down = c.record("t", false).expect("third failure in a row");
+        assert_eq!(c.record(&t(), false), None);
+        assert_eq!(c.record(&t(), false), None);
+        let down = c.record(&t(), false).expect("third failure in a row");
         assert!(!down.healthy);
-        assert_eq!(c.unhealthy(), BTreeSet::from(["t".to_string()]));
-        assert_eq!(c.record("t", true), None);
-        let up = c.record("t", true).expect("second pass in a row");
+        assert_eq!(c.unhealthy(), BTreeSet::from([t()]));
+        assert_eq!(c.record(&t(), true), None);
+        let up = c.record(&t(), true).expect("second pass in a row");
         assert!(up.healthy);
         assert!(c.unhealthy().is_empty());
     }
@@ -218,7 +230,7 @@ mod tests {
         let now = Instant::now();
         assert_eq!(c.due(now).len(), 1);
         assert!(c.due(now + Duration::from_secs(60)).is_empty(), "in flight");
-        c.record("t", true);
+        c.record(&t(), true);
         assert!(
             c.due(now + Duration::from_secs(1)).is_empty(),
             "interval not over"

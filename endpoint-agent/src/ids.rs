@@ -7,7 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::{
+    config::Config,
+    keys::{ListenerKey, RingKey, TargetKey, pairs},
+    placement,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ids {
@@ -17,33 +21,31 @@ pub struct Ids {
     pub services: BTreeMap<String, u32>,
     /// Endpoint → id (≥ 1; its counter slot).
     pub endpoints: BTreeMap<String, u32>,
-    /// `service/load balancer/port@zone` → ring index: one per listener and zone of the
-    /// endpoints mapped onto it.
-    pub rings: BTreeMap<String, u32>,
-    /// `service/load balancer/port/ip:port` → target index (≥ 1: a zeroed ring slot
-    /// means "never written").
-    pub targets: BTreeMap<String, u32>,
+    /// Ring → index: one per listener and zone of the endpoints placed on it.
+    #[serde(with = "pairs")]
+    pub rings: BTreeMap<RingKey, u32>,
+    /// Target → index (≥ 1: a zeroed ring slot means "never written").
+    #[serde(with = "pairs")]
+    pub targets: BTreeMap<TargetKey, u32>,
 }
 
-/// The name of a listener of a load balancer.
-pub fn listener_name(service: &str, lb: &str, port: u16) -> String {
-    format!("{service}/{lb}/{port}")
-}
-
-/// The name of the ring of a listener for endpoints in `zone`.
-pub fn ring_name(listener: &str, zone: &str) -> String {
-    format!("{listener}@{zone}")
-}
-
-/// The name of a target of a listener.
-pub fn target_name(listener: &str, target: &crate::config::Target) -> String {
-    format!("{listener}/{}:{}", target.ip, target.port)
+/// Every target of every listener of `config`.
+pub fn targets(config: &Config) -> impl Iterator<Item = (TargetKey, &crate::config::Target)> {
+    config.services.iter().flat_map(|service| {
+        service.load_balancers.iter().flat_map(move |lb| {
+            lb.listeners.iter().flat_map(move |listener| {
+                let key = ListenerKey::of(service, lb, listener);
+                listener.targets.iter().map(move |t| (key.target(t), t))
+            })
+        })
+    })
 }
 
 impl Ids {
     /// Ids for `config`: everything that still exists keeps its id; new things get the
     /// lowest id that `self` does not use — not one freed by this very change, which the
-    /// maps may still refer to until it is applied — and what is gone is forgotten.
+    /// maps may still refer to until it is applied — and what is gone is forgotten. So
+    /// ids stay below twice the number of objects (the maps are sized for that).
     pub fn assign(&self, config: &Config) -> Ids {
         let networks = config
             .node
@@ -52,47 +54,23 @@ impl Ids {
             .filter_map(|i| i.consumer_network.clone());
         let services = config.services.iter().map(|s| s.name.clone());
         let endpoints = config.endpoints.iter().map(|e| e.id.clone());
-        let mut targets = Vec::new();
-        for service in &config.services {
-            for lb in &service.load_balancers {
-                for listener in &lb.listeners {
-                    let name = listener_name(&service.name, &lb.name, listener.port);
-                    targets.extend(listener.targets.iter().map(|t| target_name(&name, t)));
-                }
-            }
-        }
-        let mut rings = Vec::new();
-        for (endpoint, lb) in config
-            .endpoints
-            .iter()
-            .zip(crate::desired::placement(config))
-        {
-            let Some(service) = config.services.iter().find(|s| s.name == endpoint.service) else {
-                continue;
-            };
-            let lb = &service.load_balancers[lb];
-            for listener in &lb.listeners {
-                let listener = listener_name(&service.name, &lb.name, listener.port);
-                rings.push(ring_name(&listener, &endpoint.zone));
-            }
-        }
         Ids {
             networks: keep(&self.networks, networks, 1),
             services: keep(&self.services, services, 1),
             endpoints: keep(&self.endpoints, endpoints, 1),
-            rings: keep(&self.rings, rings, 0),
-            targets: keep(&self.targets, targets, 1),
+            rings: keep(&self.rings, placement::rings(config), 0),
+            targets: keep(&self.targets, targets(config).map(|(key, _)| key), 1),
         }
     }
 }
 
-fn keep(
-    old: &BTreeMap<String, u32>,
-    names: impl IntoIterator<Item = String>,
+fn keep<K: Ord + Clone>(
+    old: &BTreeMap<K, u32>,
+    names: impl IntoIterator<Item = K>,
     first: u32,
-) -> BTreeMap<String, u32> {
-    let names: BTreeSet<String> = names.into_iter().collect();
-    let mut ids: BTreeMap<String, u32> = old
+) -> BTreeMap<K, u32> {
+    let names: BTreeSet<K> = names.into_iter().collect();
+    let mut ids: BTreeMap<K, u32> = old
         .iter()
         .filter(|(name, _)| names.contains(*name))
         .map(|(name, &id)| (name.clone(), id))
@@ -137,6 +115,95 @@ mod tests {
         assert!(!second.contains_key("b"));
         let third = keep(&second, names(&["c", "d", "a", "e"]), 1);
         assert_eq!(third["e"], first["b"], "but by the next one");
+    }
+
+    /// A small reproducible random source (xorshift64).
+    struct Random(u64);
+
+    impl Random {
+        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            from[(self.0 % from.len() as u64) as usize]
+        }
+    }
+
+    /// Random configs over names that join alike with slashes: every distinct ring and
+    /// target (told apart by position in the config, not by name) gets its own id.
+    #[test]
+    fn no_two_distinct_objects_of_random_configs_share_an_id() {
+        use std::fmt::Write as _;
+        let mut r = Random(0x1d5_c0ff_ee00_0042);
+        for _ in 0..300 {
+            let mut y = String::from("node: { interfaces: [] }\nservices:\n");
+            let services = ["a", "a/b", "b", "a/b/c"];
+            let mut chosen = BTreeSet::new();
+            for _ in 0..4 {
+                chosen.insert(r.pick(&services));
+            }
+            for service in &chosen {
+                let _ = writeln!(y, "  - name: {service}\n    load_balancers:");
+                let mut lbs = BTreeSet::new();
+                for _ in 0..3 {
+                    lbs.insert(r.pick(&["c", "b/c", "c/80", "80"]));
+                }
+                for lb in lbs {
+                    let zone = r.pick(&["z", "z/1", "1"]);
+                    let port = r.pick(&["80", "8080"]);
+                    let _ = writeln!(
+                        y,
+                        "      - {{ name: {lb}, zone: {zone}, listeners: [{{ port: {port}, targets: [{{ ip: 10.0.0.1, port: 80 }}, {{ ip: 10.0.0.{}, port: {port} }}] }}] }}",
+                        r.pick(&["1", "2"]).parse::<u8>().unwrap() + 1
+                    );
+                }
+            }
+            y += "endpoints:\n";
+            for e in 0..6 {
+                let _ = writeln!(
+                    y,
+                    "  - {{ id: e{e}, service: {}, principal: p, consumer_network: n, ip: 10.1.0.{e}, zone: {} }}",
+                    r.pick(&chosen.iter().copied().collect::<Vec<_>>()),
+                    r.pick(&["z", "z/1", "1", "2"])
+                );
+            }
+            let config = crate::config::parse("random", &y).unwrap();
+            let ids = Ids::default().assign(&config);
+
+            // Objects by position: (service, load balancer, listener, zone) indices.
+            let mut rings = BTreeMap::new();
+            for placed in placement::place(&config) {
+                let s = config
+                    .services
+                    .iter()
+                    .position(|s| std::ptr::eq(s, placed.service));
+                let l = placed
+                    .service
+                    .load_balancers
+                    .iter()
+                    .position(|lb| std::ptr::eq(lb, placed.load_balancer));
+                for listener in placed.listeners() {
+                    let object = (s, l, listener.index, placed.endpoint.zone.clone());
+                    rings.insert(object, ids.rings[&listener.ring]);
+                }
+            }
+            let distinct: BTreeSet<u32> = rings.values().copied().collect();
+            assert_eq!(distinct.len(), rings.len(), "rings share an id:\n{y}");
+
+            let mut targets = BTreeMap::new();
+            for (s, service) in config.services.iter().enumerate() {
+                for (l, lb) in service.load_balancers.iter().enumerate() {
+                    for (n, listener) in lb.listeners.iter().enumerate() {
+                        let key = ListenerKey::of(service, lb, listener);
+                        for (t, target) in listener.targets.iter().enumerate() {
+                            targets.insert((s, l, n, t), ids.targets[&key.target(target)]);
+                        }
+                    }
+                }
+            }
+            let distinct: BTreeSet<u32> = targets.values().copied().collect();
+            assert_eq!(distinct.len(), targets.len(), "targets share an id:\n{y}");
+        }
     }
 
     #[test]

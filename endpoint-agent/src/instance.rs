@@ -69,6 +69,37 @@ impl Instance {
         Ok(())
     }
 
+    /// Makes this process the instance's only agent (or `cleanup`) until the returned lock
+    /// is dropped; fails at once, naming the holder, if another process holds it.
+    pub fn lock(&self) -> Result<fs::File> {
+        let root = self
+            .state
+            .parent()
+            .context("a state directory has a parent")?;
+        fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        // Beside the state directory, not in it: the lock outlives `remove`.
+        let path = root.join(format!("{}.lock", self.name));
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if let Err(e) = file.try_lock() {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "instance {:?} is in use by another agent (pid {}): {e}",
+                self.name,
+                holder.trim()
+            );
+        }
+        use std::io::Write as _;
+        file.set_len(0)?;
+        write!(file, "{}", std::process::id())?;
+        Ok(file)
+    }
+
     /// Whether an agent of this instance left a data path behind (pinned maps).
     pub fn exists(&self) -> bool {
         self.pins.join("FLOWS").exists()
@@ -117,8 +148,14 @@ impl Instance {
 }
 
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
     let name = path.file_name().context("a file path")?.to_string_lossy();
-    let temporary = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    let temporary = path.with_file_name(format!(
+        ".{name}.{}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     fs::write(&temporary, bytes).with_context(|| format!("writing {}", temporary.display()))?;
     fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))
 }

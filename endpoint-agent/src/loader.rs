@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{Config, MAX_LISTENERS, MAX_NAT_ADDRESSES, Tables},
     instance::Instance,
+    validate::MAX_SECURITY_GROUP_RULES,
 };
 
 /// The XDP object built by build.rs.
@@ -47,7 +48,9 @@ impl std::fmt::Display for Mode {
     }
 }
 
-/// Map sizes for `config`.
+/// Map sizes for `config`. Ids stay below twice the number of objects (see
+/// `Ids::assign`) and a plan adds entries before it removes others, so tables that the
+/// config fills hold twice its limits: any valid config can replace any other.
 pub fn map_sizes(config: &Config) -> [(&'static str, u32); 7] {
     let t = &config.node.tables;
     let consumer_interfaces = config
@@ -58,16 +61,19 @@ pub fn map_sizes(config: &Config) -> [(&'static str, u32); 7] {
         .count() as u32;
     [
         ("FLOWS", t.flows),
-        ("ENDPOINTS", t.endpoints * MAX_LISTENERS),
+        ("ENDPOINTS", 2 * t.endpoints * MAX_LISTENERS),
         (
             "ADDRESSES",
-            t.endpoints * consumer_interfaces.max(1) + MAX_NAT_ADDRESSES,
+            2 * t.endpoints * consumer_interfaces.max(1) + 2 * MAX_NAT_ADDRESSES,
         ),
-        ("SECURITY_GROUPS", t.endpoints * 16),
+        (
+            "SECURITY_GROUPS",
+            2 * t.endpoints * MAX_SECURITY_GROUP_RULES as u32,
+        ),
         // Index 0 is never used (see `ids`).
-        ("TARGETS", t.targets + 1),
-        ("RINGS", t.rings * t.ring_size),
-        ("STATS", (t.endpoints + 1) * counter::COUNT),
+        ("TARGETS", 2 * t.targets + 1),
+        ("RINGS", 2 * t.rings * t.ring_size),
+        ("STATS", (2 * t.endpoints + 1) * counter::COUNT),
     ]
 }
 
@@ -117,13 +123,13 @@ pub fn open(object: &[u8], config: &Config, pins: Option<&Instance>) -> Result<E
 /// Map sizes cannot change under a running data path: a config whose tables differ
 /// from the pinned maps' needs `cleanup` first.
 pub fn check_tables(instance: &Instance, tables: &Tables) -> Result<()> {
-    if let Some(pinned) = instance.read::<Tables>("tables.json")? {
-        if pinned != *tables {
-            bail!(
-                "node.tables changed ({pinned:?} -> {tables:?}): map sizes are fixed while \
+    if let Some(pinned) = instance.read::<Tables>("tables.json")?
+        && pinned != *tables
+    {
+        bail!(
+            "node.tables changed ({pinned:?} -> {tables:?}): map sizes are fixed while \
                  the data path runs; run `endpoint-agent cleanup` (cuts connections) to resize"
-            );
-        }
+        );
     }
     instance.write("tables.json", tables)
 }

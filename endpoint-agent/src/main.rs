@@ -5,12 +5,14 @@ use clap::{Parser, Subcommand};
 use endpoint_agent::{
     acceptance::Decision,
     apply::{self, Pinned},
-    config, connections, desired, host,
+    config, connections, desired,
+    facts::Facts,
+    host,
     ids::Ids,
     instance::Instance,
     loader,
     plan::{Names, Plan, Shown},
-    run, status,
+    run, status, validate,
 };
 
 /// Private endpoints on your own nodes: an XDP data path kept in sync with a YAML model
@@ -97,17 +99,20 @@ fn execute(cli: Cli) -> Result<()> {
             config,
             events,
             on_exit,
-        } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(run::run(run::Options {
-                config,
-                instance,
-                events: Some(events),
-                on_exit,
-            })),
+        } => {
+            let _lock = instance.lock()?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(run::run(run::Options {
+                    config,
+                    instance,
+                    events: Some(events),
+                    on_exit,
+                }))
+        }
         Command::Validate { config } => {
-            let loaded = config::load(&config)?;
+            let loaded = validate::load_file(&config, &Facts::of_this_node()?)?;
             for warning in &loaded.warnings {
                 eprintln!("{warning}");
             }
@@ -120,7 +125,7 @@ fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Plan { config } => {
-            let loaded = config::load(&config)?;
+            let loaded = validate::load_file(&config, &Facts::of_this_node()?)?;
             for warning in &loaded.warnings {
                 eprintln!("{warning}");
             }
@@ -132,7 +137,11 @@ fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Connections { config } => {
-            print!("{}", connections::list(&config::load(&config)?.config));
+            let facts = Facts::of_this_node()?;
+            print!(
+                "{}",
+                connections::list(&validate::load_file(&config, &facts)?.config)
+            );
             Ok(())
         }
         Command::Accept { id, config } => {
@@ -144,6 +153,7 @@ fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cleanup => {
+            let _lock = instance.lock()?;
             loader::remove_pins(&instance)?;
             host::Host::adopt(&instance)?.restore(&instance)?;
             instance.remove()?;
@@ -160,7 +170,7 @@ fn plan(instance: &Instance, config: &config::Config) -> Result<String> {
         let ids: Ids = instance.read("ids.json")?.unwrap_or_default();
         let maps = Pinned::open(&instance.pins, &loader::PINNED)?;
         let text = std::fs::read_to_string(instance.state.join("applied.yaml")).unwrap_or_default();
-        let old = config::parse("applied.yaml", &text).ok().map(|l| l.config);
+        let old = config::parse("applied.yaml", &text).ok();
         (apply::read(&maps, &ids)?, ids, old)
     } else {
         Default::default()

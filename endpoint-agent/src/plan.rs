@@ -219,7 +219,9 @@ pub struct Names {
 
 impl Names {
     pub fn new(ids: &crate::ids::Ids, interfaces: &BTreeMap<String, u32>) -> Self {
-        let flip = |m: &BTreeMap<String, u32>| m.iter().map(|(k, &v)| (v, k.clone())).collect();
+        fn flip<K: fmt::Display>(m: &BTreeMap<K, u32>) -> BTreeMap<u32, String> {
+            m.iter().map(|(k, &v)| (v, k.to_string())).collect()
+        }
         Self {
             networks: flip(&ids.networks),
             endpoints: flip(&ids.endpoints),
@@ -469,7 +471,7 @@ mod tests {
     use endpoint_common::maps::NO_TARGET;
 
     use super::*;
-    use crate::{config, desired, ids::Ids};
+    use crate::{desired, facts::Facts, ids::Ids, validate};
 
     /// A small reproducible random source (xorshift64).
     struct Random(u64);
@@ -633,7 +635,11 @@ mod tests {
         let (mut compared, mut invalid) = (0, 0);
         while compared < 300 {
             let (text_a, text_b) = (random_config(&mut r), random_config(&mut r));
-            let (Ok(a), Ok(b)) = (config::parse("a", &text_a), config::parse("b", &text_b)) else {
+            let facts = Facts::default();
+            let (Ok(a), Ok(b)) = (
+                validate::load("a", &text_a, &facts),
+                validate::load("b", &text_b, &facts),
+            ) else {
                 invalid += 1;
                 continue;
             };
@@ -671,8 +677,10 @@ mod tests {
             "endpoints:\n",
             "  - name: s0\n    acceptance_required: false\n    allowed_principals: [p]\n    load_balancers: [{ name: lb, zone: z, listeners: [{ port: 81, targets: [{ ip: 172.16.0.11, port: 9000 }] }] }]\nendpoints:\n  - { id: e0, service: s0, principal: p, consumer_network: vpc-a, ip: 10.0.0.100, zone: z }\n",
         );
-        let a = config::parse("a", base).unwrap().config;
-        let b = config::parse("b", &more).unwrap().config;
+        let a = validate::load("a", base, &Facts::default()).unwrap().config;
+        let b = validate::load("b", &more, &Facts::default())
+            .unwrap()
+            .config;
         let ids_a = Ids::default().assign(&a);
         let ids_b = ids_a.assign(&b);
         let plan = Plan::between(
@@ -694,7 +702,7 @@ mod tests {
             ids_b
                 .targets
                 .iter()
-                .filter(|(k, _)| k.starts_with("s1"))
+                .filter(|(k, _)| k.listener.service == "s1")
                 .map(|(k, v)| (k.clone(), *v))
                 .collect()
         );

@@ -15,11 +15,14 @@ use crate::{
     desired::{self, State},
     events::{self, Events},
     expiry,
+    facts::Facts,
     host::{self, Host},
     ids::Ids,
     instance::Instance,
+    keys::TargetKey,
     loader::{self, Modes},
     plan::{Names, Plan, Shown},
+    validate,
 };
 
 /// What is in effect: the config text last applied, and what it made of the maps.
@@ -43,7 +46,7 @@ pub struct Agent {
     /// Name of the config file, for messages.
     pub source: String,
     /// Targets the health checks found unhealthy (left out of the rings).
-    pub unhealthy: BTreeSet<String>,
+    pub unhealthy: BTreeSet<TargetKey>,
 }
 
 impl Agent {
@@ -62,7 +65,7 @@ impl Agent {
         let ebpf = loader::load(config, &instance)?;
         let ids: Ids = instance.read("ids.json")?.unwrap_or_default();
         let text = std::fs::read_to_string(instance.state.join("applied.yaml")).unwrap_or_default();
-        let old = config::parse("applied.yaml", &text).ok().map(|l| l.config);
+        let old = config::parse("applied.yaml", &text).ok();
         let state = if adopting {
             apply::read(&ebpf, &ids).context("reading the maps left by an earlier agent")?
         } else {
@@ -95,18 +98,18 @@ impl Agent {
     /// Applies `text`. `attach_all`: (re)attach every interface, as after loading a new
     /// program; otherwise only interfaces new to the config.
     pub fn reconcile(&mut self, text: &str, attach_all: bool) -> Result<()> {
-        let loaded = config::parse(&self.source, text)?;
+        let loaded = validate::load(&self.source, text, &Facts::of_this_node()?)?;
         for warning in &loaded.warnings {
             log::warn!("{warning}");
         }
         let config = loaded.config;
-        if let Some(old) = &self.applied.config {
-            if old.node.tables != config.node.tables {
-                anyhow::bail!(
-                    "node.tables changed: map sizes are fixed while the data path runs; \
+        if let Some(old) = &self.applied.config
+            && old.node.tables != config.node.tables
+        {
+            anyhow::bail!(
+                "node.tables changed: map sizes are fixed while the data path runs; \
                      restart after `endpoint-agent cleanup` (cuts connections) to resize"
-                );
-            }
+            );
         }
         let ids = self.applied.ids.assign(&config);
         let state = desired::build(&config, &ids, &self.unhealthy, host::link)?;
@@ -216,7 +219,7 @@ impl Agent {
     }
 
     /// Rebuilds the rings after health changed (`unhealthy`), applying the difference.
-    pub fn set_unhealthy(&mut self, unhealthy: BTreeSet<String>) -> Result<()> {
+    pub fn set_unhealthy(&mut self, unhealthy: BTreeSet<TargetKey>) -> Result<()> {
         self.unhealthy = unhealthy;
         self.instance.write("unhealthy.json", &self.unhealthy)?;
         let Some(config) = self.applied.config.clone() else {

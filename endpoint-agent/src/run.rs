@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
@@ -21,14 +21,17 @@ use tokio::{
 };
 
 use crate::{
-    config::{self, State},
+    config::State,
     events::{self, Events, Kind},
     expiry,
+    facts::Facts,
     health::{self, Checks},
     host::Host,
     instance::Instance,
+    keys::TargetKey,
     loader,
     reconcile::Agent,
+    validate,
 };
 
 /// What to do with the data path when the agent is asked to stop.
@@ -59,7 +62,7 @@ pub async fn run(options: Options) -> Result<()> {
     let source = options.config.display().to_string();
     let text = read(&options.config)?;
     // Nothing is loaded or attached for a config that is not valid.
-    let loaded = config::parse(&source, &text)?;
+    let loaded = validate::load(&source, &text, &Facts::of_this_node()?)?;
     let events = options.events.as_deref().map(Events::open).transpose()?;
     // A first start that fails leaves nothing behind; a restart that fails leaves the
     // running data path alone.
@@ -98,21 +101,18 @@ pub async fn run(options: Options) -> Result<()> {
     let mut pending = Pending::default();
     let mut health = interval(HEALTH);
     let mut checks = Checks::default();
-    let (results, mut checked) = mpsc::unbounded_channel::<(String, bool)>();
-    // The last text tried, valid or not: an invalid file is reported once, not twice a
-    // second.
-    let mut tried = text;
+    let (results, mut checked) = mpsc::unbounded_channel::<(TargetKey, bool)>();
+    let mut file = Watch::new(text);
     loop {
         tokio::select! {
             _ = terminate.recv() => { log::info!("SIGTERM: stopping"); break }
             _ = interrupt.recv() => { log::info!("SIGINT: stopping"); break }
             _ = hangup.recv() => {
                 log::info!("SIGHUP: reloading {source}");
-                tried = String::new();
-                reload(&mut agent, &options.config, &mut tried, summary);
+                file.reload(&mut agent, &options.config, true, summary);
             }
             _ = watch.tick() => {
-                reload(&mut agent, &options.config, &mut tried, summary);
+                file.reload(&mut agent, &options.config, false, summary);
                 pending.watch(&mut agent);
             }
             _ = health.tick() => {
@@ -133,7 +133,7 @@ pub async fn run(options: Options) -> Result<()> {
                         log::error!("updating the rings after a health change: {e:#}");
                     }
                     let state = if transition.healthy { "healthy" } else { "unhealthy" };
-                    log::warn!("target {} ({}) is {state}", transition.target, transition.addr);
+                    log::warn!("target {} (checked at {}) is {state}", transition.target, transition.addr);
                     if let Some(events) = &mut agent.events {
                         events.target(&transition);
                     }
@@ -177,31 +177,71 @@ fn read(path: &std::path::Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// Re-applies the file if it changed since the last try. A config that fails leaves the
-/// running state exactly as it was.
-fn reload(
-    agent: &mut Agent,
-    path: &std::path::Path,
-    tried: &mut String,
-    summary: impl Fn(&Agent) -> String,
-) {
-    let text = match read(path) {
-        Ok(text) => text,
-        Err(e) => {
-            log::warn!("{e:#}; keeping the running config");
+/// Follows the config file. A change is applied once it has settled: the file read
+/// unchanged — same text, same modification time — for at least [`SETTLE`], so that a
+/// writer that does not replace the file atomically is never caught half-way (a
+/// truncated endpoint list would delete endpoints). SIGHUP applies the file at once.
+struct Watch {
+    /// The last text tried, valid or not: an invalid file is reported once.
+    tried: String,
+    /// A changed file (text, modification time) and when it was first read so.
+    settling: Option<(String, Option<SystemTime>, Instant)>,
+}
+
+/// How long a changed file must stay the same before it is applied.
+const SETTLE: Duration = Duration::from_secs(1);
+
+impl Watch {
+    fn new(applied: String) -> Self {
+        Self {
+            tried: applied,
+            settling: None,
+        }
+    }
+
+    /// Re-applies the file if it changed and settled (or at once, `now`). A config that
+    /// fails leaves the running state exactly as it was.
+    fn reload(
+        &mut self,
+        agent: &mut Agent,
+        path: &std::path::Path,
+        now: bool,
+        summary: impl Fn(&Agent) -> String,
+    ) {
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let text = match read(path) {
+            Ok(text) => text,
+            Err(e) => {
+                log::warn!("{e:#}; keeping the running config");
+                return;
+            }
+        };
+        if text == self.tried && !now {
+            self.settling = None;
             return;
         }
-    };
-    if text == *tried {
-        return;
-    }
-    *tried = text.clone();
-    if text == agent.applied.text {
-        return;
-    }
-    match agent.reconcile(&text, false) {
-        Ok(()) => log::info!("reloaded: {}", summary(agent)),
-        Err(e) => log::error!("{e:#}\nkeeping the running config"),
+        if !now {
+            match &self.settling {
+                Some((seen, at, since)) if *seen == text && *at == modified => {
+                    if since.elapsed() < SETTLE {
+                        return;
+                    }
+                }
+                _ => {
+                    self.settling = Some((text, modified, Instant::now()));
+                    return;
+                }
+            }
+        }
+        self.settling = None;
+        self.tried = text.clone();
+        if text == agent.applied.text {
+            return;
+        }
+        match agent.reconcile(&text, false) {
+            Ok(()) => log::info!("reloaded: {}", summary(agent)),
+            Err(e) => log::error!("{e:#}\nkeeping the running config"),
+        }
     }
 }
 
@@ -243,10 +283,8 @@ impl Pending {
                 .copied()
                 .unwrap_or((dropped, false));
             let report = !reported && dropped > baseline;
-            if report {
-                if let Some(events) = &mut agent.events {
-                    events.emit(Kind::PendingTraffic, endpoint, State::PendingAcceptance);
-                }
+            if report && let Some(events) = &mut agent.events {
+                events.emit(Kind::PendingTraffic, endpoint, State::PendingAcceptance);
             }
             still.insert(endpoint.id.clone(), (baseline, reported || report));
         }

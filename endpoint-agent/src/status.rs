@@ -31,7 +31,7 @@ pub fn show(instance: &Instance) -> Result<String> {
     }
     let text = std::fs::read_to_string(instance.state.join("applied.yaml"))
         .context("the instance has no applied config")?;
-    let config: Config = config::parse("applied.yaml", &text)?.config;
+    let config: Config = config::parse("applied.yaml", &text)?;
     let ids: Ids = instance.read("ids.json")?.unwrap_or_default();
     let modes: Modes = instance.read("modes.json")?.unwrap_or_default();
     let maps = Pinned::open(&instance.pins, &["STATS", "FLOWS"])?;

@@ -930,3 +930,136 @@ endpoints:
     assert_eq!(answer.echo, "over one link");
     assert_eq!(*answer.seen_from.ip(), NAT);
 }
+
+#[test]
+fn a_file_caught_half_written_is_never_applied() {
+    let bed = bed_with(&example());
+    let full = bed.config_text();
+    // A writer that truncates and rewrites in place: for a moment the file holds a
+    // valid config without the last endpoints.
+    let cut = full
+        .find("  - id: vpce-b-billing")
+        .expect("the example's last endpoint");
+    let reloads = bed.agent.log().matches("reloaded:").count();
+    for _ in 0..5 {
+        std::fs::write(&bed.config.0, &full[..cut]).unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        std::fs::write(&bed.config.0, &full).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let events = bed.events();
+    assert!(
+        !events.contains("\"deleted\""),
+        "{events}\n{}",
+        bed.agent.log()
+    );
+    assert_eq!(
+        bed.agent.log().matches("reloaded:").count(),
+        reloads,
+        "a half-written file was applied:\n{}",
+        bed.agent.log()
+    );
+    // A change that stays is applied once it has settled.
+    std::fs::write(&bed.config.0, &full[..cut]).unwrap();
+    wait_applied(&bed, reloads);
+    assert!(bed.events().contains("\"deleted\""));
+}
+
+#[test]
+fn a_second_agent_for_a_running_instance_is_refused() {
+    let bed = bed_with(&example());
+    let config = bed.config.0.to_str().unwrap().to_string();
+    let output = bed.agent.command(&["run", "--config", &config]).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is in use by another agent (pid"),
+        "{stderr}"
+    );
+    let output = bed.agent.command(&["cleanup"]).unwrap();
+    assert!(!output.status.success(), "cleanup under a running agent");
+    // The running agent is untouched.
+    ask(&bed.topology.consumer_a, at(ORDERS, 80), "hello", WAIT).unwrap_or_else(|e| bed.fail(e));
+}
+
+/// Agents starting at once on a node whose bpffs is not mounted yet (a fresh
+/// machine) all come up: only one mounts it, and none loses its pins.
+#[test]
+fn agents_starting_at_once_on_a_fresh_node_mount_bpffs_once() {
+    use std::{
+        io::{BufRead, BufReader},
+        process::{Command, Stdio},
+    };
+    // A mount namespace of its own without bpffs, held open by a sleeping process.
+    let mut holder = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("while umount /sys/fs/bpf 2>/dev/null; do :; done; echo unmounted; exec sleep 60")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux)");
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "unmounted");
+    let mount = format!("--mount=/proc/{}/ns/mnt", holder.id());
+    let beds: Vec<(Topology, TempFile)> = (0..4)
+        .map(|_| {
+            (
+                Topology::build().unwrap(),
+                TempFile::new("config.yaml", &example()),
+            )
+        })
+        .collect();
+    let in_namespaces = |topology: &Topology, args: &[&str]| {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(&mount)
+            .arg(format!("--net=/run/netns/{}", topology.node.name()))
+            .arg(AGENT)
+            .args(["--instance", topology.node.name()])
+            .args(args);
+        command
+    };
+    let mut agents: Vec<_> = beds
+        .iter()
+        .map(|(topology, config)| {
+            in_namespaces(topology, &["run", "--config", config.0.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let logs: Vec<String> = agents
+        .iter_mut()
+        .map(|agent| {
+            let mut log = String::new();
+            let stderr = BufReader::new(agent.stderr.take().unwrap());
+            for line in stderr.lines().map_while(Result::ok) {
+                log += &line;
+                log.push('\n');
+                if line.contains("ready:") || line.starts_with("error") {
+                    break;
+                }
+            }
+            log
+        })
+        .collect();
+    for agent in &mut agents {
+        // SAFETY: a signal to a child this test started.
+        unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+        let _ = agent.wait();
+    }
+    for (topology, _) in &beds {
+        let _ = in_namespaces(topology, &["cleanup"]).output();
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+    for log in &logs {
+        assert!(log.contains("ready:"), "an agent did not come up:\n{log}");
+    }
+    let mounted = logs.iter().filter(|l| l.contains("mounting bpffs")).count();
+    assert_eq!(mounted, 1, "{logs:?}");
+}

@@ -11,7 +11,8 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use endpoint_agent::{
-    apply, config, desired, host, ids::Ids, instance::Instance, loader, plan::Plan, stats::Counters,
+    apply, config, desired, facts::Facts, host, ids::Ids, instance::Instance, loader, plan::Plan,
+    stats::Counters, validate,
 };
 use endpoint_common::{
     counter, hash,
@@ -150,7 +151,7 @@ fn with_rig(test: impl FnOnce(&mut Rig) + Send) {
     instance.prepare().unwrap();
     let _unpin = Unpin(instance.clone());
     ns.enter(|| {
-        let config = config::parse("test.yaml", CONFIG)
+        let config = validate::load("test.yaml", CONFIG, &Facts::default())
             .expect("valid config")
             .config;
         let ids = Ids::default().assign(&config);
@@ -196,7 +197,7 @@ impl Rig {
 
     /// Applies another config the way the agent does: a plan from what the maps hold.
     fn reconfigure(&mut self, text: &str) {
-        let config = config::parse("test.yaml", text)
+        let config = validate::load("test.yaml", text, &Facts::default())
             .expect("valid config")
             .config;
         let ids = self.ids.assign(&config);
@@ -1100,5 +1101,66 @@ fn an_established_flow_follows_a_neighbour_change_within_a_second() {
         let out = rig.run("cons-a", &data);
         assert_eq!(out.action, XDP_REDIRECT);
         assert_eq!(out.frame[..6], moved, "the flow still goes to the old MAC");
+    });
+}
+
+#[test]
+fn names_that_would_join_alike_are_separate_services_with_their_own_targets() {
+    with_rig(|rig| {
+        // Service `a/b` with load balancer `c` and service `a` with load balancer `b/c`:
+        // joined with slashes both would be `a/b/c/80`.
+        let colliding = CONFIG.replacen(
+            "endpoints:\n",
+            "  - name: a/b
+    acceptance_required: false
+    allowed_principals: ['*']
+    load_balancers:
+      - { name: c, zone: z1, listeners: [{ port: 80, targets: [{ ip: 172.16.0.10, port: 8001 }] }] }
+  - name: a
+    acceptance_required: false
+    allowed_principals: ['*']
+    load_balancers:
+      - { name: b/c, zone: z1, listeners: [{ port: 80, targets: [{ ip: 172.16.0.11, port: 8002 }] }] }
+endpoints:
+  - { id: to-ab, service: a/b, principal: p, consumer_network: vpc-a, ip: 10.0.0.110, zone: z1 }
+  - { id: to-a, service: a, principal: p, consumer_network: vpc-a, ip: 10.0.0.111, zone: z1 }
+",
+            1,
+        );
+        rig.reconfigure(&colliding);
+        let rings: std::collections::BTreeSet<u32> = ["to-ab", "to-a"]
+            .iter()
+            .map(|id| {
+                let key = EndpointKey {
+                    network: 1,
+                    addr: Addr::ipv4(if *id == "to-ab" {
+                        [10, 0, 0, 110]
+                    } else {
+                        [10, 0, 0, 111]
+                    }),
+                    port_be: 80u16.to_be(),
+                    proto: PROTO_TCP,
+                    family: FAMILY_IPV4,
+                };
+                rig.desired.endpoints[&key].ring
+            })
+            .collect();
+        assert_eq!(rings.len(), 2, "the two services share a ring");
+        let mac = rig.link("cons-a").mac;
+        for (endpoint, target) in [
+            ([10, 0, 0, 110], ([172, 16, 0, 10], 8001)),
+            ([10, 0, 0, 111], ([172, 16, 0, 11], 8002)),
+        ] {
+            for port in 0..20u16 {
+                let out = rig.run("cons-a", &syn_to(mac, endpoint, 41000 + port).frame(b""));
+                assert_eq!(out.action, XDP_REDIRECT);
+                let (ip, tcp) = parse(&out.frame);
+                assert_eq!(
+                    (ip.destination, tcp.destination_port),
+                    target,
+                    "endpoint {endpoint:?} reached another service's target"
+                );
+            }
+        }
     });
 }

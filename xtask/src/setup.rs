@@ -99,11 +99,11 @@ fn rust_src() -> Result<()> {
 }
 
 fn bpf_linker() -> Result<()> {
-    if let Some(version) = output("bpf-linker", &["--version"]) {
-        if version.split_whitespace().nth(1) == Some(BPF_LINKER) {
-            eprintln!("xtask: setup: bpf-linker {BPF_LINKER} present");
-            return Ok(());
-        }
+    if let Some(version) = output("bpf-linker", &["--version"])
+        && version.split_whitespace().nth(1) == Some(BPF_LINKER)
+    {
+        eprintln!("xtask: setup: bpf-linker {BPF_LINKER} present");
+        return Ok(());
     }
     eprintln!("xtask: setup: building bpf-linker {BPF_LINKER} against LLVM 22 (a few minutes)");
     sh(Command::new("cargo")

@@ -13,7 +13,7 @@ use aya::{
     maps::{Array, HashMap, MapData},
     programs::{TestRun, TestRunOptions, Xdp, XdpMode},
 };
-use endpoint_agent::{apply, config, desired, host, ids::Ids, loader, plan::Plan};
+use endpoint_agent::{apply, desired, facts::Facts, host, ids::Ids, loader, plan::Plan, validate};
 use endpoint_common::maps::{Flow, FlowKey};
 use etherparse::{PacketBuilder, PacketHeaders};
 use testbed::{Namespace, veth};
@@ -87,7 +87,7 @@ struct Rig {
 
 impl Rig {
     fn load(object: &[u8], text: &str) -> Result<Self> {
-        let config = config::parse("bench.yaml", text)?.config;
+        let config = validate::load("bench.yaml", text, &Facts::default())?.config;
         let ids = Ids::default().assign(&config);
         let state = desired::build(&config, &ids, &Default::default(), host::link)?;
         let mut ebpf = loader::open(object, &config, None)?;

@@ -1,18 +1,14 @@
 //! The YAML model: what the node, its services and their endpoints look like, in the
-//! product's words. `load` reads and checks a file; nothing reaches the maps unless the
-//! whole file is valid.
+//! product's words, and `parse`, which reads it. `validate` checks it: nothing reaches
+//! the maps unless the whole file is valid.
 
 mod lines;
-mod validate;
 
-use std::{fmt, net::Ipv4Addr, path::Path};
+use std::{fmt, net::Ipv4Addr};
 
 use serde::Deserialize;
 
-pub use self::{
-    lines::Lines,
-    validate::{Problem, Severity, validate},
-};
+pub use self::lines::Lines;
 
 /// Listener ports one load balancer may have (sizes the `ENDPOINTS` map).
 pub const MAX_LISTENERS: u32 = 16;
@@ -82,10 +78,12 @@ pub struct PortRange {
 }
 
 impl Default for PortRange {
+    /// Clear of Linux's default ephemeral ports (32768-60999), so that a NAT address may
+    /// also be the node's own.
     fn default() -> Self {
         Self {
             first: 1024,
-            last: 65535,
+            last: 32767,
         }
     }
 }
@@ -369,25 +367,10 @@ impl fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
-/// A valid config and the warnings it raised.
-#[derive(Debug)]
-pub struct Loaded {
-    pub config: Config,
-    pub warnings: Vec<String>,
-}
-
-/// Reads, parses and validates `path`.
-pub fn load(path: &Path) -> Result<Loaded, Invalid> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| Invalid {
-        report: format!("{name}: cannot read: {e}"),
-    })?;
-    parse(&name, &text)
-}
-
-/// Parses and validates `text`, naming it `name` in messages.
-pub fn parse(name: &str, text: &str) -> Result<Loaded, Invalid> {
-    let config: Config = serde_yaml::from_str(text).map_err(|e| {
+/// Parses `text` (YAML only: see `validate` for the checks), naming it `name` in
+/// messages.
+pub fn parse(name: &str, text: &str) -> Result<Config, Invalid> {
+    serde_yaml::from_str(text).map_err(|e| {
         let message = e.to_string();
         Invalid {
             report: match e.location() {
@@ -399,32 +382,5 @@ pub fn parse(name: &str, text: &str) -> Result<Loaded, Invalid> {
                 None => format!("{name}: error: {message}"),
             },
         }
-    })?;
-    let lines = Lines::index(text);
-    let render = |p: &Problem| {
-        let at = lines
-            .find(&p.path)
-            .map_or(String::new(), |at| format!("{}:", at.line));
-        format!("{name}:{at} {p}")
-    };
-    let problems = validate(&config);
-    let (errors, warnings): (Vec<_>, Vec<_>) =
-        problems.iter().partition(|p| p.severity == Severity::Error);
-    if !errors.is_empty() {
-        let mut report: Vec<String> = errors.iter().map(|p| render(p)).collect();
-        report.push(format!(
-            "{name}: {} error(s); nothing was applied",
-            errors.len()
-        ));
-        return Err(Invalid {
-            report: report.join("\n"),
-        });
-    }
-    Ok(Loaded {
-        config,
-        warnings: warnings.iter().map(|p| render(p)).collect(),
     })
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,13 +1,65 @@
-//! Every check a config must pass before anything is applied. Each problem names the
-//! object, the field (as a path the line index resolves) and what would be valid.
+//! Validate: every check a config must pass before anything is applied, for the node it
+//! is applied on ([`Facts`]). Each problem names the object, the field (as a path the
+//! line index resolves, so the report gives its line) and what would be valid.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
 };
 
-use super::{Config, HealthProtocol, Protocol, State};
+use crate::{
+    config::{self, Config, HealthProtocol, Invalid, Lines, Protocol, State},
+    facts::Facts,
+    placement,
+};
+
+/// A valid config and the warnings it raised.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Reads and checks the file at `path` for the node `facts` describe.
+pub fn load_file(path: &Path, facts: &Facts) -> Result<Loaded, Invalid> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| Invalid {
+        report: format!("{name}: cannot read: {e}"),
+    })?;
+    load(&name, &text, facts)
+}
+
+/// Parses and checks `text` (named `name` in messages) for the node `facts` describe:
+/// every error at once, each with its line, or the config and its warnings.
+pub fn load(name: &str, text: &str, facts: &Facts) -> Result<Loaded, Invalid> {
+    let config = config::parse(name, text)?;
+    let lines = Lines::index(text);
+    let render = |p: &Problem| {
+        let at = lines
+            .find(&p.path)
+            .map_or(String::new(), |at| format!("{}:", at.line));
+        format!("{name}:{at} {p}")
+    };
+    let problems = validate(&config, facts);
+    let (errors, warnings): (Vec<_>, Vec<_>) =
+        problems.iter().partition(|p| p.severity == Severity::Error);
+    if !errors.is_empty() {
+        let mut report: Vec<String> = errors.iter().map(|p| render(p)).collect();
+        report.push(format!(
+            "{name}: {} error(s); nothing was applied",
+            errors.len()
+        ));
+        return Err(Invalid {
+            report: report.join("\n"),
+        });
+    }
+    Ok(Loaded {
+        config,
+        warnings: warnings.iter().map(|p| render(p)).collect(),
+    })
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -61,14 +113,59 @@ impl Problems {
     }
 }
 
-/// All problems of `config`, errors and warnings, in file order.
-pub fn validate(config: &Config) -> Vec<Problem> {
+/// All problems of `config` on the node `facts` describe, errors and warnings.
+pub fn validate(config: &Config, facts: &Facts) -> Vec<Problem> {
     let mut problems = Problems::default();
-    let networks = node(config, &mut problems);
+    let networks = node(config, facts, &mut problems);
     services(config, &mut problems);
     endpoints(config, &networks, &mut problems);
     tables(config, &mut problems);
     problems.0
+}
+
+/// Services, load balancers, endpoints, consumer networks and zones are named with
+/// letters, digits and `-_.:/`, starting with a letter or digit, at most this long.
+pub const NAME_LENGTH: usize = 128;
+
+/// Why `name` is not a name, if it is not.
+fn bad_name(name: &str) -> Option<String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.:/".contains(c);
+    if name.is_empty() || name.len() > NAME_LENGTH {
+        return Some(format!(
+            "{name:?}: a name has 1 to {NAME_LENGTH} characters"
+        ));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Some(format!("{name:?}: a name starts with a letter or digit"));
+    }
+    name.chars().find(|&c| !allowed(c)).map(|c| {
+        format!("{name:?}: {c:?} is not allowed in a name (letters, digits and - _ . : /)")
+    })
+}
+
+/// Principals are account names or ARNs: letters, digits and `-_.:/@+=,`, or `*`
+/// (anyone) in a service's `allowed_principals`.
+fn bad_principal(principal: &str) -> Option<String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.:/@+=,".contains(c);
+    if principal.is_empty() || principal.len() > 256 {
+        return Some(format!(
+            "{principal:?}: a principal has 1 to 256 characters"
+        ));
+    }
+    principal.chars().find(|&c| !allowed(c)).map(|c| {
+        format!(
+            "{principal:?}: {c:?} is not allowed in a principal (letters, digits and - _ . : / @ + = ,)"
+        )
+    })
+}
+
+impl Problems {
+    /// Reports `name` at `path` if it is not a name.
+    fn name(&mut self, object: &str, path: String, name: &str) {
+        if let Some(why) = bad_name(name) {
+            self.error(object, path, why);
+        }
+    }
 }
 
 /// A usable unicast host address.
@@ -86,7 +183,7 @@ fn list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
 }
 
 /// Checks the node; returns its consumer networks.
-fn node(config: &Config, problems: &mut Problems) -> BTreeSet<String> {
+fn node(config: &Config, facts: &Facts, problems: &mut Problems) -> BTreeSet<String> {
     let node = &config.node;
     let mut networks = BTreeSet::new();
     let mut names = BTreeSet::new();
@@ -101,11 +198,16 @@ fn node(config: &Config, problems: &mut Problems) -> BTreeSet<String> {
     for (i, interface) in node.interfaces.iter().enumerate() {
         let object = format!("interface {:?}", interface.name);
         let path = |field: &str| format!("node.interfaces[{i}].{field}");
-        if interface.name.is_empty() || interface.name.len() > 15 {
+        if interface.name.is_empty()
+            || interface.name.len() > 15
+            || interface
+                .name
+                .contains(|c: char| c == '/' || c.is_whitespace())
+        {
             problems.error(
                 &object,
                 path("name"),
-                "an interface name has 1 to 15 characters".into(),
+                "an interface name has 1 to 15 characters, none of them '/' or blank".into(),
             );
         }
         if !names.insert(interface.name.as_str()) {
@@ -113,6 +215,7 @@ fn node(config: &Config, problems: &mut Problems) -> BTreeSet<String> {
         }
         match (&interface.consumer_network, interface.role.consumer()) {
             (Some(network), true) if !network.is_empty() => {
+                problems.name(&object, path("consumer_network"), network);
                 networks.insert(network.clone());
             }
             (_, true) => problems.error(
@@ -151,14 +254,14 @@ fn node(config: &Config, problems: &mut Problems) -> BTreeSet<String> {
             }
         }
     }
-    if nat_addresses.len() > super::MAX_NAT_ADDRESSES as usize {
+    if nat_addresses.len() > config::MAX_NAT_ADDRESSES as usize {
         problems.error(
             "node",
             "node.interfaces".into(),
             format!(
                 "{} NAT addresses; a node has at most {}",
                 nat_addresses.len(),
-                super::MAX_NAT_ADDRESSES
+                config::MAX_NAT_ADDRESSES
             ),
         );
     }
@@ -189,6 +292,29 @@ fn node(config: &Config, problems: &mut Problems) -> BTreeSet<String> {
             ),
         );
     }
+    // Replies to the node's own connections come back to its own address, to a port
+    // the kernel picked: inside the NAT range they would be taken for stray replies.
+    let (first, last) = facts.ephemeral_ports;
+    if ports.first <= last && first <= ports.last {
+        for (i, interface) in node.interfaces.iter().enumerate() {
+            for (j, &addr) in interface.nat_addresses.iter().enumerate() {
+                if facts.local_addresses.contains(&IpAddr::V4(addr)) {
+                    problems.error(
+                        &format!("interface {:?}", interface.name),
+                        format!("node.interfaces[{i}].nat_addresses[{j}]"),
+                        format!(
+                            "{addr} is an address of this node, and NAT ports {}-{} overlap \
+                             the ports the kernel picks for the node's own connections \
+                             ({first}-{last}, net.ipv4.ip_local_port_range): replies to them \
+                             (health checks included) would be dropped as stray replies; set \
+                             node.nat_ports clear of that range",
+                            ports.first, ports.last
+                        ),
+                    );
+                }
+            }
+        }
+    }
     networks
 }
 
@@ -197,8 +323,11 @@ fn services(config: &Config, problems: &mut Problems) {
     for (s, service) in config.services.iter().enumerate() {
         let object = format!("service {:?}", service.name);
         let path = |field: &str| format!("services[{s}].{field}");
-        if service.name.is_empty() {
-            problems.error(&object, path("name"), "a service needs a name".into());
+        problems.name(&object, path("name"), &service.name);
+        for (p, principal) in service.allowed_principals.iter().enumerate() {
+            if let Some(why) = bad_principal(principal).filter(|_| principal != "*") {
+                problems.error(&object, path(&format!("allowed_principals[{p}]")), why);
+            }
         }
         if !names.insert(service.name.as_str()) {
             problems.error(&object, path("name"), "service defined twice".into());
@@ -229,23 +358,24 @@ fn services(config: &Config, problems: &mut Problems) {
                 ),
             );
         }
-        if let Some(name) = &service.private_dns_name {
-            if !dns_name(name) {
-                problems.error(
-                    &object,
-                    path("private_dns_name"),
-                    format!(
-                        "{name:?} is not a DNS name: dot-separated labels of letters, digits \
+        if let Some(name) = &service.private_dns_name
+            && !dns_name(name)
+        {
+            problems.error(
+                &object,
+                path("private_dns_name"),
+                format!(
+                    "{name:?} is not a DNS name: dot-separated labels of letters, digits \
                          and '-', each 1-63 characters, 253 in all"
-                    ),
-                );
-            }
+                ),
+            );
         }
         let mut lb_names = BTreeSet::new();
         let mut first_ports: Option<BTreeSet<u16>> = None;
         for (l, lb) in service.load_balancers.iter().enumerate() {
             let path = |field: &str| format!("services[{s}].load_balancers[{l}].{field}");
             let lb_object = format!("load balancer {:?} of service {:?}", lb.name, service.name);
+            problems.name(&lb_object, path("name"), &lb.name);
             if !lb_names.insert(lb.name.as_str()) {
                 problems.error(
                     &lb_object,
@@ -253,13 +383,7 @@ fn services(config: &Config, problems: &mut Problems) {
                     "load balancer listed twice".into(),
                 );
             }
-            if lb.zone.is_empty() {
-                problems.error(
-                    &lb_object,
-                    path("zone"),
-                    "a load balancer needs a zone".into(),
-                );
-            }
+            problems.name(&lb_object, path("zone"), &lb.zone);
             let check = &lb.health_check;
             let field = |f: &str| path(&format!("health_check.{f}"));
             if !(1..=300).contains(&check.interval_seconds) {
@@ -303,13 +427,13 @@ fn services(config: &Config, problems: &mut Problems) {
             if check.port == Some(0) {
                 problems.error(&lb_object, field("port"), "port 0 cannot be checked".into());
             }
-            if lb.listeners.is_empty() || lb.listeners.len() > super::MAX_LISTENERS as usize {
+            if lb.listeners.is_empty() || lb.listeners.len() > config::MAX_LISTENERS as usize {
                 problems.error(
                     &lb_object,
                     path("listeners"),
                     format!(
                         "a load balancer has 1 to {} listeners, not {}",
-                        super::MAX_LISTENERS,
+                        config::MAX_LISTENERS,
                         lb.listeners.len()
                     ),
                 );
@@ -367,6 +491,9 @@ fn services(config: &Config, problems: &mut Problems) {
                             "a target needs a port (1-65535)".into(),
                         );
                     }
+                    if let Some(zone) = &target.zone {
+                        problems.name(&lb_object, field("zone"), zone);
+                    }
                     if target.weight > 1_000_000 {
                         problems.error(
                             &lb_object,
@@ -400,7 +527,7 @@ fn services(config: &Config, problems: &mut Problems) {
 }
 
 fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Problems) {
-    let services: HashMap<&str, &super::Service> = config
+    let services: HashMap<&str, &config::Service> = config
         .services
         .iter()
         .map(|s| (s.name.as_str(), s))
@@ -411,8 +538,10 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
     for (e, endpoint) in config.endpoints.iter().enumerate() {
         let object = format!("endpoint {:?}", endpoint.id);
         let path = |field: &str| format!("endpoints[{e}].{field}");
-        if endpoint.id.is_empty() {
-            problems.error(&object, path("id"), "an endpoint needs an id".into());
+        problems.name(&object, path("id"), &endpoint.id);
+        problems.name(&object, path("zone"), &endpoint.zone);
+        if let Some(why) = bad_principal(&endpoint.principal) {
+            problems.error(&object, path("principal"), why);
         }
         if !ids.insert(endpoint.id.as_str()) {
             problems.error(&object, path("id"), "endpoint id used twice".into());
@@ -492,14 +621,14 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
                 ),
             );
         }
-        if let Some(at) = &endpoint.accepted_at {
-            if humantime::parse_rfc3339_weak(at).is_err() {
-                problems.error(
-                    &object,
-                    path("accepted_at"),
-                    format!("{at:?} is not a time like \"2026-11-28T23:00:00Z\""),
-                );
-            }
+        if let Some(at) = &endpoint.accepted_at
+            && humantime::parse_rfc3339_weak(at).is_err()
+        {
+            problems.error(
+                &object,
+                path("accepted_at"),
+                format!("{at:?} is not a time like \"2026-11-28T23:00:00Z\""),
+            );
         }
         let ports = service
             .load_balancers
@@ -600,7 +729,12 @@ fn tables(config: &Config, problems: &mut Problems) {
         "endpoints",
     );
     check("targets", targets, tables.targets, "targets");
-    check("rings", listeners.len(), tables.rings, "listeners");
+    check(
+        "rings",
+        placement::rings(config).len(),
+        tables.rings,
+        "rings (one per listener of a load balancer and zone of the endpoints placed on it)",
+    );
     if tables.flows < 2 {
         problems.error(
             "node",
@@ -642,14 +776,38 @@ fn tables(config: &Config, problems: &mut Problems) {
             ),
         );
     }
-    if (tables.rings as u64) * (tables.ring_size as u64) > u32::MAX as u64 / 4 {
+    for (field, value, most) in [
+        ("flows", tables.flows, MAX_FLOWS),
+        ("endpoints", tables.endpoints, MAX_TABLE),
+        ("targets", tables.targets, MAX_TABLE),
+        ("rings", tables.rings, MAX_TABLE),
+    ] {
+        if value > most {
+            problems.error(
+                "node",
+                format!("node.tables.{field}"),
+                format!("tables.{field} = {value} is above the maximum, {most}"),
+            );
+        }
+    }
+    // The maps hold twice the rings (see `loader::map_sizes`).
+    if 2 * (tables.rings as u64) * (tables.ring_size as u64) > MAX_RING_SLOTS {
         problems.error(
             "node",
             "node.tables.rings".into(),
-            "rings x ring_size is too large for one BPF array".into(),
+            format!(
+                "2 x rings x ring_size = {} ring slots; at most {MAX_RING_SLOTS} fit in one \
+                 BPF array",
+                2 * (tables.rings as u64) * (tables.ring_size as u64)
+            ),
         );
     }
 }
+
+/// Upper bounds of `node.tables`, so that map sizes (twice the limits) cannot overflow.
+const MAX_FLOWS: u32 = 1 << 26;
+const MAX_TABLE: u32 = 1 << 20;
+const MAX_RING_SLOTS: u64 = 1 << 28;
 
 fn is_prime(n: u32) -> bool {
     n >= 2
@@ -661,3 +819,6 @@ fn is_prime(n: u32) -> bool {
 fn next_prime(from: u32) -> u32 {
     (from..).find(|&n| is_prime(n)).unwrap_or(from)
 }
+
+#[cfg(test)]
+mod tests;

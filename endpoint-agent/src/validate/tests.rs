@@ -1,6 +1,13 @@
 //! Every validation error, with the object, field and line it must name.
 
-use super::parse;
+use std::net::IpAddr;
+
+use super::load;
+use crate::facts::Facts;
+
+fn parse(name: &str, text: &str) -> Result<super::Loaded, crate::config::Invalid> {
+    load(name, text, &Facts::default())
+}
 
 const BASE: &str = "\
 node:
@@ -319,16 +326,106 @@ fn table_errors() {
 }
 
 #[test]
+fn rings_are_counted_per_listener_and_zone_of_the_endpoints_placed_on_it() {
+    // One listener, endpoints in two zones (z2 has no load balancer: placed on z1's),
+    // so two rings: `rings: 1` does not fit, with the line of `tables` and the number.
+    let second = "  - { id: vpce-2, service: orders, principal: team-a, consumer_network: vpc-a, ip: 10.0.0.101, zone: z2 }\n";
+    let text = BASE
+        .replace("services:", "  tables: { rings: 1 }\nservices:")
+        .to_string()
+        + second;
+    let report = parse("test.yaml", &text).unwrap_err().report;
+    let line = text.lines().position(|l| l.contains("tables:")).unwrap() + 1;
+    assert_names(
+        &report,
+        &[
+            &format!("test.yaml:{line}: error: node (node.tables.rings)"),
+            "2 rings (one per listener of a load balancer and zone of the endpoints placed on it) do not fit in tables.rings = 1",
+        ],
+    );
+    let two = text.replace("rings: 1", "rings: 2");
+    parse("test.yaml", &two).expect("two rings fit");
+}
+
+#[test]
+fn names_have_a_character_set_and_the_report_says_which() {
+    let report = error("  - name: orders", "  - name: \"or ders\"");
+    assert_names(
+        &report,
+        &[
+            &format!("test.yaml:{}:", line_of("  - name: orders")),
+            "' ' is not allowed in a name (letters, digits and - _ . : /)",
+        ],
+    );
+    let report = error(
+        "zone: z1\n        listeners",
+        "zone: -z1\n        listeners",
+    );
+    assert_names(&report, &["\"-z1\": a name starts with a letter or digit"]);
+    let report = error("  - id: vpce-1", "  - id: vpce@1");
+    assert_names(&report, &["'@' is not allowed in a name"]);
+    let report = error(
+        "consumer_network: vpc-a\n    - name",
+        "consumer_network: \"vpc a\"\n    - name",
+    );
+    assert_names(&report, &["interface \"cons-a\"", "' ' is not allowed"]);
+    let report = error("principal: team-a", "principal: \"team a\"");
+    assert_names(&report, &["' ' is not allowed in a principal"]);
+    // Slashes, dots and colons are fine: typed ids keep `a/b` + `c` apart from `a` + `b/c`.
+    parse(
+        "test.yaml",
+        &BASE
+            .replace("- name: orders", "- name: team-a/orders.v2")
+            .replace("service: orders", "service: team-a/orders.v2")
+            .replace("- name: nlb-1", "- name: eu:nlb/1"),
+    )
+    .expect("valid names");
+}
+
+#[test]
+fn a_nat_address_of_the_node_itself_needs_ports_clear_of_the_ephemeral_range() {
+    let own = Facts {
+        local_addresses: ["172.16.0.100".parse::<IpAddr>().unwrap()].into(),
+        ..Facts::default()
+    };
+    // The default range is clear of Linux's default ephemeral ports.
+    assert!(!BASE.contains("nat_ports"));
+    load("test.yaml", BASE, &own).expect("the default NAT ports are clear");
+    let wide = BASE.replace(
+        "services:",
+        "  nat_ports: { first: 1024, last: 40000 }\nservices:",
+    );
+    load("test.yaml", &wide, &Facts::default()).expect("fine for an address not the node's");
+    let report = load("test.yaml", &wide, &own).unwrap_err().report;
+    assert_names(
+        &report,
+        &[
+            &format!("test.yaml:{}:", line_of("nat_addresses: [172.16.0.100]")),
+            "172.16.0.100 is an address of this node, and NAT ports 1024-40000 overlap",
+            "32768-60999, net.ipv4.ip_local_port_range",
+        ],
+    );
+    let moved = Facts {
+        ephemeral_ports: (2000, 3000),
+        ..own
+    };
+    let report = load("test.yaml", BASE, &moved).unwrap_err().report;
+    assert_names(&report, &["NAT ports 1024-32767 overlap", "(2000-3000"]);
+}
+
+#[test]
 fn a_public_service_is_a_warning() {
     let text = BASE
         .replace("acceptance_required: true", "acceptance_required: false")
         .replace("[team-a]", "['*']");
-    let loaded = parse("test.yaml", &text).expect("valid");
-    assert_eq!(loaded.warnings.len(), 1);
+    let private = parse("test.yaml", BASE).expect("valid").warnings;
+    let public = parse("test.yaml", &text).expect("valid").warnings;
+    assert_eq!(public.len(), private.len() + 1, "{public:?}");
     assert!(
-        loaded.warnings[0].contains("makes the service public"),
-        "{:?}",
-        loaded.warnings
+        public
+            .iter()
+            .any(|w| w.contains("makes the service public")),
+        "{public:?}"
     );
 }
 

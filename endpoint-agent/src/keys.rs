@@ -1,0 +1,107 @@
+//! Keys: the identity of each numbered kind of object, as typed values. Names are
+//! never joined into strings: service `a/b` with load balancer `c` and service `a` with
+//! load balancer `b/c` are different listeners whatever characters names may hold.
+
+use std::{fmt, net::Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Listener, LoadBalancer, Service, Target};
+
+/// A listener: a port of a load balancer of a service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ListenerKey {
+    pub service: String,
+    pub load_balancer: String,
+    pub port: u16,
+}
+
+impl ListenerKey {
+    pub fn of(service: &Service, load_balancer: &LoadBalancer, listener: &Listener) -> Self {
+        Self {
+            service: service.name.clone(),
+            load_balancer: load_balancer.name.clone(),
+            port: listener.port,
+        }
+    }
+
+    /// The target `target` of this listener.
+    pub fn target(&self, target: &Target) -> TargetKey {
+        TargetKey {
+            listener: self.clone(),
+            ip: target.ip,
+            port: target.port,
+        }
+    }
+
+    /// This listener's ring for endpoints in `zone`.
+    pub fn ring(&self, zone: &str) -> RingKey {
+        RingKey {
+            listener: self.clone(),
+            zone: zone.to_string(),
+        }
+    }
+}
+
+/// A Maglev ring: the targets of one listener that endpoints in one zone use.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RingKey {
+    pub listener: ListenerKey,
+    pub zone: String,
+}
+
+/// A target of one listener (the same address under two listeners is two targets).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TargetKey {
+    pub listener: ListenerKey,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+impl fmt::Display for ListenerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "service {:?} load balancer {:?} port {}",
+            self.service, self.load_balancer, self.port
+        )
+    }
+}
+
+impl fmt::Display for RingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} zone {:?}", self.listener, self.zone)
+    }
+}
+
+impl fmt::Display for TargetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{} of {}", self.ip, self.port, self.listener)
+    }
+}
+
+/// Maps with typed keys, kept in JSON as lists of `[key, value]` pairs (JSON object
+/// keys can only be strings).
+pub mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
+}
