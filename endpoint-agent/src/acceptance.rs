@@ -7,7 +7,9 @@
 //! (`pendingAcceptance` or `available` → `rejected`; rejecting an available endpoint is
 //! a revocation, handled as the service's `on_revoke` says).
 
-use crate::config::{Endpoint, Service, State};
+use std::collections::BTreeMap;
+
+use crate::config::{Config, Endpoint, Service, State};
 
 /// Whether `service` lets `principal` have endpoints.
 pub fn allowed(service: &Service, principal: &str) -> bool {
@@ -25,6 +27,25 @@ pub fn effective(endpoint: &Endpoint, service: &Service) -> State {
         None if service.acceptance_required => State::PendingAcceptance,
         None => State::Available,
     }
+}
+
+/// Endpoint id → effective state.
+pub fn effective_states(config: &Config) -> BTreeMap<&str, State> {
+    config
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let service = config.services.iter().find(|s| s.name == e.service)?;
+            Some((e.id.as_str(), effective(e, service)))
+        })
+        .collect()
+}
+
+/// Whether `endpoint` may carry traffic: it is available, or it was accepted once and
+/// its connections may still be draining (or be reset). Only then does the node answer
+/// for its address: a request never accepted claims nothing in the consumer network.
+pub fn carries_traffic(endpoint: &Endpoint, service: &Service) -> bool {
+    effective(endpoint, service) == State::Available || endpoint.accepted_at.is_some()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

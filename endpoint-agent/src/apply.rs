@@ -1,92 +1,66 @@
 //! Apply: carry a plan out on the real maps, change by change in the plan's (safe)
-//! order; and read the maps back into a [`State`], which is what a restarted agent
+//! order; and read the maps back into [`Contents`], which is what a restarted agent
 //! diffs its config against.
 
-use std::{collections::BTreeMap, path::Path};
+use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result};
 use aya::{
-    Ebpf, Pod,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key},
+    Pod,
+    maps::{PerCpuValues, lpm_trie::Key},
 };
+use endpoint_common::counter::{self, Count};
 use endpoint_common::maps::{
-    Address, AddressKey, Config, Endpoint, EndpointKey, Interface, NatAddress, SecurityGroup,
-    SourcePrefix, Target,
+    Address, AddressKey, EndpointKey, EndpointRef, Interface, Limits, MAX_IFINDEX, PROTO_TCP,
+    SecurityGroup, Settings, SourcePrefix, Target, Usage, name, ports_index,
 };
 
 use crate::{
-    desired::State,
+    desired::Contents,
     ids::Ids,
+    maps::Maps,
     plan::{Change, Op, Plan},
 };
 
-/// Where the maps come from: the loaded program, or the pins of a running instance.
-pub trait Maps {
-    fn map(&self, name: &str) -> Option<&Map>;
-    fn map_mut(&mut self, name: &str) -> Option<&mut Map>;
-}
-
-impl Maps for Ebpf {
-    fn map(&self, name: &str) -> Option<&Map> {
-        Ebpf::map(self, name)
-    }
-
-    fn map_mut(&mut self, name: &str) -> Option<&mut Map> {
-        Ebpf::map_mut(self, name)
-    }
-}
-
-/// An instance's maps, opened from their pins (for `plan` and `status`).
-pub struct Pinned(BTreeMap<String, Map>);
-
-impl Pinned {
-    pub fn open(dir: &Path, names: &[&str]) -> Result<Self> {
-        let mut maps = BTreeMap::new();
-        for name in names {
-            let path = dir.join(name);
-            let data =
-                MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-            maps.insert(name.to_string(), Map::from_map_data(data)?);
-        }
-        Ok(Self(maps))
-    }
-}
-
-impl Maps for Pinned {
-    fn map(&self, name: &str) -> Option<&Map> {
-        self.0.get(name)
-    }
-
-    fn map_mut(&mut self, name: &str) -> Option<&mut Map> {
-        self.0.get_mut(name)
-    }
-}
-
-pub fn apply(ebpf: &mut impl Maps, plan: &Plan) -> Result<()> {
+pub fn apply(maps: &mut Maps, plan: &Plan) -> Result<()> {
     for change in &plan.changes {
         match change {
-            Change::Endpoint(op) => hash_op(ebpf, "ENDPOINTS", op)?,
-            Change::Address(op) => hash_op(ebpf, "ADDRESSES", op)?,
-            Change::Interface(op) => hash_op(ebpf, "INTERFACES", op)?,
-            Change::Target(op) => array_op(ebpf, "TARGETS", op)?,
-            Change::Nat(op) => array_op(ebpf, "NAT", op)?,
-            Change::Config { new, .. } => array::<Config>(ebpf, "CONFIG")?.set(0, new, 0)?,
+            Change::Endpoint(op) => hash_op(maps, name::ENDPOINTS, op)?,
+            Change::Address(op) => hash_op(maps, name::ADDRESSES, op)?,
+            Change::Interface(op) => mmap_op(maps, name::INTERFACES, op)?,
+            Change::Target(op) => array_op(maps, name::TARGETS, op)?,
+            Change::Limits(op) => array_op(maps, name::LIMITS, op)?,
+            Change::Policy(op) => {
+                // A slot given to a new endpoint starts counting afresh (the old one's
+                // flows no longer count against it, see the data path's `limits`).
+                if let Op::Put { key, old, new } = op
+                    && old.is_none_or(|old| old >> 32 != new >> 32)
+                {
+                    afresh(maps, *key)?;
+                }
+                mmap_op(maps, name::POLICIES, op)?
+            }
+            Change::Port { index, port, open } => maps
+                .mmap(name::PORTS)?
+                .set_bit(*index, *port as usize, *open)
+                .with_context(|| format!("PORTS[{index}]"))?,
+            Change::Settings { new, .. } => maps
+                .hash_mut::<u32, Settings>(name::SETTINGS)?
+                .insert(0, **new, 0)
+                .context("updating SETTINGS")?,
             Change::Ring {
                 ring, size, slots, ..
             } => {
-                let mut rings = array::<u32>(ebpf, "RINGS")?;
+                let rings = maps.mmap(name::RINGS)?;
                 for &(slot, target) in slots {
                     rings
-                        .set(ring * size + slot, target, 0)
+                        .write(ring * size + slot, &target)
                         .with_context(|| format!("RINGS[{ring}][{slot}]"))?;
                 }
             }
             Change::SecurityGroup(op) => {
-                let map = ebpf
-                    .map_mut("SECURITY_GROUPS")
-                    .context("no map SECURITY_GROUPS")?;
-                let mut trie: LpmTrie<&mut MapData, SourcePrefix, SecurityGroup> =
-                    LpmTrie::try_from(map)?;
+                let mut trie =
+                    maps.trie_mut::<SourcePrefix, SecurityGroup>(name::SECURITY_GROUPS)?;
                 match op {
                     Op::Put {
                         key: (len, prefix),
@@ -103,18 +77,24 @@ pub fn apply(ebpf: &mut impl Maps, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-fn array<'a, V: Pod>(ebpf: &'a mut impl Maps, name: &str) -> Result<Array<&'a mut MapData, V>> {
-    let map = ebpf
-        .map_mut(name)
-        .with_context(|| format!("no map {name}"))?;
-    Ok(Array::try_from(map)?)
+/// Zeroes slot `slot`'s usage and counters for a new endpoint.
+fn afresh(maps: &mut Maps, slot: u32) -> Result<()> {
+    maps.array_mut::<Usage>(name::USAGE)?
+        .set(slot, Usage::default(), 0)
+        .with_context(|| format!("USAGE[{slot}]"))?;
+    let mut stats = maps.per_cpu_array_mut::<Count>(name::STATS)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    for counter in 0..counter::COUNT {
+        let zero = PerCpuValues::try_from(vec![Count::default(); cpus])?;
+        stats
+            .set(counter::index(slot, counter), zero, 0)
+            .with_context(|| format!("STATS of slot {slot}"))?;
+    }
+    Ok(())
 }
 
-fn hash_op<K: Pod, V: Pod>(ebpf: &mut impl Maps, name: &str, op: &Op<K, V>) -> Result<()> {
-    let map = ebpf
-        .map_mut(name)
-        .with_context(|| format!("no map {name}"))?;
-    let mut hash: HashMap<&mut MapData, K, V> = HashMap::try_from(map)?;
+fn hash_op<K: Pod, V: Pod>(maps: &mut Maps, name: &str, op: &Op<K, V>) -> Result<()> {
+    let mut hash = maps.hash_mut::<K, V>(name)?;
     match op {
         Op::Put { key, new, .. } => hash.insert(key, new, 0),
         Op::Remove { key, .. } => hash.remove(key),
@@ -123,73 +103,101 @@ fn hash_op<K: Pod, V: Pod>(ebpf: &mut impl Maps, name: &str, op: &Op<K, V>) -> R
 }
 
 /// Array entries that go are zeroed.
-fn array_op<V: Pod + Default>(ebpf: &mut impl Maps, name: &str, op: &Op<u32, V>) -> Result<()> {
+fn array_op<V: Pod + Default>(maps: &mut Maps, name: &str, op: &Op<u32, V>) -> Result<()> {
     let (index, value) = match op {
         Op::Put { key, new, .. } => (*key, *new),
         Op::Remove { key, .. } => (*key, V::default()),
     };
-    array::<V>(ebpf, name)?
+    maps.array_mut::<V>(name)?
         .set(index, value, 0)
         .with_context(|| format!("{name}[{index}]"))
 }
 
-/// What the maps hold now. Arrays are read at the indices `ids` knows (and NAT in
-/// full); all-zero entries count as absent.
-pub fn read(ebpf: &impl Maps, ids: &Ids) -> Result<State> {
-    let mut state = State {
-        interfaces: read_hash::<u32, Interface>(ebpf, "INTERFACES")?,
-        endpoints: read_hash::<EndpointKey, Endpoint>(ebpf, "ENDPOINTS")?,
-        addresses: read_hash::<AddressKey, Address>(ebpf, "ADDRESSES")?,
-        ..State::default()
+/// The same for an mmapped array: written a word at a time.
+fn mmap_op<V: Pod + Default>(maps: &mut Maps, name: &str, op: &Op<u32, V>) -> Result<()> {
+    let (index, value) = match op {
+        Op::Put { key, new, .. } => (*key, *new),
+        Op::Remove { key, .. } => (*key, V::default()),
     };
-    let map = ebpf
-        .map("SECURITY_GROUPS")
-        .context("no map SECURITY_GROUPS")?;
-    let trie: LpmTrie<&MapData, SourcePrefix, SecurityGroup> = LpmTrie::try_from(map)?;
-    for entry in trie.iter() {
+    maps.mmap(name)?
+        .write(index, &value)
+        .with_context(|| format!("{name}[{index}]"))
+}
+
+/// What the maps hold now. Arrays are read at the indices `ids` knows (and the whole
+/// interface and port tables); all-zero entries count as absent.
+pub fn read(maps: &Maps, ids: &Ids) -> Result<Contents> {
+    let mut contents = Contents {
+        endpoints: read_hash::<EndpointKey, EndpointRef>(maps, name::ENDPOINTS)?,
+        addresses: read_hash::<AddressKey, Address>(maps, name::ADDRESSES)?,
+        settings: maps
+            .hash::<u32, Settings>(name::SETTINGS)?
+            .get(&0, 0)
+            .unwrap_or_default(),
+        ..Contents::default()
+    };
+    for entry in maps
+        .trie::<SourcePrefix, SecurityGroup>(name::SECURITY_GROUPS)?
+        .iter()
+    {
         let (key, value) = entry?;
-        state
+        contents
             .security_groups
             .insert((key.prefix_len(), key.data()), value);
     }
-    let map = ebpf.map("CONFIG").context("no map CONFIG")?;
-    let config: Array<&MapData, Config> = Array::try_from(map)?;
-    state.config = config.get(&0, 0)?;
-
-    let map = ebpf.map("NAT").context("no map NAT")?;
-    let nat: Array<&MapData, NatAddress> = Array::try_from(map)?;
-    for i in 0..nat.len() {
-        let entry = nat.get(&i, 0)?;
-        if entry != NatAddress::default() {
-            state.nat.insert(i, entry);
+    let interfaces = maps.mmap(name::INTERFACES)?;
+    for ifindex in 0..MAX_IFINDEX.min(interfaces.entries()) {
+        let interface: Interface = interfaces.read(ifindex)?;
+        if interface != Interface::default() {
+            contents.interfaces.insert(ifindex, interface);
         }
     }
-    let map = ebpf.map("TARGETS").context("no map TARGETS")?;
-    let targets: Array<&MapData, Target> = Array::try_from(map)?;
-    for &i in ids.targets.values() {
-        let entry = targets.get(&i, 0)?;
-        if entry != Target::default() {
-            state.targets.insert(i, entry);
-        }
-    }
-    let size = state.config.ring_size;
-    if size > 0 {
-        let map = ebpf.map("RINGS").context("no map RINGS")?;
-        let rings: Array<&MapData, u32> = Array::try_from(map)?;
-        for &ring in ids.rings.values() {
-            let slots = (0..size)
-                .map(|slot| rings.get(&(ring * size + slot), 0))
-                .collect::<Result<Vec<u32>, _>>()?;
-            if slots.iter().any(|&s| s != 0) {
-                state.rings.insert(ring, slots);
+    let ports = maps.mmap(name::PORTS)?;
+    for &network in ids.networks.values() {
+        let index = ports_index(network, PROTO_TCP);
+        for port in 0..=u16::MAX {
+            if ports.bit(index, port as usize)? {
+                contents.ports.insert((index, port));
             }
         }
     }
-    Ok(state)
+    let policies = maps.mmap(name::POLICIES)?;
+    let limits = maps.array::<Limits>(name::LIMITS)?;
+    for &slot in ids.endpoints.values() {
+        let word: u64 = policies.read(slot)?;
+        if word != 0 {
+            contents.policies.insert(slot, word);
+        }
+        let limit = limits.get(&slot, 0)?;
+        if limit != Limits::default() {
+            contents.limits.insert(slot, limit);
+        }
+    }
+    let targets = maps.array::<Target>(name::TARGETS)?;
+    for &i in ids.targets.values() {
+        let entry = targets.get(&i, 0)?;
+        if entry != Target::default() {
+            contents.targets.insert(i, entry);
+        }
+    }
+    let size = contents.settings.ring_size;
+    if size > 0 {
+        let rings = maps.mmap(name::RINGS)?;
+        for &ring in ids.rings.values() {
+            let slots = (0..size)
+                .map(|slot| rings.read::<u32>(ring * size + slot))
+                .collect::<Result<Vec<u32>>>()?;
+            if slots.iter().any(|&s| s != 0) {
+                contents.rings.insert(ring, slots);
+            }
+        }
+    }
+    Ok(contents)
 }
 
-fn read_hash<K: Pod + Ord, V: Pod>(ebpf: &impl Maps, name: &str) -> Result<BTreeMap<K, V>> {
-    let map = ebpf.map(name).with_context(|| format!("no map {name}"))?;
-    let hash: HashMap<&MapData, K, V> = HashMap::try_from(map)?;
-    hash.iter().map(|entry| entry.map_err(Into::into)).collect()
+fn read_hash<K: Pod + Ord, V: Pod>(maps: &Maps, name: &str) -> Result<BTreeMap<K, V>> {
+    maps.hash::<K, V>(name)?
+        .iter()
+        .map(|entry| entry.map_err(Into::into))
+        .collect()
 }

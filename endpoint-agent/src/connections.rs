@@ -11,7 +11,6 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     acceptance::{self, Decision},
     config::{self, Config, State},
-    events,
     facts::Facts,
     instance::write_atomically,
     validate,
@@ -19,7 +18,7 @@ use crate::{
 
 /// The endpoints of `config`, grouped by effective state.
 pub fn list(config: &Config) -> String {
-    let states = events::effective_states(config);
+    let states = acceptance::effective_states(config);
     let mut out = String::new();
     for state in State::ALL {
         let endpoints: Vec<_> = config

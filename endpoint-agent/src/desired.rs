@@ -1,69 +1,77 @@
-//! Desired state: the exact contents every map should have for a valid config, given
-//! the ids to use. Pure: interface names are resolved by the caller, so host tests
-//! build it too.
+//! Desired: the exact contents every map should have for a valid config, given the ids
+//! to use, the node's facts and the targets found unhealthy. Pure, so host tests build
+//! it too. Interfaces the node does not have (yet) are left out and reported.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::{Context as _, Result};
 use endpoint_common::{
     maglev,
     maps::{
-        self, Addr, Address, AddressKey, EndpointKey, FAMILY_IPV4, NatAddress, PROTO_TCP,
-        SecurityGroup, SourcePrefix, Target, address_kind, bounce, endpoint_flag, role,
+        self, Addr, Address, AddressKey, EndpointKey, EndpointRef, FAMILY_IPV4, Interface, Limits,
+        NatAddress, PROTO_TCP, Policy, SecurityGroup, Settings, SourcePrefix, Target, address_kind,
+        bounce, nat_scope, policy_flag, ports_index, role,
     },
 };
 
 use crate::{
     acceptance,
-    config::{Config, CrossZone, Listener, LoadBalancer, Node, Revoke},
+    config::{self, Config, CrossZone, HALF_OPEN_PER_ENDPOINT, Listener, LoadBalancer, Revoke},
+    facts::Facts,
     ids::{self, Ids},
     keys::{ListenerKey, TargetKey},
     placement,
 };
 
-/// What the node knows about an interface named in the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Link {
-    pub ifindex: u32,
-    pub mac: [u8; 6],
-    /// A veth device (frames sent back out it are redirected, see `maps::bounce`).
-    pub veth: bool,
-}
-
 /// An LPM trie key: prefix length (see [`SourcePrefix::FIXED_BITS`]) and data.
 pub type PrefixKey = (u32, SourcePrefix);
 
-/// The contents of the maps the agent owns (not the flow table or the counters).
-/// Arrays are listed by index, absent indices hold zeroes.
+/// The contents of the maps the agent owns (not the flow table, the queues, the usage
+/// or the counters). Arrays are listed by index, absent indices hold zeroes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct State {
-    pub interfaces: BTreeMap<u32, maps::Interface>,
-    pub endpoints: BTreeMap<EndpointKey, maps::Endpoint>,
-    pub addresses: BTreeMap<AddressKey, Address>,
+pub struct Contents {
+    pub interfaces: BTreeMap<u32, Interface>,
+    /// (`PORTS` index, port) pairs some endpoint listens on.
+    pub ports: BTreeSet<(u32, u16)>,
+    pub endpoints: BTreeMap<EndpointKey, EndpointRef>,
+    /// Slot → policy word.
+    pub policies: BTreeMap<u32, u64>,
+    pub limits: BTreeMap<u32, Limits>,
     pub security_groups: BTreeMap<PrefixKey, SecurityGroup>,
-    pub nat: BTreeMap<u32, NatAddress>,
-    pub config: maps::Config,
+    pub addresses: BTreeMap<AddressKey, Address>,
+    pub settings: Settings,
     pub targets: BTreeMap<u32, Target>,
-    /// Ring index → its `config.ring_size` slots (target indices).
+    /// Ring index → its `settings.ring_size` slots (target indices).
     pub rings: BTreeMap<u32, Vec<u32>>,
 }
 
-/// The state for `config` with `ids` (see [`Ids::assign`]), given the targets found
-/// unhealthy.
+/// The contents for `config`, and the interfaces it names that the node does not have.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub contents: Contents,
+    pub missing: Vec<String>,
+}
+
+/// The contents for `config` with `ids` (see [`Ids::assign`]) on the node `facts`
+/// describe, with hash seed `seed`, given the targets found unhealthy.
 pub fn build(
     config: &Config,
     ids: &Ids,
+    facts: &Facts,
+    seed: u32,
     unhealthy: &BTreeSet<TargetKey>,
-    link: impl Fn(&str) -> Result<Link>,
-) -> Result<State> {
-    let mut state = State::default();
+) -> Desired {
+    let mut desired = Desired::default();
+    let state = &mut desired.contents;
     let node = &config.node;
 
+    let mut nat = Vec::new();
     let mut links = BTreeMap::new();
     for interface in &node.interfaces {
-        let found = link(&interface.name)
-            .with_context(|| format!("interface {:?} (node.interfaces)", interface.name))?;
-        links.insert(interface.name.as_str(), found);
+        let Some(link) = facts.links.get(&interface.name) else {
+            desired.missing.push(interface.name.clone());
+            continue;
+        };
+        links.insert(interface.name.as_str(), link.ifindex);
         let mut roles = 0;
         if interface.role.consumer() {
             roles |= role::CONSUMER;
@@ -75,52 +83,58 @@ pub fn build(
             .consumer_network
             .as_ref()
             .map_or(0, |n| ids.networks[n]);
+        let provider = interface.role.provider();
         state.interfaces.insert(
-            found.ifindex,
-            maps::Interface {
-                roles,
+            link.ifindex,
+            Interface {
                 network,
-                mac: found.mac,
-                bounce: if found.veth {
+                roles,
+                bounce: if link.veth {
                     bounce::REDIRECT
                 } else {
                     bounce::TX
                 },
-                _pad: 0,
+                mac: link.mac,
+                nat_port_min: if provider { node.nat_ports.first } else { 0 },
+                nat_port_max: if provider { node.nat_ports.last } else { 0 },
+                ..Interface::default()
             },
         );
         for &addr in &interface.nat_addresses {
             let addr = Addr::ipv4(addr.octets());
-            state.nat.insert(
-                state.nat.len() as u32,
-                NatAddress {
-                    addr,
-                    ifindex: found.ifindex,
-                    family: FAMILY_IPV4,
-                    _pad: [0; 3],
-                },
-            );
+            nat.push(NatAddress {
+                addr,
+                ifindex: link.ifindex,
+                family: FAMILY_IPV4,
+                _pad: [0; 3],
+            });
             state.addresses.insert(
-                address_key(found.ifindex, addr),
+                address_key(nat_scope(link.ifindex), addr),
                 Address {
                     kind: address_kind::NAT,
-                    nat_port_min: node.nat_ports.first,
-                    nat_port_max: node.nat_ports.last,
+                    slot: 0,
                 },
             );
         }
     }
 
-    let ring_size = node.tables.ring_size;
-    state.config = maps::Config {
-        ring_size,
-        nat_addresses: state.nat.len() as u32,
+    state.settings = Settings {
+        ring_size: node.tables.ring_size,
+        hash_seed: seed,
         nat_port_min: node.nat_ports.first,
         nat_port_max: node.nat_ports.last,
-        hash_seed: node.hash_seed,
+        nat_count: nat.len() as u32,
+        half_open_per_network: node.limits.half_open_per_network,
+        resets_per_second: node.limits.resets_per_second,
+        handshake_s: node.timeouts.handshake_seconds,
+        closed_s: node.timeouts.closed_seconds,
+        time_wait_s: node.timeouts.time_wait_seconds,
+        ..Settings::default()
     };
+    for (slot, address) in state.settings.nat.iter_mut().zip(nat) {
+        *slot = address;
+    }
 
-    // Targets, each once per listener.
     for (key, target) in ids::targets(config) {
         state.targets.insert(
             ids.targets[&key],
@@ -133,31 +147,21 @@ pub fn build(
         );
     }
 
+    let rings = Rings {
+        ids,
+        unhealthy,
+        size: node.tables.ring_size,
+        seed,
+    };
     for placed in placement::place(config) {
         let (endpoint, service, lb) = (placed.endpoint, placed.service, placed.load_balancer);
-        let id = ids.endpoints[&endpoint.id];
+        let slot = ids.endpoints[&endpoint.id];
         let network = ids.networks[&endpoint.consumer_network];
         let addr = Addr::ipv4(endpoint.ip.octets());
-        let mut flags = 0;
-        if endpoint.security_groups.is_some() {
-            flags |= endpoint_flag::SECURITY_GROUPS;
-        }
-        if service.on_revoke == Revoke::Reset {
-            flags |= endpoint_flag::RESET_ON_REVOKE;
-        }
-        let state_code = acceptance::effective(endpoint, service).code();
         for listener in placed.listeners() {
             let ring = ids.rings[&listener.ring];
             state.rings.entry(ring).or_insert_with(|| {
-                ring_slots(
-                    listener.listener,
-                    lb,
-                    &endpoint.zone,
-                    &listener.key,
-                    ids,
-                    unhealthy,
-                    node,
-                )
+                ring_slots(listener.listener, lb, &endpoint.zone, &listener.key, &rings)
             });
             state.endpoints.insert(
                 EndpointKey {
@@ -167,17 +171,17 @@ pub fn build(
                     proto: PROTO_TCP,
                     family: FAMILY_IPV4,
                 },
-                maps::Endpoint {
-                    id,
+                EndpointRef {
+                    slot,
                     ring,
-                    service: ids.services[&service.name],
-                    state: state_code,
-                    flags,
-                    listener: listener.index as u8,
-                    _pad: 0,
+                    listener: listener.index as u32,
                 },
             );
+            state
+                .ports
+                .insert((ports_index(network, PROTO_TCP), listener.listener.port));
         }
+        let mut groups = BTreeMap::new();
         for rule in endpoint.security_groups.iter().flatten() {
             let ports = lb
                 .listeners
@@ -190,30 +194,99 @@ pub fn build(
             let key = (
                 SourcePrefix::FIXED_BITS + u32::from(rule.cidr.prefix_len()),
                 SourcePrefix {
-                    endpoint: id,
+                    slot,
                     family: FAMILY_IPV4,
                     addr: key_addr,
                     _pad: [0; 3],
                 },
             );
-            state.security_groups.entry(key).or_default().ports |= ports;
+            groups.entry(key).or_insert(SecurityGroup::default()).ports |= ports;
         }
-        // Answer ARP for the endpoint IP on every interface facing its network.
-        for interface in &node.interfaces {
-            if interface.consumer_network.as_ref() == Some(&endpoint.consumer_network) {
-                state.addresses.insert(
-                    address_key(links[interface.name.as_str()].ifindex, addr),
-                    Address {
-                        kind: address_kind::ENDPOINT,
-                        nat_port_min: 0,
-                        nat_port_max: 0,
-                    },
-                );
-            }
+        widen_security_groups(&mut groups);
+        let mut flags = 0;
+        if endpoint.security_groups.is_some() {
+            flags |= policy_flag::SECURITY_GROUPS;
         }
+        if service.on_revoke == Revoke::Reset {
+            flags |= policy_flag::RESET_ON_REVOKE;
+        }
+        let policy = Policy {
+            uid: ids.uids[&endpoint.id],
+            revision: revision(&groups),
+            state: acceptance::effective(endpoint, service).code(),
+            flags,
+        };
+        state.policies.insert(slot, policy.word());
+        state.security_groups.extend(groups);
+        state.limits.insert(
+            slot,
+            limits(
+                endpoint.limits.or(service.limits),
+                service.idle_timeout_seconds,
+            ),
+        );
+        // The node answers ARP for the endpoint IP only while the endpoint can carry
+        // traffic: a request that was never accepted cannot claim an address (ARP for it
+        // is only counted, for `pending_traffic`).
+        let kind = if acceptance::carries_traffic(endpoint, service) {
+            address_kind::ENDPOINT
+        } else {
+            address_kind::WAITING
+        };
+        state
+            .addresses
+            .insert(address_key(network, addr), Address { kind, slot });
     }
-    widen_security_groups(&mut state.security_groups);
-    Ok(state)
+    desired
+}
+
+/// The revision of an endpoint's security groups: a digest of what the trie holds for
+/// it, 24 bits (policy words of different groups are equal once in 16 million).
+fn revision(groups: &BTreeMap<PrefixKey, SecurityGroup>) -> u32 {
+    // FNV-1a over the entries, without the slot (the same groups on another slot are
+    // the same revision).
+    let mut hash: u32 = 0x811c_9dc5;
+    let mut eat = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u32::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+    };
+    for ((length, prefix), group) in groups {
+        eat(&length.to_le_bytes());
+        eat(&prefix.addr);
+        eat(&group.ports.to_le_bytes());
+    }
+    hash & 0xff_ffff
+}
+
+/// An endpoint's limits in the map's terms.
+fn limits(limits: config::Limits, idle_timeout_s: u32) -> Limits {
+    let rate = limits.new_connections_per_second.unwrap_or(0);
+    let interval_ns = if rate == 0 {
+        0
+    } else {
+        1_000_000_000 / u64::from(rate)
+    };
+    // Bursts of `burst` back to back: the pace may run that many intervals ahead.
+    let burst = limits.burst.unwrap_or((rate / 10).max(1));
+    Limits {
+        idle_timeout_s,
+        connections: limits.connections.unwrap_or(0),
+        half_open: limits.half_open.unwrap_or(HALF_OPEN_PER_ENDPOINT),
+        _pad: 0,
+        interval_ns,
+        burst_ns: interval_ns * u64::from(burst.saturating_sub(1)),
+    }
+}
+
+/// What every ring is built with.
+#[derive(Clone, Copy)]
+struct Rings<'a> {
+    ids: &'a Ids,
+    unhealthy: &'a BTreeSet<TargetKey>,
+    size: u32,
+    seed: u32,
 }
 
 /// The Maglev ring of `listener` for endpoints in `zone`: healthy targets of the zone,
@@ -224,10 +297,14 @@ fn ring_slots(
     lb: &LoadBalancer,
     zone: &str,
     key: &ListenerKey,
-    ids: &Ids,
-    unhealthy: &BTreeSet<TargetKey>,
-    node: &Node,
+    rings: &Rings,
 ) -> Vec<u32> {
+    let Rings {
+        ids,
+        unhealthy,
+        size,
+        seed,
+    } = *rings;
     let named: Vec<(TargetKey, &crate::config::Target)> = listener
         .targets
         .iter()
@@ -261,7 +338,7 @@ fn ring_slots(
             weight: t.weight,
         })
         .collect();
-    maglev::ring(&members, node.tables.ring_size, node.hash_seed)
+    maglev::ring(&members, size, seed)
         .into_iter()
         .map(|slot| match slot {
             maps::NO_TARGET => slot,
@@ -277,7 +354,7 @@ fn widen_security_groups(groups: &mut BTreeMap<PrefixKey, SecurityGroup>) {
     let rules: Vec<(PrefixKey, u32)> = groups.iter().map(|(k, v)| (*k, v.ports)).collect();
     for ((len, prefix), group) in groups.iter_mut() {
         for ((wider_len, wider), ports) in &rules {
-            if wider.endpoint == prefix.endpoint
+            if wider.slot == prefix.slot
                 && wider_len < len
                 && same_prefix(
                     &wider.addr,
@@ -297,9 +374,9 @@ fn same_prefix(a: &[u8; 16], b: &[u8; 16], bits: u32) -> bool {
     bits == 0 || (a ^ b) >> (128 - bits) == 0
 }
 
-fn address_key(ifindex: u32, addr: Addr) -> AddressKey {
+fn address_key(scope: u32, addr: Addr) -> AddressKey {
     AddressKey {
-        ifindex,
+        scope,
         family: FAMILY_IPV4,
         _pad: [0; 3],
         addr,
@@ -309,7 +386,10 @@ fn address_key(ifindex: u32, addr: Addr) -> AddressKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{facts::Facts, validate};
+    use crate::{
+        facts::{Facts, Link},
+        validate,
+    };
 
     const ZONED: &str = "
 node:
@@ -345,12 +425,16 @@ endpoints:
   - { id: e6, service: s, principal: p, consumer_network: vpc, ip: 10.0.0.6, zone: za }
 ";
 
-    fn link(name: &str) -> Result<Link> {
-        Ok(Link {
-            ifindex: if name == "cons" { 2 } else { 3 },
+    fn facts() -> Facts {
+        let link = |ifindex| Link {
+            ifindex,
             mac: [2, 0, 0, 0, 0, 1],
             veth: false,
-        })
+        };
+        Facts {
+            links: [("cons".into(), link(2)), ("prov".into(), link(3))].into(),
+            ..Facts::default()
+        }
     }
 
     fn config(cross: &str) -> Config {
@@ -387,7 +471,7 @@ endpoints:
                 port: 80,
             })
             .collect();
-        let state = build(&config, &ids, &unhealthy, link).unwrap();
+        let state = build(&config, &ids, &facts(), 7, &unhealthy).contents;
         let ring = ids.rings[&a1.ring("za")];
         state.rings[&ring]
             .iter()

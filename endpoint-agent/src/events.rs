@@ -1,16 +1,18 @@
 //! Events: what a provider automating acceptance (or a consumer) wants to hear about,
 //! as JSON lines on stdout or appended to a file: `connection_request`, `accepted`,
-//! `rejected`, `deleted`, and `pending_traffic` (the first packet an endpoint gets while
-//! it waits for acceptance).
+//! `rejected`, `deleted`, `pending_traffic` (the first packet an endpoint gets while it
+//! waits for acceptance), `target_healthy` / `target_unhealthy`, and `applied` (a config
+//! generation is in the maps: what waits for a change to take effect waits for this).
 
-use std::{collections::BTreeMap, fs::OpenOptions, io::Write, time::SystemTime};
+use std::{fs::OpenOptions, io::Write, time::SystemTime};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    acceptance,
+    acceptance::effective_states,
     config::{Config, Endpoint, State},
+    plan::Counts,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -23,6 +25,7 @@ pub enum Kind {
     PendingTraffic,
     TargetHealthy,
     TargetUnhealthy,
+    Applied,
 }
 
 #[derive(Serialize)]
@@ -44,6 +47,16 @@ struct TargetLine<'a> {
     load_balancer: &'a str,
     port: u16,
     target: String,
+}
+
+#[derive(Serialize)]
+struct AppliedLine<'a> {
+    time: String,
+    event: Kind,
+    generation: u64,
+    #[serde(flatten)]
+    plan: Counts,
+    missing_interfaces: &'a [String],
 }
 
 pub struct Events {
@@ -95,6 +108,17 @@ impl Events {
         });
     }
 
+    /// Config generation `generation` is in the maps, by a plan of `plan`'s size.
+    pub fn applied(&mut self, generation: u64, plan: Counts, missing_interfaces: &[String]) {
+        self.write(&AppliedLine {
+            time: now(),
+            event: Kind::Applied,
+            generation,
+            plan,
+            missing_interfaces,
+        });
+    }
+
     fn write(&mut self, line: &impl Serialize) {
         let written = serde_json::to_string(line)
             .map_err(std::io::Error::other)
@@ -137,16 +161,4 @@ impl Events {
 
 fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
-}
-
-/// Endpoint id → effective state.
-pub fn effective_states(config: &Config) -> BTreeMap<&str, State> {
-    config
-        .endpoints
-        .iter()
-        .filter_map(|e| {
-            let service = config.services.iter().find(|s| s.name == e.service)?;
-            Some((e.id.as_str(), acceptance::effective(e, service)))
-        })
-        .collect()
 }

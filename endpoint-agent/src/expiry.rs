@@ -1,127 +1,138 @@
-//! Expiry: connections idle longer than their service's `idle_timeout_seconds` (or
-//! 10 s after a FIN or RST) leave the flow table, both directions at once, and their
-//! NAT ports become free. The program stamps each direction with the monotonic second
-//! it was last used; the agent compares with the same clock.
-
-use std::collections::BTreeMap;
+//! Expiry: what leaves the flow table on its own. The decision is the kernel's (the
+//! data path's `expire` program, where packets cannot race it); the agent runs it every
+//! second, and feeds it the connections its scan of the table found idle: a slice of
+//! the table per round, so that a pass over a full table is spread over [`PASS`] rounds
+//! instead of copying it all at once.
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use anyhow::{Context as _, Result};
 use aya::{
     Pod,
-    maps::{HashMap, Map, MapData},
+    maps::MapData,
+    programs::{TestRun, TestRunOptions, Xdp},
 };
-use endpoint_common::maps::{Flow, FlowKey, PROVIDER_NETWORK, flow_flag};
+use endpoint_common::maps::{Flow, FlowKey, PROVIDER_NETWORK, Policy, name, tcp};
 
-use crate::{apply::Maps, config::Config, ids::Ids};
+use crate::{desired::Contents, maps::Maps};
 
-/// How long a connection that saw a FIN or RST lingers (for the last ACKs).
-pub const CLOSING_SECONDS: u32 = 10;
+/// Rounds a full pass over the table takes (about as many seconds).
+pub const PASS: u32 = 30;
+/// Keys one run of the program takes (see the data path's `expire::MAX_KEYS`).
+const KEYS_PER_RUN: usize = 200;
+/// The program's frame header (see the data path's `expire::Header`).
+const HEADER: usize = 16;
 
-/// Seconds on the monotonic clock, as `bpf_ktime_get_coarse_ns` counts them.
-pub fn now_s() -> u32 {
+/// Nanoseconds on the monotonic clock, as `bpf_ktime_get_coarse_ns` counts them.
+pub fn now_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: a plain libc call filling `now`.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u32
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-/// The reply-direction key of a consumer-to-target entry.
-pub fn reply_key(key: &FlowKey, flow: &Flow) -> FlowKey {
-    FlowKey {
-        network: PROVIDER_NETWORK,
-        src: flow.dst,
-        dst: flow.src,
-        src_port_be: flow.dst_port_be,
-        dst_port_be: flow.src_port_be,
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
-    }
+/// Seconds on the same clock.
+pub fn now_s() -> u32 {
+    (now_ns() / 1_000_000_000) as u32
 }
 
-/// Removes expired connections; returns how many.
-pub fn expire(maps: &mut impl Maps, config: &Config, ids: &Ids, now: u32) -> Result<usize> {
-    // Endpoint id → its service's idle timeout.
-    let timeouts: BTreeMap<u32, u32> = config
-        .endpoints
-        .iter()
-        .filter_map(|e| {
-            let service = config.services.iter().find(|s| s.name == e.service)?;
-            Some((*ids.endpoints.get(&e.id)?, service.idle_timeout_seconds))
-        })
-        .collect();
-    let default = config
-        .services
-        .iter()
-        .map(|s| s.idle_timeout_seconds)
-        .max()
-        .unwrap_or(350);
-    let map = maps.map_mut("FLOWS").context("no map FLOWS")?;
-    let entries: BTreeMap<FlowKey, Flow> = read_all(map)?.into_iter().collect();
-    let mut flows: HashMap<&mut MapData, FlowKey, Flow> = HashMap::try_from(map)?;
-    let mut doomed = Vec::new();
-    for (key, flow) in &entries {
-        let timeout = timeouts.get(&flow.endpoint).copied().unwrap_or(default);
-        let pair = if key.network == PROVIDER_NETWORK {
-            // A reply entry whose forward entry is gone (evicted) lives on its own.
-            None
-        } else {
-            let reply = reply_key(key, flow);
-            Some((reply, entries.get(&reply)))
-        };
-        let (last, closing) = match pair {
-            Some((_, Some(back))) => (
-                flow.last_seen_s.max(back.last_seen_s),
-                (flow.flags | back.flags) & flow_flag::CLOSING != 0,
-            ),
-            _ => (flow.last_seen_s, flow.flags & flow_flag::CLOSING != 0),
-        };
-        let limit = if closing { CLOSING_SECONDS } else { timeout };
-        if now.saturating_sub(last) > limit {
-            doomed.push(*key);
-            if let Some((reply, _)) = pair {
-                doomed.push(reply);
-            }
+/// Where the scan is in the table.
+#[derive(Default)]
+pub struct Expiry {
+    cursor: Option<u32>,
+}
+
+impl Expiry {
+    /// One round at `now_ns` (the monotonic clock; tests run ahead of it): the program
+    /// looks at its queues (handshakes that never completed, closed connections that
+    /// have lingered) and at what the next slice of the table holds that may have run
+    /// out. Returns how many connections went.
+    pub fn round(
+        &mut self,
+        program: &Xdp,
+        maps: &Maps,
+        contents: &Contents,
+        now_ns: u64,
+    ) -> Result<usize> {
+        let flows = maps.data(name::FLOWS)?;
+        let per_round = (flows.info()?.max_entries() / PASS).max(1024) as usize;
+        let (entries, cursor) = read_batch::<FlowKey, Flow>(flows, self.cursor, per_round)?;
+        self.cursor = cursor;
+        let now = (now_ns / 1_000_000_000) as u32;
+        let candidates: Vec<FlowKey> = entries
+            .iter()
+            .filter(|(key, flow)| idle(key, flow, contents, now))
+            .map(|(key, _)| *key)
+            .collect();
+        let mut removed = run(program, &[], now_ns)?;
+        for chunk in candidates.chunks(KEYS_PER_RUN) {
+            removed += run(program, chunk, now_ns)?;
         }
+        Ok(removed)
     }
-    doomed.sort_unstable();
-    doomed.dedup();
-    for key in &doomed {
-        let _ = flows.remove(key);
-    }
-    Ok(doomed.len() / 2 + doomed.len() % 2)
 }
 
-/// Removes every flow of the given endpoints (those revoked with `reset`): the target
-/// side's packets then find no flow and are dropped.
-pub fn cut(maps: &mut impl Maps, endpoints: &[u32]) -> Result<usize> {
-    if endpoints.is_empty() {
-        return Ok(0);
+/// Whether an entry may have run out (the program decides).
+fn idle(key: &FlowKey, flow: &Flow, contents: &Contents, now: u32) -> bool {
+    let idle_for = u64::from(now).wrapping_sub(flow.last_seen_s);
+    let time_wait = contents.settings.time_wait_s;
+    let timeout = contents
+        .limits
+        .get(&flow.slot)
+        .map_or(time_wait, |l| l.idle_timeout_s);
+    if key.network() == PROVIDER_NETWORK {
+        // A NAT port reservation, or a reply entry whose connection may be missing.
+        let limit = if flow.tcp & tcp::RESERVED != 0 {
+            time_wait
+        } else {
+            timeout
+        };
+        return idle_for > u64::from(limit);
     }
-    let map = maps.map_mut("FLOWS").context("no map FLOWS")?;
-    let doomed: Vec<FlowKey> = read_all::<FlowKey, Flow>(map)?
-        .into_iter()
-        .filter(|(_, flow)| endpoints.contains(&flow.endpoint))
-        .map(|(key, _)| key)
-        .collect();
-    let mut flows: HashMap<&mut MapData, FlowKey, Flow> = HashMap::try_from(map)?;
-    for key in &doomed {
-        let _ = flows.remove(key);
-    }
-    Ok(doomed.len())
+    let current = contents.policies.get(&flow.slot).copied().unwrap_or(0);
+    let gone = Policy::of(current).uid != Policy::of(flow.policy).uid;
+    gone || idle_for > u64::from(timeout)
 }
 
-/// Every entry of a hash map, read with BPF_MAP_LOOKUP_BATCH: one system call per
-/// thousand entries, where iterating takes two per entry (aya 0.14 has no batch API).
-fn read_all<K: Pod, V: Pod>(map: &Map) -> Result<Vec<(K, V)>> {
-    let (Map::HashMap(map) | Map::LruHashMap(map)) = map else {
-        anyhow::bail!("not a hash map");
-    };
+/// Runs the program with `keys` at `now_ns`; returns how many connections it removed.
+pub fn run(program: &Xdp, keys: &[FlowKey], now_ns: u64) -> Result<usize> {
+    let mut frame = vec![0u8; HEADER + size_of_val(keys)];
+    frame[..8].copy_from_slice(&now_ns.to_ne_bytes());
+    frame[8..12].copy_from_slice(&(keys.len() as u32).to_ne_bytes());
+    for (i, key) in keys.iter().enumerate() {
+        let at = HEADER + i * size_of::<FlowKey>();
+        // SAFETY: `FlowKey` is plain data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((key as *const FlowKey).cast::<u8>(), size_of::<FlowKey>())
+        };
+        frame[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+    let mut out = vec![0u8; frame.len()];
+    program
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .context("running the expire program")?;
+    Ok(u32::from_ne_bytes(out[12..16].try_into().expect("4 bytes")) as usize)
+}
+
+/// Up to `limit` entries of a hash map from `cursor` (None: the start) on, read with
+/// Entries read, and where the next read goes on from.
+pub type Batch<K, V> = (Vec<(K, V)>, Option<u32>);
+
+/// BPF_MAP_LOOKUP_BATCH — one system call per thousand entries, where iterating takes
+/// two per entry (aya 0.14 has no batch API) — and where to go on from (None: the end
+/// was reached, the next read starts over).
+pub fn read_batch<K: Pod, V: Pod>(
+    map: &MapData,
+    cursor: Option<u32>,
+    limit: usize,
+) -> Result<Batch<K, V>> {
     /// The `batch` member of `union bpf_attr`.
     #[repr(C)]
     struct Batch {
@@ -141,7 +152,7 @@ fn read_all<K: Pod, V: Pod>(map: &Map) -> Result<Vec<(K, V)>> {
     let mut values = vec![0u8; CHUNK * value_size];
     let mut entries = Vec::new();
     // The hash map's cursor is a bucket number.
-    let (mut cursor, mut next, mut first) = (0u32, 0u32, true);
+    let (mut cursor, mut next, mut first) = (cursor.unwrap_or(0), 0u32, cursor.is_none());
     loop {
         let mut attr = Batch {
             in_batch: if first {
@@ -182,10 +193,18 @@ fn read_all<K: Pod, V: Pod>(map: &Map) -> Result<Vec<(K, V)>> {
         if result < 0 {
             // ENOENT: the whole map has been read.
             if error.raw_os_error() == Some(libc::ENOENT) {
-                return Ok(entries);
+                return Ok((entries, None));
             }
-            return Err(error).context("reading the flow table (BPF_MAP_LOOKUP_BATCH)");
+            return Err(error).context("reading a map (BPF_MAP_LOOKUP_BATCH)");
         }
         (cursor, first) = (next, false);
+        if entries.len() >= limit {
+            return Ok((entries, Some(cursor)));
+        }
     }
+}
+
+/// Every entry of a hash map.
+pub fn read_all<K: Pod, V: Pod>(map: &MapData) -> Result<Vec<(K, V)>> {
+    Ok(read_batch(map, None, usize::MAX)?.0)
 }

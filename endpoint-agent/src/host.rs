@@ -1,9 +1,14 @@
 //! Host: what the agent changes on the node besides the maps, recorded in the state
-//! directory so that it is undone even after the agent was killed (`cleanup`).
+//! directory so that it is undone even after the agent was killed (`cleanup`), and
+//! checked again every few seconds (other software may change it back).
 //!
-//! - `forwarding` sysctls: on for provider interfaces (the route lookup towards targets is
-//!   made from there and the kernel refuses it otherwise), off for consumer-only ones (so
-//!   the kernel never routes a consumer's packet anywhere an endpoint would not).
+//! - `forwarding`: on for provider interfaces (the route lookup towards targets is made
+//!   from there and the kernel refuses it otherwise).
+//! - Consumer-only interfaces keep the kernel out, behind the program (which already
+//!   drops whatever is not endpoint traffic): no forwarding (IPv4 or IPv6, whatever
+//!   `net.ipv4.ip_forward` says), no IPv6 at all (no link-local address a consumer
+//!   could reach the node's own services on, no router advertisements taken), and no
+//!   ARP answers from the kernel for the node's own addresses.
 //! - Managed neighbour entries (Linux 5.16+) for each target's next hop: the kernel keeps
 //!   them resolved without traffic, so the XDP route lookup finds the MAC from the first
 //!   SYN on (it cannot trigger ARP itself).
@@ -11,40 +16,14 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    path::Path,
     process::Command,
 };
 
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Config, desired::Link, instance::Instance};
-
-/// What the node knows about a local interface, asked over netlink (`ip`), so that it
-/// answers for the network namespace of the calling thread.
-pub fn link(name: &str) -> Result<Link> {
-    let details = ip(&["-d", "-o", "link", "show", "dev", name])
-        .map_err(|_| anyhow::anyhow!("no interface named {name:?} on this node"))?;
-    let words: Vec<&str> = details.split_whitespace().collect();
-    let ifindex = words
-        .first()
-        .and_then(|w| w.trim_end_matches(':').parse().ok())
-        .with_context(|| format!("unexpected `ip link` output for {name}: {details}"))?;
-    let ether = words
-        .iter()
-        .position(|w| *w == "link/ether")
-        .and_then(|i| words.get(i + 1))
-        .with_context(|| format!("{name} has no Ethernet address"))?;
-    let mut mac = [0u8; 6];
-    let octets: Vec<&str> = ether.split(':').collect();
-    if octets.len() != 6 {
-        bail!("{name}: unexpected Ethernet address {ether}");
-    }
-    for (byte, octet) in mac.iter_mut().zip(octets) {
-        *byte = u8::from_str_radix(octet, 16)?;
-    }
-    let veth = words.contains(&"veth");
-    Ok(Link { ifindex, mac, veth })
-}
+use crate::{config::Config, instance::Instance};
 
 /// The host changes in effect, and what to put back.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -66,9 +45,29 @@ impl Host {
     /// Brings the host in line with `config` and records it.
     pub fn reconcile(&mut self, config: &Config, instance: &Instance) -> Result<()> {
         for interface in &config.node.interfaces {
-            let forwarding = if interface.role.provider() { "1" } else { "0" };
-            let path = format!("/proc/sys/net/ipv4/conf/{}/forwarding", interface.name);
-            self.set_sysctl(path, forwarding)?;
+            let name = &interface.name;
+            if !Path::new(&format!("/proc/sys/net/ipv4/conf/{name}")).exists() {
+                // Not on the node (yet): nothing to set.
+                continue;
+            }
+            let settings: &[(&str, &str)] = if interface.role.provider() {
+                &[("net/ipv4/conf/{}/forwarding", "1")]
+            } else {
+                &[
+                    ("net/ipv4/conf/{}/forwarding", "0"),
+                    ("net/ipv6/conf/{}/forwarding", "0"),
+                    ("net/ipv6/conf/{}/accept_ra", "0"),
+                    ("net/ipv6/conf/{}/disable_ipv6", "1"),
+                    // 8: answer no ARP request; 2: announce only addresses of the
+                    // interface itself.
+                    ("net/ipv4/conf/{}/arp_ignore", "8"),
+                    ("net/ipv4/conf/{}/arp_announce", "2"),
+                ]
+            };
+            for (path, value) in settings {
+                let path = format!("/proc/sys/{}", path.replace("{}", name));
+                self.set_sysctl(path, value)?;
+            }
         }
         let wanted: BTreeSet<(Ipv4Addr, String)> =
             targets(config).into_iter().filter_map(next_hop).collect();
@@ -101,8 +100,18 @@ impl Host {
     }
 
     fn set_sysctl(&mut self, path: String, value: &str) -> Result<()> {
+        if !Path::new(&path).exists() {
+            // IPv6 turned off on the whole node: nothing to keep out.
+            return Ok(());
+        }
         let old = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         if old.trim() != value {
+            if self.sysctls.contains_key(&path) {
+                log::warn!(
+                    "{path} was changed to {} behind the agent's back: set back to {value}",
+                    old.trim()
+                );
+            }
             std::fs::write(&path, value).with_context(|| format!("writing {path}"))?;
             self.sysctls
                 .entry(path)

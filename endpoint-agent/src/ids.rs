@@ -1,7 +1,9 @@
-//! Ids: the numbers the maps use for consumer networks, services, endpoints, targets and
-//! rings. They are kept stable across config changes and agent restarts (persisted in
-//! the state directory): flow keys carry the network id and flow entries the endpoint
-//! and target, so renumbering would cut established connections.
+//! Ids: the numbers the maps use for consumer networks, endpoints, targets and rings.
+//! They are kept stable across config changes and agent restarts (persisted in the state
+//! directory): flow keys carry the network id and flow entries the endpoint's slot, so
+//! renumbering would cut established connections. Each endpoint also has a uid that is
+//! never given to another: a flow that outlives its endpoint is recognised as such even
+//! when the slot has a new owner.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,10 +19,12 @@ use crate::{
 pub struct Ids {
     /// Consumer network → id (≥ 1; 0 is the provider side).
     pub networks: BTreeMap<String, u32>,
-    /// Service → id (≥ 1).
-    pub services: BTreeMap<String, u32>,
-    /// Endpoint → id (≥ 1; its counter slot).
+    /// Endpoint → slot (≥ 1) in the per-endpoint tables and counters.
     pub endpoints: BTreeMap<String, u32>,
+    /// Endpoint → uid (≥ 1), never reused.
+    pub uids: BTreeMap<String, u32>,
+    /// The next uid to give.
+    pub next_uid: u32,
     /// Ring → index: one per listener and zone of the endpoints placed on it.
     #[serde(with = "pairs")]
     pub rings: BTreeMap<RingKey, u32>,
@@ -52,12 +56,24 @@ impl Ids {
             .interfaces
             .iter()
             .filter_map(|i| i.consumer_network.clone());
-        let services = config.services.iter().map(|s| s.name.clone());
         let endpoints = config.endpoints.iter().map(|e| e.id.clone());
+        let mut next_uid = self.next_uid.max(1);
+        let uids = config
+            .endpoints
+            .iter()
+            .map(|e| {
+                let uid = self.uids.get(&e.id).copied().unwrap_or_else(|| {
+                    next_uid += 1;
+                    next_uid - 1
+                });
+                (e.id.clone(), uid)
+            })
+            .collect();
         Ids {
             networks: keep(&self.networks, networks, 1),
-            services: keep(&self.services, services, 1),
             endpoints: keep(&self.endpoints, endpoints, 1),
+            uids,
+            next_uid,
             rings: keep(&self.rings, placement::rings(config), 0),
             targets: keep(&self.targets, targets(config).map(|(key, _)| key), 1),
         }
@@ -204,6 +220,36 @@ mod tests {
             let distinct: BTreeSet<u32> = targets.values().copied().collect();
             assert_eq!(distinct.len(), targets.len(), "targets share an id:\n{y}");
         }
+    }
+
+    #[test]
+    fn uids_are_never_given_twice() {
+        let config = |ids: &[&str]| {
+            let mut y = String::from("node: { interfaces: [] }\nendpoints:\n");
+            for id in ids {
+                y += &format!(
+                    "  - {{ id: {id}, service: s, principal: p, consumer_network: n, ip: 10.0.0.1, zone: z }}\n"
+                );
+            }
+            crate::config::parse("t", &y).unwrap()
+        };
+        let first = Ids::default().assign(&config(&["a", "b"]));
+        let second = first.assign(&config(&["b", "c"]));
+        let third = second.assign(&config(&["a", "b", "c"]));
+        assert_eq!(second.uids["b"], first.uids["b"]);
+        let all = [
+            first.uids["a"],
+            first.uids["b"],
+            second.uids["c"],
+            third.uids["a"],
+        ];
+        assert_eq!(
+            all.iter().collect::<BTreeSet<_>>().len(),
+            4,
+            "a returning endpoint is a new one: {all:?}"
+        );
+        // Its slot, though, may be an old one's.
+        assert_eq!(third.endpoints["a"], first.endpoints["a"]);
     }
 
     #[test]

@@ -14,6 +14,15 @@ use serde::{Serialize, de::DeserializeOwned};
 
 const BPFFS: &str = "/sys/fs/bpf";
 
+/// What an instance keeps of its applied configs besides the last text and the ids.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct Record {
+    /// Config generations applied to the maps.
+    pub generation: u64,
+    /// The flow hash's seed, when the config names none: random, then kept.
+    pub seed: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Instance {
     pub name: String,

@@ -1,14 +1,18 @@
 //! The node agent: keeps the XDP program's maps in sync with the YAML model.
 //!
-//! The pipeline, one module per stage: [`config`] (YAML → model, validated with line
-//! numbers) → [`ids`] (stable numbers) → [`desired`] (model → map contents) → [`plan`]
-//! (the difference, in a safe order) → [`apply`] (into the maps). Around it:
-//! [`acceptance`] (states and transitions), [`loader`] (load, attach, pin),
-//! [`instance`] (what outlives the process), [`host`] (sysctls, neighbours), [`events`],
-//! [`expiry`] (idle flows), [`health`] (target checks), [`reconcile`] (one pass), [`run`] (the loop), and the
-//! commands [`status`], [`connections`].
+//! The pipeline ([`pipeline`]), one module per stage: [`config`] (YAML → model) →
+//! [`validate`] (every problem, with its line, for the node's [`facts`]) → [`ids`]
+//! (stable numbers; [`keys`] and [`placement`] say what is numbered) → [`desired`] (model
+//! → map contents) → [`plan`] (the difference, in a safe order) → [`apply`] (into the
+//! [`maps`]). Around it: [`acceptance`] (states and transitions), [`loader`] (load,
+//! attach, pin), [`instance`] (what outlives the process), [`host`] (sysctls,
+//! neighbours), [`announce`] (gratuitous ARP), [`health`] (target checks), [`expiry`] (what runs out), [`events`],
+//! [`agent`] (the running agent's world) and [`run`] (its loop), and the commands
+//! [`status`], [`connections`].
 
 pub mod acceptance;
+pub mod agent;
+pub mod announce;
 pub mod apply;
 pub mod config;
 pub mod connections;
@@ -22,9 +26,10 @@ pub mod ids;
 pub mod instance;
 pub mod keys;
 pub mod loader;
+pub mod maps;
+pub mod pipeline;
 pub mod placement;
 pub mod plan;
-pub mod reconcile;
 pub mod run;
 pub mod stats;
 pub mod status;

@@ -1,7 +1,7 @@
 //! Loader: the embedded XDP object, loaded with map sizes from the config and its maps
-//! pinned for the instance (reused if an earlier agent left them); attached natively
-//! where the driver allows it, generically where it does not, through pinned links
-//! that a restarted agent takes over with an atomic program replacement.
+//! pinned for the instance (reused if an earlier agent of the same layout left them);
+//! attached natively where the driver allows it, generically where it does not, through
+//! pinned links that a restarted agent takes over with an atomic program replacement.
 
 use std::collections::BTreeMap;
 
@@ -14,20 +14,26 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use endpoint_common::counter;
+use endpoint_common::{
+    counter,
+    maps::{LAYOUT, MAPS, MAX_NAT_ADDRESSES, name},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Config, MAX_LISTENERS, MAX_NAT_ADDRESSES, Tables},
+    config::{Config, MAX_LISTENERS, Tables},
     instance::Instance,
+    maps::Maps,
     validate::MAX_SECURITY_GROUP_RULES,
 };
 
 /// The XDP object built by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/endpoint"));
 
-/// The program's name in the object.
+/// The programs' names in the object: the one attached, and the one the agent runs to
+/// remove what ran out.
 pub const PROGRAM: &str = "endpoint";
+pub const EXPIRE: &str = "expire";
 
 /// How an interface got the program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,73 +57,102 @@ impl std::fmt::Display for Mode {
 /// Map sizes for `config`. Ids stay below twice the number of objects (see
 /// `Ids::assign`) and a plan adds entries before it removes others, so tables that the
 /// config fills hold twice its limits: any valid config can replace any other.
-pub fn map_sizes(config: &Config) -> [(&'static str, u32); 7] {
+pub fn map_sizes(config: &Config) -> Vec<(&'static str, u32)> {
     let t = &config.node.tables;
-    let consumer_interfaces = config
-        .node
-        .interfaces
-        .iter()
-        .filter(|i| i.role.consumer())
-        .count() as u32;
-    [
-        ("FLOWS", t.flows),
-        ("ENDPOINTS", 2 * t.endpoints * MAX_LISTENERS),
+    let slots = 2 * t.endpoints + 1;
+    vec![
+        (name::FLOWS, t.flows),
+        (name::HANDSHAKES, t.handshakes),
+        // At most one closing per connection.
+        (name::CLOSINGS, (t.flows / 2).max(1)),
+        (name::ENDPOINTS, 2 * t.endpoints * MAX_LISTENERS),
+        (name::POLICIES, slots),
+        (name::LIMITS, slots),
+        (name::USAGE, slots),
+        (name::STATS, slots * counter::COUNT),
         (
-            "ADDRESSES",
-            2 * t.endpoints * consumer_interfaces.max(1) + 2 * MAX_NAT_ADDRESSES,
-        ),
-        (
-            "SECURITY_GROUPS",
+            name::SECURITY_GROUPS,
             2 * t.endpoints * MAX_SECURITY_GROUP_RULES as u32,
         ),
+        (
+            name::ADDRESSES,
+            2 * (t.endpoints + MAX_NAT_ADDRESSES as u32),
+        ),
+        (name::PORTS, 2 * t.networks + 1),
+        (name::NETWORK_USAGE, 2 * t.networks + 1),
         // Index 0 is never used (see `ids`).
-        ("TARGETS", 2 * t.targets + 1),
-        ("RINGS", 2 * t.rings * t.ring_size),
-        ("STATS", (2 * t.endpoints + 1) * counter::COUNT),
+        (name::TARGETS, 2 * t.targets + 1),
+        (name::RINGS, 2 * t.rings * t.ring_size),
     ]
 }
 
-/// Every map the agent pins (and a `cleanup` removes).
-pub const PINNED: [&str; 10] = [
-    "INTERFACES",
-    "ENDPOINTS",
-    "ADDRESSES",
-    "SECURITY_GROUPS",
-    "NAT",
-    "CONFIG",
-    "TARGETS",
-    "RINGS",
-    "FLOWS",
-    "STATS",
-];
-
-/// Loads the program into the kernel (verified, not yet attached). The maps are the
-/// instance's pinned ones if they exist, else new ones, pinned.
-pub fn load(config: &Config, instance: &Instance) -> Result<Ebpf> {
-    let mut ebpf = open(OBJECT, config, Some(instance))?;
-    program(&mut ebpf)?
-        .load()
-        .context("the kernel verifier rejected the XDP program")?;
-    Ok(ebpf)
+/// Loads the programs for `config` into the kernel (verified, not yet attached), with
+/// the instance's pinned maps if it has them — after checking that they are what this
+/// agent's layout expects — else new ones, pinned.
+pub fn load(config: &Config, instance: &Instance) -> Result<(Ebpf, Maps)> {
+    check_layout(instance)?;
+    let mut loader = loader(config);
+    for map in MAPS {
+        loader.map_pin_path(map.name, instance.pins.join(map.name));
+    }
+    let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
+    for name in [PROGRAM, EXPIRE] {
+        xdp(&mut ebpf, name)?
+            .load()
+            .with_context(|| format!("the kernel verifier rejected the program {name:?}"))?;
+    }
+    instance.write(LAYOUT_FILE, &LAYOUT)?;
+    let maps = Maps::take(&mut ebpf)?;
+    Ok((ebpf, maps))
 }
 
-/// Creates (or, with `pins`, reuses) the maps of `object` sized for `config`; its
-/// programs are not loaded yet. The benchmarks open their own object this way.
-pub fn open(object: &[u8], config: &Config, pins: Option<&Instance>) -> Result<Ebpf> {
+/// Where an instance records the layout of the maps it pinned (in its state
+/// directory: bpffs holds pins only).
+const LAYOUT_FILE: &str = "layout.json";
+
+/// An instance's pinned maps are adopted only by an agent of the same layout, and only
+/// if each map is what that layout says (see `Maps::open_pinned`): never guessed at.
+pub fn check_layout(instance: &Instance) -> Result<()> {
+    if !instance.exists() {
+        return Ok(());
+    }
+    let recorded: Option<u32> = instance.read(LAYOUT_FILE).unwrap_or_default();
+    let refuse = |why: String| {
+        anyhow::anyhow!(
+            "instance {:?}: {why}; this agent cannot adopt its data path. Remove it with \
+             `endpoint-agent --instance {} cleanup` (its connections are cut) and start again",
+            instance.name,
+            instance.name
+        )
+    };
+    match recorded {
+        Some(version) if version == LAYOUT => {}
+        Some(version) => {
+            return Err(refuse(format!(
+                "its maps have layout {version}, this agent's is {LAYOUT}"
+            )));
+        }
+        None => {
+            return Err(refuse(format!(
+                "its maps were pinned by an agent older than layout {LAYOUT}"
+            )));
+        }
+    }
+    Maps::open_pinned(&instance.pins).map_err(|e| refuse(format!("{e:#}")))?;
+    Ok(())
+}
+
+/// A loader for an object whose maps are sized for `config`. The benchmarks load their
+/// own object with it.
+pub fn loader(config: &Config) -> EbpfLoader<'static> {
     let mut loader = EbpfLoader::new();
     for (map, size) in map_sizes(config) {
         loader.map_max_entries(map, size);
     }
-    if let Some(instance) = pins {
-        for map in PINNED {
-            loader.map_pin_path(map, instance.pins.join(map));
-        }
-    }
-    // The program logs rare events only (new flows at debug, NAT exhaustion at warn);
+    // The program logs rare events only (NAT ports or the flow table running out);
     // below the agent's own level they cost one comparison.
-    let level = log_level();
-    loader.override_global("AYA_LOG_LEVEL", &level, false);
-    loader.load(object).context("loading the XDP object")
+    loader.override_global("AYA_LOG_LEVEL", &*LOG_LEVEL, false);
+    loader
 }
 
 /// Map sizes cannot change under a running data path: a config whose tables differ
@@ -128,16 +163,26 @@ pub fn check_tables(instance: &Instance, tables: &Tables) -> Result<()> {
     {
         bail!(
             "node.tables changed ({pinned:?} -> {tables:?}): map sizes are fixed while \
-                 the data path runs; run `endpoint-agent cleanup` (cuts connections) to resize"
+             the data path runs; run `endpoint-agent cleanup` (cuts connections) to resize"
         );
     }
     instance.write("tables.json", tables)
 }
 
+/// The attached program.
 pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    xdp(ebpf, PROGRAM)
+}
+
+/// The program that removes what ran out (see the data path's `expire`).
+pub fn expire_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    xdp(ebpf, EXPIRE)
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     let program = ebpf
-        .program_mut(PROGRAM)
-        .with_context(|| format!("no program {PROGRAM:?} in the object"))?;
+        .program_mut(name)
+        .with_context(|| format!("no program {name:?} in the object"))?;
     Ok(program.try_into()?)
 }
 
@@ -205,20 +250,18 @@ pub fn remove_pins(instance: &Instance) -> Result<()> {
             detach(instance, &entry.file_name().to_string_lossy())?;
         }
     }
-    for map in PINNED {
-        let _ = std::fs::remove_file(instance.pins.join(map));
+    for map in MAPS {
+        let _ = std::fs::remove_file(instance.pins.join(map.name));
     }
     Ok(())
 }
 
 /// aya-log's level numbering (error = 1 … trace = 5) for the agent's log level.
-fn log_level() -> u8 {
-    match log::max_level() {
-        log::LevelFilter::Off => 0,
-        log::LevelFilter::Error => 1,
-        log::LevelFilter::Warn => 2,
-        log::LevelFilter::Info => 3,
-        log::LevelFilter::Debug => 4,
-        log::LevelFilter::Trace => 5,
-    }
-}
+static LOG_LEVEL: std::sync::LazyLock<u8> = std::sync::LazyLock::new(|| match log::max_level() {
+    log::LevelFilter::Off => 0,
+    log::LevelFilter::Error => 1,
+    log::LevelFilter::Warn => 2,
+    log::LevelFilter::Info => 3,
+    log::LevelFilter::Debug => 4,
+    log::LevelFilter::Trace => 5,
+});

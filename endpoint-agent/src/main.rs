@@ -1,17 +1,18 @@
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use endpoint_agent::{
     acceptance::Decision,
-    apply::{self, Pinned},
-    config, connections, desired,
+    config, connections,
     facts::Facts,
     host,
     ids::Ids,
-    instance::Instance,
+    instance::{Instance, Record},
     loader,
-    plan::{Names, Plan, Shown},
+    maps::Maps,
+    pipeline::{Applied, Inputs, Pipeline},
+    plan::Shown,
     run, status, validate,
 };
 
@@ -54,8 +55,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Show the running instance: interfaces, attach modes, services, endpoints, counters.
-    Status,
+    /// Show the running instance: the config generation in its maps, interfaces and
+    /// attach modes, services, endpoints (states, limits, usage), counters.
+    Status {
+        /// As JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the endpoints of the config by state (connection requests first).
     Connections {
         #[arg(long, short)]
@@ -125,15 +131,18 @@ fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Plan { config } => {
-            let loaded = validate::load_file(&config, &Facts::of_this_node()?)?;
-            for warning in &loaded.warnings {
-                eprintln!("{warning}");
-            }
-            println!("{}", plan(&instance, &loaded.config)?);
+            let source = config.display().to_string();
+            let text =
+                std::fs::read_to_string(&config).with_context(|| format!("reading {source}"))?;
+            println!("{}", plan(&instance, &source, &text)?);
             Ok(())
         }
-        Command::Status => {
-            print!("{}", status::show(&instance)?);
+        Command::Status { json } => {
+            if json {
+                println!("{}", status::json(&instance)?);
+            } else {
+                print!("{}", status::show(&instance)?);
+            }
             Ok(())
         }
         Command::Connections { config } => {
@@ -163,36 +172,39 @@ fn execute(cli: Cli) -> Result<()> {
     }
 }
 
-/// The plan from what the instance's maps hold (nothing, if it is not running) to
-/// `config`.
-fn plan(instance: &Instance, config: &config::Config) -> Result<String> {
-    let (current, ids, old) = if instance.exists() {
+/// The plan from what the instance's maps hold (nothing, if it is not running) to the
+/// config `text`.
+fn plan(instance: &Instance, source: &str, text: &str) -> Result<String> {
+    let facts = Facts::of_this_node()?;
+    let record: Record = instance.read("record.json")?.unwrap_or_default();
+    let applied = if instance.exists() {
         let ids: Ids = instance.read("ids.json")?.unwrap_or_default();
-        let maps = Pinned::open(&instance.pins, &loader::PINNED)?;
-        let text = std::fs::read_to_string(instance.state.join("applied.yaml")).unwrap_or_default();
-        let old = config::parse("applied.yaml", &text).ok();
-        (apply::read(&maps, &ids)?, ids, old)
+        let maps = Maps::open_pinned(&instance.pins)?;
+        let applied_text =
+            std::fs::read_to_string(instance.state.join("applied.yaml")).unwrap_or_default();
+        Applied {
+            contents: Pipeline::read(&maps, &ids)?,
+            config: config::parse("applied.yaml", &applied_text).ok(),
+            text: applied_text,
+            ids,
+            ..Applied::default()
+        }
     } else {
-        Default::default()
+        Applied::default()
     };
-    let new_ids = ids.assign(config);
     let unhealthy = instance.read("unhealthy.json")?.unwrap_or_default();
-    let state = desired::build(config, &new_ids, &unhealthy, host::link)?;
-    let plan = Plan::between(&current, &state);
-    let links = |c: &config::Config| {
-        c.node
-            .interfaces
-            .iter()
-            .filter_map(|i| Some((i.name.clone(), host::link(&i.name).ok()?.ifindex)))
-            .collect()
+    let inputs = Inputs {
+        facts: &facts,
+        seed: record.seed,
+        unhealthy: &unhealthy,
     };
-    let names = Names::merge(
-        Names::new(&new_ids, &links(config)),
-        Names::new(&ids, &old.as_ref().map(links).unwrap_or_default()),
-    );
+    let proposal = applied.propose(source, text, &inputs)?;
+    for warning in &proposal.warnings {
+        eprintln!("{warning}");
+    }
     Ok(Shown {
-        plan: &plan,
-        names: &names,
+        plan: &proposal.plan,
+        names: &applied.names(&proposal, &facts),
     }
     .to_string())
 }

@@ -1,23 +1,26 @@
-//! Plan: the difference between two states of the maps, as the changes that turn one
-//! into the other, in an order that is safe to apply while traffic flows:
+//! Plan: the difference between two [`Contents`] of the maps, as the changes that turn
+//! one into the other, in an order that is safe to apply while traffic flows:
 //!
-//! 1. removed endpoints stop matching;
+//! 1. removed endpoint listeners stop matching;
 //! 2. new targets, then ring slots that change (rings only point at targets that exist);
-//! 3. NAT addresses, then node settings, then NAT addresses that go;
-//! 4. new addresses and security-group prefixes, then endpoints (an endpoint only
-//!    appears once everything it refers to is in place), then interfaces;
-//! 5. what nothing refers to any more: interfaces, prefixes, addresses, targets, rings.
+//! 3. node settings (NAT addresses among them);
+//! 4. new addresses, security-group prefixes, limits, policies and ports, then endpoint
+//!    listeners (an endpoint only appears once everything it refers to is in place),
+//!    then interfaces;
+//! 5. what nothing refers to any more: interfaces, prefixes, addresses, ports,
+//!    policies (a removed endpoint's flows then find it gone), limits, targets, rings.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt::{self, Write as _},
 };
 
 use endpoint_common::maps::{
-    self, Address, AddressKey, EndpointKey, NatAddress, SecurityGroup, SourcePrefix, Target,
+    self, Address, AddressKey, EndpointKey, EndpointRef, Interface, Limits, Policy, SecurityGroup,
+    Settings, SourcePrefix, Target,
 };
 
-use crate::desired::{PrefixKey, State};
+use crate::desired::{Contents, PrefixKey};
 
 /// One entry of one map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +39,15 @@ pub enum Edit {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Endpoint(Op<EndpointKey, maps::Endpoint>),
+    Endpoint(Op<EndpointKey, EndpointRef>),
+    /// A port of a consumer network opens (some endpoint listens on it) or closes.
+    Port {
+        index: u32,
+        port: u16,
+        open: bool,
+    },
+    Policy(Op<u32, u64>),
+    Limits(Op<u32, Limits>),
     Target(Op<u32, Target>),
     /// Ring `ring` (of `size` slots)'s changed slots: (slot, new target index).
     Ring {
@@ -45,14 +56,13 @@ pub enum Change {
         slots: Vec<(u32, u32)>,
         edit: Edit,
     },
-    Nat(Op<u32, NatAddress>),
-    Config {
-        old: maps::Config,
-        new: maps::Config,
+    Settings {
+        old: Box<Settings>,
+        new: Box<Settings>,
     },
     Address(Op<AddressKey, Address>),
     SecurityGroup(Op<PrefixKey, SecurityGroup>),
-    Interface(Op<u32, maps::Interface>),
+    Interface(Op<u32, Interface>),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -85,12 +95,21 @@ fn ops<K: Ord + Copy, V: PartialEq + Copy>(
     (puts, removes)
 }
 
+/// The ports that open and close between two sets.
+fn ports(old: &BTreeSet<(u32, u16)>, new: &BTreeSet<(u32, u16)>, open: bool) -> Vec<Change> {
+    let (from, to) = if open { (old, new) } else { (new, old) };
+    to.difference(from)
+        .map(|&(index, port)| Change::Port { index, port, open })
+        .collect()
+}
+
 impl Plan {
     /// The changes that turn `old` into `new`, in a safe order.
-    pub fn between(old: &State, new: &State) -> Plan {
+    pub fn between(old: &Contents, new: &Contents) -> Plan {
         let (endpoint_puts, endpoint_removes) = ops(&old.endpoints, &new.endpoints);
+        let (policy_puts, policy_removes) = ops(&old.policies, &new.policies);
+        let (limits_puts, limits_removes) = ops(&old.limits, &new.limits);
         let (target_puts, target_removes) = ops(&old.targets, &new.targets);
-        let (nat_puts, nat_removes) = ops(&old.nat, &new.nat);
         let (address_puts, address_removes) = ops(&old.addresses, &new.addresses);
         let (group_puts, group_removes) = ops(&old.security_groups, &new.security_groups);
         let (interface_puts, interface_removes) = ops(&old.interfaces, &new.interfaces);
@@ -112,10 +131,9 @@ impl Plan {
                 } else {
                     Edit::Add
                 };
-                let size = new.config.ring_size;
                 ring_writes.push(Change::Ring {
                     ring,
-                    size,
+                    size: new.settings.ring_size,
                     slots: changed,
                     edit,
                 });
@@ -124,11 +142,10 @@ impl Plan {
         for (&ring, slots) in &old.rings {
             if !new.rings.contains_key(&ring) {
                 let size = slots.len() as u32;
-                let zeroed = (0..size).map(|i| (i, 0)).collect();
                 ring_removes.push(Change::Ring {
                     ring,
                     size,
-                    slots: zeroed,
+                    slots: (0..size).map(|i| (i, 0)).collect(),
                     edit: Edit::Remove,
                 });
             }
@@ -138,21 +155,25 @@ impl Plan {
         changes.extend(endpoint_removes.into_iter().map(Change::Endpoint));
         changes.extend(target_puts.into_iter().map(Change::Target));
         changes.extend(ring_writes);
-        changes.extend(nat_puts.into_iter().map(Change::Nat));
-        if old.config != new.config {
-            changes.push(Change::Config {
-                old: old.config,
-                new: new.config,
+        if old.settings != new.settings {
+            changes.push(Change::Settings {
+                old: Box::new(old.settings),
+                new: Box::new(new.settings),
             });
         }
-        changes.extend(nat_removes.into_iter().map(Change::Nat));
         changes.extend(address_puts.into_iter().map(Change::Address));
         changes.extend(group_puts.into_iter().map(Change::SecurityGroup));
+        changes.extend(limits_puts.into_iter().map(Change::Limits));
+        changes.extend(policy_puts.into_iter().map(Change::Policy));
+        changes.extend(ports(&old.ports, &new.ports, true));
         changes.extend(endpoint_puts.into_iter().map(Change::Endpoint));
         changes.extend(interface_puts.into_iter().map(Change::Interface));
         changes.extend(interface_removes.into_iter().map(Change::Interface));
         changes.extend(group_removes.into_iter().map(Change::SecurityGroup));
         changes.extend(address_removes.into_iter().map(Change::Address));
+        changes.extend(ports(&old.ports, &new.ports, false));
+        changes.extend(policy_removes.into_iter().map(Change::Policy));
+        changes.extend(limits_removes.into_iter().map(Change::Limits));
         changes.extend(target_removes.into_iter().map(Change::Target));
         changes.extend(ring_removes);
         Plan { changes }
@@ -161,6 +182,27 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }
+
+    /// How many changes add, change and remove something.
+    pub fn counts(&self) -> Counts {
+        let mut counts = Counts::default();
+        for change in &self.changes {
+            match mark(change) {
+                '+' => counts.add += 1,
+                '~' => counts.change += 1,
+                _ => counts.remove += 1,
+            }
+        }
+        counts
+    }
+}
+
+/// What a plan does, in numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    pub add: usize,
+    pub change: usize,
+    pub remove: usize,
 }
 
 fn put<K: Ord + Copy, V: Copy>(table: &mut BTreeMap<K, V>, op: &Op<K, V>) {
@@ -174,17 +216,25 @@ fn put<K: Ord + Copy, V: Copy>(table: &mut BTreeMap<K, V>, op: &Op<K, V>) {
     }
 }
 
-impl State {
+impl Contents {
     /// Applies one change to this in-memory picture of the maps.
     pub fn apply(&mut self, change: &Change) {
         match change {
             Change::Endpoint(op) => put(&mut self.endpoints, op),
+            Change::Policy(op) => put(&mut self.policies, op),
+            Change::Limits(op) => put(&mut self.limits, op),
             Change::Target(op) => put(&mut self.targets, op),
-            Change::Nat(op) => put(&mut self.nat, op),
             Change::Address(op) => put(&mut self.addresses, op),
             Change::SecurityGroup(op) => put(&mut self.security_groups, op),
             Change::Interface(op) => put(&mut self.interfaces, op),
-            Change::Config { new, .. } => self.config = *new,
+            Change::Settings { new, .. } => self.settings = **new,
+            Change::Port { index, port, open } => {
+                if *open {
+                    self.ports.insert((*index, *port));
+                } else {
+                    self.ports.remove(&(*index, *port));
+                }
+            }
             Change::Ring {
                 ring,
                 edit: Edit::Remove,
@@ -253,6 +303,38 @@ impl Names {
     }
 }
 
+/// `+` adds, `~` changes, `-` removes.
+fn mark(change: &Change) -> char {
+    let sign = |old_present: bool, removed: bool| match (removed, old_present) {
+        (true, _) => '-',
+        (false, true) => '~',
+        (false, false) => '+',
+    };
+    fn of<K, V>(op: &Op<K, V>) -> (bool, bool) {
+        match op {
+            Op::Put { old, .. } => (old.is_some(), false),
+            Op::Remove { .. } => (true, true),
+        }
+    }
+    let (present, removed) = match change {
+        Change::Endpoint(op) => of(op),
+        Change::Policy(op) => of(op),
+        Change::Limits(op) => of(op),
+        Change::Target(op) => of(op),
+        Change::Address(op) => of(op),
+        Change::SecurityGroup(op) => of(op),
+        Change::Interface(op) => of(op),
+        Change::Settings { .. } => (true, false),
+        Change::Port { open, .. } => (!open, !open),
+        Change::Ring { edit, .. } => match edit {
+            Edit::Add => (false, false),
+            Edit::Change => (true, false),
+            Edit::Remove => (true, true),
+        },
+    };
+    sign(present, removed)
+}
+
 /// A plan, shown in the product's words.
 pub struct Shown<'a> {
     pub plan: &'a Plan,
@@ -262,41 +344,69 @@ pub struct Shown<'a> {
 impl fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.names;
-        let (mut add, mut change, mut remove) = (0, 0, 0);
         for c in &self.plan.changes {
             let mut line = String::new();
-            let sign = |old_present: bool, removed: bool| match (removed, old_present) {
-                (true, _) => '-',
-                (false, true) => '~',
-                (false, false) => '+',
-            };
-            let mark = match c {
+            match c {
                 Change::Endpoint(op) => {
-                    let (key, value, old, removed) = parts(op);
+                    let (key, value, _, _) = parts(op);
                     let _ = write!(
                         line,
-                        "endpoint {} ({} {}:{})",
-                        Names::of(&n.endpoints, value.id),
+                        "endpoint {} listens at {} {}:{} (ring {})",
+                        Names::of(&n.endpoints, value.slot),
                         Names::of(&n.networks, key.network),
                         ipv4(key.addr),
-                        u16::from_be(key.port_be)
+                        u16::from_be(key.port_be),
+                        Names::of(&n.rings, value.ring)
                     );
-                    match (old, removed) {
-                        (Some(old), false) => describe_endpoint_change(&mut line, old, value, n),
-                        (None, false) => {
-                            let _ = write!(
-                                line,
-                                ": state {}, ring {}",
-                                state_name(value.state),
-                                Names::of(&n.rings, value.ring)
-                            );
+                }
+                Change::Port { index, port, open } => {
+                    let _ = write!(
+                        line,
+                        "port {port} {} in consumer network {}",
+                        if *open { "opens" } else { "closes" },
+                        Names::of(&n.networks, *index)
+                    );
+                }
+                Change::Policy(op) => {
+                    let (slot, value, old, _) = parts(op);
+                    let policy = Policy::of(*value);
+                    let _ = write!(line, "endpoint {}", Names::of(&n.endpoints, *slot));
+                    match old.map(|o| Policy::of(*o)) {
+                        Some(old) if old.uid == policy.uid => {
+                            if old.state != policy.state {
+                                let _ = write!(
+                                    line,
+                                    ": state {} -> {}",
+                                    state_name(old.state),
+                                    state_name(policy.state)
+                                );
+                            }
+                            if old.revision != policy.revision {
+                                let _ = write!(line, ": security groups change");
+                            }
+                            if old.flags != policy.flags {
+                                let _ =
+                                    write!(line, ": flags {:#b} -> {:#b}", old.flags, policy.flags);
+                            }
                         }
-                        _ => {}
+                        _ => {
+                            let _ = write!(line, ": state {}", state_name(policy.state));
+                        }
                     }
-                    sign(old.is_some(), removed)
+                }
+                Change::Limits(op) => {
+                    let (slot, value, _, _) = parts(op);
+                    let _ = write!(
+                        line,
+                        "limits of endpoint {}: idle {} s, connections {}, new per second {}",
+                        Names::of(&n.endpoints, *slot),
+                        value.idle_timeout_s,
+                        value.connections,
+                        1_000_000_000u64.checked_div(value.interval_ns).unwrap_or(0)
+                    );
                 }
                 Change::Target(op) => {
-                    let (index, value, old, removed) = parts(op);
+                    let (index, value, _, _) = parts(op);
                     let _ = write!(
                         line,
                         "target {} ({}:{})",
@@ -304,7 +414,6 @@ impl fmt::Display for Shown<'_> {
                         ipv4(value.addr),
                         u16::from_be(value.port_be)
                     );
-                    sign(old.is_some(), removed)
                 }
                 Change::Ring {
                     ring, slots, edit, ..
@@ -313,29 +422,17 @@ impl fmt::Display for Shown<'_> {
                     match edit {
                         Edit::Add => {
                             let _ = write!(line, ": {} slots", slots.len());
-                            '+'
                         }
                         Edit::Change => {
                             let _ = write!(line, ": {} slots move", slots.len());
-                            '~'
                         }
-                        Edit::Remove => '-',
+                        Edit::Remove => {}
                     }
                 }
-                Change::Nat(op) => {
-                    let (index, value, old, removed) = parts(op);
-                    let _ = write!(
-                        line,
-                        "NAT address {} #{index} on {}",
-                        ipv4(value.addr),
-                        Names::of(&n.interfaces, value.ifindex)
-                    );
-                    sign(old.is_some(), removed)
-                }
-                Change::Config { old, new } => {
+                Change::Settings { old, new } => {
                     let _ = write!(line, "node settings:");
                     if old.hash_seed != new.hash_seed {
-                        let _ = write!(line, " hash_seed {} -> {}", old.hash_seed, new.hash_seed);
+                        let _ = write!(line, " hash_seed changes");
                     }
                     if (old.nat_port_min, old.nat_port_max) != (new.nat_port_min, new.nat_port_max)
                     {
@@ -345,49 +442,72 @@ impl fmt::Display for Shown<'_> {
                             old.nat_port_min, old.nat_port_max, new.nat_port_min, new.nat_port_max
                         );
                     }
-                    if old.nat_addresses != new.nat_addresses {
+                    let addresses = |s: &Settings| -> Vec<String> {
+                        s.nat[..s.nat_count as usize]
+                            .iter()
+                            .map(|a| {
+                                format!(
+                                    "{} on {}",
+                                    ipv4(a.addr),
+                                    Names::of(&n.interfaces, a.ifindex)
+                                )
+                            })
+                            .collect()
+                    };
+                    if addresses(old) != addresses(new) {
                         let _ = write!(
                             line,
-                            " NAT addresses {} -> {}",
-                            old.nat_addresses, new.nat_addresses
+                            " NAT addresses [{}] -> [{}]",
+                            addresses(old).join(", "),
+                            addresses(new).join(", ")
                         );
                     }
                     if old.ring_size != new.ring_size {
                         let _ = write!(line, " ring_size {} -> {}", old.ring_size, new.ring_size);
                     }
-                    '~'
+                    if (old.half_open_per_network, old.resets_per_second)
+                        != (new.half_open_per_network, new.resets_per_second)
+                    {
+                        let _ = write!(
+                            line,
+                            " limits: {} half-open per network, {} resets per second",
+                            new.half_open_per_network, new.resets_per_second
+                        );
+                    }
                 }
                 Change::Address(op) => {
-                    let (key, value, old, removed) = parts(op);
-                    let kind = if value.kind == maps::address_kind::NAT {
-                        "NAT"
+                    let (key, value, _, _) = parts(op);
+                    if value.kind == maps::address_kind::NAT {
+                        let _ = write!(
+                            line,
+                            "NAT address {} answered on {}",
+                            ipv4(key.addr),
+                            Names::of(&n.interfaces, key.scope & !maps::nat_scope(0))
+                        );
                     } else {
-                        "endpoint"
-                    };
-                    let _ = write!(
-                        line,
-                        "{kind} address {} answered on {}",
-                        ipv4(key.addr),
-                        Names::of(&n.interfaces, key.ifindex)
-                    );
-                    sign(old.is_some(), removed)
+                        let _ = write!(
+                            line,
+                            "endpoint address {} answered in {}",
+                            ipv4(key.addr),
+                            Names::of(&n.networks, key.scope)
+                        );
+                    }
                 }
                 Change::SecurityGroup(op) => {
-                    let ((len, prefix), value, old, removed) = parts(op);
+                    let ((len, prefix), value, _, _) = parts(op);
                     let mut addr = [0u8; 4];
                     addr.copy_from_slice(&prefix.addr[..4]);
                     let _ = write!(
                         line,
                         "security group of endpoint {}: {}/{} may use listener(s) {:#b}",
-                        Names::of(&n.endpoints, prefix.endpoint),
+                        Names::of(&n.endpoints, prefix.slot),
                         std::net::Ipv4Addr::from(addr),
                         len - SourcePrefix::FIXED_BITS,
                         value.ports
                     );
-                    sign(old.is_some(), removed)
                 }
                 Change::Interface(op) => {
-                    let (ifindex, value, old, removed) = parts(op);
+                    let (ifindex, value, _, _) = parts(op);
                     let _ = write!(line, "interface {}", Names::of(&n.interfaces, *ifindex));
                     if value.network != 0 {
                         let _ = write!(
@@ -396,19 +516,15 @@ impl fmt::Display for Shown<'_> {
                             Names::of(&n.networks, value.network)
                         );
                     }
-                    sign(old.is_some(), removed)
                 }
-            };
-            match mark {
-                '+' => add += 1,
-                '~' => change += 1,
-                _ => remove += 1,
             }
-            writeln!(f, "{mark} {line}")?;
+            writeln!(f, "{} {line}", mark(c))?;
         }
+        let counts = self.plan.counts();
         write!(
             f,
-            "plan: {add} to add, {change} to change, {remove} to remove"
+            "plan: {} to add, {} to change, {} to remove",
+            counts.add, counts.change, counts.remove
         )
     }
 }
@@ -418,36 +534,6 @@ fn parts<K, V>(op: &Op<K, V>) -> (&K, &V, Option<&V>, bool) {
     match op {
         Op::Put { key, old, new } => (key, new, old.as_ref(), false),
         Op::Remove { key, old } => (key, old, None, true),
-    }
-}
-
-fn describe_endpoint_change(
-    line: &mut String,
-    old: &maps::Endpoint,
-    new: &maps::Endpoint,
-    n: &Names,
-) {
-    if old.state != new.state {
-        let _ = write!(
-            line,
-            ": state {} -> {}",
-            state_name(old.state),
-            state_name(new.state)
-        );
-    }
-    if old.ring != new.ring {
-        let _ = write!(
-            line,
-            ": ring {} -> {}",
-            Names::of(&n.rings, old.ring),
-            Names::of(&n.rings, new.ring)
-        );
-    }
-    if old.flags != new.flags {
-        let _ = write!(line, ": flags {:#b} -> {:#b}", old.flags, new.flags);
-    }
-    if old.id != new.id || old.service != new.service || old.listener != new.listener {
-        let _ = write!(line, ": renumbered");
     }
 }
 
@@ -467,11 +553,15 @@ fn ipv4(addr: maps::Addr) -> std::net::Ipv4Addr {
 mod tests {
     use std::fmt::Write as _;
 
-    use anyhow::{Result, bail};
     use endpoint_common::maps::NO_TARGET;
 
     use super::*;
-    use crate::{desired, facts::Facts, ids::Ids, validate};
+    use crate::{
+        desired,
+        facts::{Facts, Link},
+        ids::Ids,
+        validate,
+    };
 
     /// A small reproducible random source (xorshift64).
     struct Random(u64);
@@ -589,23 +679,30 @@ mod tests {
         y
     }
 
-    fn link(name: &str) -> Result<desired::Link> {
-        let ifindex = match name {
-            "cons-a" => 2,
-            "cons-b" => 3,
-            "prov" => 4,
-            _ => bail!("no interface {name}"),
-        };
-        Ok(desired::Link {
+    fn facts() -> Facts {
+        let link = |ifindex: u32| Link {
             ifindex,
             mac: [2, 0, 0, 0, 0, ifindex as u8],
             veth: true,
-        })
+        };
+        Facts {
+            links: [
+                ("cons-a".into(), link(2)),
+                ("cons-b".into(), link(3)),
+                ("prov".into(), link(4)),
+            ]
+            .into(),
+            ..Facts::default()
+        }
+    }
+
+    fn build(config: &crate::config::Config, ids: &Ids) -> Contents {
+        desired::build(config, ids, &facts(), 7, &Default::default()).contents
     }
 
     /// What must hold between any two changes: every endpoint's ring exists and points
     /// only at targets that exist; the NAT addresses in use exist.
-    fn assert_safe(state: &State, step: &str) {
+    fn assert_safe(state: &Contents, step: &str) {
         for (key, endpoint) in &state.endpoints {
             let ring = state
                 .rings
@@ -619,10 +716,17 @@ mod tests {
                 );
             }
         }
-        for i in 0..state.config.nat_addresses {
+        for (key, endpoint) in &state.endpoints {
             assert!(
-                state.nat.contains_key(&i),
-                "{step}: NAT address {i} in use but missing"
+                state.policies.contains_key(&endpoint.slot)
+                    && state.limits.contains_key(&endpoint.slot),
+                "{step}: endpoint {key:?} has no policy or limits"
+            );
+            assert!(
+                state
+                    .ports
+                    .contains(&(key.network, u16::from_be(key.port_be))),
+                "{step}: endpoint {key:?}'s port is closed"
             );
         }
     }
@@ -644,9 +748,9 @@ mod tests {
                 continue;
             };
             let ids_a = Ids::default().assign(&a.config);
-            let state_a = desired::build(&a.config, &ids_a, &Default::default(), link).unwrap();
+            let state_a = build(&a.config, &ids_a);
             let ids_b = ids_a.assign(&b.config);
-            let state_b = desired::build(&b.config, &ids_b, &Default::default(), link).unwrap();
+            let state_b = build(&b.config, &ids_b);
 
             let plan = Plan::between(&state_a, &state_b);
             let mut maps = state_a.clone();
@@ -683,15 +787,12 @@ mod tests {
             .config;
         let ids_a = Ids::default().assign(&a);
         let ids_b = ids_a.assign(&b);
-        let plan = Plan::between(
-            &desired::build(&a, &ids_a, &Default::default(), link).unwrap(),
-            &desired::build(&b, &ids_b, &Default::default(), link).unwrap(),
-        );
+        let plan = Plan::between(&build(&a, &ids_a), &build(&b, &ids_b));
         for change in &plan.changes {
             if let Change::Endpoint(op) = change {
                 let (_, endpoint, _, _) = parts(op);
                 assert_eq!(
-                    endpoint.id, ids_b.endpoints["e0"],
+                    endpoint.slot, ids_b.endpoints["e0"],
                     "only e0 changes: {change:?}"
                 );
             }

@@ -1,8 +1,9 @@
-//! `endpoint-agent run`: the node agent. Start (or take over an earlier agent's data
-//! path), apply the config, then keep the maps in sync with it — the file is re-read
-//! every half second and on SIGHUP — while expiring idle flows and watching for traffic
-//! to endpoints that wait for acceptance; on SIGINT/SIGTERM take everything down (or,
-//! with `--on-exit keep`, leave the data path running for the next agent).
+//! `endpoint-agent run`: the node agent's loop. Start (or take over an earlier agent's
+//! data path), apply the config, then keep the maps in sync with it — the file once it
+//! settles and on SIGHUP, target health, the node's interfaces — while expiring flows
+//! and watching for traffic to endpoints that wait for acceptance; on SIGINT/SIGTERM
+//! take everything down (or, with `--on-exit keep`, leave the data path running for the
+//! next agent).
 
 use std::{
     collections::BTreeMap,
@@ -11,8 +12,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, PerCpuArray};
-use endpoint_common::counter::{self, Count};
+use endpoint_common::{
+    counter::{self, Count},
+    maps::name,
+};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -21,17 +24,16 @@ use tokio::{
 };
 
 use crate::{
+    acceptance,
+    agent::Agent,
     config::State,
-    events::{self, Events, Kind},
-    expiry,
+    events::{Events, Kind},
     facts::Facts,
     health::{self, Checks},
     host::Host,
     instance::Instance,
     keys::TargetKey,
-    loader,
-    reconcile::Agent,
-    validate,
+    loader, validate,
 };
 
 /// What to do with the data path when the agent is asked to stop.
@@ -55,7 +57,9 @@ pub struct Options {
 /// How often the file is re-read, idle flows are looked for, and due health checks
 /// started.
 const WATCH: Duration = Duration::from_millis(500);
-const EXPIRE: Duration = Duration::from_secs(5);
+const EXPIRE: Duration = Duration::from_secs(1);
+/// How often the node's interfaces are looked at again.
+const NODE: Duration = Duration::from_secs(2);
 const HEALTH: Duration = Duration::from_millis(250);
 
 pub async fn run(options: Options) -> Result<()> {
@@ -74,30 +78,21 @@ pub async fn run(options: Options) -> Result<()> {
                 discard(&instance);
             }
         })?;
-    drain_program_logs(&mut agent.ebpf);
+    drain_program_logs(agent.ebpf_mut());
     if let Err(e) = agent.reconcile(&text, true) {
         if fresh {
             let _ = agent.remove();
         }
         return Err(e);
     }
-    let summary = |agent: &Agent| {
-        let config = agent.applied.config.as_ref();
-        let states = config.map(events::effective_states).unwrap_or_default();
-        format!(
-            "{} services, {} endpoints ({} available)",
-            config.map_or(0, |c| c.services.len()),
-            states.len(),
-            states.values().filter(|s| **s == State::Available).count()
-        )
-    };
-    log::info!("ready: {}", summary(&agent));
+    log::info!("ready: {}", agent.summary());
 
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut watch = interval(WATCH);
     let mut expire = interval(EXPIRE);
+    let mut node = interval(NODE);
     let mut pending = Pending::default();
     let mut health = interval(HEALTH);
     let mut checks = Checks::default();
@@ -109,14 +104,14 @@ pub async fn run(options: Options) -> Result<()> {
             _ = interrupt.recv() => { log::info!("SIGINT: stopping"); break }
             _ = hangup.recv() => {
                 log::info!("SIGHUP: reloading {source}");
-                file.reload(&mut agent, &options.config, true, summary);
+                file.reload(&mut agent, &options.config, true);
             }
             _ = watch.tick() => {
-                file.reload(&mut agent, &options.config, false, summary);
+                file.reload(&mut agent, &options.config, false);
                 pending.watch(&mut agent);
             }
             _ = health.tick() => {
-                if let Some(config) = &agent.applied.config {
+                if let Some(config) = &agent.applied().config {
                     checks.sync(config);
                 }
                 for (target, addr, spec) in checks.due(Instant::now()) {
@@ -134,19 +129,21 @@ pub async fn run(options: Options) -> Result<()> {
                     }
                     let state = if transition.healthy { "healthy" } else { "unhealthy" };
                     log::warn!("target {} (checked at {}) is {state}", transition.target, transition.addr);
-                    if let Some(events) = &mut agent.events {
+                    if let Some(events) = agent.events() {
                         events.target(&transition);
                     }
                 }
             }
             _ = expire.tick() => {
-                let config = agent.applied.config.clone();
-                if let Some(config) = config {
-                    match expiry::expire(&mut agent.ebpf, &config, &agent.applied.ids, expiry::now_s()) {
-                        Ok(0) => {}
-                        Ok(n) => log::debug!("expired {n} idle connections"),
-                        Err(e) => log::warn!("expiring flows: {e:#}"),
-                    }
+                match agent.expire() {
+                    Ok(0) => {}
+                    Ok(n) => log::debug!("expired {n} connections"),
+                    Err(e) => log::warn!("expiring flows: {e:#}"),
+                }
+            }
+            _ = node.tick() => {
+                if let Err(e) = agent.follow_node() {
+                    log::error!("following the node's interfaces: {e:#}");
                 }
             }
         }
@@ -158,7 +155,7 @@ pub async fn run(options: Options) -> Result<()> {
         }
         OnExit::Keep => log::info!(
             "left the data path running for the next agent of instance {:?}; bye",
-            agent.instance.name
+            agent.instance().name
         ),
     }
     Ok(())
@@ -201,13 +198,7 @@ impl Watch {
 
     /// Re-applies the file if it changed and settled (or at once, `now`). A config that
     /// fails leaves the running state exactly as it was.
-    fn reload(
-        &mut self,
-        agent: &mut Agent,
-        path: &std::path::Path,
-        now: bool,
-        summary: impl Fn(&Agent) -> String,
-    ) {
+    fn reload(&mut self, agent: &mut Agent, path: &std::path::Path, now: bool) {
         let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let text = match read(path) {
             Ok(text) => text,
@@ -235,11 +226,11 @@ impl Watch {
         }
         self.settling = None;
         self.tried = text.clone();
-        if text == agent.applied.text {
+        if text == agent.applied().text {
             return;
         }
         match agent.reconcile(&text, false) {
-            Ok(()) => log::info!("reloaded: {}", summary(agent)),
+            Ok(()) => log::info!("reloaded: {}", agent.summary()),
             Err(e) => log::error!("{e:#}\nkeeping the running config"),
         }
     }
@@ -254,25 +245,23 @@ struct Pending {
 
 impl Pending {
     fn watch(&mut self, agent: &mut Agent) {
-        let Some(config) = agent.applied.config.clone() else {
+        let Some(config) = agent.applied().config.clone() else {
             return;
         };
-        let states = events::effective_states(&config);
-        let Some(map) = agent.ebpf.map("STATS") else {
-            return;
-        };
-        let Ok(stats) = PerCpuArray::<&MapData, Count>::try_from(map) else {
+        let states = acceptance::effective_states(&config);
+        let Ok(stats) = agent.pipeline().maps().per_cpu_array::<Count>(name::STATS) else {
             return;
         };
         let mut still = BTreeMap::new();
+        let mut first_traffic = Vec::new();
         for endpoint in &config.endpoints {
             if states.get(endpoint.id.as_str()) != Some(&State::PendingAcceptance) {
                 continue;
             }
-            let Some(&id) = agent.applied.ids.endpoints.get(&endpoint.id) else {
+            let Some(&slot) = agent.applied().ids.endpoints.get(&endpoint.id) else {
                 continue;
             };
-            let index = counter::index(id, counter::DROP_STATE_PENDING_ACCEPTANCE);
+            let index = counter::index(slot, counter::DROP_STATE_PENDING_ACCEPTANCE);
             let Ok(per_cpu) = stats.get(&index, 0) else {
                 continue;
             };
@@ -283,12 +272,17 @@ impl Pending {
                 .copied()
                 .unwrap_or((dropped, false));
             let report = !reported && dropped > baseline;
-            if report && let Some(events) = &mut agent.events {
-                events.emit(Kind::PendingTraffic, endpoint, State::PendingAcceptance);
+            if report {
+                first_traffic.push(endpoint);
             }
             still.insert(endpoint.id.clone(), (baseline, reported || report));
         }
         self.seen = still;
+        if let Some(events) = agent.events() {
+            for endpoint in first_traffic {
+                events.emit(Kind::PendingTraffic, endpoint, State::PendingAcceptance);
+            }
+        }
     }
 }
 

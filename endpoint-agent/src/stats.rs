@@ -1,10 +1,12 @@
 //! Counters: the program's per-CPU `STATS` array, summed over CPUs.
 
-use anyhow::{Context as _, Result};
-use aya::maps::{MapData, PerCpuArray};
-use endpoint_common::counter::{self, Count};
+use anyhow::Result;
+use endpoint_common::{
+    counter::{self, Count},
+    maps::name,
+};
 
-use crate::apply::Maps;
+use crate::maps::Maps;
 
 pub struct Counters {
     /// Indexed like `STATS`: `endpoint * counter::COUNT + counter`.
@@ -12,9 +14,8 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn read(ebpf: &impl Maps) -> Result<Self> {
-        let map = ebpf.map("STATS").context("no map STATS")?;
-        let stats: PerCpuArray<&MapData, Count> = PerCpuArray::try_from(map)?;
+    pub fn read(maps: &Maps) -> Result<Self> {
+        let stats = maps.per_cpu_array::<Count>(name::STATS)?;
         let counts = (0..stats.len())
             .map(|i| {
                 let per_cpu = stats.get(&i, 0)?;

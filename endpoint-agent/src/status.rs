@@ -1,27 +1,106 @@
-//! `endpoint-agent status`: what a running (or kept) instance is doing — its interfaces
-//! and their attach modes, services, endpoints with their states and counters, and the
-//! node's totals — read from the pinned maps and the state directory.
+//! `endpoint-agent status [--json]`: what a running (or kept) instance is doing — the
+//! config generation in its maps, its interfaces and their attach modes, services,
+//! endpoints with their states, limits, usage and counters, and the node's totals —
+//! read from the pinned maps and the state directory. `--json` is for programs (the
+//! tests wait on `generation`); the text is for people.
 
-use std::fmt::Write as _;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{HashMap, MapData};
 use endpoint_common::{
     counter::{self, Count},
-    maps::{Flow, FlowKey},
+    maps::{Limits, Usage, name},
 };
+use serde::Serialize;
 
 use crate::{
-    apply::{Maps as _, Pinned},
+    acceptance,
     config::{self, Config},
-    events,
+    expiry,
+    facts::Facts,
     ids::Ids,
-    instance::Instance,
+    instance::{Instance, Record},
     loader::Modes,
+    maps::Maps,
     stats::Counters,
 };
 
-pub fn show(instance: &Instance) -> Result<String> {
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub instance: String,
+    /// Config generations applied to the maps (the last one's number).
+    pub generation: u64,
+    /// Entries in the flow table (two per connection).
+    pub flow_entries: usize,
+    pub interfaces: Vec<InterfaceStatus>,
+    pub services: Vec<ServiceStatus>,
+    pub endpoints: Vec<EndpointStatus>,
+    /// Every counter over all endpoints (zero ones left out).
+    pub counters: BTreeMap<&'static str, Traffic>,
+}
+
+/// Packets and bytes under one counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl From<Count> for Traffic {
+    fn from(count: Count) -> Self {
+        Self {
+            packets: count.packets,
+            bytes: count.bytes,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub role: String,
+    pub consumer_network: Option<String>,
+    /// `native` or `generic`; none: not attached.
+    pub attached: Option<String>,
+    /// Whether the node has it.
+    pub present: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub acceptance_required: bool,
+    pub endpoints: usize,
+    pub targets: usize,
+    pub connections_opened: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointStatus {
+    pub id: String,
+    pub service: String,
+    pub consumer_network: String,
+    pub ip: String,
+    pub state: String,
+    pub limits: LimitsStatus,
+    /// Open connections, and those in their handshake.
+    pub connections: u64,
+    pub half_open: u64,
+    /// This endpoint's counters (zero ones left out).
+    pub counters: BTreeMap<&'static str, Traffic>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LimitsStatus {
+    pub idle_timeout_seconds: u32,
+    /// 0: none.
+    pub connections: u32,
+    pub new_connections_per_second: u64,
+    pub half_open: u32,
+}
+
+/// What instance `instance` is doing.
+pub fn read(instance: &Instance) -> Result<Status> {
     if !instance.exists() {
         bail!(
             "instance {:?} has no data path (nothing pinned under {})",
@@ -34,108 +113,198 @@ pub fn show(instance: &Instance) -> Result<String> {
     let config: Config = config::parse("applied.yaml", &text)?;
     let ids: Ids = instance.read("ids.json")?.unwrap_or_default();
     let modes: Modes = instance.read("modes.json")?.unwrap_or_default();
-    let maps = Pinned::open(&instance.pins, &["STATS", "FLOWS"])?;
+    let record: Record = instance.read("record.json")?.unwrap_or_default();
+    let maps = Maps::open_pinned(&instance.pins)?;
     let counters = Counters::read(&maps)?;
-    let flows: HashMap<&MapData, FlowKey, Flow> =
-        HashMap::try_from(maps.map("FLOWS").context("no map FLOWS")?)?;
-    let flows = flows.keys().count();
+    let flow_entries = expiry::read_all::<
+        endpoint_common::maps::FlowKey,
+        endpoint_common::maps::Flow,
+    >(maps.data(name::FLOWS)?)?
+    .len();
+    let facts = Facts::of_this_node()?;
+    let limits = maps.array::<Limits>(name::LIMITS)?;
+    let usage = maps.array::<Usage>(name::USAGE)?;
+    let nonzero = |slot: u32| -> BTreeMap<&'static str, Traffic> {
+        counter::ALL
+            .iter()
+            .filter(|(c, _)| counters.get(slot, *c) != Count::default())
+            .map(|(c, name)| (*name, counters.get(slot, *c).into()))
+            .collect()
+    };
+    let states = acceptance::effective_states(&config);
+    Ok(Status {
+        instance: instance.name.clone(),
+        generation: record.generation,
+        flow_entries,
+        interfaces: config
+            .node
+            .interfaces
+            .iter()
+            .map(|i| InterfaceStatus {
+                name: i.name.clone(),
+                role: format!("{:?}", i.role).to_lowercase(),
+                consumer_network: i.consumer_network.clone(),
+                attached: modes.get(&i.name).map(ToString::to_string),
+                present: facts.links.contains_key(&i.name),
+            })
+            .collect(),
+        services: config
+            .services
+            .iter()
+            .map(|s| {
+                let members: Vec<u32> = config
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.service == s.name)
+                    .filter_map(|e| ids.endpoints.get(&e.id).copied())
+                    .collect();
+                ServiceStatus {
+                    name: s.name.clone(),
+                    acceptance_required: s.acceptance_required,
+                    endpoints: members.len(),
+                    targets: s
+                        .load_balancers
+                        .iter()
+                        .flat_map(|lb| &lb.listeners)
+                        .map(|l| l.targets.len())
+                        .sum(),
+                    connections_opened: members
+                        .iter()
+                        .map(|&slot| counters.get(slot, counter::FORWARD_NEW).packets)
+                        .sum(),
+                }
+            })
+            .collect(),
+        endpoints: config
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                let slot = *ids.endpoints.get(&e.id)?;
+                let limit = limits.get(&slot, 0).unwrap_or_default();
+                let used = usage.get(&slot, 0).unwrap_or_default();
+                Some(EndpointStatus {
+                    id: e.id.clone(),
+                    service: e.service.clone(),
+                    consumer_network: e.consumer_network.clone(),
+                    ip: e.ip.to_string(),
+                    state: states.get(e.id.as_str()).map_or("?", |s| s.name()).into(),
+                    limits: LimitsStatus {
+                        idle_timeout_seconds: limit.idle_timeout_s,
+                        connections: limit.connections,
+                        new_connections_per_second: 1_000_000_000_u64
+                            .checked_div(limit.interval_ns)
+                            .unwrap_or(0),
+                        half_open: limit.half_open,
+                    },
+                    connections: used.connections,
+                    half_open: used.half_open,
+                    counters: nonzero(slot),
+                })
+            })
+            .collect(),
+        counters: counter::ALL
+            .iter()
+            .filter(|(c, _)| counters.total(*c) != Count::default())
+            .map(|(c, name)| (*name, counters.total(*c).into()))
+            .collect(),
+    })
+}
 
+/// `status` as JSON.
+pub fn json(instance: &Instance) -> Result<String> {
+    Ok(serde_json::to_string_pretty(&read(instance)?)?)
+}
+
+/// `status` for people.
+pub fn show(instance: &Instance) -> Result<String> {
+    let status = read(instance)?;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "instance {:?}: {} flow entries (two per connection)",
-        instance.name, flows
+        "instance {:?}: config generation {}, {} flow entries (two per connection)",
+        status.instance, status.generation, status.flow_entries
     );
     let _ = writeln!(out, "\ninterfaces:");
-    for i in &config.node.interfaces {
-        let mode = modes
-            .get(&i.name)
-            .map_or("not attached".to_string(), |m| m.to_string());
+    for i in &status.interfaces {
         let role = match &i.consumer_network {
-            Some(n) => format!("{:?} for {n}", i.role),
-            None => format!("{:?}", i.role),
+            Some(n) => format!("{} for {n}", i.role),
+            None => i.role.clone(),
         };
-        let nat: Vec<String> = i.nat_addresses.iter().map(ToString::to_string).collect();
-        let nat = if nat.is_empty() {
-            String::new()
-        } else {
-            format!("  NAT {}", nat.join(", "))
+        let attached = match (&i.attached, i.present) {
+            (_, false) => "missing from the node".to_string(),
+            (Some(mode), true) => mode.clone(),
+            (None, true) => "not attached".to_string(),
         };
-        let _ = writeln!(out, "  {:<12} {:<28} {mode}{nat}", i.name, role);
+        let _ = writeln!(out, "  {:<12} {:<28} {attached}", i.name, role);
     }
-    let states = events::effective_states(&config);
-    let sum = |ids: &mut dyn Iterator<Item = u32>, counter: u32| -> u64 {
-        ids.map(|id| counters.get(id, counter).packets).sum()
-    };
     let _ = writeln!(out, "\nservices:");
-    for s in &config.services {
-        let members: Vec<u32> = config
-            .endpoints
-            .iter()
-            .filter(|e| e.service == s.name)
-            .filter_map(|e| ids.endpoints.get(&e.id).copied())
-            .collect();
-        let targets: usize = s
-            .load_balancers
-            .iter()
-            .flat_map(|lb| &lb.listeners)
-            .map(|l| l.targets.len())
-            .sum();
+    for s in &status.services {
         let _ = writeln!(
             out,
-            "  {:<16} acceptance {:<8} endpoints {:<3} targets {:<3} connections opened {:<8} packets forwarded {:<10} replies {}",
+            "  {:<16} acceptance {:<8} endpoints {:<3} targets {:<3} connections opened {}",
             s.name,
             if s.acceptance_required {
                 "required"
             } else {
                 "no"
             },
-            members.len(),
-            targets,
-            sum(&mut members.iter().copied(), counter::FORWARD_NEW),
-            sum(&mut members.iter().copied(), counter::FORWARD),
-            sum(&mut members.iter().copied(), counter::REPLY),
+            s.endpoints,
+            s.targets,
+            s.connections_opened,
         );
     }
     let _ = writeln!(out, "\nendpoints:");
     let _ = writeln!(
         out,
-        "  {:<20} {:<12} {:<10} {:<16} {:<18} {:>8} {:>10} {:>10} {:>8}",
-        "ID", "SERVICE", "NETWORK", "IP", "STATE", "OPENED", "FORWARDED", "REPLIES", "DROPPED"
+        "  {:<20} {:<12} {:<10} {:<16} {:<18} {:>6} {:>9} {:>8} {:>10} {:>8}",
+        "ID",
+        "SERVICE",
+        "NETWORK",
+        "IP",
+        "STATE",
+        "CONNS",
+        "HALF-OPEN",
+        "OPENED",
+        "FORWARDED",
+        "DROPPED"
     );
-    for e in &config.endpoints {
-        let Some(&id) = ids.endpoints.get(&e.id) else {
-            continue;
-        };
+    for e in &status.endpoints {
+        let packets = |name: &str| e.counters.get(name).map_or(0, |c| c.packets);
         let dropped: u64 = counter::ALL
             .iter()
-            .filter(|(c, _)| *c >= counter::DROP_MALFORMED && *c != counter::RESET_REVOKED)
-            .map(|(c, _)| counters.get(id, *c).packets)
+            .filter(|(c, _)| counter::is_drop(*c))
+            .map(|(_, name)| packets(name))
             .sum();
         let _ = writeln!(
             out,
-            "  {:<20} {:<12} {:<10} {:<16} {:<18} {:>8} {:>10} {:>10} {:>8}",
+            "  {:<20} {:<12} {:<10} {:<16} {:<18} {:>6} {:>9} {:>8} {:>10} {:>8}",
             e.id,
             e.service,
             e.consumer_network,
             e.ip,
-            states.get(e.id.as_str()).map_or("?", |s| s.name()),
-            counters.get(id, counter::FORWARD_NEW).packets,
-            counters.get(id, counter::FORWARD).packets,
-            counters.get(id, counter::REPLY).packets,
+            e.state,
+            e.connections,
+            e.half_open,
+            packets("forward_new"),
+            packets("forward") + packets("reply"),
             dropped,
         );
-    }
-    let _ = writeln!(out, "\ncounters (all endpoints, packets/bytes):");
-    for (c, name) in counter::ALL {
-        let total = counters.total(*c);
-        if total != Count::default() {
+        let l = &e.limits;
+        if l.connections != 0 || l.new_connections_per_second != 0 {
             let _ = writeln!(
                 out,
-                "  {name:<32} {:>12} {:>14}",
-                total.packets, total.bytes
+                "  {:<20} limits: {} connections, {} new per second, {} half-open",
+                "", l.connections, l.new_connections_per_second, l.half_open
             );
         }
+    }
+    let _ = writeln!(out, "\ncounters (all endpoints, packets/bytes):");
+    for (name, total) in &status.counters {
+        let _ = writeln!(
+            out,
+            "  {name:<32} {:>12} {:>14}",
+            total.packets, total.bytes
+        );
     }
     Ok(out)
 }

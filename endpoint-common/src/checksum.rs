@@ -55,6 +55,18 @@ impl Sum {
     pub const fn finish(self) -> u16 {
         !fold(self.0)
     }
+
+    /// The sum so far, unfolded (what the kernel's checksum helpers take and give).
+    #[inline(always)]
+    pub const fn partial(self) -> u32 {
+        self.0
+    }
+
+    /// A sum the kernel computed (`bpf_csum_diff`).
+    #[inline(always)]
+    pub const fn of(partial: u32) -> Self {
+        Self(partial)
+    }
 }
 
 /// Folds a 32-bit one's complement sum into 16 bits.

@@ -30,7 +30,8 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Not endpoint traffic: handed to the kernel untouched.
+    /// Not endpoint traffic, on an interface that also carries the node's own: handed
+    /// to the kernel untouched.
     PASS = "pass",
     /// An ARP request for an endpoint or NAT address, answered.
     ARP_REPLY = "arp_reply",
@@ -40,28 +41,67 @@ counters! {
     FORWARD = "forward",
     /// A packet of an established flow, target back to consumer.
     REPLY = "reply",
+    /// A RST the node sent for a connection it cut (`on_revoke: reset`).
+    RESET_SENT = "reset_sent",
+    /// On a consumer interface, anything that is neither endpoint traffic nor ARP for
+    /// the node's addresses there: the node itself is not reachable from a consumer.
+    DROP_NOT_ENDPOINT = "drop_not_endpoint",
+    /// Endpoint traffic not sent to the interface's own MAC (broadcast, multicast,
+    /// another host's), or from a multicast MAC.
+    DROP_NOT_FOR_US = "drop_not_for_us",
     /// Truncated or invalid Ethernet, IPv4 or TCP header.
     DROP_MALFORMED = "drop_malformed",
     /// IPv4 options on traffic to one of our addresses (not supported).
     DROP_IP_OPTIONS = "drop_ip_options",
     /// An IPv4 fragment to one of our addresses (not supported).
     DROP_FRAGMENT = "drop_fragment",
+    /// A wrong IPv4 header checksum, or a wrong TCP checksum on a segment that would
+    /// open a flow.
+    DROP_BAD_CHECKSUM = "drop_bad_checksum",
+    /// TCP flags no segment of a connection carries (SYN with FIN or RST, none at all).
+    DROP_BAD_FLAGS = "drop_bad_flags",
+    /// A source that cannot be a client: unspecified, loopback, multicast, broadcast,
+    /// reserved, or one of the node's own addresses in that network.
+    DROP_MARTIAN = "drop_martian",
     /// TTL would reach zero.
     DROP_TTL_EXPIRED = "drop_ttl_expired",
     /// Not a SYN and no flow: nothing to continue.
     DROP_NO_FLOW = "drop_no_flow",
+    /// A segment that does not fit its connection's state (data before the handshake).
+    DROP_OUT_OF_STATE = "drop_out_of_state",
+    /// A RST or FIN outside the receiver's window: spoofed, or stale.
+    DROP_OUT_OF_WINDOW = "drop_out_of_window",
     /// A provider-side packet to a NAT address and port that matches no flow.
     DROP_REPLY_NO_FLOW = "drop_reply_no_flow",
+    /// A reply that arrived on another interface than its flow's provider interface.
+    DROP_WRONG_INTERFACE = "drop_wrong_interface",
+    /// A packet of a flow whose endpoint was deleted (or whose consumer interface moved
+    /// to another network): the flow is removed.
+    DROP_FLOW_GONE = "drop_flow_gone",
     /// The endpoint's service has no target to send the flow to.
     DROP_NO_TARGET = "drop_no_target",
     /// No free NAT port for this target after a bounded search.
     DROP_NAT_EXHAUSTED = "drop_nat_exhausted",
+    /// The flow table is full: new connections wait for room (none is evicted).
+    DROP_FLOW_TABLE_FULL = "drop_flow_table_full",
+    /// The consumer network's or the endpoint's connections in their handshake are at
+    /// their limit (a SYN flood is held there).
+    DROP_HALF_OPEN_LIMIT = "drop_half_open_limit",
+    /// The endpoint's open connections are at its `limits.connections`.
+    DROP_CONNECTION_LIMIT = "drop_connection_limit",
+    /// Above the endpoint's `limits.new_connections_per_second`.
+    DROP_RATE_LIMIT = "drop_rate_limit",
+    /// A RST the node would have sent, over the per-CPU budget.
+    DROP_RESET_BUDGET = "drop_reset_budget",
     /// The route to the target has no resolved neighbour (MAC) yet.
     DROP_FIB_NO_NEIGHBOUR = "drop_fib_no_neighbour",
     /// The packet is larger than the egress MTU.
     DROP_FIB_FRAG_NEEDED = "drop_fib_frag_needed",
     /// No usable route to the target (unreachable, blackhole, prohibited, forwarding off).
     DROP_FIB_UNREACHABLE = "drop_fib_unreachable",
+    /// The route leaves through an interface the program is not attached to: a frame
+    /// redirected there could be lost unseen.
+    DROP_EGRESS_NOT_ATTACHED = "drop_egress_not_attached",
     /// The endpoint is `pendingAcceptance`.
     DROP_STATE_PENDING_ACCEPTANCE = "drop_state_pending_acceptance",
     /// The endpoint is `pending`.
@@ -78,8 +118,6 @@ counters! {
     DROP_STATE_EXPIRED = "drop_state_expired",
     /// The source is outside the endpoint's security groups.
     DROP_SECURITY_GROUP = "drop_security_group",
-    /// A packet of a flow whose endpoint was revoked with `reset`: answered with a RST.
-    RESET_REVOKED = "reset_revoked",
 }
 
 /// The counter a packet to an endpoint in `state` (not available) is dropped under.
@@ -102,4 +140,10 @@ pub const fn drop_for_state(state: u8) -> u32 {
 #[inline(always)]
 pub const fn index(endpoint: u32, counter: u32) -> u32 {
     endpoint * COUNT + counter
+}
+
+/// Whether `counter` counts dropped packets (all drops come after the other outcomes).
+#[inline(always)]
+pub const fn is_drop(counter: u32) -> bool {
+    counter >= DROP_NOT_ENDPOINT
 }

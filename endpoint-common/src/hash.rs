@@ -27,31 +27,25 @@ const fn finish(mut h: u32, len_bytes: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// MurmurHash3 of ten words.
+/// MurmurHash3 of `N` words.
 #[inline(always)]
-pub const fn words(w: &[u32; 10], seed: u32) -> u32 {
+pub const fn words<const N: usize>(w: &[u32; N], seed: u32) -> u32 {
     let mut h = seed;
     let mut i = 0;
-    while i < 10 {
+    while i < N {
         h = round(h, w[i]);
         i += 1;
     }
-    finish(h, 40)
+    finish(h, 4 * N as u32)
 }
 
-/// The hash of a connection's addresses, ports, protocol and family — not its consumer
-/// network, whose id is local to a node — so every node with the same seed picks the
-/// same target for the same connection.
+/// The hash of a connection's addresses, ports and protocol — not its consumer network,
+/// whose id is local to a node — so every node with the same seed picks the same target
+/// for the same connection.
 #[inline(always)]
 pub const fn flow(key: &FlowKey, seed: u32) -> u32 {
-    let s = key.src.words_be;
-    let d = key.dst.words_be;
     let ports = (key.src_port_be as u32) | ((key.dst_port_be as u32) << 16);
-    let kind = (key.proto as u32) | ((key.family as u32) << 8);
-    words(
-        &[s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], ports, kind],
-        seed,
-    )
+    words(&[key.src_be, key.dst_be, ports, key.proto() as u32], seed)
 }
 
 /// A second, independent hash of the same connection that also covers its consumer
@@ -116,12 +110,15 @@ mod tests {
     #[test]
     fn network_only_affects_nat_hash() {
         let a = FlowKey {
-            network: 1,
+            scope: FlowKey::scope(1, 6),
             src_port_be: 5,
             ..FlowKey::default()
         };
-        let b = FlowKey { network: 2, ..a };
+        let b = FlowKey {
+            scope: FlowKey::scope(2, 6),
+            ..a
+        };
         assert_eq!(flow(&a, 3), flow(&b, 3));
-        assert_ne!(nat(flow(&a, 3), a.network), nat(flow(&b, 3), b.network));
+        assert_ne!(nat(flow(&a, 3), a.network()), nat(flow(&b, 3), b.network()));
     }
 }

@@ -123,7 +123,7 @@ mod tests {
         let mut landed = [0u32; 4];
         for i in 0..1_000_000u32 {
             let key = FlowKey {
-                src: crate::maps::Addr::ipv4((0x0a00_0000 | (i >> 16)).to_be_bytes()),
+                src_be: u32::from_ne_bytes((0x0a00_0000 | (i >> 16)).to_be_bytes()),
                 src_port_be: (i & 0xffff) as u16,
                 dst_port_be: 80u16.to_be(),
                 ..FlowKey::default()

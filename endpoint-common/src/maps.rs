@@ -1,14 +1,21 @@
-//! Keys and values of every BPF map.
+//! Keys and values of every BPF map, and the registry of the maps themselves.
 //!
 //! Rules: fixed-width integers only, explicit `_pad` so no byte is left uninitialised
 //! (keys are hashed byte for byte), `_be` for fields that hold packet bytes in network
-//! order, sizes asserted below. Addresses are always 16 bytes and keys carry a family and
-//! a protocol, so IPv6 and UDP need no new layout.
+//! order, sizes asserted below. The registry ([`MAPS`]) is the one list of map names,
+//! kinds and sizes: the eBPF crate names its statics alike (the agent checks the object
+//! against it) and the agent checks pinned maps against it before adopting them.
+//!
+//! Arrays the agent changes while packets read them are mmapped by the agent and
+//! written with single aligned stores (see [`Map::mmapped`]): a map update copies a
+//! value byte by byte, and a packet could read it half old, half new.
+
+/// The version of this layout: bumped whenever a map's kind, key or value changes, so
+/// that an agent never adopts maps pinned by one with another layout.
+pub const LAYOUT: u32 = 2;
 
 /// Address family codes.
 pub const FAMILY_IPV4: u8 = 4;
-/// Address family codes.
-pub const FAMILY_IPV6: u8 = 6;
 
 /// IP protocol numbers used in keys.
 pub const PROTO_TCP: u8 = 6;
@@ -39,28 +46,137 @@ impl Addr {
     }
 }
 
+/// The kinds of map the data path uses (values of `bpf_map_type`).
+pub mod kind {
+    pub const HASH: u32 = 1;
+    pub const ARRAY: u32 = 2;
+    pub const PERCPU_ARRAY: u32 = 6;
+    pub const LPM_TRIE: u32 = 11;
+    pub const QUEUE: u32 = 22;
+}
+
+/// A map of the data path: what the agent expects to find, loaded or pinned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Map {
+    pub name: &'static str,
+    pub kind: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    /// Written by the agent through an mmap (created with `BPF_F_MMAPABLE`).
+    pub mmapped: bool,
+}
+
+const fn map<K, V>(name: &'static str, kind: u32, mmapped: bool) -> Map {
+    Map {
+        name,
+        kind,
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
+        mmapped,
+    }
+}
+
+/// Map names, as the eBPF crate's statics are called.
+pub mod name {
+    pub const INTERFACES: &str = "INTERFACES";
+    pub const PORTS: &str = "PORTS";
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const POLICIES: &str = "POLICIES";
+    pub const LIMITS: &str = "LIMITS";
+    pub const USAGE: &str = "USAGE";
+    pub const NETWORK_USAGE: &str = "NETWORK_USAGE";
+    pub const SECURITY_GROUPS: &str = "SECURITY_GROUPS";
+    pub const ADDRESSES: &str = "ADDRESSES";
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const TARGETS: &str = "TARGETS";
+    pub const RINGS: &str = "RINGS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const HANDSHAKES: &str = "HANDSHAKES";
+    pub const CLOSINGS: &str = "CLOSINGS";
+    pub const SCRATCH: &str = "SCRATCH";
+    pub const SEGMENT: &str = "SEGMENT";
+    pub const BUDGETS: &str = "BUDGETS";
+    pub const STATS: &str = "STATS";
+}
+
+/// Every map of the data path.
+pub const MAPS: &[Map] = &[
+    map::<u32, Interface>(name::INTERFACES, kind::ARRAY, true),
+    map::<u32, PortBitmap>(name::PORTS, kind::ARRAY, true),
+    map::<EndpointKey, EndpointRef>(name::ENDPOINTS, kind::HASH, false),
+    map::<u32, u64>(name::POLICIES, kind::ARRAY, true),
+    map::<u32, Limits>(name::LIMITS, kind::ARRAY, false),
+    map::<u32, Usage>(name::USAGE, kind::ARRAY, false),
+    map::<u32, u64>(name::NETWORK_USAGE, kind::ARRAY, false),
+    Map {
+        // An LPM trie's key is a 4-byte prefix length, then the data.
+        key_size: 4 + size_of::<SourcePrefix>() as u32,
+        ..map::<SourcePrefix, SecurityGroup>(name::SECURITY_GROUPS, kind::LPM_TRIE, false)
+    },
+    map::<AddressKey, Address>(name::ADDRESSES, kind::HASH, false),
+    map::<u32, Settings>(name::SETTINGS, kind::HASH, false),
+    map::<u32, Target>(name::TARGETS, kind::ARRAY, false),
+    map::<u32, u32>(name::RINGS, kind::ARRAY, true),
+    map::<FlowKey, Flow>(name::FLOWS, kind::HASH, false),
+    Map {
+        key_size: 0,
+        ..map::<(), Pending>(name::HANDSHAKES, kind::QUEUE, false)
+    },
+    Map {
+        key_size: 0,
+        ..map::<(), Pending>(name::CLOSINGS, kind::QUEUE, false)
+    },
+    map::<u32, Scratch>(name::SCRATCH, kind::PERCPU_ARRAY, false),
+    map::<u32, Segment>(name::SEGMENT, kind::PERCPU_ARRAY, false),
+    map::<u32, Budget>(name::BUDGETS, kind::PERCPU_ARRAY, false),
+    map::<u32, crate::counter::Count>(name::STATS, kind::PERCPU_ARRAY, false),
+];
+
 /// Interface roles (bits of [`Interface::roles`]).
 pub mod role {
     /// Consumer traffic to endpoints arrives here.
-    pub const CONSUMER: u32 = 1;
+    pub const CONSUMER: u8 = 1;
     /// Targets are reached, and replies arrive, here.
-    pub const PROVIDER: u32 = 2;
+    pub const PROVIDER: u8 = 2;
 }
 
-/// `INTERFACES`: ifindex (u32) → what the interface is for.
+/// `INTERFACES` (array indexed by ifindex, mmapped): what each attached interface is for.
+/// The agent writes it as 8-byte words, the first (network, roles, bounce) in one store,
+/// so a packet never sees an interface half moved to another network.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Interface {
-    /// [`role`] bits.
-    pub roles: u32,
     /// The consumer network (id ≥ 1) whose endpoints this interface serves.
     pub network: u32,
-    /// The interface's own Ethernet address, for ARP replies.
-    pub mac: [u8; 6],
+    /// [`role`] bits; 0: not attached.
+    pub roles: u8,
     /// How a frame goes back out the interface it came in on ([`bounce`]).
     pub bounce: u8,
-    pub _pad: u8,
+    pub _pad: u16,
+    /// The interface's own Ethernet address: the source of what the node sends here.
+    pub mac: [u8; 6],
+    pub _pad2: u16,
+    /// Provider interfaces: a packet is a reply only if it goes to a port in
+    /// `nat_port_min..=nat_port_max` (host order); elsewhere it is the node's own.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    pub _pad3: u32,
 }
+
+impl Interface {
+    #[inline(always)]
+    pub const fn consumer(&self) -> bool {
+        self.roles & role::CONSUMER != 0
+    }
+
+    #[inline(always)]
+    pub const fn provider(&self) -> bool {
+        self.roles & role::PROVIDER != 0
+    }
+}
+
+/// Interfaces the `INTERFACES` array can describe: ifindex below this.
+pub const MAX_IFINDEX: u32 = 1 << 16;
 
 /// Ways to send a frame back out its ingress interface (values of [`Interface::bounce`]).
 pub mod bounce {
@@ -72,7 +188,19 @@ pub mod bounce {
     pub const REDIRECT: u8 = 1;
 }
 
-/// Acceptance states of an endpoint, as stored in [`Endpoint::state`].
+/// `PORTS` (array, mmapped): per consumer network and protocol ([`ports_index`]), a bit
+/// per port some endpoint listens on. A packet to another port is not endpoint traffic,
+/// decided without a hash lookup.
+pub type PortBitmap = [u64; 1024];
+
+/// Where the bitmap of `network`'s ports of `proto` is in `PORTS`.
+#[inline(always)]
+pub const fn ports_index(network: u32, proto: u8) -> u32 {
+    let _ = proto; // TCP only, for now: one bitmap per network.
+    network
+}
+
+/// Acceptance states of an endpoint, as stored in the policy word.
 pub mod state {
     pub const AVAILABLE: u8 = 1;
     pub const PENDING_ACCEPTANCE: u8 = 2;
@@ -84,13 +212,49 @@ pub mod state {
     pub const EXPIRED: u8 = 8;
 }
 
-/// Bits of [`Endpoint::flags`].
-pub mod endpoint_flag {
+/// Bits of the policy word's flags.
+pub mod policy_flag {
     /// Only sources in the endpoint's security groups may use it (`SECURITY_GROUPS`).
     pub const SECURITY_GROUPS: u8 = 1;
-    /// When the endpoint stops being available, established flows are reset (the
-    /// consumer gets a RST) instead of drained.
+    /// When the endpoint stops being available or is deleted, its connections are reset
+    /// (both ends get a RST) instead of drained or dropped.
     pub const RESET_ON_REVOKE: u8 = 2;
+}
+
+/// An endpoint's policy as one 64-bit word (`POLICIES`, per endpoint slot, mmapped and
+/// written with one store): the endpoint's unique id (never reused: 0 = no endpoint),
+/// the revision of its security groups, its state and flags. A flow keeps the word it
+/// was last admitted under; while the endpoint's word is the same, nothing needs
+/// checking again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Policy {
+    pub uid: u32,
+    /// 24 bits.
+    pub revision: u32,
+    /// 4 bits.
+    pub state: u8,
+    /// 4 bits ([`policy_flag`]).
+    pub flags: u8,
+}
+
+impl Policy {
+    #[inline(always)]
+    pub const fn word(self) -> u64 {
+        (self.uid as u64) << 32
+            | ((self.revision & 0xff_ffff) as u64) << 8
+            | ((self.state & 0xf) as u64) << 4
+            | (self.flags & 0xf) as u64
+    }
+
+    #[inline(always)]
+    pub const fn of(word: u64) -> Self {
+        Self {
+            uid: (word >> 32) as u32,
+            revision: ((word >> 8) & 0xff_ffff) as u32,
+            state: ((word >> 4) & 0xf) as u8,
+            flags: (word & 0xf) as u8,
+        }
+    }
 }
 
 /// `ENDPOINTS` key: a listener port of an endpoint in a consumer network.
@@ -104,39 +268,62 @@ pub struct EndpointKey {
     pub family: u8,
 }
 
-/// `ENDPOINTS` value.
+/// `ENDPOINTS` value: which endpoint, and what its listener on this port uses.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Endpoint {
-    /// Endpoint id (≥ 1): its slot in the `STATS` counters.
-    pub id: u32,
+pub struct EndpointRef {
+    /// The endpoint's slot (≥ 1) in `POLICIES`, `LIMITS`, `USAGE` and `STATS`.
+    pub slot: u32,
     /// The target ring (`RINGS` row) new flows are hashed over.
     pub ring: u32,
-    /// Service id, for per-service accounting.
-    pub service: u32,
-    /// Acceptance [`state`]; only `AVAILABLE` opens flows.
-    pub state: u8,
-    /// [`endpoint_flag`] bits.
-    pub flags: u8,
     /// This port's index among the endpoint's listeners (bit in [`SecurityGroup::ports`]).
-    pub listener: u8,
-    pub _pad: u8,
+    pub listener: u32,
+}
+
+/// `LIMITS` (array, per endpoint slot): what a new connection must fit in, and how long
+/// an idle one lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections idle this long are removed (the service's `idle_timeout_seconds`).
+    pub idle_timeout_s: u32,
+    /// Open connections at once (0: no limit).
+    pub connections: u32,
+    /// Connections still in their handshake at once.
+    pub half_open: u32,
+    pub _pad: u32,
+    /// New connections: one per `interval_ns` on average (0: no limit) ...
+    pub interval_ns: u64,
+    /// ... with bursts of up to this much ahead of that pace.
+    pub burst_ns: u64,
+}
+
+/// `USAGE` (array, per endpoint slot): written by the data path only, atomically.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Open connections (flows that count as [`tcp::ACTIVE`]).
+    pub connections: u64,
+    /// Connections in their handshake ([`tcp::HALF_OPEN`]).
+    pub half_open: u64,
+    /// The rate limit's theoretical arrival time (GCRA), monotonic nanoseconds.
+    pub next_ns: u64,
 }
 
 /// `SECURITY_GROUPS` key data (an LPM trie, whose keys are a prefix length followed by
-/// this): the endpoint, then the source address. A rule's prefix length is
+/// this): the endpoint's slot, then the source address. A rule's prefix length is
 /// [`SourcePrefix::FIXED_BITS`] + its CIDR's length, so the endpoint always matches whole.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SourcePrefix {
-    pub endpoint: u32,
+    pub slot: u32,
     pub family: u8,
     pub addr: [u8; 16],
     pub _pad: [u8; 3],
 }
 
 impl SourcePrefix {
-    /// Bits before the address: endpoint and family.
+    /// Bits before the address: slot and family.
     pub const FIXED_BITS: u32 = 40;
 }
 
@@ -144,26 +331,36 @@ impl SourcePrefix {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SecurityGroup {
-    /// Listener indices ([`Endpoint::listener`]) sources under this prefix may use.
+    /// Listener indices ([`EndpointRef::listener`]) sources under this prefix may use.
     pub ports: u32,
 }
 
-/// `ADDRESSES` key: an address the node answers ARP for on one interface.
+/// `ADDRESSES` key: an address the node answers for, in a scope: a consumer network
+/// (endpoint addresses) or a provider interface ([`nat_scope`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AddressKey {
-    pub ifindex: u32,
+    pub scope: u32,
     pub family: u8,
     pub _pad: [u8; 3],
     pub addr: Addr,
 }
 
+/// The scope of NAT addresses on the provider interface `ifindex`.
+#[inline(always)]
+pub const fn nat_scope(ifindex: u32) -> u32 {
+    0x8000_0000 | ifindex
+}
+
 /// What an owned address is (values of [`Address::kind`]).
 pub mod address_kind {
-    /// An endpoint IP in a consumer network.
+    /// An endpoint IP in a consumer network: ARP for it is answered.
     pub const ENDPOINT: u32 = 1;
-    /// A provider-side NAT address.
+    /// A provider-side NAT address: ARP for it is answered.
     pub const NAT: u32 = 2;
+    /// The IP of an endpoint request that was never accepted: ARP for it is not
+    /// answered (a request claims no address), only counted for the endpoint.
+    pub const WAITING: u32 = 3;
 }
 
 /// `ADDRESSES` value.
@@ -172,12 +369,11 @@ pub mod address_kind {
 pub struct Address {
     /// [`address_kind`].
     pub kind: u32,
-    /// For NAT addresses: only packets to these ports (host order) are replies.
-    pub nat_port_min: u16,
-    pub nat_port_max: u16,
+    /// Endpoint addresses: the endpoint's slot.
+    pub slot: u32,
 }
 
-/// `NAT` (array) entries: the provider-side source addresses flows are translated to.
+/// The provider-side source addresses flows are translated to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatAddress {
@@ -189,22 +385,57 @@ pub struct NatAddress {
     pub _pad: [u8; 3],
 }
 
-/// `CONFIG` (array of one): node-wide settings.
+/// NAT addresses a node may have.
+pub const MAX_NAT_ADDRESSES: usize = 64;
+
+/// `SETTINGS` (a hash map with the one key 0, so that a change replaces it whole):
+/// node-wide settings.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Config {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
     /// Slots per target ring (a prime).
     pub ring_size: u32,
-    /// How many `NAT` entries are in use.
-    pub nat_addresses: u32,
+    /// Seed of the flow hash; the same on every node so they choose alike.
+    pub hash_seed: u32,
     /// NAT ports are taken from `nat_port_min..=nat_port_max` (host order).
     pub nat_port_min: u16,
     pub nat_port_max: u16,
-    /// Seed of the flow hash; the same on every node so they choose alike.
-    pub hash_seed: u32,
+    /// How many of `nat` are in use.
+    pub nat_count: u32,
+    /// Connections in their handshake at once, per consumer network.
+    pub half_open_per_network: u32,
+    /// RST answers each CPU may send per second.
+    pub resets_per_second: u32,
+    /// A handshake that has not completed after this long is dropped.
+    pub handshake_s: u32,
+    /// A closed connection lingers this long for the last ACKs ...
+    pub closed_s: u32,
+    /// ... or, when the target closed first, this long: the target keeps the tuple in
+    /// TIME_WAIT (Linux: 60 s), and the NAT port must not be reused meanwhile.
+    pub time_wait_s: u32,
+    pub nat: [NatAddress; MAX_NAT_ADDRESSES],
 }
 
-/// `TARGETS` (array) entries: where a ring slot sends a flow.
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            ring_size: 0,
+            hash_seed: 0,
+            nat_port_min: 0,
+            nat_port_max: 0,
+            nat_count: 0,
+            half_open_per_network: 0,
+            resets_per_second: 0,
+            handshake_s: 0,
+            closed_s: 0,
+            time_wait_s: 0,
+            nat: [NatAddress::default(); MAX_NAT_ADDRESSES],
+        }
+    }
+}
+
+/// `TARGETS` (array) entries: where a ring slot sends a flow. An index is written once
+/// for a target and not reused while a ring may point at it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Target {
@@ -217,75 +448,184 @@ pub struct Target {
 /// A `RINGS` slot that holds no target.
 pub const NO_TARGET: u32 = u32::MAX;
 
-/// `FLOWS` key: one direction of a connection, as it arrives.
-///
-/// Consumer-to-target keys carry the consumer network, so equal addresses in two
-/// consumer networks never meet; target-to-consumer keys carry [`PROVIDER_NETWORK`].
+/// `FLOWS` key: one direction of an IPv4 connection, as it arrives (16 bytes, so the
+/// per-packet hash is short). Consumer-to-target keys carry the consumer network in
+/// `scope`, so equal addresses in two consumer networks never meet; target-to-consumer
+/// keys carry [`PROVIDER_NETWORK`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FlowKey {
-    pub network: u32,
-    pub src: Addr,
-    pub dst: Addr,
+    pub src_be: u32,
+    pub dst_be: u32,
     pub src_port_be: u16,
     pub dst_port_be: u16,
-    pub proto: u8,
-    pub family: u8,
-    pub _pad: [u8; 2],
+    /// `network << 8 | protocol`.
+    pub scope: u32,
 }
 
-/// `FLOWS` value: how to translate and where to send a packet of this direction.
+impl FlowKey {
+    #[inline(always)]
+    pub const fn scope(network: u32, proto: u8) -> u32 {
+        network << 8 | proto as u32
+    }
+
+    #[inline(always)]
+    pub const fn network(&self) -> u32 {
+        self.scope >> 8
+    }
+
+    #[inline(always)]
+    pub const fn proto(&self) -> u8 {
+        self.scope as u8
+    }
+}
+
+/// `FLOWS` value: how to translate and where to send a packet of this direction, whose
+/// endpoint it belongs to, and (in the consumer-to-target entry) the connection's state.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
+    /// The endpoint's policy word when the flow was last admitted.
+    pub policy: u64,
+    /// When the connection was opened (monotonic ns): tells this connection from a later
+    /// one with the same key.
+    pub opened_ns: u64,
+    /// The second a packet last used this direction (monotonic clock), written at most
+    /// once a second with compare-and-swap; [`DEAD`] while the flow is being removed.
+    pub last_seen_s: u64,
+    /// Consumer-to-target entry: [`tcp`] bits, changed atomically. Reply entry: only
+    /// [`tcp::RESERVED`].
+    pub tcp: u64,
     /// The packet's new source and destination.
-    pub src: Addr,
-    pub dst: Addr,
+    pub src_be: u32,
+    pub dst_be: u32,
     pub src_port_be: u16,
     pub dst_port_be: u16,
-    /// The network of the opposite direction's key (to find it again).
-    pub peer_network: u32,
-    /// Endpoint id, for counters and policy.
-    pub endpoint: u32,
-    /// Target index the flow is pinned to.
-    pub target: u32,
-    /// Egress interface and Ethernet addresses. Replies: the interface the flow came in
-    /// on and the MACs it came with (a route lookup cannot tell overlapping consumer
-    /// networks apart). Towards the target: the route lookup's result, kept and checked
-    /// again once a second.
+    /// Egress interface. Replies: the consumer interface the flow came in on (a route
+    /// lookup cannot tell overlapping consumer networks apart). Towards the target: the
+    /// route lookup's result, kept and checked again once a second.
     pub ifindex: u32,
+    /// Towards the target: the interface the route is looked up from (the NAT
+    /// address's). Replies: the provider interface they must arrive on.
+    pub via: u32,
+    /// The consumer network of the connection.
+    pub network: u32,
+    /// The endpoint's slot and the target (index) the flow went to.
+    pub slot: u32,
+    pub target: u32,
+    /// What this direction's sender acknowledged last (host order) and its receive
+    /// window (scaled): a RST or FIN from the other end must fall in it.
+    pub ack: u32,
+    pub window: u32,
+    /// This direction's sender's first sequence number after its SYN: what a RST must
+    /// acknowledge before the other end acknowledged anything.
+    pub isn_next: u32,
+    /// Ethernet addresses out of `ifindex`: towards the target, the route's; replies,
+    /// (the interface's own, taken when sent, and) the client's.
     pub mac_src: [u8; 6],
     pub mac_dst: [u8; 6],
-    /// Towards the target: the interface the route is looked up from (the NAT address's).
-    pub route_from: u32,
-    /// When a packet last used this direction (monotonic clock, seconds); written at
-    /// most once a second, for the agent's idle expiry.
-    pub last_seen_s: u32,
-    /// [`flow_flag`] bits.
-    pub flags: u8,
-    pub _pad: [u8; 3],
+    /// This direction's sender's window scale (from its SYN).
+    pub wscale: u8,
+    /// The endpoint listener's index (its bit in [`SecurityGroup::ports`]).
+    pub listener: u8,
+    pub _pad: [u8; 6],
 }
 
-/// Bits of [`Flow::flags`].
-pub mod flow_flag {
-    /// A FIN or RST was seen: the connection is ending, expire it soon.
-    pub const CLOSING: u8 = 1;
+/// [`Flow::last_seen_s`] of a flow being removed.
+pub const DEAD: u64 = u64::MAX;
+
+/// Bits of [`Flow::tcp`].
+pub mod tcp {
+    /// The target's SYN-ACK was seen (it acknowledged the consumer's SYN).
+    pub const SYN_ACKED: u64 = 1;
+    /// The handshake completed (the consumer acknowledged the SYN-ACK).
+    pub const ESTABLISHED: u64 = 2;
+    /// The consumer sent a FIN.
+    pub const FIN_CONSUMER: u64 = 4;
+    /// The target sent a FIN.
+    pub const FIN_TARGET: u64 = 8;
+    /// The target closed first: it keeps the tuple in TIME_WAIT, so the NAT port waits.
+    pub const TARGET_CLOSED_FIRST: u64 = 16;
+    /// A RST in the window was seen (or sent by the node).
+    pub const RESET: u64 = 32;
+    /// Counted in the endpoint's and network's half-open connections.
+    pub const HALF_OPEN: u64 = 64;
+    /// Counted in the endpoint's open connections.
+    pub const ACTIVE: u64 = 128;
+    /// Queued to be removed after its close.
+    pub const CLOSE_QUEUED: u64 = 256;
+    /// A reply entry whose connection is gone, kept only so that its NAT port is not
+    /// reused while the target may hold the tuple in TIME_WAIT.
+    pub const RESERVED: u64 = 512;
+
+    /// Both ends closed, or the connection was reset.
+    #[inline(always)]
+    pub const fn closed(bits: u64) -> bool {
+        bits & RESET != 0 || bits & (FIN_CONSUMER | FIN_TARGET) == FIN_CONSUMER | FIN_TARGET
+    }
+}
+
+/// `HANDSHAKES` and `CLOSINGS` (queues) items: a connection to look at again once it may
+/// have run out (a handshake that never completed; a closed connection's linger).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// The consumer-to-target key.
+    pub key: FlowKey,
+    /// Which connection of that key ([`Flow::opened_ns`]).
+    pub opened_ns: u64,
+    /// When it was queued (monotonic ns).
+    pub since_ns: u64,
+}
+
+/// `SCRATCH`: per-CPU room for what opening a flow builds (the 512-byte stack cannot
+/// hold it along the program's call chain).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scratch {
+    pub forward: Flow,
+    pub reply: Flow,
+    pub reply_key: FlowKey,
+    pub target: Target,
+    pub nat: NatAddress,
+    pub hash: u32,
+    pub target_index: u32,
+}
+
+/// Longest TCP segment (header and payload) whose checksum is verified: a SYN is short,
+/// but may carry data (TCP Fast Open).
+pub const MAX_SEGMENT: usize = 1500;
+
+/// `SEGMENT`: per-CPU room for a segment whose checksum is verified (padded to 4 bytes).
+pub type Segment = [u8; MAX_SEGMENT + 4];
+
+/// `BUDGETS` (per CPU): what the node may still send of its own this second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub second: u32,
+    pub resets: u32,
 }
 
 const _: () = {
     assert!(size_of::<Addr>() == 16);
-    assert!(size_of::<Interface>() == 16);
+    assert!(size_of::<Interface>() == 24);
+    assert!(size_of::<PortBitmap>() == 8192);
     assert!(size_of::<EndpointKey>() == 24);
-    assert!(size_of::<Endpoint>() == 16);
+    assert!(size_of::<EndpointRef>() == 12);
+    assert!(size_of::<Limits>() == 32);
+    assert!(size_of::<Usage>() == 24);
+    assert!(size_of::<SourcePrefix>() == 24);
+    assert!(size_of::<SecurityGroup>() == 4);
     assert!(size_of::<AddressKey>() == 24);
     assert!(size_of::<Address>() == 8);
     assert!(size_of::<NatAddress>() == 24);
-    assert!(size_of::<Config>() == 16);
+    assert!(size_of::<Settings>() == 36 + 24 * MAX_NAT_ADDRESSES);
     assert!(size_of::<Target>() == 20);
-    assert!(size_of::<FlowKey>() == 44);
-    assert!(size_of::<Flow>() == 76);
-    assert!(size_of::<SourcePrefix>() == 24);
-    assert!(size_of::<SecurityGroup>() == 4);
+    assert!(size_of::<FlowKey>() == 16);
+    assert!(size_of::<Flow>() == 96);
+    assert!(size_of::<Pending>() == 32);
+    assert!(size_of::<Budget>() == 8);
     assert!(size_of::<crate::counter::Count>() == 16);
 };
 
@@ -299,15 +639,18 @@ mod pod {
     unsafe impl aya::Pod for Addr {}
     unsafe impl aya::Pod for Interface {}
     unsafe impl aya::Pod for EndpointKey {}
-    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for EndpointRef {}
+    unsafe impl aya::Pod for Limits {}
+    unsafe impl aya::Pod for Usage {}
+    unsafe impl aya::Pod for SourcePrefix {}
+    unsafe impl aya::Pod for SecurityGroup {}
     unsafe impl aya::Pod for AddressKey {}
     unsafe impl aya::Pod for Address {}
     unsafe impl aya::Pod for NatAddress {}
-    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for Target {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
-    unsafe impl aya::Pod for SourcePrefix {}
-    unsafe impl aya::Pod for SecurityGroup {}
+    unsafe impl aya::Pod for Pending {}
     unsafe impl aya::Pod for Count {}
 }

@@ -1,12 +1,23 @@
 //! ARP: the node answers for endpoint IPs on consumer interfaces and for NAT addresses on
 //! provider interfaces, so consumers and targets reach them with no setup on the node
-//! (and two consumer networks can use the same endpoint IP).
+//! (and two consumer networks can use the same endpoint IP). On a consumer-only
+//! interface nothing else gets through: the kernel never answers a consumer for the
+//! node's own addresses.
 
 use aya_ebpf::programs::XdpContext;
-use endpoint_common::{counter, maps::Interface};
+use endpoint_common::{
+    counter,
+    maps::{Interface, Policy, address_kind},
+};
 use network_types::{arp::ArpHdr, eth::EthHdr};
 
-use crate::{classify, forward, outcome::Outcome};
+use crate::{classify, forward, outcome::Outcome, policy};
+
+/// ARP that is not a request for one of our addresses.
+#[inline(always)]
+fn not_ours(interface: &Interface) -> Outcome {
+    classify::not_ours(interface)
+}
 
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
@@ -31,11 +42,20 @@ pub fn answer(
         || arp.hlen != 6
         || arp.plen != 4
     {
-        return Err(Outcome::pass());
+        return Err(not_ours(interface));
     }
     let wanted = arp.tpa;
-    if classify::owned(ctx, wanted).is_none() {
-        return Err(Outcome::pass());
+    match classify::ours(ctx, interface, wanted) {
+        None => return Err(not_ours(interface)),
+        // Not answered, but the endpoint request got traffic (`pending_traffic`).
+        Some(address) if address.kind == address_kind::WAITING => {
+            let state = Policy::of(policy::word(address.slot)).state;
+            return Err(Outcome::drop_for(
+                counter::drop_for_state(state),
+                address.slot,
+            ));
+        }
+        Some(_) => {}
     }
     let mac = interface.mac;
     let (asker_mac, asker_ip) = (arp.sha, arp.spa);

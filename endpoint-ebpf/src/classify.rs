@@ -1,81 +1,133 @@
-//! Classify: whose packet is this? Endpoint traffic (consumer side), one for a NAT
-//! address (provider side), or neither — then it goes to the kernel untouched.
+//! Classify: whose packet is this? Decided with array reads before any hash lookup: the
+//! interface's role, and on the consumer side whether some endpoint of its network
+//! listens on the port; on the provider side whether the port is a NAT port. A consumer
+//! interface carries endpoint traffic and nothing else; what is not ours elsewhere goes
+//! to the kernel untouched.
 
 use aya_ebpf::programs::XdpContext;
-use endpoint_common::maps::{
-    Addr, Address, AddressKey, Endpoint, EndpointKey, FAMILY_IPV4, Interface, PROTO_TCP,
-    address_kind, role,
+use endpoint_common::{
+    counter,
+    maps::{
+        Addr, Address, AddressKey, EndpointKey, EndpointRef, FAMILY_IPV4, Interface, PROTO_TCP,
+        Settings, address_kind, nat_scope, ports_index,
+    },
 };
 
 use crate::{
-    maps::{ADDRESSES, ENDPOINTS, INTERFACES},
+    maps::{ADDRESSES, ENDPOINTS, INTERFACES, PORTS, SETTINGS},
     outcome::Outcome,
-    parse::Tcp,
+    parse::Packet,
 };
 
-/// The attached interface the packet arrived on; anything else is not ours.
+/// The attached interface the packet arrived on.
 #[inline(always)]
 pub fn interface(ctx: &XdpContext) -> Result<Interface, Outcome> {
-    let ifindex = ctx.ingress_ifindex() as u32;
-    match INTERFACES.get_ptr(ifindex) {
-        // SAFETY: map values are plain data; a concurrent update can only tear fields
-        // the agent is changing anyway.
-        Some(interface) => Ok(unsafe { *interface }),
-        None => Err(Outcome::pass()),
+    match INTERFACES.get(ctx.ingress_ifindex() as u32) {
+        Some(interface) if interface.roles != 0 => Ok(*interface),
+        // Attached but not (or no longer) configured: as if the program were not there.
+        _ => Err(Outcome::pass()),
     }
 }
 
-/// The endpoint a consumer-side packet is addressed to, if any.
+/// Whether some endpoint of the interface's consumer network listens on the packet's
+/// destination port.
 #[inline(always)]
-pub fn endpoint(interface: &Interface, packet: &Tcp) -> Option<Endpoint> {
-    if interface.roles & role::CONSUMER == 0 {
-        return None;
+pub fn endpoint_port(interface: &Interface, packet: &Packet) -> bool {
+    if !interface.consumer() {
+        return false;
     }
-    // SAFETY: `parse` checked the headers lie within the frame.
-    let (ip, tcp) = unsafe { (&*packet.ip, &*packet.tcp) };
+    let port = u16::from_be(packet.dst_port_be()) as usize;
+    match PORTS.get(ports_index(interface.network, PROTO_TCP)) {
+        Some(bitmap) => bitmap[port / 64] & (1 << (port % 64)) != 0,
+        None => false,
+    }
+}
+
+/// The endpoint listener a consumer-side packet is addressed to, if any.
+#[inline(always)]
+pub fn endpoint(network: u32, packet: &Packet) -> Option<EndpointRef> {
     let key = EndpointKey {
-        network: interface.network,
-        addr: Addr::ipv4(ip.dst_addr),
-        port_be: u16::from_ne_bytes(tcp.dest),
+        network,
+        addr: Addr::ipv4(packet.ip().dst_addr),
+        port_be: packet.dst_port_be(),
         proto: PROTO_TCP,
         family: FAMILY_IPV4,
     };
-    // SAFETY: as in `interface`.
+    // SAFETY: map values are replaced whole on update.
     ENDPOINTS.get_ptr(&key).map(|endpoint| unsafe { *endpoint })
 }
 
-/// Whether a provider-side packet is addressed to a NAT address and port.
+/// What `addr` is to us in `scope` (a consumer network, or [`nat_scope`]), if ours.
 #[inline(always)]
-pub fn to_nat_port(ctx: &XdpContext, packet: &Tcp) -> bool {
-    // SAFETY: as in `endpoint`.
-    let (ip, tcp) = unsafe { (&*packet.ip, &*packet.tcp) };
-    match owned(ctx, ip.dst_addr) {
-        Some(address) if address.kind == address_kind::NAT => {
-            let port = u16::from_be_bytes(tcp.dest);
-            (address.nat_port_min..=address.nat_port_max).contains(&port)
-        }
-        _ => false,
-    }
-}
-
-/// What `addr` is to us on the ingress interface, if it is one of our addresses.
-#[inline(always)]
-pub fn owned(ctx: &XdpContext, addr: [u8; 4]) -> Option<Address> {
+pub fn owned(scope: u32, addr: [u8; 4]) -> Option<Address> {
     let key = AddressKey {
-        ifindex: ctx.ingress_ifindex() as u32,
+        scope,
         family: FAMILY_IPV4,
         _pad: [0; 3],
         addr: Addr::ipv4(addr),
     };
-    // SAFETY: as in `interface`.
+    // SAFETY: as in `endpoint`.
     ADDRESSES.get_ptr(&key).map(|address| unsafe { *address })
 }
 
-/// TCP we cannot handle: dropped (and counted) when it is for us, else the kernel's.
+/// What `addr` is to us where the packet arrived: an address of the interface's
+/// consumer network, or a NAT address of the interface.
 #[inline(always)]
-pub fn unsupported(ctx: &XdpContext, dst: [u8; 4], counter: u32) -> Result<Outcome, Outcome> {
-    match owned(ctx, dst) {
-        Some(_) => Err(Outcome::drop(counter)),
-        None => Err(Outcome::pass()),
+pub fn ours(ctx: &XdpContext, interface: &Interface, addr: [u8; 4]) -> Option<Address> {
+    let consumer = if interface.consumer() {
+        owned(interface.network, addr)
+    } else {
+        None
+    };
+    consumer.or_else(|| {
+        if interface.provider() {
+            owned(nat_scope(ctx.ingress_ifindex() as u32), addr)
+        } else {
+            None
+        }
+    })
+}
+
+/// Whether `addr` is an address the node answers for where the packet arrived.
+#[inline(always)]
+pub fn answered(ctx: &XdpContext, interface: &Interface, addr: [u8; 4]) -> bool {
+    ours(ctx, interface, addr).is_some_and(|a| a.kind != address_kind::WAITING)
+}
+
+/// Whether a provider-side packet's destination port is a NAT port (a reply can only go
+/// there). An empty range (a reader racing the agent's write sees at worst that) holds
+/// no port.
+#[inline(always)]
+pub fn to_nat_port(interface: &Interface, packet: &Packet) -> bool {
+    let port = u16::from_be(packet.dst_port_be());
+    interface.provider() && interface.nat_port_min <= port && port <= interface.nat_port_max
+}
+
+/// Node-wide settings (absent until the agent wrote them).
+#[inline(always)]
+pub fn settings() -> Option<&'static Settings> {
+    // SAFETY: the map replaces the value whole on update; this one stays valid while the
+    // program runs.
+    SETTINGS.get_ptr(0).map(|settings| unsafe { &*settings })
+}
+
+/// What is not endpoint traffic (nor a reply): dropped on a consumer-only interface —
+/// the node itself is not reachable from a consumer network — the kernel's elsewhere.
+#[inline(always)]
+pub fn not_ours(interface: &Interface) -> Outcome {
+    if interface.provider() {
+        Outcome::pass()
+    } else {
+        Outcome::drop(counter::DROP_NOT_ENDPOINT)
+    }
+}
+
+/// TCP we cannot handle: dropped (and counted) when it is for us.
+#[inline(always)]
+pub fn unsupported(ctx: &XdpContext, interface: &Interface, dst: [u8; 4], counter: u32) -> Outcome {
+    if answered(ctx, interface, dst) {
+        Outcome::drop(counter)
+    } else {
+        not_ours(interface)
     }
 }

@@ -1,252 +1,349 @@
-//! Conntrack: one LRU table shared by all CPUs holds both directions of every flow. The
-//! consumer-to-target entry is keyed by consumer network + 5-tuple; the reply entry by
-//! the translated 5-tuple on the provider side. A flow stays on its target for life.
-
-use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext,
-};
-use aya_log_ebpf::{debug, warn};
-use endpoint_common::{
-    counter, hash,
-    maps::{Addr, Endpoint, FAMILY_IPV4, Flow, FlowKey, PROTO_TCP, PROVIDER_NETWORK, flow_flag},
-};
+//! Conntrack: one hash table shared by all CPUs holds both directions of every
+//! connection. The consumer-to-target entry is keyed by consumer network + 5-tuple and
+//! holds the connection's state; the reply entry is keyed by the translated 5-tuple on
+//! the provider side. Nothing is ever evicted to make room: a full table refuses new
+//! connections, and what leaves it leaves as a whole (both directions, counted once),
+//! through [`remove`] or [`expire`] — the only two ways out.
+//!
+//! A direction's `last_seen_s` is written with compare-and-swap, and a flow being removed
+//! is marked [`DEAD`] the same way first: a packet that used a flow after the decision to
+//! expire it makes the expiry fail, and one that comes after finds it gone — never both.
 
 use core::ops::Deref;
 
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns};
+use endpoint_common::{
+    counter, hash,
+    maps::{DEAD, Flow, FlowKey, PROTO_TCP, PROVIDER_NETWORK, Pending, Scratch, Settings, tcp},
+};
+
 use crate::{
-    forward::Route,
-    maps::{FLOWS, OPENING},
+    atomic, limits,
+    maps::{CLOSINGS, FLOWS, HANDSHAKES, SCRATCH},
     outcome::Outcome,
-    parse::Tcp,
-    select::Choice,
+    parse::Packet,
 };
 
 /// How many NAT ports a new flow tries before it is dropped as exhausted (with a
 /// quarter of the ports towards a target in use, all 16 are taken once in 4 billion).
 const NAT_PORT_ATTEMPTS: u32 = 16;
 
-/// The key of a packet as it arrives, in the given network.
+/// The key of a consumer-side packet in `network`.
 #[inline(always)]
-pub fn key_of(network: u32, packet: &Tcp) -> FlowKey {
-    // SAFETY: `parse` checked the headers lie within the frame.
-    let (ip, tcp) = unsafe { (&*packet.ip, &*packet.tcp) };
+pub fn forward_key(network: u32, packet: &Packet) -> FlowKey {
+    let (ip, tcp) = (packet.ip(), packet.tcp());
     FlowKey {
-        network,
-        src: Addr::ipv4(ip.src_addr),
-        dst: Addr::ipv4(ip.dst_addr),
+        src_be: u32::from_ne_bytes(ip.src_addr),
+        dst_be: u32::from_ne_bytes(ip.dst_addr),
         src_port_be: u16::from_ne_bytes(tcp.source),
         dst_port_be: u16::from_ne_bytes(tcp.dest),
-        proto: PROTO_TCP,
-        family: FAMILY_IPV4,
-        _pad: [0; 2],
+        scope: FlowKey::scope(network, PROTO_TCP),
     }
 }
 
-/// A flow entry in the table, read in place (no 72-byte copy on the 512-byte stack).
-pub struct Entry(*const Flow);
+/// The key of a provider-side packet.
+#[inline(always)]
+pub fn arriving_reply_key(packet: &Packet) -> FlowKey {
+    forward_key(PROVIDER_NETWORK, packet)
+}
+
+/// The key replies of the consumer-to-target entry `forward` arrive with.
+#[inline(always)]
+pub fn reply_key(forward: &Flow) -> FlowKey {
+    FlowKey {
+        src_be: forward.dst_be,
+        dst_be: forward.src_be,
+        src_port_be: forward.dst_port_be,
+        dst_port_be: forward.src_port_be,
+        scope: FlowKey::scope(PROVIDER_NETWORK, PROTO_TCP),
+    }
+}
+
+/// The consumer-to-target key of the reply entry `reply`.
+#[inline(always)]
+pub fn forward_key_of(reply: &Flow) -> FlowKey {
+    FlowKey {
+        src_be: reply.dst_be,
+        dst_be: reply.src_be,
+        src_port_be: reply.dst_port_be,
+        dst_port_be: reply.src_port_be,
+        scope: FlowKey::scope(reply.network, PROTO_TCP),
+    }
+}
+
+/// A flow entry in the table, used in place (the value is freed only after every
+/// program that may hold it has finished: the table allocates on demand, under RCU).
+pub struct Entry(*mut Flow);
 
 impl Deref for Entry {
     type Target = Flow;
 
     #[inline(always)]
     fn deref(&self) -> &Flow {
-        // SAFETY: a pointer the map gave out; the kernel keeps the value alive while the
-        // program runs, and writers only ever store whole small fields.
+        // SAFETY: a pointer the map gave out, valid while the program runs.
         unsafe { &*self.0 }
     }
 }
 
-/// The flow entry for `key`, if any; `packet` marks it as used (and as closing on a
-/// FIN or RST, as open again on a SYN). `fresh`: the first use this second.
 #[inline(always)]
-pub fn lookup(key: &FlowKey, packet: &Tcp) -> Option<(Entry, bool)> {
-    let flow = FLOWS.get_ptr_mut(key)?;
-    // SAFETY: as in `Entry`; the header was checked by `parse`.
-    let fresh = unsafe {
-        let now = now_s();
-        let fresh = (*flow).last_seen_s != now;
-        if fresh {
-            (*flow).last_seen_s = now;
-        }
-        let tcp = &*packet.tcp;
-        let closing = (*flow).flags & flow_flag::CLOSING != 0;
-        if (tcp.fin() != 0 || tcp.rst() != 0) && !closing {
-            (*flow).flags |= flow_flag::CLOSING;
-        } else if closing && tcp.syn() != 0 && tcp.ack() == 0 {
-            // The tuple is used again for a new connection.
-            (*flow).flags &= !flow_flag::CLOSING;
-        }
-        fresh
-    };
-    Some((Entry(flow), fresh))
+pub fn lookup(key: &FlowKey) -> Option<Entry> {
+    FLOWS.get_ptr_mut(key).map(Entry)
+}
+
+/// Seconds on the monotonic clock (the agent reads the same clock).
+#[inline(always)]
+pub fn now_s() -> u64 {
+    now_ns() / 1_000_000_000
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: a plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// What a packet does to its flow's last-seen stamp.
+pub enum Touch {
+    /// Used again within the same second.
+    Same,
+    /// The first use this second (the route is looked up again).
+    Fresh,
+    /// The flow is being removed: as if it were not there.
+    Gone,
 }
 
 impl Entry {
-    /// Keeps `route` as this (consumer-to-target) flow's way out, if it changed.
     #[inline(always)]
-    pub fn keep_route(&self, route: &Route) {
-        let flow = self.0 as *mut Flow;
-        // SAFETY: as in `Entry`.
-        unsafe {
-            if (*flow).ifindex != route.ifindex
-                || (*flow).mac_src != route.mac_src
-                || (*flow).mac_dst != route.mac_dst
-            {
-                (*flow).ifindex = route.ifindex;
-                (*flow).mac_src = route.mac_src;
-                (*flow).mac_dst = route.mac_dst;
-            }
+    pub fn ptr(&self) -> *mut Flow {
+        self.0
+    }
+
+    /// Marks this direction used now.
+    #[inline(always)]
+    pub fn touch(&self) -> Touch {
+        let now = now_s();
+        // SAFETY: a field of the entry; other CPUs change it only atomically.
+        let at = unsafe { &raw mut (*self.0).last_seen_s };
+        let seen = unsafe { at.read_volatile() };
+        if seen == now {
+            return Touch::Same;
+        }
+        if seen == DEAD {
+            return Touch::Gone;
+        }
+        // SAFETY: as above.
+        if unsafe { atomic::swap_if(at, seen, now) } {
+            return Touch::Fresh;
+        }
+        // Someone else stamped it, or marked it for removal, in between.
+        if unsafe { at.read_volatile() } == DEAD {
+            Touch::Gone
+        } else {
+            Touch::Same
         }
     }
-}
 
-/// Seconds on the monotonic clock (the agent reads the same clock to expire flows).
-#[inline(always)]
-fn now_s() -> u32 {
-    // SAFETY: a plain helper call.
-    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
-}
+    /// The connection's [`tcp`] bits (consumer-to-target entry).
+    #[inline(always)]
+    pub fn tcp(&self) -> u64 {
+        // SAFETY: as in `touch`.
+        unsafe { (&raw const (*self.0).tcp).read_volatile() }
+    }
 
-/// The flow a provider-side packet is a reply of, if any.
-#[inline(always)]
-pub fn reply(packet: &Tcp) -> Option<Entry> {
-    lookup(&key_of(PROVIDER_NETWORK, packet), packet).map(|(entry, _)| entry)
-}
+    /// Sets `bits`; returns the bits before.
+    #[inline(always)]
+    pub fn set(&self, bits: u64) -> u64 {
+        // SAFETY: as in `touch`.
+        unsafe { atomic::set(&raw mut (*self.0).tcp, bits) }
+    }
 
-/// A SYN without ACK: the first segment of a connection.
-#[inline(always)]
-pub fn is_syn(packet: &Tcp) -> bool {
-    // SAFETY: as in `key_of`.
-    let tcp = unsafe { &*packet.tcp };
-    tcp.syn() != 0 && tcp.ack() == 0
-}
-
-/// Only a SYN may open a flow.
-#[inline(always)]
-pub fn require_syn(packet: &Tcp, endpoint: u32) -> Result<(), Outcome> {
-    if is_syn(packet) {
-        Ok(())
-    } else {
-        Err(Outcome::drop_for(counter::DROP_NO_FLOW, endpoint))
+    /// Keeps the policy word the flow was admitted under.
+    #[inline(always)]
+    pub fn admitted(&self, policy: u64) {
+        // SAFETY: as in `touch`; a torn write can only make the next check fail again.
+        unsafe { (*self.0).policy = policy };
     }
 }
 
-/// What a new flow is built from and of, kept in per-CPU scratch (`OPENING`): along
-/// the program's call chain the 512-byte stack cannot also hold them.
-#[repr(C)]
-pub struct Opening {
-    pub choice: Choice,
-    /// The route to the target, looked up before the flow is opened.
-    pub route: Route,
-    pub reply_key: FlowKey,
-    pub reply: Flow,
-    pub forward: Flow,
-}
-
-/// This CPU's scratch for opening a flow.
-#[inline(always)]
-pub fn opening(endpoint: u32) -> Result<&'static mut Opening, Outcome> {
-    match OPENING.get_ptr_mut(0) {
-        // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
-        Some(opening) => Ok(unsafe { &mut *opening }),
-        None => Err(Outcome::drop_for(counter::DROP_NO_FLOW, endpoint)),
-    }
-}
-
-/// Opens a flow: finds a NAT port free towards the target (the reply entry is inserted
-/// only if absent, which makes the choice race-free across CPUs), then the forward entry.
-// Its own BPF function: its stack frame is not added to its siblings' (the
-// program's whole call chain must fit in 512 bytes).
+/// Opens a connection from what `select` and `forward` put in the scratch (`forward`,
+/// `reply`, `reply_key` without its port): claims a NAT port free towards the target —
+/// the reply entry is inserted only if absent, which makes the choice race-free across
+/// CPUs — then inserts the forward entry and queues the handshake. The connection was
+/// counted by `limits::reserve`; if it cannot be opened, that is undone.
+// Its own BPF function: its stack frame is not added to its siblings'.
 #[inline(never)]
-pub fn open(
-    ctx: &XdpContext,
-    key: &FlowKey,
-    packet: &Tcp,
-    endpoint: &Endpoint,
-) -> Result<Entry, Outcome> {
-    let Opening {
-        choice,
-        route,
-        reply_key,
-        reply,
+pub fn open(key: &FlowKey, settings: &Settings) -> Result<Entry, Outcome> {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Err(Outcome::drop(counter::DROP_NO_FLOW));
+    };
+    // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
+    let Scratch {
         forward,
-    } = opening(endpoint.id)?;
-    // SAFETY: as in `key_of`.
-    let eth = unsafe { &*packet.eth };
-    let span = (choice.nat_port_max - choice.nat_port_min) as u32 + 1;
-    let start = hash::nat(choice.hash, key.network);
-    // Field by field: a whole struct literal would be built on the stack first.
-    reply_key.network = PROVIDER_NETWORK;
-    reply_key.src = choice.target.addr;
-    reply_key.dst = choice.nat.addr;
-    reply_key.src_port_be = choice.target.port_be;
-    reply_key.dst_port_be = 0;
-    reply_key.proto = key.proto;
-    reply_key.family = key.family;
-    reply_key._pad = [0; 2];
-    reply.src = key.dst;
-    reply.dst = key.src;
-    reply.src_port_be = key.dst_port_be;
-    reply.dst_port_be = key.src_port_be;
-    reply.peer_network = key.network;
-    reply.endpoint = endpoint.id;
-    reply.target = choice.target_index;
-    reply.ifindex = ctx.ingress_ifindex() as u32;
-    // Replies go back to whoever sent this, from the address it sent to.
-    reply.mac_src = eth.dst_addr;
-    reply.mac_dst = eth.src_addr;
-    reply.route_from = 0;
-    reply.last_seen_s = now_s();
-    reply.flags = 0;
-    reply._pad = [0; 3];
+        reply,
+        reply_key,
+        hash,
+        ..
+    } = unsafe { &mut *scratch };
+    let slot = forward.slot;
+    let min = settings.nat_port_min;
+    let span = settings.nat_port_max.wrapping_sub(min) as u32 + 1;
+    if min == 0 || settings.nat_port_max < min {
+        limits::release(&raw mut *forward);
+        return Err(Outcome::drop_for(counter::DROP_NAT_EXHAUSTED, slot));
+    }
+    let start = hash::nat(*hash, forward.network);
     let mut attempt = 0;
+    let mut full = false;
     while attempt < NAT_PORT_ATTEMPTS {
         // An odd multiplier walks the whole range in a scattered order.
         let offset = start.wrapping_add(attempt.wrapping_mul(0x9e37_79b1)) % span;
-        let port = choice.nat_port_min + offset as u16;
-        reply_key.dst_port_be = port.to_be();
-        if FLOWS
-            .insert(&*reply_key, &*reply, BPF_NOEXIST as u64)
-            .is_ok()
-        {
-            forward.src = choice.nat.addr;
-            forward.dst = choice.target.addr;
-            forward.src_port_be = reply_key.dst_port_be;
-            forward.dst_port_be = choice.target.port_be;
-            forward.peer_network = PROVIDER_NETWORK;
-            forward.endpoint = endpoint.id;
-            forward.target = choice.target_index;
-            forward.ifindex = route.ifindex;
-            forward.mac_src = route.mac_src;
-            forward.mac_dst = route.mac_dst;
-            forward.route_from = choice.nat.ifindex;
-            forward.last_seen_s = reply.last_seen_s;
-            forward.flags = 0;
-            forward._pad = [0; 3];
-            if FLOWS.insert(key, &*forward, BPF_NOEXIST as u64).is_ok() {
-                debug!(
-                    ctx,
-                    "flow opened: endpoint {} -> target {}, NAT port {}",
-                    endpoint.id,
-                    choice.target_index,
-                    port
-                );
-            } else {
-                // Another CPU opened the same flow first (a retransmitted SYN): use theirs.
-                let _ = FLOWS.remove(&*reply_key);
+        let port_be = (min + offset as u16).to_be();
+        reply_key.dst_port_be = port_be;
+        match FLOWS.insert(&*reply_key, &*reply, BPF_NOEXIST as u64) {
+            Ok(()) => {
+                forward.src_port_be = port_be;
+                if FLOWS.insert(key, &*forward, BPF_NOEXIST as u64).is_err() {
+                    // Another CPU opened the same connection first (a retransmitted SYN),
+                    // or the table filled up: either way, not ours to open.
+                    let _ = FLOWS.remove(&*reply_key);
+                    limits::release(&raw mut *forward);
+                    return Err(Outcome::drop_for(counter::DROP_NO_FLOW, slot));
+                }
+                let pending = Pending {
+                    key: *key,
+                    opened_ns: forward.opened_ns,
+                    since_ns: forward.opened_ns,
+                };
+                // The queue's capacity bounds the handshakes of all networks together.
+                if HANDSHAKES.push(&pending, 0).is_err() {
+                    if let Some(entry) = lookup(key) {
+                        remove(key, &entry, false);
+                    }
+                    return Err(Outcome::drop_for(counter::DROP_HALF_OPEN_LIMIT, slot));
+                }
+                return lookup(key).ok_or(Outcome::drop_for(counter::DROP_NO_FLOW, slot));
             }
-            return lookup(key, packet)
-                .map(|(entry, _)| entry)
-                .ok_or(Outcome::drop_for(counter::DROP_NO_FLOW, endpoint.id));
+            // E2BIG: no room; EEXIST: the port is taken, try the next.
+            Err(-7) => {
+                full = true;
+                break;
+            }
+            Err(_) => {}
         }
         attempt += 1;
     }
-    warn!(
-        ctx,
-        "no free NAT port towards target {} after {} tries (endpoint {})",
-        choice.target_index,
-        NAT_PORT_ATTEMPTS,
-        endpoint.id
-    );
-    Err(Outcome::drop_for(counter::DROP_NAT_EXHAUSTED, endpoint.id))
+    limits::release(&raw mut *forward);
+    if full {
+        Err(Outcome::drop_for(counter::DROP_FLOW_TABLE_FULL, slot))
+    } else {
+        Err(Outcome::drop_for(counter::DROP_NAT_EXHAUSTED, slot))
+    }
+}
+
+/// Removes the connection of the consumer-to-target entry `entry` (at `key`), both
+/// directions, and releases what it counted. With `keep_port`, the reply entry stays
+/// behind as a reservation, so the NAT port is not reused while the target may hold
+/// the tuple in TIME_WAIT.
+#[inline(never)]
+pub fn remove(key: &FlowKey, entry: &Entry, keep_port: bool) {
+    let flow = entry.ptr();
+    // SAFETY: fields of the entry; removal marks it before anything else.
+    unsafe { (&raw mut (*flow).last_seen_s).write_volatile(DEAD) };
+    let reply_key = reply_key(entry);
+    if let Some(reply) = lookup(&reply_key) {
+        if keep_port {
+            reply.set(tcp::RESERVED);
+            let _ = reply.touch();
+        } else {
+            // SAFETY: as above.
+            unsafe { (&raw mut (*reply.ptr()).last_seen_s).write_volatile(DEAD) };
+            let _ = FLOWS.remove(&reply_key);
+        }
+    }
+    let _ = FLOWS.remove(key);
+    limits::release(entry.ptr());
+}
+
+/// Removes the connection at `key` if it has been idle longer than it may be, deciding
+/// with the stamps as they are now and claiming them with compare-and-swap: a packet
+/// that uses either direction meanwhile keeps it. Returns whether it was removed.
+#[inline(never)]
+pub fn expire(key: &FlowKey, limit_s: u32, now: u64) -> bool {
+    let Some(entry) = lookup(key) else {
+        return false;
+    };
+    // SAFETY: fields of entries, changed by others only atomically.
+    let (at, seen) = unsafe {
+        let at = &raw mut (*entry.ptr()).last_seen_s;
+        (at, at.read_volatile())
+    };
+    if seen == DEAD || now.wrapping_sub(seen) <= limit_s as u64 {
+        return false;
+    }
+    let reply_key = reply_key(&entry);
+    let reply = lookup(&reply_key);
+    if let Some(reply) = &reply {
+        // SAFETY: as above.
+        let reply_seen = unsafe { (&raw const (*reply.ptr()).last_seen_s).read_volatile() };
+        if reply_seen != DEAD && now.wrapping_sub(reply_seen) <= limit_s as u64 {
+            return false;
+        }
+    }
+    // SAFETY: as above.
+    if !unsafe { atomic::swap_if(at, seen, DEAD) } {
+        return false;
+    }
+    if let Some(reply) = &reply {
+        // SAFETY: as above.
+        let reply_at = unsafe { &raw mut (*reply.ptr()).last_seen_s };
+        let reply_seen = unsafe { reply_at.read_volatile() };
+        if reply_seen != DEAD
+            && (now.wrapping_sub(reply_seen) <= limit_s as u64
+                || !unsafe { atomic::swap_if(reply_at, reply_seen, DEAD) })
+        {
+            // A reply used it after all: it stays.
+            // SAFETY: as above.
+            unsafe { at.write_volatile(seen) };
+            return false;
+        }
+        let _ = FLOWS.remove(&reply_key);
+    }
+    let _ = FLOWS.remove(key);
+    limits::release(entry.ptr());
+    true
+}
+
+/// Removes the lone entry at `key` (a NAT port reservation, or a reply entry whose
+/// connection is missing) if it has been idle longer than `limit_s`.
+#[inline(never)]
+pub fn expire_alone(key: &FlowKey, limit_s: u32, now: u64) -> bool {
+    let Some(entry) = lookup(key) else {
+        return false;
+    };
+    // SAFETY: a field of the entry, changed by others only atomically.
+    let at = unsafe { &raw mut (*entry.ptr()).last_seen_s };
+    let seen = unsafe { at.read_volatile() };
+    if seen == DEAD || now.wrapping_sub(seen) <= limit_s as u64 {
+        return false;
+    }
+    // SAFETY: as above.
+    if !unsafe { atomic::swap_if(at, seen, DEAD) } {
+        return false;
+    }
+    let _ = FLOWS.remove(key);
+    true
+}
+
+/// Queues a connection that just closed, to be removed once it has lingered (once).
+#[inline(always)]
+pub fn closed(key: &FlowKey, entry: &Entry) {
+    if entry.set(tcp::CLOSE_QUEUED) & tcp::CLOSE_QUEUED == 0 {
+        let pending = Pending {
+            key: *key,
+            opened_ns: entry.opened_ns,
+            since_ns: now_ns(),
+        };
+        // Full: the agent's scan removes it after its idle timeout instead.
+        let _ = CLOSINGS.push(&pending, 0);
+    }
 }

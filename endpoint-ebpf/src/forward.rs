@@ -1,7 +1,10 @@
 //! Forward: where the rewritten packet goes. Towards a target: a FIB lookup gives the
 //! egress interface and MACs, and any failure drops the packet (counted by reason)
-//! before it is rewritten. Back to a consumer: the interface and MACs the flow arrived
-//! with, because a FIB lookup cannot tell overlapping consumer networks apart.
+//! before it is rewritten; the egress must be an interface the program is attached to
+//! (a frame redirected elsewhere could be lost unseen). Back to a consumer: the
+//! interface the flow arrived on — still in the flow's consumer network — from its own
+//! MAC to the client's, because a FIB lookup cannot tell overlapping consumer networks
+//! apart.
 
 use aya_ebpf::{
     bindings::{
@@ -13,11 +16,11 @@ use aya_ebpf::{
 };
 use endpoint_common::{
     counter,
-    maps::{Addr, Flow, Interface, bounce},
+    maps::{Flow, Interface, bounce},
 };
 use network_types::eth::EthHdr;
 
-use crate::{outcome::Outcome, parse::Tcp};
+use crate::{maps::INTERFACES, outcome::Outcome, parse::Packet};
 
 const AF_INET: u8 = 2;
 
@@ -30,8 +33,7 @@ pub struct Route {
 }
 
 impl Route {
-    /// The way out a flow entry keeps: for replies, where the flow came from; towards
-    /// a target, the last route lookup's result.
+    /// The way out a consumer-to-target flow keeps (the last route lookup's result).
     #[inline(always)]
     pub fn kept(flow: &Flow) -> Self {
         Self {
@@ -40,43 +42,57 @@ impl Route {
             mac_dst: flow.mac_dst,
         }
     }
+
+    /// The way back to the consumer of reply entry `flow`: its interface, if that still
+    /// faces the flow's consumer network, from that interface's own MAC.
+    #[inline(always)]
+    pub fn back(flow: &Flow) -> Result<Self, Outcome> {
+        match INTERFACES.get(flow.ifindex) {
+            Some(interface) if interface.consumer() && interface.network == flow.network => {
+                Ok(Self {
+                    ifindex: flow.ifindex,
+                    mac_src: interface.mac,
+                    mac_dst: flow.mac_dst,
+                })
+            }
+            _ => Err(Outcome::drop_for(counter::DROP_FLOW_GONE, flow.slot)),
+        }
+    }
 }
 
 /// A router does not forward a packet whose TTL would reach zero.
 #[inline(always)]
-pub fn check_ttl(packet: &Tcp, endpoint: u32) -> Result<(), Outcome> {
-    // SAFETY: `parse` checked the header lies within the frame.
-    if unsafe { (*packet.ip).ttl } > 1 {
+pub fn check_ttl(packet: &Packet, slot: u32) -> Result<(), Outcome> {
+    if packet.ip().ttl > 1 {
         Ok(())
     } else {
-        Err(Outcome::drop_for(counter::DROP_TTL_EXPIRED, endpoint))
+        Err(Outcome::drop_for(counter::DROP_TTL_EXPIRED, slot))
     }
 }
 
-/// Where a packet towards a target goes: its new source and destination, and the
-/// interface the route is looked up from (the NAT address's provider interface).
-#[derive(Clone, Copy)]
+/// Where a packet towards a target goes: its new source and destination (IPv4, as in
+/// the packet), the interface the route is looked up from (the NAT address's), and
+/// the endpoint slot it is counted for.
 pub struct Hop {
-    pub src: Addr,
-    pub dst: Addr,
-    pub ifindex: u32,
+    pub src_be: u32,
+    pub dst_be: u32,
+    pub via: u32,
+    pub slot: u32,
 }
 
-/// The route for `hop`, looked up as if the packet arrived on `hop.ifindex`.
+/// The route for `hop`, looked up as if the packet arrived on `hop.via`.
 #[inline(never)]
-pub fn route(ctx: &XdpContext, packet: &Tcp, hop: &Hop, endpoint: u32) -> Result<Route, Outcome> {
-    let Hop { src, dst, ifindex } = *hop;
-    // SAFETY: `parse` checked the header lies within the frame.
-    let ip = unsafe { &*packet.ip };
+pub fn route(ctx: &XdpContext, packet: &Packet, hop: &Hop) -> Result<Route, Outcome> {
+    let ip = packet.ip();
     // SAFETY: an all-zero `bpf_fib_lookup` is a valid (empty) request.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = ip.proto;
     params.__bindgen_anon_1.tot_len = ip.tot_len();
     params.__bindgen_anon_2.tos = ip.tos;
-    params.ifindex = ifindex;
-    params.__bindgen_anon_3.ipv4_src = src.ipv4_be();
-    params.__bindgen_anon_4.ipv4_dst = dst.ipv4_be();
+    params.ifindex = hop.via;
+    params.__bindgen_anon_3.ipv4_src = hop.src_be;
+    params.__bindgen_anon_4.ipv4_dst = hop.dst_be;
     // SAFETY: the helper reads and writes only `params`.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -87,18 +103,21 @@ pub fn route(ctx: &XdpContext, packet: &Tcp, hop: &Hop, endpoint: u32) -> Result
         )
     };
     let reason = match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => {
-            return Ok(Route {
-                ifindex: params.ifindex,
-                mac_src: params.smac,
-                mac_dst: params.dmac,
-            });
-        }
+        BPF_FIB_LKUP_RET_SUCCESS => match INTERFACES.get(params.ifindex) {
+            Some(egress) if egress.roles != 0 => {
+                return Ok(Route {
+                    ifindex: params.ifindex,
+                    mac_src: params.smac,
+                    mac_dst: params.dmac,
+                });
+            }
+            _ => counter::DROP_EGRESS_NOT_ATTACHED,
+        },
         BPF_FIB_LKUP_RET_NO_NEIGH => counter::DROP_FIB_NO_NEIGHBOUR,
         BPF_FIB_LKUP_RET_FRAG_NEEDED => counter::DROP_FIB_FRAG_NEEDED,
         _ => counter::DROP_FIB_UNREACHABLE,
     };
-    Err(Outcome::drop_for(reason, endpoint))
+    Err(Outcome::drop_for(reason, hop.slot))
 }
 
 /// Sends the rewritten packet: back out the interface it came in on, or to another.
@@ -106,10 +125,10 @@ pub fn route(ctx: &XdpContext, packet: &Tcp, hop: &Hop, endpoint: u32) -> Result
 pub fn send(
     ctx: &XdpContext,
     interface: &Interface,
-    packet: &Tcp,
+    packet: &Packet,
     route: &Route,
     counter: u32,
-    endpoint: u32,
+    slot: u32,
 ) -> Outcome {
     // SAFETY: `parse` checked the header lies within the frame.
     let eth: &mut EthHdr = unsafe { &mut *packet.eth };
@@ -123,7 +142,7 @@ pub fn send(
     Outcome {
         action,
         counter,
-        endpoint,
+        endpoint: slot,
     }
 }
 

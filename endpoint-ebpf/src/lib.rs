@@ -1,19 +1,30 @@
 //! The data path. Every packet on an attached interface makes the same journey:
 //!
-//! parse → classify (endpoint traffic? a reply? an ARP request for our address?) →
-//! policy (security groups, acceptance) → conntrack (find or open the flow) → select
-//! (target, NAT address) → forward (route lookup — decided before anything is rewritten,
-//! then kept by the flow and checked again once a second) → nat (rewrite addresses,
-//! ports, TTL and checksums) → send; and every outcome is counted.
+//! classify (the interface's role; on the consumer side, does an endpoint of its
+//! network listen on the port; on the provider side, is it a NAT port — array reads
+//! only) → verify (addressed to us, checksums, flags, source) → conntrack (the flow, or
+//! a new one) → policy (acceptance and security groups, judged again only when the
+//! endpoint's policy word changed) → tcp (handshake, RST and FIN where they belong) →
+//! limits and select (for a new flow: room for it, its target and NAT address) →
+//! forward (route lookup — decided before anything is rewritten, then kept by the flow
+//! and checked again once a second) → nat (rewrite addresses, ports, TTL and checksums)
+//! → send; and every outcome is counted. The `expire` program removes what runs out.
 #![no_std]
+// BPF has atomic instructions, but the target's `core::sync::atomic` offers no 32-bit
+// atomics and no compare-and-swap: the intrinsics do (see `atomic`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 // Map helpers take `impl Borrow<K>`: pass keys by reference, not by (copied) value, on
 // a 512-byte stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod arp;
+mod atomic;
 mod classify;
 mod conntrack;
+pub mod expire;
 mod forward;
+mod limits;
 mod maps;
 mod nat;
 mod outcome;
@@ -22,19 +33,23 @@ mod policy;
 mod reset;
 mod select;
 mod stats;
+mod tcp;
+mod verify;
 
 use aya_ebpf::programs::XdpContext;
 use endpoint_common::{
     counter,
-    maps::{Endpoint, Interface, role},
+    maps::{FlowKey, Interface, Policy, Scratch, nat_scope, tcp as bits},
 };
 
 use crate::{
-    conntrack::Entry,
-    forward::Hop,
+    conntrack::{Entry, Touch},
+    forward::{Hop, Route},
+    maps::SCRATCH,
     outcome::Outcome,
-    parse::{Frame, Tcp},
-    policy::Admission,
+    parse::{Frame, Packet},
+    policy::{Admission, Refusal},
+    verify::{ACK, FIN, RST, SYN},
 };
 
 /// Handles one packet: its journey, counted; returns the XDP action.
@@ -53,112 +68,374 @@ fn journey(ctx: &XdpContext) -> Result<Outcome, Outcome> {
     let interface = classify::interface(ctx)?;
     match parse::frame(ctx)? {
         Frame::Arp { eth, arp } => arp::answer(ctx, &interface, eth, arp),
-        Frame::Unsupported { dst, counter } => classify::unsupported(ctx, dst, counter),
         Frame::Tcp(packet) => {
-            if let Some(endpoint) = classify::endpoint(&interface, &packet) {
-                policy::security_groups(&endpoint, &packet)?;
-                // Segments of connections that may still be open to an endpoint revoked
-                // with `reset` get a RST (a SYN is refused like any other).
-                if let Admission::Reset = policy::admission(&endpoint)
-                    && !conntrack::is_syn(&packet)
-                {
-                    return reset::answer(ctx, &interface, &packet, endpoint.id);
-                }
-                return consumer_to_target(ctx, &interface, &packet, &endpoint);
+            if classify::endpoint_port(&interface, &packet) {
+                return consumer_to_target(ctx, &interface, &packet);
             }
-            if interface.roles & role::PROVIDER != 0 {
-                // The flow table first: on the provider side most packets are replies.
-                if let Some(flow) = conntrack::reply(&packet) {
-                    return target_to_consumer(ctx, &interface, &packet, &flow);
-                }
-                // To a NAT address and port but no flow: the provider side can never
-                // open anything towards a consumer.
-                if classify::to_nat_port(ctx, &packet) {
-                    return Err(Outcome::drop(counter::DROP_REPLY_NO_FLOW));
-                }
+            if classify::to_nat_port(&interface, &packet) {
+                return target_to_consumer(ctx, &interface, &packet);
             }
-            Ok(Outcome::pass())
+            Err(classify::not_ours(&interface))
         }
+        Frame::Unsupported { dst, counter } => {
+            Err(classify::unsupported(ctx, &interface, dst, counter))
+        }
+        Frame::Other => Err(classify::not_ours(&interface)),
     }
 }
 
-/// A packet from a consumer to one of its endpoints (its own BPF function, as are the
-/// heavier steps: the whole call chain's stack must fit in 512 bytes).
+/// A packet from a consumer to a port an endpoint of its network listens on (its own
+/// BPF function, as are the heavier steps: the whole call chain's stack must fit in 512
+/// bytes).
 #[inline(never)]
 fn consumer_to_target(
     ctx: &XdpContext,
     interface: &Interface,
-    packet: &Tcp,
-    endpoint: &Endpoint,
+    packet: &Packet,
 ) -> Result<Outcome, Outcome> {
-    // Read again rather than passed: with the result pointer, a sixth argument would
-    // not fit in the five registers a BPF call has.
-    let admission = policy::admission(endpoint);
-    forward::check_ttl(packet, endpoint.id)?;
-    let key = conntrack::key_of(interface.network, packet);
-    let (flow, route, counter) = match (conntrack::lookup(&key, packet), admission) {
-        // The route is looked up again once a second (the neighbour or route may have
-        // changed); in between, the flow's kept result is used.
-        (Some((flow, true)), _) => {
-            let hop = Hop {
-                src: flow.src,
-                dst: flow.dst,
-                ifindex: flow.route_from,
-            };
-            let route = forward::route(ctx, packet, &hop, endpoint.id)?;
-            flow.keep_route(&route);
-            (flow, route, counter::FORWARD)
-        }
-        (Some((flow, false)), _) => {
-            let route = forward::Route::kept(&flow);
-            (flow, route, counter::FORWARD)
-        }
-        (None, Admission::Open) => {
-            conntrack::require_syn(packet, endpoint.id)?;
-            let choice = &mut conntrack::opening(endpoint.id)?.choice;
-            select::choose(endpoint, &key, choice)?;
-            // The route is decided before any state exists: a SYN that cannot be
-            // forwarded leaves nothing behind, and its retransmission tries again.
-            let hop = Hop {
-                src: choice.nat.addr,
-                dst: choice.target.addr,
-                ifindex: choice.nat.ifindex,
-            };
-            let route = forward::route(ctx, packet, &hop, endpoint.id)?;
-            conntrack::opening(endpoint.id)?.route = route;
-            let flow = conntrack::open(ctx, &key, packet, endpoint)?;
-            (flow, route, counter::FORWARD_NEW)
-        }
-        (None, _) => return Err(policy::refused(endpoint)),
+    let key = conntrack::forward_key(interface.network, packet);
+    let Some(flow) = conntrack::lookup(&key) else {
+        return open(ctx, interface, packet, &key);
     };
-    nat::rewrite(packet, &flow);
-    Ok(forward::send(
-        ctx,
-        interface,
-        packet,
-        &route,
-        counter,
-        endpoint.id,
-    ))
+    // A new connection on the tuple of a closed one: that one goes (its NAT port stays
+    // reserved while the target may hold it in TIME_WAIT).
+    let state = flow.tcp();
+    if verify::flags(packet) & (SYN | ACK) == SYN && bits::closed(state) {
+        conntrack::remove(&key, &flow, state & bits::TARGET_CLOSED_FIRST != 0);
+        return open(ctx, interface, packet, &key);
+    }
+    forward(ctx, interface, packet, &flow)
 }
 
-/// A packet from a target back to a NAT address.
+/// A consumer's packet on an existing flow.
 #[inline(never)]
-fn target_to_consumer(
+fn forward(
     ctx: &XdpContext,
     interface: &Interface,
-    packet: &Tcp,
+    packet: &Packet,
     flow: &Entry,
 ) -> Result<Outcome, Outcome> {
-    forward::check_ttl(packet, flow.endpoint)?;
-    let route = forward::Route::kept(flow);
+    // Made again rather than passed: with the result pointer, a fifth argument would
+    // not fit in the five registers a BPF call has.
+    let key = &conntrack::forward_key(interface.network, packet);
+    let slot = flow.slot;
+    verify::addressed_to(interface, packet, slot)?;
+    verify::ip_checksum(packet, slot)?;
+    let flags = verify::flags(packet);
+    verify::sane_flags(flags, slot)?;
+    forward::check_ttl(packet, slot)?;
+    let syn = flags & SYN != 0;
+    if syn && flags & ACK != 0 {
+        return Err(Outcome::drop_for(counter::DROP_BAD_FLAGS, slot));
+    }
+    // Judged again when the endpoint's policy changed, and for every SYN: a SYN on an
+    // existing flow must be admitted like a new one.
+    if syn || policy::word(slot) != flow.policy {
+        match policy::recheck(flow, packet.ip().src_addr, syn) {
+            Ok(word) => flow.admitted(word),
+            Err(refusal) => {
+                if refusal.removes() {
+                    conntrack::remove(key, flow, false);
+                }
+                return refuse(ctx, interface, packet, refusal);
+            }
+        }
+    }
+    let route = match flow.touch() {
+        Touch::Gone => return Err(Outcome::drop_for(counter::DROP_NO_FLOW, slot)),
+        Touch::Same => Route::kept(flow),
+        // The route is looked up again once a second (the neighbour or route may have
+        // changed); in between, the flow's kept result is used.
+        Touch::Fresh => {
+            let hop = Hop {
+                src_be: flow.src_be,
+                dst_be: flow.dst_be,
+                via: flow.via,
+                slot,
+            };
+            let route = forward::route(ctx, packet, &hop)?;
+            keep_route(flow, &route);
+            route
+        }
+    };
+    if !syn {
+        tcp::track(flow, packet, flags);
+        if flags & (RST | FIN) != 0 || flow.tcp() & bits::ESTABLISHED == 0 {
+            tcp::from_consumer(key, flow, packet, flags)?;
+        }
+    }
     nat::rewrite(packet, flow);
     Ok(forward::send(
         ctx,
         interface,
         packet,
         &route,
-        counter::REPLY,
-        flow.endpoint,
+        counter::FORWARD,
+        slot,
     ))
+}
+
+/// Keeps `route` as the flow's way out, if it changed.
+#[inline(always)]
+fn keep_route(flow: &Entry, route: &Route) {
+    let at = flow.ptr();
+    // SAFETY: fields of the entry; only this direction's packets write them.
+    unsafe {
+        if (*at).ifindex != route.ifindex
+            || (*at).mac_src != route.mac_src
+            || (*at).mac_dst != route.mac_dst
+        {
+            (*at).ifindex = route.ifindex;
+            (*at).mac_src = route.mac_src;
+            (*at).mac_dst = route.mac_dst;
+        }
+    }
+}
+
+/// A packet its flow's endpoint no longer admits (the flow is gone if it must go):
+/// dropped, or answered with a RST.
+#[inline(never)]
+fn refuse(
+    ctx: &XdpContext,
+    interface: &Interface,
+    packet: &Packet,
+    refusal: Refusal,
+) -> Result<Outcome, Outcome> {
+    match refusal {
+        Refusal::Drop(outcome) | Refusal::Cut(outcome) => Err(outcome),
+        Refusal::Reset(slot) => reset::answer(ctx, interface, packet, slot),
+    }
+}
+
+/// A consumer's packet with no flow: a SYN to an available endpoint opens one.
+#[inline(never)]
+fn open(
+    ctx: &XdpContext,
+    interface: &Interface,
+    packet: &Packet,
+    key: &FlowKey,
+) -> Result<Outcome, Outcome> {
+    let Some(endpoint) = classify::endpoint(interface.network, packet) else {
+        return Err(Outcome::drop(counter::DROP_NOT_ENDPOINT));
+    };
+    let slot = endpoint.slot;
+    verify::addressed_to(interface, packet, slot)?;
+    verify::ip_checksum(packet, slot)?;
+    let flags = verify::flags(packet);
+    verify::sane_flags(flags, slot)?;
+    forward::check_ttl(packet, slot)?;
+    let word = policy::word(slot);
+    let policy = Policy::of(word);
+    match policy::of(policy) {
+        Admission::Open if flags & SYN == 0 => {
+            return Err(Outcome::drop_for(counter::DROP_NO_FLOW, slot));
+        }
+        Admission::Open => {}
+        _ => return Err(policy::refused(policy, slot)),
+    }
+    if flags & ACK != 0 {
+        return Err(Outcome::drop_for(counter::DROP_BAD_FLAGS, slot));
+    }
+    let source = packet.ip().src_addr;
+    policy::security_groups(word, slot, endpoint.listener as u8, source)?;
+    verify::source(interface.network, packet, slot)?;
+    verify::tcp_checksum(ctx, packet, slot)?;
+    let Some(settings) = classify::settings() else {
+        return Err(Outcome::drop_for(counter::DROP_NO_TARGET, slot));
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Err(Outcome::drop_for(counter::DROP_NO_TARGET, slot));
+    };
+    // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
+    let scratch = unsafe { &mut *scratch };
+    begin(ctx, interface, packet, key, scratch);
+    scratch.forward.slot = slot;
+    scratch.forward.policy = word;
+    scratch.forward.listener = endpoint.listener as u8;
+    limits::reserve(&raw mut scratch.forward, settings)?;
+    if let Err(outcome) = select::choose(endpoint.ring, key, settings, scratch) {
+        limits::release(&raw mut scratch.forward);
+        return Err(outcome);
+    }
+    // The route is decided before any state exists: a SYN that cannot be forwarded
+    // leaves nothing behind, and its retransmission tries again.
+    let hop = Hop {
+        src_be: scratch.nat.addr.ipv4_be(),
+        dst_be: scratch.target.addr.ipv4_be(),
+        via: scratch.nat.ifindex,
+        slot,
+    };
+    let route = match forward::route(ctx, packet, &hop) {
+        Ok(route) => route,
+        Err(outcome) => {
+            limits::release(&raw mut scratch.forward);
+            return Err(outcome);
+        }
+    };
+    translate(scratch, &route);
+    let flow = conntrack::open(key, settings)?;
+    nat::rewrite(packet, &flow);
+    Ok(forward::send(
+        ctx,
+        interface,
+        packet,
+        &route,
+        counter::FORWARD_NEW,
+        slot,
+    ))
+}
+
+/// Starts both entries of a new flow in the scratch: the reply entry (back to the
+/// client, from the endpoint, through the interface it came in on) and what the
+/// forward entry knows of the consumer's SYN.
+#[inline(never)]
+fn begin(
+    ctx: &XdpContext,
+    interface: &Interface,
+    packet: &Packet,
+    key: &FlowKey,
+    scratch: &mut Scratch,
+) {
+    let now = conntrack::now_ns();
+    let seq = u32::from_be_bytes(packet.tcp().seq);
+    let forward = &mut scratch.forward;
+    forward.opened_ns = now;
+    forward.last_seen_s = now / 1_000_000_000;
+    forward.network = interface.network;
+    forward.tcp = 0;
+    forward.ack = 0;
+    forward.window = 0;
+    forward.isn_next = seq
+        .wrapping_add(1)
+        .wrapping_add(verify::payload_len(packet));
+    forward.wscale = tcp::window_scale(ctx, packet);
+    forward._pad = [0; 6];
+    let reply = &mut scratch.reply;
+    reply.opened_ns = now;
+    reply.last_seen_s = forward.last_seen_s;
+    reply.network = interface.network;
+    reply.src_be = key.dst_be;
+    reply.dst_be = key.src_be;
+    reply.src_port_be = key.dst_port_be;
+    reply.dst_port_be = key.src_port_be;
+    reply.ifindex = ctx.ingress_ifindex() as u32;
+    // Replies go from the interface's own MAC (taken when sent) to whoever sent this.
+    reply.mac_src = [0; 6];
+    reply.mac_dst = packet.eth().src_addr;
+    reply.tcp = 0;
+    reply.ack = 0;
+    reply.window = 0;
+    reply.isn_next = 0;
+    reply.wscale = 0;
+    reply._pad = [0; 6];
+}
+
+/// Completes both entries with the chosen target, NAT address and route.
+#[inline(never)]
+fn translate(scratch: &mut Scratch, route: &Route) {
+    let Scratch {
+        forward,
+        reply,
+        reply_key,
+        target,
+        nat,
+        target_index,
+        ..
+    } = scratch;
+    forward.src_be = nat.addr.ipv4_be();
+    forward.dst_be = target.addr.ipv4_be();
+    forward.dst_port_be = target.port_be;
+    forward.ifindex = route.ifindex;
+    forward.mac_src = route.mac_src;
+    forward.mac_dst = route.mac_dst;
+    forward.via = nat.ifindex;
+    forward.target = *target_index;
+    reply.slot = forward.slot;
+    reply.policy = forward.policy;
+    reply.listener = forward.listener;
+    reply.target = *target_index;
+    // Replies must come back the way the flow leaves.
+    reply.via = route.ifindex;
+    reply_key.src_be = forward.dst_be;
+    reply_key.dst_be = forward.src_be;
+    reply_key.src_port_be = target.port_be;
+    reply_key.dst_port_be = 0;
+    reply_key.scope = FlowKey::scope(
+        endpoint_common::maps::PROVIDER_NETWORK,
+        endpoint_common::maps::PROTO_TCP,
+    );
+}
+
+/// A provider-side packet to a NAT port: a reply of a flow, or nothing of ours to
+/// open.
+#[inline(never)]
+fn target_to_consumer(
+    ctx: &XdpContext,
+    interface: &Interface,
+    packet: &Packet,
+) -> Result<Outcome, Outcome> {
+    let key = conntrack::arriving_reply_key(packet);
+    let Some(reply) = conntrack::lookup(&key) else {
+        // To a NAT address and port but no flow: the provider side can never open
+        // anything towards a consumer.
+        let scope = nat_scope(ctx.ingress_ifindex() as u32);
+        if classify::owned(scope, packet.ip().dst_addr).is_some() {
+            return Err(Outcome::drop(counter::DROP_REPLY_NO_FLOW));
+        }
+        return Err(classify::not_ours(interface));
+    };
+    let slot = reply.slot;
+    if reply.tcp() & bits::RESERVED != 0 {
+        return Err(Outcome::drop_for(counter::DROP_REPLY_NO_FLOW, slot));
+    }
+    // Replies are taken only where the flow leaves: a host on another provider segment
+    // cannot speak for the target.
+    if ctx.ingress_ifindex() as u32 != reply.via {
+        return Err(Outcome::drop_for(counter::DROP_WRONG_INTERFACE, slot));
+    }
+    verify::addressed_to(interface, packet, slot)?;
+    verify::ip_checksum(packet, slot)?;
+    let flags = verify::flags(packet);
+    verify::sane_flags(flags, slot)?;
+    if flags & SYN != 0 && flags & ACK == 0 {
+        return Err(Outcome::drop_for(counter::DROP_BAD_FLAGS, slot));
+    }
+    forward::check_ttl(packet, slot)?;
+    if policy::word(slot) != reply.policy {
+        match policy::recheck_reply(&reply) {
+            Ok(word) => reply.admitted(word),
+            Err(refusal) => {
+                remove_by_reply(&reply);
+                return refuse(ctx, interface, packet, refusal);
+            }
+        }
+    }
+    if let Touch::Gone = reply.touch() {
+        return Err(Outcome::drop_for(counter::DROP_REPLY_NO_FLOW, slot));
+    }
+    if flags & SYN == 0 {
+        tcp::track(&reply, packet, flags);
+    }
+    if flags & (SYN | RST | FIN) != 0 {
+        tcp::from_target(&reply, packet, flags, ctx)?;
+    }
+    let route = Route::back(&reply).inspect_err(|_| remove_by_reply(&reply))?;
+    nat::rewrite(packet, &reply);
+    Ok(forward::send(
+        ctx,
+        interface,
+        packet,
+        &route,
+        counter::REPLY,
+        slot,
+    ))
+}
+
+/// Removes the flow of the reply entry `reply`.
+#[inline(never)]
+fn remove_by_reply(reply: &Entry) {
+    let key = conntrack::forward_key_of(reply);
+    if let Some(flow) = conntrack::lookup(&key) {
+        conntrack::remove(&key, &flow, false);
+    }
 }

@@ -1,4 +1,5 @@
-//! The XDP program the agent attaches: see the library for the packet's journey.
+//! The XDP programs the agent loads: `endpoint`, attached (see the library for the
+//! packet's journey), and `expire`, which it runs.
 #![no_std]
 #![no_main]
 
@@ -7,6 +8,12 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 #[xdp]
 pub fn endpoint(ctx: XdpContext) -> u32 {
     endpoint_ebpf::handle(&ctx)
+}
+
+/// Run by the agent (BPF_PROG_RUN), never attached: removes what ran out.
+#[xdp]
+pub fn expire(ctx: XdpContext) -> u32 {
+    endpoint_ebpf::expire::run(&ctx)
 }
 
 #[cfg(not(test))]

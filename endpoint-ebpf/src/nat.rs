@@ -3,15 +3,15 @@
 
 use endpoint_common::{checksum::Delta, maps::Flow};
 
-use crate::parse::Tcp;
+use crate::parse::Packet;
 
 // Its own BPF function, to keep the caller's stack frame small.
 #[inline(never)]
-pub fn rewrite(packet: &Tcp, flow: &Flow) {
+pub fn rewrite(packet: &Packet, flow: &Flow) {
     // SAFETY: `parse` checked the headers lie within the frame.
     let (ip, tcp) = unsafe { (&mut *packet.ip, &mut *packet.tcp) };
-    let (old_src, new_src) = (u32::from_ne_bytes(ip.src_addr), flow.src.ipv4_be());
-    let (old_dst, new_dst) = (u32::from_ne_bytes(ip.dst_addr), flow.dst.ipv4_be());
+    let (old_src, new_src) = (u32::from_ne_bytes(ip.src_addr), flow.src_be);
+    let (old_dst, new_dst) = (u32::from_ne_bytes(ip.dst_addr), flow.dst_be);
     let (old_sport, new_sport) = (u16::from_ne_bytes(tcp.source), flow.src_port_be);
     let (old_dport, new_dport) = (u16::from_ne_bytes(tcp.dest), flow.dst_port_be);
     // TTL shares a checksum word with the protocol.

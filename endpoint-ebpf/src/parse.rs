@@ -1,11 +1,12 @@
 //! Parse: bounds-checked views of the headers we act on.
 //!
 //! Policy for what we do not handle (documented in the README):
-//! - not IPv4 or ARP, or IPv4 but not TCP: passed to the kernel;
+//! - not IPv4 or ARP, or IPv4 but not TCP: [`Frame::Other`] (dropped on consumer-only
+//!   interfaces, passed to the kernel elsewhere);
 //! - truncated or inconsistent Ethernet/IPv4/TCP headers: dropped as malformed (the kernel
 //!   would drop them too);
-//! - TCP with IPv4 options or fragmented: dropped if addressed to one of our addresses
-//!   (ports are unknown or the headers would move), otherwise passed.
+//! - TCP with IPv4 options or fragmented: [`Frame::Unsupported`], dropped if addressed to
+//!   one of our addresses (ports are unknown or the headers would move).
 
 use core::mem::size_of;
 
@@ -21,7 +22,7 @@ use network_types::{
 use crate::outcome::Outcome;
 
 /// A TCP/IPv4 packet with a 20-byte IPv4 header.
-pub struct Tcp {
+pub struct Packet {
     pub eth: *mut EthHdr,
     pub ip: *mut Ipv4Hdr,
     pub tcp: *mut TcpHdr,
@@ -32,22 +33,24 @@ pub enum Frame {
         eth: *mut EthHdr,
         arp: *mut ArpHdr,
     },
-    Tcp(Tcp),
-    /// TCP we cannot handle; dropped under `counter` if `dst` is ours, else passed.
+    Tcp(Packet),
+    /// TCP we cannot handle; dropped under `counter` if `dst` is ours.
     Unsupported {
         dst: [u8; 4],
         counter: u32,
     },
+    /// Anything else: IPv6, IPv4 that is not TCP, other EtherTypes.
+    Other,
 }
 
-const IP_OFFSET: usize = EthHdr::LEN;
-const TCP_OFFSET: usize = EthHdr::LEN + Ipv4Hdr::LEN;
+pub const IP_OFFSET: usize = EthHdr::LEN;
+pub const TCP_OFFSET: usize = EthHdr::LEN + Ipv4Hdr::LEN;
 /// More-fragments flag and fragment offset, in the raw big-endian `frags` field.
 const FRAGMENT_MASK: u16 = 0x3fff;
 
 /// A pointer to a `T` at `offset`, if the frame is long enough to hold it.
 #[inline(always)]
-fn at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Outcome> {
+pub fn at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Outcome> {
     let start = ctx.data() + offset;
     if start + size_of::<T>() > ctx.data_end() {
         return Err(Outcome::drop(counter::DROP_MALFORMED));
@@ -65,13 +68,13 @@ pub fn frame(ctx: &XdpContext) -> Result<Frame, Outcome> {
         return Ok(Frame::Arp { eth, arp });
     }
     if ether_type != EtherType::Ipv4 as u16 {
-        return Err(Outcome::pass());
+        return Ok(Frame::Other);
     }
     let ip: *mut Ipv4Hdr = at(ctx, IP_OFFSET)?;
     // SAFETY: as above.
     let ip_ref = unsafe { &*ip };
     if ip_ref.proto != IpProto::Tcp as u8 {
-        return Err(Outcome::pass());
+        return Ok(Frame::Other);
     }
     let header_len = ip_ref.ihl() as usize;
     let total_len = ip_ref.tot_len() as usize;
@@ -94,7 +97,7 @@ pub fn frame(ctx: &XdpContext) -> Result<Frame, Outcome> {
     if tcp_len < TcpHdr::LEN || Ipv4Hdr::LEN + tcp_len > total_len {
         return Err(Outcome::drop(counter::DROP_MALFORMED));
     }
-    Ok(Frame::Tcp(Tcp { eth, ip, tcp }))
+    Ok(Frame::Tcp(Packet { eth, ip, tcp }))
 }
 
 #[inline(always)]
@@ -102,5 +105,31 @@ fn unsupported(ip: &Ipv4Hdr, counter: u32) -> Frame {
     Frame::Unsupported {
         dst: ip.dst_addr,
         counter,
+    }
+}
+
+impl Packet {
+    #[inline(always)]
+    pub fn ip(&self) -> &Ipv4Hdr {
+        // SAFETY: `frame` checked the header lies within the frame.
+        unsafe { &*self.ip }
+    }
+
+    #[inline(always)]
+    pub fn tcp(&self) -> &TcpHdr {
+        // SAFETY: as in `ip`.
+        unsafe { &*self.tcp }
+    }
+
+    #[inline(always)]
+    pub fn eth(&self) -> &EthHdr {
+        // SAFETY: as in `ip`.
+        unsafe { &*self.eth }
+    }
+
+    /// The destination port, as in the packet.
+    #[inline(always)]
+    pub fn dst_port_be(&self) -> u16 {
+        u16::from_ne_bytes(self.tcp().dest)
     }
 }

@@ -1,69 +1,159 @@
 //! Policy: acceptance and security groups, enforced on every packet. An endpoint that
-//! is not `available` opens no flow; its established flows drain or are reset, as its
-//! service says. A source outside the endpoint's security groups is dropped.
+//! is not `available` opens no flow (a SYN on an existing flow included); its
+//! established flows drain or are reset, as its service says; a flow whose endpoint
+//! is gone stops. A source outside the endpoint's security groups is dropped.
+//!
+//! A flow keeps the policy word it was admitted under ([`Flow::policy`]): while the
+//! endpoint's word is the same, one array read decides; when it changed, the flow is
+//! judged again here.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use endpoint_common::{
     counter,
-    maps::{Endpoint, FAMILY_IPV4, SourcePrefix, endpoint_flag, state},
+    maps::{FAMILY_IPV4, Flow, Policy, SourcePrefix, policy_flag, state},
 };
 
-use crate::{maps::SECURITY_GROUPS, outcome::Outcome, parse::Tcp};
+use crate::{
+    maps::{POLICIES, SECURITY_GROUPS},
+    outcome::Outcome,
+};
 
-/// What an endpoint's state lets a packet do.
+/// What an endpoint's policy lets a packet do.
 pub enum Admission {
     /// Available: everything, including opening flows.
     Open,
     /// Revoked (or never accepted), draining: only established flows carry on.
     EstablishedOnly,
-    /// Revoked with `reset`: established flows are answered with a RST.
+    /// Revoked, or deleted, with `reset`: established flows are answered with a RST.
     Reset,
+    /// Deleted, or replaced by another endpoint: the flow is removed.
+    Gone,
 }
 
+/// The policy word of endpoint slot `slot` now (one aligned load: the agent writes it
+/// with one store).
 #[inline(always)]
-pub fn admission(endpoint: &Endpoint) -> Admission {
-    if endpoint.state == state::AVAILABLE {
+pub fn word(slot: u32) -> u64 {
+    match POLICIES.get_ptr(slot) {
+        // SAFETY: an aligned u64 in an array value.
+        Some(word) => unsafe { word.read_volatile() },
+        None => 0,
+    }
+}
+
+/// What the endpoint's policy `now` lets a flow admitted under `then` do.
+#[inline(always)]
+pub fn admission(then: u64, now: u64) -> Admission {
+    let (then, now) = (Policy::of(then), Policy::of(now));
+    if now.uid != then.uid {
+        if then.flags & policy_flag::RESET_ON_REVOKE != 0 {
+            Admission::Reset
+        } else {
+            Admission::Gone
+        }
+    } else {
+        of(now)
+    }
+}
+
+/// What an endpoint with `policy` lets a packet do.
+#[inline(always)]
+pub fn of(policy: Policy) -> Admission {
+    if policy.state == state::AVAILABLE {
         Admission::Open
-    } else if endpoint.flags & endpoint_flag::RESET_ON_REVOKE != 0 {
+    } else if policy.flags & policy_flag::RESET_ON_REVOKE != 0 {
         Admission::Reset
     } else {
         Admission::EstablishedOnly
     }
 }
 
-/// Why a packet that may not open a flow and has none is dropped.
+/// Why a packet that may not open a flow is dropped.
 #[inline(always)]
-pub fn refused(endpoint: &Endpoint) -> Outcome {
-    Outcome::drop_for(counter::drop_for_state(endpoint.state), endpoint.id)
+pub fn refused(policy: Policy, slot: u32) -> Outcome {
+    if policy.uid == 0 {
+        return Outcome::drop_for(counter::DROP_FLOW_GONE, slot);
+    }
+    Outcome::drop_for(counter::drop_for_state(policy.state), slot)
 }
 
-/// Drops sources outside the endpoint's security groups (when it has any).
+/// Drops sources outside the endpoint's security groups (when it has any) for the
+/// listener `listener`.
 #[inline(always)]
-pub fn security_groups(endpoint: &Endpoint, packet: &Tcp) -> Result<(), Outcome> {
-    if endpoint.flags & endpoint_flag::SECURITY_GROUPS == 0 {
+pub fn security_groups(word: u64, slot: u32, listener: u8, source: [u8; 4]) -> Result<(), Outcome> {
+    if Policy::of(word).flags & policy_flag::SECURITY_GROUPS == 0 {
         return Ok(());
     }
-    check_security_groups(endpoint, packet)
+    check_security_groups(slot, listener, source)
 }
 
 // Its own BPF function, to keep the caller's stack frame small.
 #[inline(never)]
-fn check_security_groups(endpoint: &Endpoint, packet: &Tcp) -> Result<(), Outcome> {
-    // SAFETY: `parse` checked the header lies within the frame.
-    let source = unsafe { (*packet.ip).src_addr };
+fn check_security_groups(slot: u32, listener: u8, source: [u8; 4]) -> Result<(), Outcome> {
     let mut addr = [0u8; 16];
     addr[..4].copy_from_slice(&source);
     let key = Key::new(
         SourcePrefix::FIXED_BITS + 32,
         SourcePrefix {
-            endpoint: endpoint.id,
+            slot,
             family: FAMILY_IPV4,
             addr,
             _pad: [0; 3],
         },
     );
     match SECURITY_GROUPS.get(&key) {
-        Some(group) if group.ports & (1 << endpoint.listener) != 0 => Ok(()),
-        _ => Err(Outcome::drop_for(counter::DROP_SECURITY_GROUP, endpoint.id)),
+        Some(group) if group.ports & (1 << (listener & 31)) != 0 => Ok(()),
+        _ => Err(Outcome::drop_for(counter::DROP_SECURITY_GROUP, slot)),
+    }
+}
+
+/// What becomes of a flow its endpoint's policy no longer admits.
+pub enum Refusal {
+    /// This packet is dropped; the flow stays (a SYN to a draining endpoint).
+    Drop(Outcome),
+    /// The flow is removed and the packet dropped.
+    Cut(Outcome),
+    /// The flow is removed and the packet answered with a RST (counted for the slot).
+    Reset(u32),
+}
+
+impl Refusal {
+    /// Whether the flow goes.
+    #[inline(always)]
+    pub fn removes(&self) -> bool {
+        !matches!(self, Refusal::Drop(_))
+    }
+}
+
+/// The policy word a consumer-to-target flow `flow` keeps — its endpoint's now — if a
+/// packet from `source` may still use it (`syn`: it would open the connection again).
+#[inline(never)]
+pub fn recheck(flow: &Flow, source: [u8; 4], syn: bool) -> Result<u64, Refusal> {
+    let now = word(flow.slot);
+    match admission(flow.policy, now) {
+        Admission::Open => {}
+        Admission::EstablishedOnly if !syn => {}
+        // A SYN to a draining endpoint is refused like any other new connection.
+        Admission::EstablishedOnly => {
+            return Err(Refusal::Drop(refused(Policy::of(now), flow.slot)));
+        }
+        Admission::Reset => return Err(Refusal::Reset(flow.slot)),
+        // Blamed on no endpoint: the slot may have a new owner.
+        Admission::Gone => return Err(Refusal::Cut(Outcome::drop(counter::DROP_FLOW_GONE))),
+    }
+    // A source the groups no longer admit loses its flow.
+    security_groups(now, flow.slot, flow.listener, source).map_err(Refusal::Cut)?;
+    Ok(now)
+}
+
+/// The same for a reply: only whether the endpoint is still there (and not revoked
+/// with `reset`) matters; the consumer side enforces the rest.
+#[inline(always)]
+pub fn recheck_reply(flow: &Flow) -> Result<u64, Refusal> {
+    let now = word(flow.slot);
+    match admission(flow.policy, now) {
+        Admission::Open | Admission::EstablishedOnly => Ok(now),
+        Admission::Reset => Err(Refusal::Reset(flow.slot)),
+        Admission::Gone => Err(Refusal::Cut(Outcome::drop(counter::DROP_FLOW_GONE))),
     }
 }

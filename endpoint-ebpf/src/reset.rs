@@ -1,14 +1,36 @@
-//! Reset: turns a consumer's segment into the TCP RST that answers it (RFC 9293
-//! §3.10.7.1), for flows of endpoints revoked with `reset`. The frame is cut to bare
-//! headers and both checksums are computed from scratch over them.
+//! Reset: turns a segment of a connection the node cuts (its endpoint revoked or
+//! deleted with `reset`) into the TCP RST that answers it (RFC 9293 §3.10.7.1), sent
+//! back to its sender — consumer or target — from the interface's own MAC. Only
+//! segments of an existing flow are answered, within a per-CPU budget. The frame is cut
+//! to bare headers and both checksums are computed from scratch over them.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext};
 use endpoint_common::{checksum::Sum, counter, maps::Interface};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
-use crate::{forward, outcome::Outcome, parse::Tcp};
+use crate::{classify, conntrack::now_s, forward, maps::BUDGETS, outcome::Outcome, parse::Packet};
 
 const RST_LEN: usize = EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN;
+
+/// Takes one RST from this CPU's budget for this second, if any is left.
+#[inline(always)]
+fn spend(per_second: u32) -> bool {
+    let Some(budget) = BUDGETS.get_ptr_mut(0) else {
+        return false;
+    };
+    let now = now_s();
+    // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
+    let budget = unsafe { &mut *budget };
+    if budget.second != now as u32 {
+        budget.second = now as u32;
+        budget.resets = 0;
+    }
+    if budget.resets >= per_second {
+        return false;
+    }
+    budget.resets += 1;
+    true
+}
 
 // Its own BPF function: its stack frame is not added to its siblings' (the
 // program's whole call chain must fit in 512 bytes).
@@ -16,15 +38,19 @@ const RST_LEN: usize = EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN;
 pub fn answer(
     ctx: &XdpContext,
     interface: &Interface,
-    packet: &Tcp,
-    endpoint: u32,
+    packet: &Packet,
+    slot: u32,
 ) -> Result<Outcome, Outcome> {
     // SAFETY: `parse` checked the headers lie within the frame.
     let (eth, ip, tcp) = unsafe { (&*packet.eth, &*packet.ip, &*packet.tcp) };
-    let drop = Outcome::drop_for(counter::RESET_REVOKED, endpoint);
+    let drop = Outcome::drop_for(counter::DROP_FLOW_GONE, slot);
     if tcp.rst() != 0 {
         // Never answer a reset with a reset.
         return Err(drop);
+    }
+    let per_second = classify::settings().map_or(0, |s| s.resets_per_second);
+    if !spend(per_second) {
+        return Err(Outcome::drop_for(counter::DROP_RESET_BUDGET, slot));
     }
     let payload = ip.tot_len() as u32 - Ipv4Hdr::LEN as u32 - tcp.doff() as u32 * 4;
     let (seq, ack, with_ack) = if tcp.ack() != 0 {
@@ -33,7 +59,7 @@ pub fn answer(
         let consumed = payload + tcp.syn() as u32 + tcp.fin() as u32;
         (0, u32::from_be_bytes(tcp.seq).wrapping_add(consumed), true)
     };
-    let (mac_src, mac_dst) = (eth.src_addr, eth.dst_addr);
+    let mac_src = eth.src_addr;
     let (addr_src, addr_dst) = (ip.src_addr, ip.dst_addr);
     let (port_src, port_dst) = (tcp.source, tcp.dest);
 
@@ -54,7 +80,7 @@ pub fn answer(
             &mut *((start + EthHdr::LEN + Ipv4Hdr::LEN) as *mut TcpHdr),
         )
     };
-    eth.src_addr = mac_dst;
+    eth.src_addr = interface.mac;
     eth.dst_addr = mac_src;
 
     ip.vihl = 0x45;
@@ -105,7 +131,7 @@ pub fn answer(
 
     Ok(Outcome {
         action: forward::bounce(ctx, interface),
-        counter: counter::RESET_REVOKED,
-        endpoint,
+        counter: counter::RESET_SENT,
+        endpoint: slot,
     })
 }

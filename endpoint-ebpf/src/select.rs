@@ -1,57 +1,58 @@
-//! Select: the target a new flow goes to (its slot in the endpoint's Maglev ring) and the
+//! Select: the target a new flow goes to (its slot in the listener's Maglev ring) and the
 //! NAT address it is translated to, both by the flow hash.
 
 use endpoint_common::{
     counter, hash,
-    maps::{Config, Endpoint, FlowKey, NO_TARGET, NatAddress, Target},
+    maps::{FlowKey, MAX_NAT_ADDRESSES, NO_TARGET, Scratch, Settings},
 };
 
 use crate::{
-    maps::{CONFIG, NAT, RINGS, TARGETS},
+    maps::{RINGS, TARGETS},
     outcome::Outcome,
 };
 
-/// Everything a new flow needs decided before it is opened.
-#[repr(C)]
-pub struct Choice {
-    pub hash: u32,
-    pub target_index: u32,
-    pub target: Target,
-    pub nat: NatAddress,
-    pub nat_port_min: u16,
-    pub nat_port_max: u16,
-}
-
-/// Chooses into `choice` (per-CPU scratch: the stack is too small to carry it).
+/// Chooses into `scratch` (per-CPU: the stack is too small to carry it): `hash`,
+/// `target_index`, `target` and `nat`.
 // Its own BPF function, to keep the caller's stack frame small.
 #[inline(never)]
-pub fn choose(endpoint: &Endpoint, key: &FlowKey, choice: &mut Choice) -> Result<(), Outcome> {
-    let no_target = Outcome::drop_for(counter::DROP_NO_TARGET, endpoint.id);
-    let config: Config = match CONFIG.get(0) {
-        Some(config) if config.ring_size != 0 => *config,
-        _ => return Err(no_target),
+pub fn choose(
+    ring: u32,
+    key: &FlowKey,
+    settings: &Settings,
+    scratch: &mut Scratch,
+) -> Result<(), Outcome> {
+    let slot = scratch.forward.slot;
+    let no_target = Outcome::drop_for(counter::DROP_NO_TARGET, slot);
+    if settings.ring_size == 0 {
+        return Err(no_target);
+    }
+    let hash = hash::flow(key, settings.hash_seed);
+    let index = ring * settings.ring_size + hash % settings.ring_size;
+    let target_index = match RINGS.get_ptr(index) {
+        // SAFETY: an aligned u32 the agent writes with one store.
+        Some(slot) => unsafe { slot.read_volatile() },
+        None => return Err(no_target),
     };
-    let hash = hash::flow(key, config.hash_seed);
-
-    let slot = endpoint.ring * config.ring_size + hash % config.ring_size;
-    let target_index = match RINGS.get(slot) {
-        Some(&index) if index != NO_TARGET => index,
-        _ => return Err(no_target),
-    };
+    if target_index == NO_TARGET {
+        return Err(no_target);
+    }
     let target = *TARGETS.get(target_index).ok_or(no_target)?;
+    if target.family == 0 {
+        return Err(no_target);
+    }
 
-    let exhausted = Outcome::drop_for(counter::DROP_NAT_EXHAUSTED, endpoint.id);
-    if config.nat_addresses == 0 {
+    let exhausted = Outcome::drop_for(counter::DROP_NAT_EXHAUSTED, slot);
+    let count = settings.nat_count;
+    if count == 0 || count > MAX_NAT_ADDRESSES as u32 {
         return Err(exhausted);
     }
-    let nat = *NAT.get(hash % config.nat_addresses).ok_or(exhausted)?;
-    *choice = Choice {
-        hash,
-        target_index,
-        target,
-        nat,
-        nat_port_min: config.nat_port_min,
-        nat_port_max: config.nat_port_max,
-    };
+    // `hash * count / 2^32` spreads like `hash % count`, and the verifier can follow
+    // its bounds (it cannot a remainder's): the index is below `count`.
+    let index = ((hash as u64 * count as u64) >> 32) as usize;
+    let nat = settings.nat.get(index).ok_or(exhausted)?;
+    scratch.hash = hash;
+    scratch.target_index = target_index;
+    scratch.target = target;
+    scratch.nat = *nat;
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! The agent binary, run inside a namespace as an instance of its own: started, waited
-//! for until ready, stopped by signal (only this process), and its instance cleaned up
-//! whatever happened to it.
+//! The agent binary, run inside a namespace as an instance of its own: started with its
+//! events going to a file of the testbed's, waited for until its first config is applied
+//! (the `applied` event), stopped by signal (only this process), and its instance cleaned
+//! up whatever happened to it.
 
 use std::{
     fs::File,
@@ -8,7 +9,7 @@ use std::{
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -21,6 +22,8 @@ pub struct Agent {
     log: Arc<Mutex<String>>,
     binary: PathBuf,
     instance: String,
+    /// Where its events go (JSON lines), kept across a restart of the same instance.
+    events: PathBuf,
     netns: File,
     /// Run `cleanup` for the instance on drop (not after `kill`, whose point is to
     /// leave the data path for the next agent).
@@ -28,8 +31,8 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `binary --instance <instance> run --config <config> <extra…>` in `ns` and
-    /// waits until it says it is ready.
+    /// Starts `binary --instance <instance> run --config <config> <extra…>` in `ns`, its
+    /// events going to a file of the testbed's, and waits until its config is applied.
     pub fn start(
         ns: &Namespace,
         binary: &Path,
@@ -38,9 +41,13 @@ impl Agent {
         extra: &[&str],
     ) -> Result<Self> {
         let netns = ns.handle()?;
+        let events = std::env::temp_dir().join(format!("endpoint-testbed-{instance}.events"));
+        let applied = applied_in(&events).len();
         let mut child = enter_on_exec(Command::new(binary), netns.as_raw_fd())
             .args(["--instance", instance, "run", "--config"])
             .arg(config)
+            .arg("--events")
+            .arg(&events)
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -51,15 +58,11 @@ impl Agent {
             .spawn()
             .context("starting the agent")?;
         let log = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready) = mpsc::channel();
         let stderr = child.stderr.take().context("agent stderr")?;
         {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains("ready:") {
-                        let _ = ready_tx.send(());
-                    }
                     log.lock().unwrap().push_str(&line);
                     log.lock().unwrap().push('\n');
                 }
@@ -70,14 +73,14 @@ impl Agent {
             log,
             binary: binary.to_path_buf(),
             instance: instance.to_string(),
+            events,
             netns,
             cleanup: true,
         };
+        // Ready once it applied its config (a restarted agent applies the same
+        // generation again).
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if ready.recv_timeout(Duration::from_millis(100)).is_ok() {
-                return Ok(agent);
-            }
+        while applied_in(&agent.events).len() <= applied {
             if let Some(status) = agent.child.try_wait()? {
                 bail!(
                     "the agent exited ({status}) before it was ready:\n{}",
@@ -87,7 +90,40 @@ impl Agent {
             if Instant::now() > deadline {
                 bail!("the agent was not ready within 30 s:\n{}", agent.log());
             }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(agent)
+    }
+
+    /// Every event it emitted so far (JSON lines).
+    pub fn events(&self) -> String {
+        std::fs::read_to_string(&self.events).unwrap_or_default()
+    }
+
+    /// The config generation the maps hold (its last `applied` event's; 0: none yet).
+    pub fn generation(&self) -> u64 {
+        applied_in(&self.events).into_iter().max().unwrap_or(0)
+    }
+
+    /// Waits up to `timeout` until config generation `generation` is applied.
+    pub fn wait_generation(&mut self, generation: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.generation() < generation {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the agent exited ({status}) before generation {generation} was applied:\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "generation {generation} was not applied within {timeout:?}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     /// Everything the agent logged so far.
@@ -164,9 +200,22 @@ impl Drop for Agent {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.stop();
         }
-        // Whatever state the agent left, the instance goes.
+        // Whatever state the agent left, the instance goes (and its events with it).
         if self.cleanup {
             let _ = self.command(&["cleanup"]);
+            let _ = std::fs::remove_file(&self.events);
         }
     }
+}
+
+/// The generations of the `applied` events in an events file, in order.
+fn applied_in(events: &Path) -> Vec<u64> {
+    std::fs::read_to_string(events)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).ok()?;
+            (value["event"] == "applied").then(|| value["generation"].as_u64())?
+        })
+        .collect()
 }

@@ -87,16 +87,7 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
         config.display(),
         example.display()
     );
-    let events =
-        std::env::temp_dir().join(format!("endpoint-demo-events-{}.jsonl", std::process::id()));
-    let events_arg = events.to_string_lossy().to_string();
-    let mut agent = Agent::start(
-        &topology.node,
-        agent,
-        topology.node.name(),
-        config,
-        &["--events", &events_arg],
-    )?;
+    let mut agent = Agent::start(&topology.node, agent, topology.node.name(), config, &[])?;
     for line in agent.log().lines() {
         println!("   agent: {line}");
     }
@@ -133,9 +124,10 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
     check_interrupt()?;
     println!("\n== The provider accepts it: endpoint-agent accept vpce-b-billing");
     let config_arg = config.to_string_lossy().to_string();
+    let generation = agent.generation();
     let accepted = agent.command(&["accept", "vpce-b-billing", "--config", &config_arg])?;
     println!("   {}", String::from_utf8_lossy(&accepted.stdout).trim());
-    agent.wait_for("reloaded:", Duration::from_secs(10))?;
+    agent.wait_generation(generation + 1, Duration::from_secs(10))?;
     println!("   the running agent saw the file change and applied only the difference:");
     let log = agent.log();
     let applied = log.rsplit("applied:").next().unwrap_or_default();
@@ -169,10 +161,9 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
 
     println!("\n== Events the agent emitted (JSON lines, for a provider to automate acceptance)");
     std::thread::sleep(Duration::from_millis(600));
-    for line in std::fs::read_to_string(&events).unwrap_or_default().lines() {
+    for line in agent.events().lines() {
         println!("   {line}");
     }
-    let _ = std::fs::remove_file(&events);
 
     println!("\n== Status (endpoint-agent status)");
     let status = agent.command(&["status"])?;

@@ -73,7 +73,12 @@ impl Drop for Bed {
 }
 
 pub fn link(ns: &Namespace, name: &str) -> Result<(u32, [u8; 6])> {
-    ns.enter(|| endpoint_agent::host::link(name).map(|l| (l.ifindex, l.mac)))?
+    let facts = ns.enter(endpoint_agent::facts::Facts::of_this_node)??;
+    let link = facts
+        .links
+        .get(name)
+        .with_context(|| format!("no link {name}"))?;
+    Ok((link.ifindex, link.mac))
 }
 
 impl Bed {
@@ -145,7 +150,7 @@ impl Bed {
             Path::new(AGENT),
             &instance,
             &config,
-            &["--events", "/dev/null"],
+            &[],
         )?;
         Ok(Self {
             agent,

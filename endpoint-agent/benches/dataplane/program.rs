@@ -10,11 +10,17 @@ use std::{fmt::Write as _, net::Ipv4Addr};
 use anyhow::{Context as _, Result, ensure};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData},
+    maps::{Array, MapData},
     programs::{TestRun, TestRunOptions, Xdp, XdpMode},
 };
-use endpoint_agent::{apply, desired, facts::Facts, host, ids::Ids, loader, plan::Plan, validate};
-use endpoint_common::maps::{Flow, FlowKey};
+use endpoint_agent::{
+    config,
+    facts::Facts,
+    loader,
+    maps::Maps,
+    pipeline::{Applied, Inputs, Pipeline},
+};
+use endpoint_common::maps::{Flow, FlowKey, PROTO_TCP, name, tcp};
 use etherparse::{PacketBuilder, PacketHeaders};
 use testbed::{Namespace, veth};
 
@@ -81,37 +87,42 @@ endpoints:
 /// The bench object, loaded for a config, its maps filled by the agent's pipeline.
 struct Rig {
     ebpf: Ebpf,
+    pipeline: Pipeline,
     cons: (u32, [u8; 6]),
     prov: (u32, [u8; 6]),
 }
 
 impl Rig {
     fn load(object: &[u8], text: &str) -> Result<Self> {
-        let config = validate::load("bench.yaml", text, &Facts::default())?.config;
-        let ids = Ids::default().assign(&config);
-        let state = desired::build(&config, &ids, &Default::default(), host::link)?;
-        let mut ebpf = loader::open(object, &config, None)?;
+        let config = config::parse("bench.yaml", text)?;
+        let mut ebpf = loader::loader(&config).load(object)?;
         for name in PROGRAMS {
             let program: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
             program
                 .load()
                 .with_context(|| format!("verifying {name}"))?;
         }
-        apply::apply(
-            &mut ebpf,
-            &Plan::between(&desired::State::default(), &state),
-        )?;
+        let facts = Facts::of_this_node()?;
+        let mut pipeline = Pipeline::new(Maps::take(&mut ebpf)?, Applied::default());
+        let inputs = Inputs {
+            facts: &facts,
+            seed: 1,
+            unhealthy: &Default::default(),
+        };
+        let proposal = pipeline.propose("bench.yaml", text, &inputs)?;
+        pipeline.apply(proposal)?;
         // Any XDP program on the interfaces registers their receive queues, which test
         // runs with an ingress interface need.
         let empty: &mut Xdp = ebpf.program_mut("empty").context("empty")?.try_into()?;
         for interface in ["cons-a", "prov"] {
             empty.attach(interface, XdpMode::Driver)?;
         }
-        let link = |name| host::link(name).map(|l| (l.ifindex, l.mac));
+        let link = |name: &str| (facts.links[name].ifindex, facts.links[name].mac);
         Ok(Self {
             ebpf,
-            cons: link("cons-a")?,
-            prov: link("prov")?,
+            pipeline,
+            cons: link("cons-a"),
+            prov: link("prov"),
         })
     }
 
@@ -150,43 +161,54 @@ impl Rig {
         Ok((result.return_value, out, result.duration.as_nanos() as f64))
     }
 
-    /// Fills the flow table with `n` unrelated entries.
+    /// Fills the flow table with `n` unrelated established entries.
     fn prefill(&mut self, n: u32) -> Result<()> {
-        let mut flows: HashMap<&mut MapData, FlowKey, Flow> =
-            HashMap::try_from(self.ebpf.map_mut("FLOWS").context("FLOWS")?)?;
+        let mut flows = self
+            .pipeline
+            .maps_mut()
+            .hash_mut::<FlowKey, Flow>(name::FLOWS)?;
         for i in 0..n {
             let key = FlowKey {
-                network: 7,
-                src: endpoint_common::maps::Addr::ipv4((0x0c00_0000 + i).to_be_bytes()),
+                src_be: u32::from_ne_bytes((0x0c00_0000 + i).to_be_bytes()),
+                dst_be: u32::from_ne_bytes(ENDPOINT),
                 src_port_be: (i as u16).to_be(),
                 dst_port_be: 80u16.to_be(),
-                proto: 6,
-                family: 4,
-                ..FlowKey::default()
+                scope: FlowKey::scope(7, PROTO_TCP),
             };
-            flows.insert(key, Flow::default(), 0)?;
+            let flow = Flow {
+                tcp: tcp::ESTABLISHED,
+                ..Flow::default()
+            };
+            flows.insert(key, flow, 0)?;
         }
         Ok(())
     }
 }
 
-/// A 64-byte TCP frame (10 bytes of payload).
+/// The client's and the target's first sequence numbers in these frames.
+const CLIENT_ISN: u32 = 1000;
+const TARGET_ISN: u32 = 5000;
+/// Bytes of payload in every frame (so that all are 64 bytes).
+const PAYLOAD: u32 = 10;
+
+/// A 64-byte TCP frame (10 bytes of payload) with sequence number `seq` and, if
+/// given, acknowledgement `ack`.
 fn frame(
     mac: ([u8; 6], [u8; 6]),
     ip: ([u8; 4], [u8; 4]),
     ports: (u16, u16),
     ttl: u8,
     syn: bool,
-    ack: bool,
+    (seq, ack): (u32, Option<u32>),
 ) -> Vec<u8> {
     let mut builder = PacketBuilder::ethernet2(mac.0, mac.1)
         .ipv4(ip.0, ip.1, ttl)
-        .tcp(ports.0, ports.1, 1000, 4096);
+        .tcp(ports.0, ports.1, seq, 4096);
     if syn {
         builder = builder.syn();
     }
-    if ack {
-        builder = builder.ack(2000);
+    if let Some(ack) = ack {
+        builder = builder.ack(ack);
     }
     let mut out = Vec::new();
     builder.write(&mut out, b"benchmark!").expect("frame");
@@ -198,71 +220,96 @@ fn frame(
 struct Frames {
     forward: Vec<u8>,
     reply: Vec<u8>,
+    new_flow: Vec<u8>,
     pass_through: Vec<u8>,
     malformed: Vec<u8>,
 }
 
 fn check(rig: &mut Rig) -> Result<Frames> {
     let (cons, prov) = (rig.cons, rig.prov);
-    let forward = frame(
+    // The handshake, checked frame by frame: the SYN (with data) ...
+    let syn = frame(
         (CLIENT_MAC, cons.1),
         (CLIENT, ENDPOINT),
         (40000, 80),
         64,
         true,
-        false,
+        (CLIENT_ISN, None),
     );
-    let (verdict, out, _) = rig.run("restore_endpoint", &forward, cons.0, 1)?;
-    ensure!(verdict == XDP_REDIRECT, "forward: verdict {verdict}");
+    let (verdict, out, _) = rig.run("restore_endpoint", &syn, cons.0, 1)?;
+    ensure!(verdict == XDP_REDIRECT, "SYN: verdict {verdict}");
     let headers = PacketHeaders::from_ethernet_slice(&out)?;
     let Some(etherparse::NetHeaders::Ipv4(ip, _)) = headers.net else {
-        anyhow::bail!("forward: not IPv4")
+        anyhow::bail!("SYN: not IPv4")
     };
-    let Some(etherparse::TransportHeader::Tcp(tcp)) = headers.transport else {
-        anyhow::bail!("forward: not TCP")
+    let Some(etherparse::TransportHeader::Tcp(tcp_header)) = headers.transport else {
+        anyhow::bail!("SYN: not TCP")
     };
     let (target, target_mac) = *TARGETS
         .iter()
         .find(|(t, _)| *t == ip.destination)
-        .context("forward: not a target")?;
-    let nat_port = tcp.source_port;
+        .context("SYN: not a target")?;
+    let nat_port = tcp_header.source_port;
     let expected = frame(
         (prov.1, target_mac),
         (NAT, target),
         (nat_port, 8080),
         63,
         true,
-        false,
+        (CLIENT_ISN, None),
     );
     ensure!(
         out == expected,
-        "forward: output differs from the expected frame"
+        "SYN: output differs from the expected frame"
     );
-
-    let reply = frame(
+    // ... the target's SYN-ACK ...
+    let client_next = CLIENT_ISN + 1 + PAYLOAD;
+    let syn_ack = frame(
         (target_mac, prov.1),
         (target, NAT),
         (8080, nat_port),
         64,
         true,
-        true,
+        (TARGET_ISN, Some(client_next)),
     );
-    let (verdict, out, _) = rig.run("restore_endpoint", &reply, prov.0, 1)?;
-    ensure!(verdict == XDP_REDIRECT, "reply: verdict {verdict}");
+    let (verdict, out, _) = rig.run("restore_endpoint", &syn_ack, prov.0, 1)?;
+    ensure!(verdict == XDP_REDIRECT, "SYN-ACK: verdict {verdict}");
     let expected = frame(
         (cons.1, CLIENT_MAC),
         (ENDPOINT, CLIENT),
         (80, 40000),
         63,
         true,
-        true,
+        (TARGET_ISN, Some(client_next)),
     );
     ensure!(
         out == expected,
-        "reply: output differs from the expected frame"
+        "SYN-ACK: output differs from the expected frame"
     );
+    // ... and data from the client that acknowledges it: the connection is established.
+    let target_next = TARGET_ISN + 1;
+    let forward = frame(
+        (CLIENT_MAC, cons.1),
+        (CLIENT, ENDPOINT),
+        (40000, 80),
+        64,
+        false,
+        (client_next, Some(target_next)),
+    );
+    let (verdict, _, _) = rig.run("restore_endpoint", &forward, cons.0, 1)?;
+    ensure!(verdict == XDP_REDIRECT, "established: verdict {verdict}");
+    let reply = frame(
+        (target_mac, prov.1),
+        (target, NAT),
+        (8080, nat_port),
+        64,
+        false,
+        (target_next, Some(client_next)),
+    );
+    let (verdict, _, _) = rig.run("restore_endpoint", &reply, prov.0, 1)?;
+    ensure!(verdict == XDP_REDIRECT, "reply: verdict {verdict}");
 
-    let (verdict, out, _) = rig.run("restore_new_flow", &forward, cons.0, 1)?;
+    let (verdict, out, _) = rig.run("restore_new_flow", &syn, cons.0, 1)?;
     ensure!(verdict == XDP_REDIRECT, "new flow: verdict {verdict}");
     let headers = PacketHeaders::from_ethernet_slice(&out)?;
     let Some(etherparse::NetHeaders::Ipv4(ip, _)) = headers.net else {
@@ -273,15 +320,17 @@ fn check(rig: &mut Rig) -> Result<Frames> {
         "new flow: bad header"
     );
 
+    // The node's own traffic on its provider link (a reply to its own connection, to
+    // a port outside the NAT range): decided with array reads only.
     let pass_through = frame(
-        (CLIENT_MAC, cons.1),
-        (CLIENT, [10, 0, 0, 1]),
-        (40000, 80),
+        (target_mac, prov.1),
+        (target, [172, 16, 0, 1]),
+        (8080, 45000),
         64,
-        true,
         false,
+        (1, Some(1)),
     );
-    let (verdict, out, _) = rig.run("restore_endpoint", &pass_through, cons.0, 1)?;
+    let (verdict, out, _) = rig.run("restore_endpoint", &pass_through, prov.0, 1)?;
     ensure!(
         verdict == XDP_PASS && out == pass_through,
         "pass-through: verdict {verdict} or changed"
@@ -300,6 +349,7 @@ fn check(rig: &mut Rig) -> Result<Frames> {
     Ok(Frames {
         forward,
         reply,
+        new_flow: syn,
         pass_through,
         malformed,
     })
@@ -363,14 +413,14 @@ pub fn run(report: &mut Report, object: &[u8], smoke: bool) -> Result<()> {
             (
                 "new flow (SYN, NAT port claimed)",
                 "restore_new_flow",
-                &f.forward,
+                &f.new_flow,
                 cons,
             ),
             (
-                "pass-through (not endpoint traffic)",
+                "pass-through (the node's own traffic)",
                 "restore_endpoint",
                 &f.pass_through,
-                cons,
+                prov,
             ),
             (
                 "malformed frame (IHL 4)",

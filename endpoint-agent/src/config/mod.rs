@@ -34,11 +34,90 @@ pub struct Node {
     #[serde(default)]
     pub nat_ports: PortRange,
     /// Seed of the flow hash: the same on every node, so all pick the same target.
+    /// Absent: a random one, kept by the instance (targets and NAT ports are then not
+    /// predictable from outside).
+    pub hash_seed: Option<u32>,
     #[serde(default)]
-    pub hash_seed: u32,
+    pub limits: NodeLimits,
+    #[serde(default)]
+    pub timeouts: Timeouts,
     #[serde(default)]
     pub tables: Tables,
 }
+
+/// How long connections that are not (or no longer) established stay in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// A handshake not completed after this long is dropped (its room freed).
+    pub handshake_seconds: u32,
+    /// A closed connection lingers this long for the last ACKs ...
+    pub closed_seconds: u32,
+    /// ... or this long if the target closed first: it holds the tuple in TIME_WAIT,
+    /// and the NAT port must not be reused meanwhile.
+    pub time_wait_seconds: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            handshake_seconds: 10,
+            closed_seconds: 10,
+            time_wait_seconds: 60,
+        }
+    }
+}
+
+/// What keeps one consumer network from using up the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeLimits {
+    /// Connections in their handshake at once, per consumer network: a SYN flood from
+    /// one network fills only this.
+    pub half_open_per_network: u32,
+    /// RSTs each CPU may send per second (for connections cut by `on_revoke: reset`).
+    pub resets_per_second: u32,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        Self {
+            half_open_per_network: 4096,
+            resets_per_second: 1000,
+        }
+    }
+}
+
+/// What one endpoint may use (a service's are its endpoints' defaults).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Open connections at once.
+    pub connections: Option<u32>,
+    /// New connections per second, on average ...
+    pub new_connections_per_second: Option<u32>,
+    /// ... with bursts of this many at once (default: a tenth of a second's worth).
+    pub burst: Option<u32>,
+    /// Connections in their handshake at once.
+    pub half_open: Option<u32>,
+}
+
+impl Limits {
+    /// These limits, with `defaults` where they say nothing.
+    pub fn or(self, defaults: Limits) -> Limits {
+        Limits {
+            connections: self.connections.or(defaults.connections),
+            new_connections_per_second: self
+                .new_connections_per_second
+                .or(defaults.new_connections_per_second),
+            burst: self.burst.or(defaults.burst),
+            half_open: self.half_open.or(defaults.half_open),
+        }
+    }
+}
+
+/// Connections in their handshake one endpoint may have when its limits say nothing.
+pub const HALF_OPEN_PER_ENDPOINT: u32 = 1024;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +181,10 @@ pub struct Tables {
     pub rings: u32,
     /// Slots per ring: a prime, at least 100 × the targets of any listener.
     pub ring_size: u32,
+    /// Consumer networks.
+    pub networks: u32,
+    /// Connections in their handshake at once, over all networks.
+    pub handshakes: u32,
 }
 
 impl Default for Tables {
@@ -112,6 +195,8 @@ impl Default for Tables {
             targets: 16384,
             rings: 1024,
             ring_size: 1021,
+            networks: 64,
+            handshakes: 1 << 15,
         }
     }
 }
@@ -136,6 +221,9 @@ pub struct Service {
     /// What happens to established connections when an endpoint stops being available.
     #[serde(default)]
     pub on_revoke: Revoke,
+    /// Its endpoints' limits, where theirs say nothing.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 fn idle_timeout() -> u32 {
@@ -278,6 +366,9 @@ pub struct Endpoint {
     pub state: Option<State>,
     /// When the provider accepted the endpoint (written by `endpoint-agent accept`).
     pub accepted_at: Option<String>,
+    /// What the endpoint may use (its service's limits where these say nothing).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// Sources (a CIDR) and listener ports (all if absent) allowed to use an endpoint.

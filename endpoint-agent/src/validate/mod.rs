@@ -9,6 +9,8 @@ use std::{
     path::Path,
 };
 
+use endpoint_common::maps::MAX_IFINDEX;
+
 use crate::{
     config::{self, Config, HealthProtocol, Invalid, Lines, Protocol, State},
     facts::Facts,
@@ -213,6 +215,19 @@ fn node(config: &Config, facts: &Facts, problems: &mut Problems) -> BTreeSet<Str
         if !names.insert(interface.name.as_str()) {
             problems.error(&object, path("name"), "interface listed twice".into());
         }
+        if let Some(link) = facts.links.get(&interface.name)
+            && link.ifindex >= MAX_IFINDEX
+        {
+            problems.error(
+                &object,
+                path("name"),
+                format!(
+                    "its ifindex {} is above what the program's interface table holds \
+                     ({MAX_IFINDEX}): re-create the interface or renumber it",
+                    link.ifindex
+                ),
+            );
+        }
         match (&interface.consumer_network, interface.role.consumer()) {
             (Some(network), true) if !network.is_empty() => {
                 problems.name(&object, path("consumer_network"), network);
@@ -370,6 +385,7 @@ fn services(config: &Config, problems: &mut Problems) {
                 ),
             );
         }
+        limits(&object, &path("limits"), &service.limits, problems);
         let mut lb_names = BTreeSet::new();
         let mut first_ports: Option<BTreeSet<u16>> = None;
         for (l, lb) in service.load_balancers.iter().enumerate() {
@@ -533,8 +549,8 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
         .map(|s| (s.name.as_str(), s))
         .collect();
     let mut ids = BTreeSet::new();
-    // (network, ip, port) → endpoint id that has it.
-    let mut bound: BTreeMap<(&str, Ipv4Addr, u16), &str> = BTreeMap::new();
+    // (network, ip) → endpoint id that has it.
+    let mut bound: BTreeMap<(&str, Ipv4Addr), &str> = BTreeMap::new();
     for (e, endpoint) in config.endpoints.iter().enumerate() {
         let object = format!("endpoint {:?}", endpoint.id);
         let path = |field: &str| format!("endpoints[{e}].{field}");
@@ -672,19 +688,53 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
                 }
             }
         }
-        for port in ports {
-            let slot = (endpoint.consumer_network.as_str(), endpoint.ip, port);
-            if let Some(other) = bound.insert(slot, endpoint.id.as_str()) {
-                problems.error(
-                    &object,
-                    path("ip"),
-                    format!(
-                        "{}:{port} in consumer network {:?} is already endpoint {other:?}",
-                        endpoint.ip, endpoint.consumer_network
-                    ),
-                );
-            }
+        // An address belongs to one endpoint: the node answers ARP for it on its behalf.
+        let slot = (endpoint.consumer_network.as_str(), endpoint.ip);
+        if let Some(other) = bound.insert(slot, endpoint.id.as_str()) {
+            problems.error(
+                &object,
+                path("ip"),
+                format!(
+                    "{} in consumer network {:?} is already endpoint {other:?}: each endpoint \
+                     has an address of its own",
+                    endpoint.ip, endpoint.consumer_network
+                ),
+            );
         }
+        limits(
+            &object,
+            &format!("endpoints[{e}].limits"),
+            &endpoint.limits,
+            problems,
+        );
+    }
+}
+
+/// Limits given are at least 1 (leave one out for none).
+fn limits(object: &str, path: &str, limits: &config::Limits, problems: &mut Problems) {
+    for (field, value) in [
+        ("connections", limits.connections),
+        (
+            "new_connections_per_second",
+            limits.new_connections_per_second,
+        ),
+        ("burst", limits.burst),
+        ("half_open", limits.half_open),
+    ] {
+        if value == Some(0) {
+            problems.error(
+                object,
+                format!("{path}.{field}"),
+                format!("{field}: 0 would refuse every connection; leave it out for no limit"),
+            );
+        }
+    }
+    if limits.new_connections_per_second > Some(1_000_000_000) {
+        problems.error(
+            object,
+            format!("{path}.new_connections_per_second"),
+            "at most 1000000000 per second".into(),
+        );
     }
 }
 
@@ -729,6 +779,18 @@ fn tables(config: &Config, problems: &mut Problems) {
         "endpoints",
     );
     check("targets", targets, tables.targets, "targets");
+    let networks: BTreeSet<&str> = config
+        .node
+        .interfaces
+        .iter()
+        .filter_map(|i| i.consumer_network.as_deref())
+        .collect();
+    check(
+        "networks",
+        networks.len(),
+        tables.networks,
+        "consumer networks",
+    );
     check(
         "rings",
         placement::rings(config).len(),
@@ -781,6 +843,8 @@ fn tables(config: &Config, problems: &mut Problems) {
         ("endpoints", tables.endpoints, MAX_TABLE),
         ("targets", tables.targets, MAX_TABLE),
         ("rings", tables.rings, MAX_TABLE),
+        ("networks", tables.networks, MAX_NETWORKS),
+        ("handshakes", tables.handshakes, MAX_TABLE),
     ] {
         if value > most {
             problems.error(
@@ -789,6 +853,34 @@ fn tables(config: &Config, problems: &mut Problems) {
                 format!("tables.{field} = {value} is above the maximum, {most}"),
             );
         }
+    }
+    if tables.handshakes == 0 {
+        problems.error(
+            "node",
+            "node.tables.handshakes".into(),
+            "the handshake queue needs room for at least one connection".into(),
+        );
+    }
+    let timeouts = &config.node.timeouts;
+    for (field, value) in [
+        ("handshake_seconds", timeouts.handshake_seconds),
+        ("closed_seconds", timeouts.closed_seconds),
+        ("time_wait_seconds", timeouts.time_wait_seconds),
+    ] {
+        if !(1..=3600).contains(&value) {
+            problems.error(
+                "node",
+                format!("node.timeouts.{field}"),
+                format!("{value} s: use 1 to 3600"),
+            );
+        }
+    }
+    if config.node.limits.half_open_per_network == 0 {
+        problems.error(
+            "node",
+            "node.limits.half_open_per_network".into(),
+            "0 would refuse every connection".into(),
+        );
     }
     // The maps hold twice the rings (see `loader::map_sizes`).
     if 2 * (tables.rings as u64) * (tables.ring_size as u64) > MAX_RING_SLOTS {
@@ -807,6 +899,8 @@ fn tables(config: &Config, problems: &mut Problems) {
 /// Upper bounds of `node.tables`, so that map sizes (twice the limits) cannot overflow.
 const MAX_FLOWS: u32 = 1 << 26;
 const MAX_TABLE: u32 = 1 << 20;
+/// Each consumer network has an 8 KiB port bitmap.
+const MAX_NETWORKS: u32 = 1 << 14;
 const MAX_RING_SLOTS: u64 = 1 << 28;
 
 fn is_prime(n: u32) -> bool {

@@ -306,7 +306,7 @@ fn endpoint_errors() {
         &report,
         &[
             "endpoint id used twice",
-            "10.0.0.100:80 in consumer network \"vpc-a\" is already endpoint \"vpce-1\"",
+            "10.0.0.100 in consumer network \"vpc-a\" is already endpoint \"vpce-1\"",
         ],
     );
 }

@@ -1,0 +1,10 @@
+//! End to end: the real agent binary on a real topology of namespaces and veths, real
+//! TCP servers and clients (see testbed::Topology). One file per part of the product.
+//! Needs root; without it every test says it was skipped.
+
+mod bed;
+
+mod acceptance;
+mod forwarding;
+mod health;
+mod lifecycle;

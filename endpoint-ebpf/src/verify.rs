@@ -1,0 +1,179 @@
+//! Verify: what a segment must be before the node acts on it — sent to the interface's
+//! own MAC from a unicast one, with a correct IPv4 header checksum, flags a connection
+//! can carry, and, when it would open a flow, a correct TCP checksum and a source that
+//! can be a client.
+
+use aya_ebpf::{
+    helpers::generated::{bpf_csum_diff, bpf_xdp_load_bytes},
+    programs::XdpContext,
+};
+use endpoint_common::{
+    checksum::Sum,
+    counter,
+    maps::{Interface, MAX_SEGMENT, address_kind},
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::{
+    classify,
+    maps::SEGMENT,
+    outcome::Outcome,
+    parse::{Packet, TCP_OFFSET},
+};
+
+/// TCP flags.
+pub const FIN: u8 = 0x01;
+pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
+pub const ACK: u8 = 0x10;
+
+/// A frame for an endpoint (or a reply) reaches the node only if it was sent to the
+/// interface's own MAC, by a unicast one: broadcast or another host's frames are not
+/// ours, and a reply must never go back to a multicast source.
+#[inline(always)]
+pub fn addressed_to(interface: &Interface, packet: &Packet, endpoint: u32) -> Result<(), Outcome> {
+    let eth: &EthHdr = packet.eth();
+    if eth.dst_addr != interface.mac || eth.src_addr[0] & 1 != 0 {
+        return Err(Outcome::drop_for(counter::DROP_NOT_FOR_US, endpoint));
+    }
+    Ok(())
+}
+
+/// The IPv4 header's checksum is right (it is updated, not recomputed, on the way).
+#[inline(always)]
+pub fn ip_checksum(packet: &Packet, endpoint: u32) -> Result<(), Outcome> {
+    // SAFETY: `parse` checked the 20-byte header lies within the frame.
+    let words = unsafe { &*(packet.ip as *const [u16; Ipv4Hdr::LEN / 2]) };
+    let mut sum = Sum::default();
+    let mut i = 0;
+    while i < Ipv4Hdr::LEN / 2 {
+        sum = sum.word(words[i]);
+        i += 1;
+    }
+    if sum.finish() != 0 {
+        return Err(Outcome::drop_for(counter::DROP_BAD_CHECKSUM, endpoint));
+    }
+    Ok(())
+}
+
+/// The segment's TCP flags.
+#[inline(always)]
+pub fn flags(packet: &Packet) -> u8 {
+    // SAFETY: byte 13 of the TCP header, which `parse` checked lies within the frame.
+    unsafe { *(packet.tcp as *const u8).add(13) }
+}
+
+/// Flags no segment of a connection carries: SYN with FIN or RST, or none of SYN, ACK,
+/// RST and FIN.
+#[inline(always)]
+pub fn sane_flags(flags: u8, endpoint: u32) -> Result<(), Outcome> {
+    let syn_with_end = flags & SYN != 0 && flags & (FIN | RST) != 0;
+    if syn_with_end || flags & (SYN | ACK | RST | FIN) == 0 {
+        return Err(Outcome::drop_for(counter::DROP_BAD_FLAGS, endpoint));
+    }
+    Ok(())
+}
+
+/// A source that can be a client of an endpoint in `network`: not unspecified,
+/// loopback, multicast, broadcast or reserved, not the destination itself, and not an
+/// address the node answers for in that network (replies would go to it).
+#[inline(always)]
+pub fn source(network: u32, packet: &Packet, endpoint: u32) -> Result<(), Outcome> {
+    let ip = packet.ip();
+    let first = ip.src_addr[0];
+    let martian = first == 0
+        || first == 127
+        || first >= 224
+        || ip.src_addr == ip.dst_addr
+        || classify::owned(network, ip.src_addr).is_some_and(|a| a.kind == address_kind::ENDPOINT);
+    if martian {
+        return Err(Outcome::drop_for(counter::DROP_MARTIAN, endpoint));
+    }
+    Ok(())
+}
+
+/// The TCP checksum over the pseudo-header, the header and the payload is right. The
+/// segment is copied into per-CPU room (a loop over packet bytes at offsets only known
+/// at run time does not pass the verifier) and summed by the kernel, 512 bytes a call.
+// Its own BPF function: the copy and the sums are one step.
+#[inline(never)]
+pub fn tcp_checksum(ctx: &XdpContext, packet: &Packet, slot: u32) -> Result<(), Outcome> {
+    let ip = packet.ip();
+    let bad = Outcome::drop_for(counter::DROP_BAD_CHECKSUM, slot);
+    let length = (ip.tot_len() as usize).wrapping_sub(Ipv4Hdr::LEN);
+    if length > MAX_SEGMENT {
+        return Err(bad);
+    }
+    let Some(buffer) = SEGMENT.get_ptr_mut(0) else {
+        return Err(bad);
+    };
+    let buffer = buffer.cast::<u8>();
+    let length = (length & 0x7ff) as u32;
+    // SAFETY: the helper copies `length` (≤ MAX_SEGMENT) bytes into the buffer, which
+    // holds MAX_SEGMENT + 4.
+    if length == 0
+        || unsafe { bpf_xdp_load_bytes(ctx.ctx, TCP_OFFSET as u32, buffer.cast(), length) } != 0
+    {
+        return Err(bad);
+    }
+    // Summed in 4-byte words: the odd bytes at the end count as if padded with zeros.
+    let padded = (length + 3) & !3;
+    let end = if length as usize > MAX_SEGMENT {
+        MAX_SEGMENT
+    } else {
+        length as usize
+    };
+    // SAFETY: the buffer holds MAX_SEGMENT + 4 bytes.
+    unsafe { buffer.add(end).cast::<[u8; 4]>().write_unaligned([0; 4]) };
+    let pseudo = Sum::default()
+        .dword(u32::from_ne_bytes(ip.src_addr))
+        .dword(u32::from_ne_bytes(ip.dst_addr))
+        .word(u16::from_ne_bytes([0, ip.proto]))
+        .word((length as u16).to_be());
+    let mut sum = pseudo.partial() as i64;
+    let mut chunk = 0;
+    while chunk < MAX_SEGMENT / CSUM_CHUNK + 1 {
+        let start = (chunk * CSUM_CHUNK) as u32;
+        if start >= padded {
+            break;
+        }
+        let size = if padded - start > CSUM_CHUNK as u32 {
+            CSUM_CHUNK as u32
+        } else {
+            padded - start
+        };
+        // SAFETY: `size` bytes from `start` lie within the buffer.
+        sum = unsafe {
+            bpf_csum_diff(
+                core::ptr::null_mut(),
+                0,
+                buffer.add(start as usize).cast(),
+                size & 0x3fc,
+                sum as u32,
+            )
+        };
+        if sum < 0 {
+            return Err(bad);
+        }
+        chunk += 1;
+    }
+    if Sum::of(sum as u32).finish() != 0 {
+        return Err(bad);
+    }
+    Ok(())
+}
+
+/// The most bytes one `bpf_csum_diff` call sums.
+const CSUM_CHUNK: usize = 512;
+
+/// The TCP header's length in bytes.
+#[inline(always)]
+pub fn tcp_header_len(packet: &Packet) -> usize {
+    packet.tcp().doff() as usize * 4
+}
+
+/// The segment's payload length in bytes.
+#[inline(always)]
+pub fn payload_len(packet: &Packet) -> u32 {
+    packet.ip().tot_len() as u32 - Ipv4Hdr::LEN as u32 - tcp_header_len(packet) as u32
+}
