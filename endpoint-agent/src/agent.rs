@@ -102,6 +102,11 @@ impl Agent {
         &self.instance
     }
 
+    /// The interfaces the program is attached to.
+    pub fn attached(&self) -> impl Iterator<Item = &str> {
+        self.modes.keys().map(String::as_str)
+    }
+
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
@@ -248,9 +253,7 @@ impl Agent {
                 }
             );
         }
-        for (ifindex, interface, address) in
-            announce::newly_answered(&plan, &applied.contents.interfaces)
-        {
+        for (ifindex, interface, address) in announce::newly_answered(&plan, &applied.contents) {
             if let Err(e) = announce::announce(ifindex, interface.mac, address) {
                 log::warn!("announcing {address} on interface {ifindex}: {e}");
             }
@@ -281,6 +284,11 @@ impl Agent {
     pub fn follow_node(&mut self) -> Result<()> {
         let facts = Facts::of_this_node()?;
         if facts.links == self.facts.links {
+            // Nothing moved: only the host settings are checked (someone may have
+            // turned forwarding on).
+            if let Some(config) = &self.pipeline.applied().config {
+                self.host.reconcile(config, &self.instance)?;
+            }
             return Ok(());
         }
         let moved: Vec<String> = self

@@ -5,31 +5,43 @@
 //! kernel tries again. Linux updates an existing entry from a gratuitous ARP whatever
 //! `arp_accept` says, and creates none: nothing is claimed that nobody asked for.
 
-use std::{io, net::Ipv4Addr};
+use std::{collections::BTreeMap, io, net::Ipv4Addr};
 
 use endpoint_common::maps::{Address, AddressKey, Interface, address_kind, nat_scope};
 
-use crate::plan::{Change, Op, Plan};
+use crate::{
+    desired::Contents,
+    plan::{Change, Op, Plan},
+};
 
-/// The addresses `plan` newly answers for, with the interfaces they are announced on:
-/// (ifindex, the interface, address).
-pub fn newly_answered<'a>(
-    plan: &'a Plan,
-    interfaces: &'a std::collections::BTreeMap<u32, Interface>,
-) -> impl Iterator<Item = (u32, Interface, Ipv4Addr)> + 'a {
-    plan.changes.iter().flat_map(move |change| {
-        let announced = match change {
+/// What `plan` makes the node answer for anew, as (ifindex, interface, address): an
+/// address it starts answering for, and every address of an interface whose MAC changed
+/// (neighbours still hold the old one).
+pub fn newly_answered(plan: &Plan, contents: &Contents) -> Vec<(u32, Interface, Ipv4Addr)> {
+    let mut announced = Vec::new();
+    for change in &plan.changes {
+        match change {
             Change::Address(Op::Put { key, old, new })
                 if answered(new) && !old.is_some_and(|o| answered(&o)) =>
             {
-                Some(key)
+                announced.extend(
+                    on(key, &contents.interfaces).map(|(ifindex, i)| (ifindex, i, ipv4(key))),
+                );
             }
-            _ => None,
-        };
-        announced
-            .into_iter()
-            .flat_map(move |key| on(key, interfaces).map(move |(i, f)| (i, f, ipv4(key))))
-    })
+            Change::Interface(Op::Put {
+                key: ifindex,
+                old: Some(old),
+                new,
+            }) if old.mac != new.mac => {
+                let here = BTreeMap::from([(*ifindex, *new)]);
+                for (key, _) in contents.addresses.iter().filter(|(_, a)| answered(a)) {
+                    announced.extend(on(key, &here).map(|(ifindex, i)| (ifindex, i, ipv4(key))));
+                }
+            }
+            _ => {}
+        }
+    }
+    announced
 }
 
 fn answered(address: &Address) -> bool {
@@ -43,7 +55,7 @@ fn ipv4(key: &AddressKey) -> Ipv4Addr {
 /// The interfaces where `key`'s address is answered.
 fn on<'a>(
     key: &'a AddressKey,
-    interfaces: &'a std::collections::BTreeMap<u32, Interface>,
+    interfaces: &'a BTreeMap<u32, Interface>,
 ) -> impl Iterator<Item = (u32, Interface)> + 'a {
     interfaces.iter().filter_map(move |(&ifindex, interface)| {
         let here = if key.scope == nat_scope(ifindex) {

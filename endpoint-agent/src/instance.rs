@@ -111,7 +111,7 @@ impl Instance {
 
     /// Whether an agent of this instance left a data path behind (pinned maps).
     pub fn exists(&self) -> bool {
-        self.pins.join("FLOWS").exists()
+        self.pins.join(endpoint_common::maps::name::FLOWS).exists()
     }
 
     pub fn link_pin(&self, interface: &str) -> PathBuf {

@@ -6,7 +6,7 @@
 //! → map contents) → [`plan`] (the difference, in a safe order) → [`apply`] (into the
 //! [`maps`]). Around it: [`acceptance`] (states and transitions), [`loader`] (load,
 //! attach, pin), [`instance`] (what outlives the process), [`host`] (sysctls,
-//! neighbours), [`announce`] (gratuitous ARP), [`health`] (target checks), [`expiry`] (what runs out), [`events`],
+//! neighbours), [`announce`] (gratuitous ARP), [`netlink`] (node changes), [`delivery`] (frames lost on veths), [`health`] (target checks), [`expiry`] (what runs out), [`events`],
 //! [`agent`] (the running agent's world) and [`run`] (its loop), and the commands
 //! [`status`], [`connections`].
 
@@ -16,6 +16,7 @@ pub mod announce;
 pub mod apply;
 pub mod config;
 pub mod connections;
+pub mod delivery;
 pub mod desired;
 pub mod events;
 pub mod expiry;
@@ -27,6 +28,7 @@ pub mod instance;
 pub mod keys;
 pub mod loader;
 pub mod maps;
+pub mod netlink;
 pub mod pipeline;
 pub mod placement;
 pub mod plan;

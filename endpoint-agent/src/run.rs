@@ -27,13 +27,14 @@ use crate::{
     acceptance,
     agent::Agent,
     config::State,
+    delivery::Delivery,
     events::{Events, Kind},
     facts::Facts,
     health::{self, Checks},
     host::Host,
     instance::Instance,
     keys::TargetKey,
-    loader, validate,
+    loader, netlink, validate,
 };
 
 /// What to do with the data path when the agent is asked to stop.
@@ -58,8 +59,11 @@ pub struct Options {
 /// started.
 const WATCH: Duration = Duration::from_millis(500);
 const EXPIRE: Duration = Duration::from_secs(1);
-/// How often the node's interfaces are looked at again.
-const NODE: Duration = Duration::from_secs(2);
+/// How often the node's interfaces and host settings are looked at again besides when
+/// netlink says they changed.
+const NODE: Duration = Duration::from_secs(10);
+/// How often veths are checked for frames they could not deliver.
+const DELIVERY: Duration = Duration::from_secs(2);
 const HEALTH: Duration = Duration::from_millis(250);
 
 pub async fn run(options: Options) -> Result<()> {
@@ -93,6 +97,9 @@ pub async fn run(options: Options) -> Result<()> {
     let mut watch = interval(WATCH);
     let mut expire = interval(EXPIRE);
     let mut node = interval(NODE);
+    let mut changed = netlink::changes()?;
+    let mut delivery = Delivery::default();
+    let mut delivered = interval(DELIVERY);
     let mut pending = Pending::default();
     let mut health = interval(HEALTH);
     let mut checks = Checks::default();
@@ -142,6 +149,12 @@ pub async fn run(options: Options) -> Result<()> {
                 }
             }
             _ = node.tick() => {
+                if let Err(e) = agent.follow_node() {
+                    log::error!("following the node's interfaces: {e:#}");
+                }
+            }
+            _ = delivered.tick() => delivery.check(agent.attached()),
+            Some(()) = changed.recv() => {
                 if let Err(e) = agent.follow_node() {
                     log::error!("following the node's interfaces: {e:#}");
                 }

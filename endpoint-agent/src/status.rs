@@ -64,6 +64,9 @@ pub struct InterfaceStatus {
     pub attached: Option<String>,
     /// Whether the node has it.
     pub present: bool,
+    /// veth: frames the program sent out it that the kernel dropped (its peer has
+    /// neither an XDP program nor GRO); none: not a veth.
+    pub undelivered: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -146,6 +149,7 @@ pub fn read(instance: &Instance) -> Result<Status> {
                 consumer_network: i.consumer_network.clone(),
                 attached: modes.get(&i.name).map(ToString::to_string),
                 present: facts.links.contains_key(&i.name),
+                undelivered: crate::delivery::undelivered(&i.name),
             })
             .collect(),
         services: config
@@ -235,7 +239,11 @@ pub fn show(instance: &Instance) -> Result<String> {
             (Some(mode), true) => mode.clone(),
             (None, true) => "not attached".to_string(),
         };
-        let _ = writeln!(out, "  {:<12} {:<28} {attached}", i.name, role);
+        let lost = match i.undelivered {
+            Some(n) if n > 0 => format!("  {n} frames undelivered (veth peer without XDP or GRO)"),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "  {:<12} {:<28} {attached}{lost}", i.name, role);
     }
     let _ = writeln!(out, "\nservices:");
     for s in &status.services {

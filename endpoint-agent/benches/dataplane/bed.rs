@@ -145,13 +145,7 @@ impl Bed {
 
         let config = write_temp("config.yaml", CONFIG)?;
         let instance = node.name().to_string();
-        let agent = Agent::start(
-            &node,
-            Path::new(AGENT),
-            &instance,
-            &config,
-            &[],
-        )?;
+        let agent = Agent::start(&node, Path::new(AGENT), &instance, &config, &[])?;
         Ok(Self {
             agent,
             consumer,

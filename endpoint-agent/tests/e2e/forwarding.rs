@@ -196,3 +196,42 @@ fn closed_connections_leave_the_flow_table_and_their_nat_ports_are_reused() {
         "the NAT port is free again and chosen again"
     );
 }
+
+/// A veth whose peer has neither an XDP program nor GRO drops what the program sends
+/// out it; the kernel counts it, and the agent warns and shows it in `status`.
+#[test]
+fn frames_a_veth_cannot_deliver_are_reported() {
+    if !root() {
+        return;
+    }
+    let bed = bed_with(&example());
+    let undelivered = |bed: &Bed| {
+        bed.status()["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["undelivered"].as_u64())
+            .sum::<u64>()
+    };
+    ask(&bed.topology.consumer_a, at(ORDERS, 80), "fine", WAIT).unwrap_or_else(|e| bed.fail(e));
+    assert_eq!(undelivered(&bed), 0);
+    bed.topology
+        .consumer_a
+        .exec("ethtool", &["-K", "eth0", "gro", "off"])
+        .unwrap();
+    // The SYN goes through; the SYN-ACK redirected to cons-a is lost.
+    assert!(
+        ask(
+            &bed.topology.consumer_a,
+            at(ORDERS, 80),
+            "lost",
+            Duration::from_secs(1)
+        )
+        .is_err()
+    );
+    assert!(undelivered(&bed) > 0);
+    // The replies came in on prov and went nowhere.
+    bed.agent
+        .wait_for("prov: the kernel dropped", Duration::from_secs(5))
+        .unwrap_or_else(|e| bed.fail(e));
+}

@@ -382,3 +382,187 @@ fn agents_starting_at_once_on_a_fresh_node_mount_bpffs_once() {
     let mounted = logs.iter().filter(|l| l.contains("mounting bpffs")).count();
     assert_eq!(mounted, 1, "{logs:?}");
 }
+
+/// The agent follows the node as it changes under it (netlink wakes it; its periodic
+/// look is 10 s, longer than any wait here): an interface that appears is attached, one
+/// re-created gets the program again, and a new MAC reaches consumers at once.
+#[test]
+fn the_agent_follows_interfaces_that_appear_are_recreated_or_change_mac() {
+    if !root() {
+        return;
+    }
+    use testbed::addresses::{CLIENT, CONSUMER_PREFIX};
+    // cons-b is not there (yet) when the agent starts: the rest works without it.
+    let bed = bed_prepared(&example(), |t| {
+        t.node.ip(&["link", "set", "cons-b", "down"]).unwrap();
+        t.node
+            .ip(&["link", "set", "cons-b", "name", "later"])
+            .unwrap();
+    });
+    let node = &bed.topology.node;
+    let interface = |name: &str| {
+        bed.status()["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(interface("cons-b")["present"], false);
+    assert!(bed.agent.log().contains("cons-b: no such interface"));
+    ask(&bed.topology.consumer_a, at(ORDERS, 80), "a", WAIT).unwrap_or_else(|e| bed.fail(e));
+    let within = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} not followed within 3 s:\n{}",
+                bed.agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    node.ip(&["link", "set", "later", "name", "cons-b"])
+        .unwrap();
+    node.ip(&["link", "set", "cons-b", "up"]).unwrap();
+    within("an interface that appeared", &|| {
+        interface("cons-b")["attached"] == "native"
+    });
+    ask(&bed.topology.consumer_b, at(ORDERS, 80), "b", WAIT).unwrap_or_else(|e| bed.fail(e));
+
+    // Deleted and made again: a new device, without the program until the agent acts.
+    node.ip(&["link", "del", "cons-b"]).unwrap();
+    testbed::veth(&bed.topology.consumer_b, "eth0", node, "cons-b").unwrap();
+    let consumer_b = &bed.topology.consumer_b;
+    consumer_b
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{CLIENT}/{CONSUMER_PREFIX}"),
+            "dev",
+            "eth0",
+        ])
+        .unwrap();
+    consumer_b
+        .exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"])
+        .unwrap();
+    within("a re-created interface", &|| {
+        xdp_attached_to(node, "cons-b")
+    });
+    ask(consumer_b, at(ORDERS, 80), "b again", WAIT).unwrap_or_else(|e| bed.fail(e));
+
+    // A new MAC: consumer-a still holds the old one for the endpoint, and frames to it
+    // are not for the node any more; the announcement corrects it.
+    node.ip(&["link", "set", "cons-a", "address", "02:00:00:00:aa:01"])
+        .unwrap();
+    within("a new MAC", &|| {
+        bed.topology
+            .consumer_a
+            .ip(&["neigh", "show", &ORDERS.to_string()])
+            .unwrap()
+            .contains("02:00:00:00:aa:01")
+    });
+    ask(&bed.topology.consumer_a, at(ORDERS, 80), "a again", WAIT).unwrap_or_else(|e| bed.fail(e));
+}
+
+fn xdp_attached_to(ns: &Namespace, link: &str) -> bool {
+    ns.ip(&["link", "show", "dev", link])
+        .unwrap()
+        .contains("xdp")
+}
+
+/// An agent never runs over maps of another layout: a data path pinned under another
+/// layout version, or with a map of another shape, is refused with what to do, and the
+/// running data path is left alone.
+#[test]
+fn an_agent_refuses_pinned_maps_of_another_layout() {
+    if !root() {
+        return;
+    }
+    let bed = bed_with(&example());
+    let mut conversation = Conversation::open(&bed);
+    let Bed {
+        agent,
+        servers,
+        topology,
+        config,
+    } = bed;
+    agent.kill().unwrap();
+    let instance = topology.node.name().to_string();
+    let state = Path::new("/run/endpoint-agent").join(&instance);
+    let pins = Path::new("/sys/fs/bpf/endpoint-agent").join(&instance);
+    let start = || {
+        topology
+            .node
+            .command(AGENT)
+            .args(["--instance", &instance, "run", "--config"])
+            .arg(&config.0)
+            .output()
+            .unwrap()
+    };
+    let refused = |output: std::process::Output, why: &str| {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(stderr.contains(why), "{stderr}");
+        assert!(stderr.contains("cannot adopt its data path"), "{stderr}");
+    };
+
+    let layout = std::fs::read_to_string(state.join("layout.json")).unwrap();
+    std::fs::write(state.join("layout.json"), "1").unwrap();
+    refused(start(), "its maps have layout 1, this agent's is");
+    conversation.say("after a refused agent of another layout", "");
+
+    std::fs::write(state.join("layout.json"), &layout).unwrap();
+    // LIMITS replaced by an array of 8-byte values (the program keeps the real one).
+    std::fs::remove_file(pins.join("LIMITS")).unwrap();
+    pin_array(&pins.join("LIMITS"), 4, 8);
+    refused(start(), "map LIMITS is (kind, key size, value size)");
+    conversation.say("after a refused agent over a map of another shape", "");
+
+    let cleanup = topology
+        .node
+        .command(AGENT)
+        .args(["--instance", &instance, "cleanup"])
+        .output()
+        .unwrap();
+    assert!(cleanup.status.success(), "{cleanup:?}");
+    drop((servers, topology));
+}
+
+/// Creates a BPF array map and pins it at `path`.
+fn pin_array(path: &Path, key_size: u32, value_size: u32) {
+    // `union bpf_attr` for BPF_MAP_CREATE (0) and BPF_OBJ_PIN (6), zero-padded.
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[2, key_size, value_size, 1]);
+    // SAFETY: the bpf system call with a zeroed attribute union of sufficient size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            create.as_ptr(),
+            std::mem::size_of_val(&create),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut pin = [0u64; 16];
+    pin[0] = name.as_ptr() as u64;
+    pin[1] = fd as u64;
+    // SAFETY: as above; `name` outlives the call.
+    let pinned =
+        unsafe { libc::syscall(libc::SYS_bpf, 6, pin.as_ptr(), std::mem::size_of_val(&pin)) };
+    assert_eq!(
+        pinned,
+        0,
+        "BPF_OBJ_PIN: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: our own descriptor; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
