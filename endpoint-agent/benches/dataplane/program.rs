@@ -14,17 +14,20 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use endpoint_agent::{
-    config,
+    config, expiry,
     facts::Facts,
     loader,
     maps::Maps,
     pipeline::{Applied, Inputs, Pipeline},
 };
-use endpoint_common::maps::{Flow, FlowKey, PROTO_TCP, name, tcp};
+use endpoint_common::{
+    counter::{self, Count},
+    maps::{Flow, FlowKey, PROTO_TCP, name, tcp},
+};
 use etherparse::{PacketBuilder, PacketHeaders};
 use testbed::{Namespace, veth};
 
-use crate::report::{ProgramCase, Report, median};
+use crate::report::{ProgramCase, Report, median, percentile};
 
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
 const TARGETS: [([u8; 4], [u8; 6]); 2] = [
@@ -38,13 +41,17 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
-const PROGRAMS: [&str; 5] = [
+const PROGRAMS: [&str; 6] = [
     "empty",
     "swap_tx",
     "restore_pass",
     "restore_endpoint",
     "restore_new_flow",
+    "expire",
 ];
+/// New flows per round: each one genuinely opened (the limits below leave room for all
+/// of them, and the table is emptied between rounds).
+const NEW_FLOWS_PER_ROUND: u32 = 10_000;
 
 /// A config with `endpoints` endpoints (the first is the measured one) and room for
 /// `flows` flow entries.
@@ -54,10 +61,12 @@ fn config_text(endpoints: usize, flows: u32) -> String {
   interfaces:
     - {{ name: cons-a, role: consumer, consumer_network: vpc-a }}
     - {{ name: prov, role: provider, nat_addresses: [172.16.0.100] }}
-  tables: {{ endpoints: {}, flows: {flows} }}
+  tables: {{ endpoints: {}, flows: {flows}, handshakes: 65536 }}
+  limits: {{ half_open_per_network: 1000000 }}
 services:
   - name: s
     acceptance_required: false
+    limits: {{ half_open: 1000000 }}
     allowed_principals: ['*']
     load_balancers:
       - name: nlb
@@ -159,6 +168,29 @@ impl Rig {
         })?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out, result.duration.as_nanos() as f64))
+    }
+
+    /// ns per new flow over `n` SYNs with new source ports, each of which must open a
+    /// flow, from an empty table (the half-open flows of the round before expire).
+    fn new_flows(&mut self, syn: &[u8], ifindex: u32, n: u32) -> Result<f64> {
+        let program: &Xdp = self.ebpf.program("expire").context("expire")?.try_into()?;
+        let later = expiry::now_ns() + 3600 * 1_000_000_000;
+        while expiry::run(program, &[], later)? > 0 {}
+        let opened = |rig: &Self| -> Result<u64> {
+            let stats = rig.pipeline.maps().per_cpu_array::<Count>(name::STATS)?;
+            let slot = rig.pipeline.applied().ids.endpoints["e0"];
+            let index = counter::index(slot, counter::FORWARD_NEW);
+            Ok(stats.get(&index, 0)?.iter().map(|c| c.packets).sum())
+        };
+        let before = opened(self)?;
+        let ns = self.run("restore_new_flow", syn, ifindex, n)?.2;
+        let after = opened(self)?;
+        ensure!(
+            after - before == u64::from(n),
+            "new flows: {} of {n} SYNs opened a flow",
+            after - before
+        );
+        Ok(ns)
     }
 
     /// Fills the flow table with `n` unrelated established entries.
@@ -365,16 +397,20 @@ fn measure(
     let mut samples = vec![Vec::new(); cases.len()];
     for _ in 0..rounds {
         for (i, (_, program, frame, ifindex)) in cases.iter().enumerate() {
-            samples[i].push(rig.run(program, frame, *ifindex, repeat)?.2);
+            let sample = if *program == "restore_new_flow" {
+                rig.new_flows(frame, *ifindex, repeat.min(NEW_FLOWS_PER_ROUND))?
+            } else {
+                rig.run(program, frame, *ifindex, repeat)?.2
+            };
+            samples[i].push(sample);
         }
     }
     Ok(samples.iter().map(|s| median(s)).collect())
 }
 
-pub fn run(report: &mut Report, object: &[u8], smoke: bool) -> Result<()> {
-    let (rounds, repeat) = if smoke { (1, 1000) } else { (15, 200_000) };
-    report.rounds = rounds;
-    let ns = Namespace::new("bench-program")?;
+/// A namespace with the two interfaces a rig attaches to and the targets' neighbours.
+fn program_namespace(label: &str) -> Result<Namespace> {
+    let ns = Namespace::new(label)?;
     ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
     ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
     for (link, peer) in [("cons-a", "cons-a-peer"), ("prov", "prov-peer")] {
@@ -385,6 +421,13 @@ pub fn run(report: &mut Report, object: &[u8], smoke: bool) -> Result<()> {
         ns.neighbour(ip.into(), mac, "prov")?;
     }
     ns.sysctl("net.ipv4.conf.prov.forwarding", "1")?;
+    Ok(ns)
+}
+
+pub fn run(report: &mut Report, object: &[u8], smoke: bool) -> Result<()> {
+    let (rounds, repeat) = if smoke { (1, 1000) } else { (15, 200_000) };
+    report.rounds = rounds;
+    let ns = program_namespace("bench-program")?;
     ns.enter(|| -> Result<()> {
         let mut rig = Rig::load(object, &config_text(1, 1 << 17))?;
         let f = check(&mut rig)?;
@@ -445,46 +488,86 @@ pub fn run(report: &mut Report, object: &[u8], smoke: bool) -> Result<()> {
                 ns,
                 over_empty: ns - empty,
                 ratio_to_swap_mac_tx: ns / swap,
+                spread: None,
             });
         }
 
-        // One program per interface: the next loads replace this one.
-        drop(rig);
+        Ok(())
+    })??;
+    drop(ns);
+    scaling(report, object, smoke, rounds, repeat)
+}
 
-        // Scaling: the established path with more endpoints, and a fuller flow table.
-        let (endpoint_counts, flow_counts) = if smoke {
-            ([1, 100, 1000], [1000, 10_000])
-        } else {
-            ([1, 10_000, 100_000], [1000, 1_000_000])
-        };
-        let mut scale = |label: String, endpoints: usize, flows: u32| -> Result<()> {
+/// The established path with more endpoints, and with a fuller flow table: every
+/// configuration loaded at once (each in its own namespace), measured in interleaved
+/// rounds with its own baselines, so that the rows compare.
+fn scaling(
+    report: &mut Report,
+    object: &[u8],
+    smoke: bool,
+    rounds: usize,
+    repeat: u32,
+) -> Result<()> {
+    let (endpoint_counts, flow_counts): (&[usize], &[u32]) = if smoke {
+        (&[1, 100, 1000], &[1000, 10_000])
+    } else {
+        (&[1, 1000, 100_000], &[1000, 100_000, 1_000_000])
+    };
+    let configurations = endpoint_counts
+        .iter()
+        .map(|&n| (format!("established flow, {n} endpoints"), n, 1000))
+        .chain(
+            flow_counts
+                .iter()
+                .map(|&n| (format!("established flow, {n} flows in the table"), 1, n)),
+        );
+    let mut rigs = Vec::new();
+    for (i, (label, endpoints, flows)) in configurations.enumerate() {
+        let ns = program_namespace(&format!("bench-scale-{i}"))?;
+        let loaded = ns.enter(|| -> Result<(Rig, Frames)> {
             let table = (flows * 2).max(1 << 17);
             let mut rig = Rig::load(object, &config_text(endpoints, table))?;
-            let f = check(&mut rig)?;
+            let frames = check(&mut rig)?;
             rig.prefill(flows.saturating_sub(2))?;
-            let cons = rig.cons.0;
-            let cases: [(&str, &str, &[u8], u32); 4] = [
-                ("", "empty", &f.forward, cons),
-                ("", "swap_tx", &f.forward, cons),
-                ("", "restore_pass", &f.forward, cons),
-                ("", "restore_endpoint", &f.forward, cons),
-            ];
-            let m = measure(&mut rig, &cases, rounds, repeat)?;
-            let ns = m[3] - (m[2] - m[0]);
-            report.scaling.push(ProgramCase {
-                case: label,
-                ns,
-                over_empty: ns - m[0],
-                ratio_to_swap_mac_tx: ns / m[1],
-            });
-            Ok(())
-        };
-        for n in endpoint_counts {
-            scale(format!("established flow, {n} endpoints"), n, 1000)?;
+            Ok((rig, frames))
+        })??;
+        rigs.push((label, ns, loaded, Vec::new()));
+    }
+    // Several rounds per row even in a smoke run: the spread needs them.
+    for _ in 0..rounds.max(3) {
+        for (_, ns, (rig, frames), samples) in &mut rigs {
+            let sample = ns.enter(|| -> Result<[f64; 4]> {
+                let cons = rig.cons.0;
+                let mut one = |program: &str| -> Result<f64> {
+                    Ok(rig.run(program, &frames.forward, cons, repeat)?.2)
+                };
+                Ok([
+                    one("empty")?,
+                    one("swap_tx")?,
+                    one("restore_pass")?,
+                    one("restore_endpoint")?,
+                ])
+            })??;
+            samples.push(sample);
         }
-        for n in flow_counts {
-            scale(format!("established flow, {n} flows in the table"), 1, n)?;
-        }
-        Ok(())
-    })?
+    }
+    for (label, _, _, samples) in rigs {
+        // Per round: the established path (restore cost subtracted) and its ratio.
+        let ns: Vec<f64> = samples.iter().map(|[e, _, r, d]| d - (r - e)).collect();
+        let ratios: Vec<f64> = samples
+            .iter()
+            .zip(&ns)
+            .map(|([_, swap, _, _], ns)| ns / swap)
+            .collect();
+        let ratio = median(&ratios);
+        let empty = median(&samples.iter().map(|s| s[0]).collect::<Vec<_>>());
+        report.scaling.push(ProgramCase {
+            case: label,
+            ns: median(&ns),
+            over_empty: median(&ns) - empty,
+            ratio_to_swap_mac_tx: ratio,
+            spread: Some((percentile(&ratios, 0.9) - percentile(&ratios, 0.1)) / 2.0 / ratio),
+        });
+    }
+    Ok(())
 }

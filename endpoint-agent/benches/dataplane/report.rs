@@ -12,6 +12,9 @@ pub struct ProgramCase {
     pub ns: f64,
     pub over_empty: f64,
     pub ratio_to_swap_mac_tx: f64,
+    /// Scaling rows: how far the rounds' ratios to swap-MAC-TX lie from their median
+    /// (half the range between the 10th and 90th percentiles, as a share of it).
+    pub spread: Option<f64>,
 }
 
 /// Layer B: one variant of the namespace pipeline.
@@ -57,14 +60,33 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  {:<44} {:>9} {:>11} {:>14}",
-            "case", "ns/pkt", "over empty", "x swap-MAC-TX"
+            "  {:<44} {:>9} {:>11} {:>14} {:>8}",
+            "case", "ns/pkt", "over empty", "x swap-MAC-TX", "spread"
         );
         for c in self.program.iter().chain(&self.scaling) {
+            let spread = c
+                .spread
+                .map_or(String::new(), |s| format!("±{:.0}%", s * 100.0));
             let _ = writeln!(
                 out,
-                "  {:<44} {:>9.1} {:>11.1} {:>14.2}",
-                c.case, c.ns, c.over_empty, c.ratio_to_swap_mac_tx
+                "  {:<44} {:>9.1} {:>11.1} {:>14.2} {:>8}",
+                c.case, c.ns, c.over_empty, c.ratio_to_swap_mac_tx, spread
+            );
+        }
+        if let (Some(low), Some(high)) = (
+            self.scaling
+                .iter()
+                .map(|c| c.ratio_to_swap_mac_tx)
+                .reduce(f64::min),
+            self.scaling
+                .iter()
+                .map(|c| c.ratio_to_swap_mac_tx)
+                .reduce(f64::max),
+        ) {
+            let _ = writeln!(
+                out,
+                "  scaling: the established path's dearest row costs {:.0}% more than its cheapest",
+                (high / low - 1.0) * 100.0
             );
         }
         let _ = writeln!(
@@ -221,7 +243,12 @@ fn escape(text: &str) -> String {
 
 /// The median of `values`.
 pub fn median(values: &[f64]) -> f64 {
+    percentile(values, 0.5)
+}
+
+/// The value `share` of the way up the sorted `values`.
+pub fn percentile(values: &[f64], share: f64) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
+    sorted[((sorted.len() - 1) as f64 * share).round() as usize]
 }

@@ -5,7 +5,9 @@
 //! - `restore_pass` / `restore_endpoint` / `restore_new_flow`: BPF_PROG_RUN does not reset
 //!   the frame between repeats, so these first copy the pristine frame back from
 //!   `FRAME` (the copy's cost is `restore_pass` − `empty`) and then run the data path —
-//!   `restore_new_flow` with a new source port each time, so every run opens a flow;
+//!   `restore_new_flow` with a new source port each time (1024–31023, clear of the
+//!   other cases' 40000), so every run opens a flow
+//!   (`expire`, the data path's own, empties the table between rounds);
 //! - for packets per second through namespaces: `generate` (live-frames traffic: `FRAME`
 //!   with a new source port per frame over `FLOWS_GENERATED` flows, XDP_TX), `sink` (count, drop)
 //!   and `redirect` (MACs and egress from `REDIRECT`: the ceiling of the pipeline).
@@ -135,9 +137,15 @@ pub fn restore_endpoint(ctx: XdpContext) -> u32 {
     endpoint_ebpf::handle(&ctx)
 }
 
+/// The data path's own expiry, so that rounds of new flows start from an empty table.
+#[xdp]
+pub fn expire(ctx: XdpContext) -> u32 {
+    endpoint_ebpf::expire::run(&ctx)
+}
+
 #[xdp]
 pub fn restore_new_flow(ctx: XdpContext) -> u32 {
-    if !restore(&ctx) || !next_source_port(&ctx, 60_000) {
+    if !restore(&ctx) || !next_source_port(&ctx, 30_000) {
         return xdp_action::XDP_ABORTED;
     }
     endpoint_ebpf::handle(&ctx)
