@@ -15,6 +15,7 @@ use endpoint_common::{
 
 use crate::{
     maps::{ADDRESSES, ENDPOINTS, INTERFACES, PORTS, SETTINGS},
+    mem,
     outcome::Outcome,
     parse::Packet,
 };
@@ -60,14 +61,15 @@ pub fn endpoint(network: u32, packet: &Packet) -> Option<EndpointRef> {
 /// What `addr` is to us in `scope` (a consumer network, or [`nat_scope`]), if ours.
 #[inline(always)]
 pub fn owned(scope: u32, addr: [u8; 4]) -> Option<Address> {
-    let key = AddressKey {
-        scope,
-        family: FAMILY_IPV4,
-        _pad: [0; 3],
-        addr: Addr::ipv4(addr),
-    };
+    let mut key = core::mem::MaybeUninit::<AddressKey>::uninit();
+    mem::zero(key.as_mut_ptr());
+    // SAFETY: zeroed just above (padding included: the key is hashed whole).
+    let key = unsafe { key.assume_init_mut() };
+    key.scope = scope;
+    key.family = FAMILY_IPV4;
+    key.addr = Addr::ipv4(addr);
     // SAFETY: as in `endpoint`.
-    ADDRESSES.get_ptr(&key).map(|address| unsafe { *address })
+    ADDRESSES.get_ptr(&*key).map(|address| unsafe { *address })
 }
 
 /// What `addr` is to us where the packet arrived: an address of the interface's

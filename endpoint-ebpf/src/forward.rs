@@ -20,7 +20,7 @@ use endpoint_common::{
 };
 use network_types::eth::EthHdr;
 
-use crate::{maps::INTERFACES, outcome::Outcome, parse::Packet};
+use crate::{maps::INTERFACES, mem, outcome::Outcome, parse::Packet};
 
 const AF_INET: u8 = 2;
 
@@ -84,8 +84,10 @@ pub struct Hop {
 #[inline(never)]
 pub fn route(ctx: &XdpContext, packet: &Packet, hop: &Hop) -> Result<Route, Outcome> {
     let ip = packet.ip();
-    // SAFETY: an all-zero `bpf_fib_lookup` is a valid (empty) request.
-    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    let mut request = core::mem::MaybeUninit::<FibParams>::uninit();
+    mem::zero(request.as_mut_ptr());
+    // SAFETY: zeroed just above; an all-zero `bpf_fib_lookup` is a valid (empty) request.
+    let params = unsafe { request.assume_init_mut() };
     params.family = AF_INET;
     params.l4_protocol = ip.proto;
     params.__bindgen_anon_1.tot_len = ip.tot_len();
@@ -97,7 +99,7 @@ pub fn route(ctx: &XdpContext, packet: &Packet, hop: &Hop) -> Result<Route, Outc
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx.cast(),
-            &mut params,
+            &raw mut *params,
             size_of::<FibParams>() as i32,
             0,
         )

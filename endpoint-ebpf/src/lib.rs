@@ -26,6 +26,7 @@ pub mod expire;
 mod forward;
 mod limits;
 mod maps;
+mod mem;
 mod nat;
 mod outcome;
 mod parse;
@@ -309,7 +310,7 @@ fn begin(
         .wrapping_add(1)
         .wrapping_add(verify::payload_len(packet));
     forward.wscale = tcp::window_scale(ctx, packet);
-    forward._pad = [0; 6];
+    mem::clear(&mut forward._pad);
     let reply = &mut scratch.reply;
     reply.opened_ns = now;
     reply.last_seen_s = forward.last_seen_s;
@@ -320,14 +321,14 @@ fn begin(
     reply.dst_port_be = key.src_port_be;
     reply.ifindex = ctx.ingress_ifindex() as u32;
     // Replies go from the interface's own MAC (taken when sent) to whoever sent this.
-    reply.mac_src = [0; 6];
+    mem::clear(&mut reply.mac_src);
     reply.mac_dst = packet.eth().src_addr;
     reply.tcp = 0;
     reply.ack = 0;
     reply.window = 0;
     reply.isn_next = 0;
     reply.wscale = 0;
-    reply._pad = [0; 6];
+    mem::clear(&mut reply._pad);
 }
 
 /// Completes both entries with the chosen target, NAT address and route.

@@ -15,6 +15,7 @@ use endpoint_common::{
 
 use crate::{
     maps::{POLICIES, SECURITY_GROUPS},
+    mem,
     outcome::Outcome,
 };
 
@@ -90,18 +91,15 @@ pub fn security_groups(word: u64, slot: u32, listener: u8, source: [u8; 4]) -> R
 // Its own BPF function, to keep the caller's stack frame small.
 #[inline(never)]
 fn check_security_groups(slot: u32, listener: u8, source: [u8; 4]) -> Result<(), Outcome> {
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&source);
-    let key = Key::new(
-        SourcePrefix::FIXED_BITS + 32,
-        SourcePrefix {
-            slot,
-            family: FAMILY_IPV4,
-            addr,
-            _pad: [0; 3],
-        },
-    );
-    match SECURITY_GROUPS.get(&key) {
+    let mut key = core::mem::MaybeUninit::<Key<SourcePrefix>>::uninit();
+    mem::zero(key.as_mut_ptr());
+    // SAFETY: zeroed just above (padding and the address's unused bytes included).
+    let key = unsafe { key.assume_init_mut() };
+    key.prefix_len = SourcePrefix::FIXED_BITS + 32;
+    key.data.slot = slot;
+    key.data.family = FAMILY_IPV4;
+    key.data.addr[..4].copy_from_slice(&source);
+    match SECURITY_GROUPS.get(&*key) {
         Some(group) if group.ports & (1 << (listener & 31)) != 0 => Ok(()),
         _ => Err(Outcome::drop_for(counter::DROP_SECURITY_GROUP, slot)),
     }
