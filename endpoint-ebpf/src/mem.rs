@@ -7,7 +7,7 @@
 /// (a zeroed value returned and moved would be copied with `memset` again).
 #[inline(always)]
 pub fn zero<T>(at: *mut T) {
-    if align_of::<T>() >= 4 && size_of::<T>() % 4 == 0 {
+    if align_of::<T>() >= 4 && size_of::<T>().is_multiple_of(4) {
         let words = at.cast::<u32>();
         let mut i = 0;
         while i < size_of::<T>() / 4 {
