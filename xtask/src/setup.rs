@@ -1,8 +1,9 @@
 //! Installs what building and testing need, skipping what is already there:
 //! Debian packages (LLVM 22 for bpf-linker, iproute2, ethtool, nftables, procps for
-//! sysctl), rust-src for
-//! the nightly toolchain (`-Z build-std=core` for the BPF target), and bpf-linker 0.13.0
-//! linked against LLVM 22 (the LLVM of the nightly's rustc, 22.1.4, must not be newer).
+//! sysctl, g++ for libFuzzer), rust-src for
+//! the nightly toolchain (`-Z build-std=core` for the BPF target), bpf-linker 0.13.0
+//! linked against LLVM 22 (the LLVM of the nightly's rustc, 22.1.4, must not be newer),
+//! and cargo-fuzz 0.13.2 (the YAML config fuzzer; it builds with the nightly).
 
 use std::process::Command;
 
@@ -18,8 +19,11 @@ const PACKAGES: &[&str] = &[
     "ethtool",
     "nftables",
     "procps",
+    // libfuzzer-sys compiles libFuzzer (C++).
+    "g++",
 ];
 const BPF_LINKER: &str = "0.13.0";
+const CARGO_FUZZ: &str = "0.13.2";
 
 /// Puts cargo's bin directory (where bpf-linker is installed) on PATH for everything the
 /// xtask starts, as a fresh root shell may not have it.
@@ -45,6 +49,7 @@ pub fn run() -> Result<()> {
     packages()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     eprintln!("xtask: setup: everything is in place");
     Ok(())
 }
@@ -117,4 +122,22 @@ fn bpf_linker() -> Result<()> {
         ])
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+}
+
+fn cargo_fuzz() -> Result<()> {
+    if let Some(version) = output("cargo-fuzz", &["--version"])
+        && version.split_whitespace().nth(1) == Some(CARGO_FUZZ)
+    {
+        eprintln!("xtask: setup: cargo-fuzz {CARGO_FUZZ} present");
+        return Ok(());
+    }
+    eprintln!("xtask: setup: building cargo-fuzz {CARGO_FUZZ} (about a minute)");
+    sh(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--force",
+        "--version",
+        CARGO_FUZZ,
+    ]))
 }

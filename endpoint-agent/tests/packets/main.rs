@@ -9,6 +9,7 @@ mod rig;
 mod classify;
 mod conntrack;
 mod expire;
+mod fuzz;
 mod limits;
 mod policy;
 mod reset;
