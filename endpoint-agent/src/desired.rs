@@ -95,6 +95,7 @@ pub fn build(
                     bounce::TX
                 },
                 mac: link.mac,
+                mtu: link.mtu,
                 nat_port_min: if provider { node.nat_ports.first } else { 0 },
                 nat_port_max: if provider { node.nat_ports.last } else { 0 },
                 ..Interface::default()
@@ -430,6 +431,7 @@ endpoints:
             ifindex,
             mac: [2, 0, 0, 0, 0, 1],
             veth: false,
+            mtu: 1500,
         };
         Facts {
             links: [("cons".into(), link(2)), ("prov".into(), link(3))].into(),

@@ -28,6 +28,7 @@ pub struct Link {
     pub mac: [u8; 6],
     /// A veth device (frames sent back out it are redirected, see `maps::bounce`).
     pub veth: bool,
+    pub mtu: u32,
 }
 
 impl Default for Facts {
@@ -115,7 +116,21 @@ fn link(line: &str) -> Option<(String, Link)> {
         .ok()?;
     let mac: [u8; 6] = octets.try_into().ok()?;
     let veth = words.contains(&"veth");
-    Some((name, Link { ifindex, mac, veth }))
+    let mtu = words
+        .iter()
+        .position(|w| *w == "mtu")
+        .and_then(|i| words.get(i + 1))
+        .and_then(|mtu| mtu.parse().ok())
+        .unwrap_or(0);
+    Some((
+        name,
+        Link {
+            ifindex,
+            mac,
+            veth,
+            mtu,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -128,6 +143,7 @@ mod tests {
         assert_eq!(link.ifindex, 7);
         assert_eq!(link.mac, [2, 0xaa, 0xbb, 0xcc, 0xdd, 0x0e]);
         assert!(link.veth);
+        assert_eq!(link.mtu, 1500);
         assert!(
             super::link("1: lo: <LOOPBACK,UP> mtu 65536 link/loopback 00:00:00:00:00:00").is_none()
         );

@@ -684,6 +684,7 @@ mod tests {
             ifindex,
             mac: [2, 0, 0, 0, 0, ifindex as u8],
             veth: true,
+            mtu: 1500,
         };
         Facts {
             links: [

@@ -160,7 +160,10 @@ pub struct Interface {
     /// `nat_port_min..=nat_port_max` (host order); elsewhere it is the node's own.
     pub nat_port_min: u16,
     pub nat_port_max: u16,
-    pub _pad3: u32,
+    /// The interface's MTU: no packet longer than this (IPv4 total length) is sent out
+    /// it. A flow keeps its route for a second without asking the kernel, and replies
+    /// never ask: this is their check. 0: unknown, not checked.
+    pub mtu: u32,
 }
 
 impl Interface {

@@ -46,9 +46,10 @@ impl Route {
     /// The way back to the consumer of reply entry `flow`: its interface, if that still
     /// faces the flow's consumer network, from that interface's own MAC.
     #[inline(always)]
-    pub fn back(flow: &Flow) -> Result<Self, Outcome> {
+    pub fn back(flow: &Flow, packet: &Packet) -> Result<Self, Outcome> {
         match INTERFACES.get(flow.ifindex) {
             Some(interface) if interface.consumer() && interface.network == flow.network => {
+                fits(packet, interface, flow.slot)?;
                 Ok(Self {
                     ifindex: flow.ifindex,
                     mac_src: interface.mac,
@@ -58,6 +59,25 @@ impl Route {
             _ => Err(Outcome::drop_for(counter::DROP_FLOW_GONE, flow.slot)),
         }
     }
+
+    /// A kept route still takes `packet`: it is no longer than the egress MTU (the
+    /// route lookup checks that only once a second).
+    #[inline(always)]
+    pub fn takes(&self, packet: &Packet, slot: u32) -> Result<(), Outcome> {
+        match INTERFACES.get(self.ifindex) {
+            Some(egress) => fits(packet, egress, slot),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether `packet` fits the MTU of `egress`.
+#[inline(always)]
+fn fits(packet: &Packet, egress: &Interface, slot: u32) -> Result<(), Outcome> {
+    if egress.mtu != 0 && packet.ip().tot_len() as u32 > egress.mtu {
+        return Err(Outcome::drop_for(counter::DROP_FIB_FRAG_NEEDED, slot));
+    }
+    Ok(())
 }
 
 /// A router does not forward a packet whose TTL would reach zero.

@@ -144,7 +144,11 @@ fn forward(
     }
     let route = match flow.touch() {
         Touch::Gone => return Err(Outcome::drop_for(counter::DROP_NO_FLOW, slot)),
-        Touch::Same => Route::kept(flow),
+        Touch::Same => {
+            let route = Route::kept(flow);
+            route.takes(packet, slot)?;
+            route
+        }
         // The route is looked up again once a second (the neighbour or route may have
         // changed); in between, the flow's kept result is used.
         Touch::Fresh => {
@@ -420,7 +424,11 @@ fn target_to_consumer(
     if flags & (SYN | RST | FIN) != 0 {
         tcp::from_target(&reply, packet, flags, ctx)?;
     }
-    let route = Route::back(&reply).inspect_err(|_| remove_by_reply(&reply))?;
+    let route = Route::back(&reply, packet).inspect_err(|outcome| {
+        if outcome.counter == counter::DROP_FLOW_GONE {
+            remove_by_reply(&reply);
+        }
+    })?;
     nat::rewrite(packet, &reply);
     Ok(forward::send(
         ctx,

@@ -18,6 +18,7 @@ static NODE: LazyLock<Facts> = LazyLock::new(|| {
         ifindex,
         mac: [2, 0, 0, 0, 0, last],
         veth: last % 2 == 0,
+        mtu: 1500,
     };
     Facts {
         links: [

@@ -167,6 +167,28 @@ fn route_lookup_failures_drop_before_any_flow_exists() {
     });
 }
 
+/// A flow keeps its route for a second and replies never look one up: every packet is
+/// still held to its egress interface's MTU (the links here have 1500).
+#[test]
+fn packets_longer_than_the_egress_mtu_are_dropped_both_ways() {
+    with_rig(|rig| {
+        let connection = rig.connect("cons-a", ENDPOINT, 40000);
+        let fits = connection.by_client(ACK, CLIENT_ISN + 1).frame(&[7; 1460]);
+        assert_eq!(rig.run("cons-a", &fits).action, XDP_REDIRECT);
+        let long = connection.by_client(ACK, CLIENT_ISN + 1).frame(&[7; 1461]);
+        assert_eq!(rig.run("cons-a", &long).action, XDP_DROP);
+        let reply = connection.by_target(ACK, TARGET_ISN + 1);
+        assert_eq!(
+            rig.run("prov", &reply.frame(&[7; 1460])).action,
+            XDP_REDIRECT
+        );
+        assert_eq!(rig.run("prov", &reply.frame(&[7; 1900])).action, XDP_DROP);
+        assert_eq!(rig.count("a", counter::DROP_FIB_FRAG_NEEDED), 2);
+        // The connection is not harmed.
+        assert_eq!(rig.run("cons-a", &fits).action, XDP_REDIRECT);
+    });
+}
+
 #[test]
 fn a_full_flow_table_refuses_new_connections_and_keeps_the_ones_it_has() {
     let small = CONFIG.replace("  hash_seed: 11", "  hash_seed: 11\n  tables: { flows: 8 }");
