@@ -11,7 +11,10 @@
 
 use core::ops::Deref;
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+};
 use endpoint_common::{
     counter, hash,
     maps::{DEAD, Flow, FlowKey, PROTO_TCP, PROVIDER_NETWORK, Pending, Scratch, Settings, tcp},
@@ -100,6 +103,14 @@ pub fn now_s() -> u64 {
 pub fn now_ns() -> u64 {
     // SAFETY: a plain helper call.
     unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The same clock, to the nanosecond: a connection's opening time is its identity (two
+/// connections on one tuple within a coarse tick must not look alike).
+#[inline(always)]
+pub fn opening_ns() -> u64 {
+    // SAFETY: a plain helper call.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// What a packet does to its flow's last-seen stamp.

@@ -301,7 +301,7 @@ fn begin(
     key: &FlowKey,
     scratch: &mut Scratch,
 ) {
-    let now = conntrack::now_ns();
+    let now = conntrack::opening_ns();
     let seq = u32::from_be_bytes(packet.tcp().seq);
     let forward = &mut scratch.forward;
     forward.opened_ns = now;
