@@ -63,12 +63,13 @@ pub fn flags(packet: &Packet) -> u8 {
     unsafe { *(packet.tcp as *const u8).add(13) }
 }
 
-/// Flags no segment of a connection carries: SYN with FIN or RST, or none of SYN, ACK,
-/// RST and FIN.
+/// Flags no segment of a connection carries (as Linux's conntrack judges them): SYN
+/// with FIN or RST, RST with FIN, FIN without ACK, or none of SYN, ACK and RST.
 #[inline(always)]
 pub fn sane_flags(flags: u8, endpoint: u32) -> Result<(), Outcome> {
     let syn_with_end = flags & SYN != 0 && flags & (FIN | RST) != 0;
-    if syn_with_end || flags & (SYN | ACK | RST | FIN) == 0 {
+    let bad_fin = flags & FIN != 0 && (flags & RST != 0 || flags & ACK == 0);
+    if syn_with_end || bad_fin || flags & (SYN | ACK | RST) == 0 {
         return Err(Outcome::drop_for(counter::DROP_BAD_FLAGS, endpoint));
     }
     Ok(())

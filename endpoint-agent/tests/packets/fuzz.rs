@@ -536,11 +536,12 @@ impl Tcp {
     }
 }
 
-/// Flags a segment of a connection can carry: not SYN with FIN or RST, and some of
-/// SYN, ACK, RST, FIN.
+/// Flags a segment of a connection can carry: not SYN with FIN or RST, not FIN with RST
+/// or without ACK, and some of SYN, ACK, RST.
 fn sane_flags(flags: u8) -> bool {
     let syn_with_end = flags & SYN != 0 && flags & (FIN | RST) != 0;
-    !syn_with_end && flags & (SYN | ACK | RST | FIN) != 0
+    let bad_fin = flags & FIN != 0 && (flags & RST != 0 || flags & ACK == 0);
+    !syn_with_end && !bad_fin && flags & (SYN | ACK | RST) != 0
 }
 
 fn hex(bytes: &[u8]) -> String {

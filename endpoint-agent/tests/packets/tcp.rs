@@ -91,6 +91,18 @@ fn resets_count_only_at_the_receivers_next_number() {
 fn fins_are_tracked_per_direction_and_a_half_closed_connection_lives_on() {
     with_rig(|rig| {
         let connection = rig.connect("cons-a", ENDPOINT, 40000);
+        // A FIN without ACK, or with RST, is no segment of a connection.
+        for flags in [FIN, FIN | RST, FIN | RST | ACK] {
+            let odd = connection.by_client(flags, CLIENT_ISN + 1).frame(b"");
+            assert_eq!(rig.run("cons-a", &odd).action, XDP_DROP, "{flags:#x}");
+            let odd = connection.by_target(flags, TARGET_ISN + 1).frame(b"");
+            assert_eq!(rig.run("prov", &odd).action, XDP_DROP, "{flags:#x}");
+        }
+        assert_eq!(rig.count("a", counter::DROP_BAD_FLAGS), 6);
+        assert_eq!(
+            bits(rig) & (tcp::FIN_CONSUMER | tcp::FIN_TARGET | tcp::RESET),
+            0
+        );
         // A FIN far outside the target's window (spoofed) is dropped.
         let spoofed = connection
             .by_client(FIN | ACK, CLIENT_ISN + 1 + 5_000_000)
