@@ -28,7 +28,7 @@ use crate::{config::Config, instance::Instance};
 /// The host changes in effect, and what to put back.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Host {
-    /// Sysctl file → the value it had before the agent changed it.
+    /// Sysctl file the agent keeps → the value it had when the agent first looked.
     sysctls: BTreeMap<String, String>,
     /// Managed neighbour entries the agent made: (address, device).
     neighbours: BTreeSet<(Ipv4Addr, String)>,
@@ -105,17 +105,20 @@ impl Host {
             return Ok(());
         }
         let old = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        if old.trim() != value {
-            if self.sysctls.contains_key(&path) {
+        let old = old.trim();
+        // What it was before the agent first looked is what goes back on exit, whoever
+        // changes it in between.
+        let seen = self.sysctls.contains_key(&path);
+        if !seen {
+            self.sysctls.insert(path.clone(), old.to_string());
+        }
+        if old != value {
+            if seen {
                 log::warn!(
-                    "{path} was changed to {} behind the agent's back: set back to {value}",
-                    old.trim()
+                    "{path} was changed to {old} behind the agent's back: set back to {value}"
                 );
             }
             std::fs::write(&path, value).with_context(|| format!("writing {path}"))?;
-            self.sysctls
-                .entry(path)
-                .or_insert_with(|| old.trim().to_string());
         }
         Ok(())
     }

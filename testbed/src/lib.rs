@@ -1,14 +1,20 @@
 //! A small network of namespaces for the demo, the end-to-end tests and the benchmarks:
 //! consumers (two with the same addresses) — node (the agent) — provider (real TCP
 //! servers as targets). Everything it makes it removes, on drop and, for what a killed
-//! run left behind, at the next start.
+//! run left behind, at the next start. For abuse tests: crafted segments sent from
+//! inside a namespace (`flood`), and ARP and capture on a link (`link`).
 
 mod agent;
+pub mod flood;
+pub mod link;
 mod netns;
 mod tcp;
 mod topology;
 
 pub use agent::Agent;
 pub use netns::{Namespace, sweep, veth};
-pub use tcp::{Answer, Server, accept_until, ask, at, connect, connect_from, exchange};
+pub use tcp::{
+    Answer, Knock, Server, accept_until, ask, at, connect, connect_from, connect_to, exchange,
+    link_index,
+};
 pub use topology::{Topology, addresses};

@@ -215,6 +215,88 @@ pub fn ask(ns: &Namespace, to: SocketAddrV4, line: &str, timeout: Duration) -> R
     Ok(answer)
 }
 
+/// Opens a connection from inside `ns` to any address: IPv4 or IPv6 (a link-local one
+/// with its link's index as scope, see [`link_index`]).
+pub fn connect_to(ns: &Namespace, to: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+    let stream = ns
+        .enter(move || TcpStream::connect_timeout(&to, timeout))?
+        .with_context(|| format!("connecting to {to} from {}", ns.name()))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
+/// The index of link `dev` in `ns` (the scope of its IPv6 link-local addresses).
+pub fn link_index(ns: &Namespace, dev: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(dev)?;
+    // SAFETY: a C string that outlives the call.
+    let index = ns.enter(|| unsafe { libc::if_nametoindex(name.as_ptr()) })?;
+    if index == 0 {
+        bail!("no link {dev} in {}", ns.name());
+    }
+    Ok(index)
+}
+
+/// Listeners on every address of a namespace — `[::]` (IPv6 only) and `0.0.0.0` — on
+/// some ports, that only note whom they accepted: for what must not be reachable.
+pub struct Knock {
+    accepted: Arc<Mutex<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Knock {
+    pub fn start(ns: &Namespace, ports: &[u16]) -> Result<Self> {
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for &port in ports {
+            let v6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, port).into();
+            let v4: SocketAddr = (Ipv4Addr::UNSPECIFIED, port).into();
+            for addr in [v6, v4] {
+                let listener = ns
+                    .enter(move || -> std::io::Result<TcpListener> {
+                        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+                        if addr.is_ipv6() {
+                            socket.set_only_v6(true)?;
+                        }
+                        socket.set_reuse_address(true)?;
+                        socket.bind(&addr.into())?;
+                        socket.listen(128)?;
+                        socket.set_nonblocking(true)?;
+                        Ok(socket.into())
+                    })?
+                    .with_context(|| format!("listening on {addr} in {}", ns.name()))?;
+                let (accepted, stop) = (accepted.clone(), stop.clone());
+                threads.push(std::thread::spawn(move || {
+                    accept_until(&listener, &stop, |_, peer| {
+                        accepted.lock().unwrap().push(peer);
+                    });
+                }));
+            }
+        }
+        Ok(Self {
+            accepted,
+            stop,
+            threads,
+        })
+    }
+
+    /// Every peer accepted so far.
+    pub fn accepted(&self) -> Vec<SocketAddr> {
+        self.accepted.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Knock {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// An IPv4 socket address.
 pub fn at(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)

@@ -188,3 +188,23 @@ impl Conversation {
         assert_eq!((answer.target, answer.seen_from), self.seen, "moved {when}");
     }
 }
+
+/// Packets counted under counter `name` over all endpoints, in a `status --json`.
+pub fn counted(status: &serde_json::Value, name: &str) -> u64 {
+    status["counters"][name]["packets"].as_u64().unwrap_or(0)
+}
+
+/// Packets counted under counter `name` for endpoint `id`, in a `status --json`.
+pub fn counted_for(status: &serde_json::Value, id: &str, name: &str) -> u64 {
+    status["endpoints"]
+        .as_array()
+        .and_then(|all| all.iter().find(|e| e["id"] == id))
+        .unwrap_or_else(|| panic!("no endpoint {id} in {status:#}"))["counters"][name]["packets"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// A sysctl's value inside `ns` (`key` in dotted form; interface names may hold dashes).
+pub fn sysctl(ns: &Namespace, key: &str) -> String {
+    ns.exec("sysctl", &["-n", key]).unwrap().trim().to_string()
+}

@@ -4,7 +4,9 @@
 
 mod bed;
 
+mod abuse;
 mod acceptance;
 mod forwarding;
 mod health;
+mod isolation;
 mod lifecycle;
