@@ -5,6 +5,7 @@
 
 use std::{
     fs,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -95,7 +96,19 @@ impl Instance {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        if let Err(e) = file.try_lock() {
+        // A POSIX record lock, not flock: it belongs to this process alone, so a child
+        // caught between fork and exec when the agent is killed cannot keep holding it
+        // (an flock would live on in the child's copy of the descriptor).
+        let whole = libc::flock {
+            l_type: libc::F_WRLCK as i16,
+            l_whence: libc::SEEK_SET as i16,
+            l_start: 0,
+            l_len: 0,
+            l_pid: 0,
+        };
+        // SAFETY: fcntl on a descriptor this function owns, with a valid lock request.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &whole) } != 0 {
+            let e = std::io::Error::last_os_error();
             let holder = fs::read_to_string(&path).unwrap_or_default();
             bail!(
                 "instance {:?} is in use by another agent (pid {}): {e}",
