@@ -66,6 +66,25 @@ fn a_handshake_that_never_completes_goes_after_its_timeout() {
     });
 }
 
+/// A flood's handshakes all go in the round after their time is up, not a batch a
+/// second (one run of the program looks at 128).
+#[test]
+fn a_floods_handshakes_all_go_once_their_time_is_up() {
+    let roomy = CONFIG.replace(
+        "  hash_seed: 11",
+        "  hash_seed: 11\n  timeouts: { handshake_seconds: 3 }",
+    );
+    with_rig_for(&roomy, |rig| {
+        let mac = rig.link("cons-a").mac;
+        for port in 0..1000u16 {
+            rig.run("cons-a", &syn_to(mac, ENDPOINT, 20000 + port).frame(b""));
+        }
+        assert_eq!(held(rig), (1000, 1000));
+        assert_eq!(rig.expire(5), 1000);
+        assert_eq!(held(rig), (0, 0));
+    });
+}
+
 #[test]
 fn a_closed_connection_lingers_longer_when_the_target_closed_first() {
     with_rig(|rig| {
