@@ -23,15 +23,26 @@ pub const AGENT: &str = env!("CARGO_BIN_EXE_endpoint-agent");
 
 /// The forwarder's config: endpoint 10.0.0.100 (ports 80 and 9000) of a service whose
 /// targets are the provider's hosts. No health checks: Layer B's sink answers nothing.
+/// Room for Layer B's new connections: 5 rounds of 32768, left half-open, which stay
+/// for `handshake_seconds` (longer than the rounds take): tables and half-open limits,
+/// and NAT addresses and ports enough that a new flow seldom needs a second try for a
+/// free port (the NAT addresses are not the node's own, so every port is free).
 const CONFIG: &str = "
 node:
   interfaces:
     - { name: cons-a, role: consumer, consumer_network: vpc }
-    - { name: prov, role: provider, nat_addresses: [172.16.0.100] }
+    - name: prov
+      role: provider
+      nat_addresses: [172.16.0.100, 172.16.0.101, 172.16.0.102, 172.16.0.103,
+                      172.16.0.104, 172.16.0.105, 172.16.0.106, 172.16.0.107]
+  nat_ports: { first: 1024, last: 65535 }
+  tables: { flows: 524288, handshakes: 262144 }
+  limits: { half_open_per_network: 262144 }
 services:
   - name: bench
     acceptance_required: false
     allowed_principals: ['*']
+    limits: { half_open: 262144 }
     load_balancers:
       - name: nlb
         zone: z
@@ -127,6 +138,19 @@ impl Bed {
         node.sysctl("net.ipv4.conf.cons-k.forwarding", "1")?;
         node.sysctl("net.ipv4.conf.prov.forwarding", "1")?;
         provider.ip(&["route", "add", "10.1.0.0/24", "via", "172.16.0.1"])?;
+        // New connections come from many consumer addresses (10.1.1.0 up): the kernel
+        // path reaches them through the consumer host, whose counter eats ARP.
+        let (_, consumer_mac) = link(&consumer, "eth2")?;
+        node.neighbour([10, 1, 0, 10].into(), consumer_mac, "cons-k")?;
+        node.ip(&[
+            "route",
+            "add",
+            "10.1.0.0/16",
+            "via",
+            "10.1.0.10",
+            "dev",
+            "cons-k",
+        ])?;
         let rules = write_temp("nft", NFT)?;
         let loaded = node.exec("nft", &["-f", &rules.to_string_lossy()]);
         let _ = std::fs::remove_file(&rules);

@@ -27,6 +27,22 @@ pub struct PipelineVariant {
     pub share_of_redirect_ceiling: f64,
 }
 
+/// Layer B: new connections per second through one way (SYN → SYN-ACK reflector).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionVariant {
+    pub variant: String,
+    /// SYN-ACKs back at the consumer per second: handshakes carried both ways (median).
+    pub per_second: f64,
+    /// Share of SYNs whose SYN-ACK did not come back (median).
+    pub loss: f64,
+    pub ratio_to_nft: f64,
+    /// SYNs per round, each with a new tuple.
+    pub syns_per_round: u32,
+    /// Each round's connections per second, in order (the forwarder's table fills from
+    /// round to round; nftables' is emptied before each).
+    pub per_round: Vec<f64>,
+}
+
 /// Layer C: one TCP measurement.
 #[derive(Debug, Clone, Serialize)]
 pub struct TcpVariant {
@@ -46,6 +62,7 @@ pub struct Report {
     pub program: Vec<ProgramCase>,
     pub scaling: Vec<ProgramCase>,
     pub pipeline: Vec<PipelineVariant>,
+    pub connections: Vec<ConnectionVariant>,
     pub tcp: Vec<TcpVariant>,
     pub tcp_ratios: Vec<(String, f64)>,
 }
@@ -109,6 +126,28 @@ impl Report {
                 v.share_of_redirect_ceiling * 100.0
             );
         }
+        if let Some(first) = self.connections.first() {
+            let _ = writeln!(
+                out,
+                "  {:<44} {:>9} {:>8} {:>10}",
+                "new connections/s (SYN → SYN-ACK reflector)", "conn/s", "loss", "x nft"
+            );
+            for v in &self.connections {
+                let _ = writeln!(
+                    out,
+                    "    {:<42} {:>9.0} {:>7.1}% {:>10.2}",
+                    v.variant,
+                    v.per_second,
+                    v.loss * 100.0,
+                    v.ratio_to_nft
+                );
+            }
+            let _ = writeln!(
+                out,
+                "    ({} SYNs a round, each a new tuple, left half-open)",
+                first.syns_per_round
+            );
+        }
         let _ = writeln!(out, "\nLayer C — real TCP");
         for v in &self.tcp {
             let _ = writeln!(
@@ -130,7 +169,7 @@ impl Report {
         )
     }
 
-    /// Three panels of horizontal bars: ns per packet, Mpps, TCP.
+    /// Panels of horizontal bars: ns per packet, Mpps, new connections/s, TCP.
     pub fn write_svg(&self, path: &Path) -> std::io::Result<()> {
         let a: Vec<(String, f64)> = self
             .program
@@ -141,6 +180,11 @@ impl Report {
             .pipeline
             .iter()
             .map(|v| (v.variant.clone(), v.mpps))
+            .collect();
+        let connections: Vec<(String, f64)> = self
+            .connections
+            .iter()
+            .map(|v| (v.variant.clone(), v.per_second))
             .collect();
         let tcp = |unit: &str| -> Vec<(String, f64)> {
             self.tcp
@@ -159,6 +203,11 @@ impl Report {
                 "Layer B: Mpps, consumer → node → provider, 64-byte frames (higher is better)",
                 b,
                 "Mpps",
+            ),
+            (
+                "Layer B: new connections/s, SYN → SYN-ACK reflector (higher is better)",
+                connections,
+                "conn/s",
             ),
             (
                 "Layer C: TCP connections per second (higher is better)",

@@ -10,7 +10,11 @@
 //!   (`expire`, the data path's own, empties the table between rounds);
 //! - for packets per second through namespaces: `generate` (live-frames traffic: `FRAME`
 //!   with a new source port per frame over `FLOWS_GENERATED` flows, XDP_TX), `sink` (count, drop)
-//!   and `redirect` (MACs and egress from `REDIRECT`: the ceiling of the pipeline).
+//!   and `redirect` (MACs and egress from `REDIRECT`: the ceiling of the pipeline);
+//! - for new connections per second through namespaces: `generate_syn` (`FRAME`, a SYN,
+//!   with a source address and port never used before in the run), `reflect` (a target
+//!   that answers every SYN with a SYN-ACK) and `count_syn_ack` (counts, on the consumer
+//!   side, the SYN-ACKs that come back as expected).
 #![no_std]
 #![no_main]
 
@@ -47,6 +51,43 @@ static SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Egress of `redirect`: ifindex, then destination and source MAC.
 #[map]
 static REDIRECT: Array<[u32; 4]> = Array::with_max_entries(1, 0);
+
+/// How many SYNs `generate_syn` made so far: the next one's tuple.
+#[map]
+static SYNS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// `reflect`: SYNs answered, other frames dropped.
+#[map]
+static REFLECTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// `count_syn_ack`: SYN-ACKs from `SYN_ACK_FROM` acknowledging a `generate_syn` SYN,
+/// and everything else.
+#[map]
+static SYN_ACKS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// The address and port the SYN-ACKs must come from (the endpoint), each as its bytes
+/// in the packet read in native order.
+#[map]
+static SYN_ACK_FROM: Array<[u32; 2]> = Array::with_max_entries(1, 0);
+
+/// Sequence numbers of the generated SYNs and of the reflector's SYN-ACKs.
+const SYN_SEQ: u32 = 0x5eed_0001;
+const SYN_ACK_SEQ: u32 = 0x7a66_0001;
+
+/// Where the IPv4 checksum and source address, and the TCP flags and sequence numbers
+/// are in frames without IP options.
+const IP_CHECK: usize = 24;
+const SOURCE_ADDRESS: usize = 26;
+const TCP_SEQ: usize = 38;
+const TCP_FLAGS: usize = 47;
+/// The SYN's ports a generated SYN takes before the next source address: every source
+/// port of a round differs, so nftables' masquerade keeps them all (its cheapest case).
+const PORTS_PER_ADDRESS: u32 = 64_512;
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const RST: u8 = 0x04;
+const FIN: u8 = 0x01;
 
 #[xdp]
 pub fn empty(_ctx: XdpContext) -> u32 {
@@ -160,6 +201,169 @@ pub fn generate(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     }
     xdp_action::XDP_TX
+}
+
+/// Gives the frame (restored from `FRAME`) the run's next unused tuple: source port
+/// 1024 + n mod 64512, source address `FRAME`'s + n / 64512, checksums kept right.
+#[inline(always)]
+fn next_tuple(ctx: &XdpContext) -> bool {
+    let start = ctx.data();
+    if start + FRAME_LEN > ctx.data_end() {
+        return false;
+    }
+    let Some(count) = SYNS.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: one generator runs at a time (BPF_PROG_RUN from one thread); header bytes
+    // checked above.
+    unsafe {
+        let n = *count;
+        *count = n.wrapping_add(1);
+        let port = ((1024 + n % PORTS_PER_ADDRESS) as u16).to_be_bytes();
+        let address_at = (start + SOURCE_ADDRESS) as *mut [u8; 4];
+        let address = u32::from_be_bytes(*address_at)
+            .wrapping_add(n / PORTS_PER_ADDRESS)
+            .to_be_bytes();
+        let port_at = (start + SOURCE_PORT) as *mut [u8; 2];
+        let ip_check_at = (start + IP_CHECK) as *mut [u8; 2];
+        let tcp_check_at = (start + TCP_CHECK) as *mut [u8; 2];
+        let moved =
+            Delta::default().dword(u32::from_ne_bytes(*address_at), u32::from_ne_bytes(address));
+        let ip_check = moved.apply(u16::from_ne_bytes(*ip_check_at));
+        let tcp_check = moved
+            .word(u16::from_ne_bytes(*port_at), u16::from_ne_bytes(port))
+            .apply(u16::from_ne_bytes(*tcp_check_at));
+        *address_at = address;
+        *port_at = port;
+        *ip_check_at = ip_check.to_ne_bytes();
+        *tcp_check_at = tcp_check.to_ne_bytes();
+    }
+    true
+}
+
+/// Live-frames SYNs, each opening a connection never seen before in the run.
+#[xdp]
+pub fn generate_syn(ctx: XdpContext) -> u32 {
+    if !restore(&ctx) || !next_tuple(&ctx) {
+        return xdp_action::XDP_ABORTED;
+    }
+    xdp_action::XDP_TX
+}
+
+#[inline(always)]
+fn count_in(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(count) = map.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot.
+        unsafe { *count += 1 };
+    }
+}
+
+/// The TCP/IPv4 segment without IP options at the frame's start: its flags, or None.
+#[inline(always)]
+fn tcp_flags(ctx: &XdpContext) -> Option<u8> {
+    let start = ctx.data();
+    if start + TCP_CHECK + 2 > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: the Ethernet, IPv4 and TCP headers' fixed parts were checked above.
+    unsafe {
+        let ethertype = *((start + 12) as *const [u8; 2]);
+        let version_ihl = *((start + 14) as *const u8);
+        let protocol = *((start + 23) as *const u8);
+        if ethertype != [0x08, 0x00] || version_ihl != 0x45 || protocol != 6 {
+            return None;
+        }
+        Some(*((start + TCP_FLAGS) as *const u8))
+    }
+}
+
+/// A target host that answers every SYN at once: MACs, addresses and ports swapped
+/// (which leaves both checksums as they were), SYN-ACK acknowledging the SYN and its
+/// payload, options echoed, XDP_TX. Other TCP is dropped; the rest (ARP) goes to the
+/// kernel.
+#[xdp]
+pub fn reflect(ctx: XdpContext) -> u32 {
+    let Some(flags) = tcp_flags(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    if flags & (SYN | ACK | RST | FIN) != SYN {
+        count_in(&REFLECTED, 1);
+        return xdp_action::XDP_DROP;
+    }
+    let start = ctx.data();
+    if start + TCP_CHECK + 2 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: all bytes touched lie before TCP_CHECK + 2, checked above.
+    unsafe {
+        let macs = start as *mut [u8; 12];
+        let old = *macs;
+        let mut swapped = [0u8; 12];
+        swapped[..6].copy_from_slice(&old[6..]);
+        swapped[6..].copy_from_slice(&old[..6]);
+        *macs = swapped;
+        let addresses = (start + SOURCE_ADDRESS) as *mut [u8; 8];
+        let old = *addresses;
+        let mut swapped = [0u8; 8];
+        swapped[..4].copy_from_slice(&old[4..]);
+        swapped[4..].copy_from_slice(&old[..4]);
+        *addresses = swapped;
+        let ports = (start + SOURCE_PORT) as *mut [u8; 4];
+        let old = *ports;
+        *ports = [old[2], old[3], old[0], old[1]];
+
+        let total = u16::from_be_bytes(*((start + 16) as *const [u8; 2])) as u32;
+        let header = (*((start + TCP_FLAGS - 1) as *const u8) >> 4) as u32 * 4;
+        let payload = total.wrapping_sub(20).wrapping_sub(header);
+        let numbers = (start + TCP_SEQ) as *mut [u8; 8];
+        let old = *numbers;
+        let seq = u32::from_be_bytes([old[0], old[1], old[2], old[3]]);
+        let mut new = [0u8; 8];
+        new[..4].copy_from_slice(&SYN_ACK_SEQ.to_be_bytes());
+        new[4..].copy_from_slice(&seq.wrapping_add(1).wrapping_add(payload).to_be_bytes());
+        let flags_at = (start + TCP_FLAGS - 1) as *mut [u8; 2];
+        let old_flags = *flags_at;
+        let new_flags = [old_flags[0], SYN | ACK];
+        let word = |bytes: &[u8; 8], at: usize| {
+            u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let check_at = (start + TCP_CHECK) as *mut [u8; 2];
+        let check = Delta::default()
+            .dword(word(&old, 0), word(&new, 0))
+            .dword(word(&old, 4), word(&new, 4))
+            .word(u16::from_ne_bytes(old_flags), u16::from_ne_bytes(new_flags))
+            .apply(u16::from_ne_bytes(*check_at));
+        *numbers = new;
+        *flags_at = new_flags;
+        *check_at = check.to_ne_bytes();
+    }
+    count_in(&REFLECTED, 0);
+    xdp_action::XDP_TX
+}
+
+/// Counts, and drops, what comes back to the consumer: a SYN-ACK from `SYN_ACK_FROM`
+/// with the reflector's sequence number, acknowledging a generated SYN (slot 0), or
+/// anything else (slot 1).
+#[xdp]
+pub fn count_syn_ack(ctx: XdpContext) -> u32 {
+    let expected = tcp_flags(&ctx) == Some(SYN | ACK) && {
+        let start = ctx.data();
+        match SYN_ACK_FROM.get(0) {
+            // SAFETY: the headers' fixed parts lie within the frame (checked again here
+            // for the verifier); read as they are in the packet.
+            Some(&[address, port]) if start + TCP_CHECK <= ctx.data_end() => unsafe {
+                let read = |at: usize| ((start + at) as *const u32).read_unaligned();
+                read(SOURCE_ADDRESS) == address
+                    && ((start + SOURCE_PORT) as *const u16).read_unaligned() as u32 == port
+                    && read(TCP_SEQ) == u32::from_ne_bytes(SYN_ACK_SEQ.to_be_bytes())
+                    && read(TCP_SEQ + 4)
+                        == u32::from_ne_bytes(SYN_SEQ.wrapping_add(1).to_be_bytes())
+            },
+            _ => false,
+        }
+    };
+    count_in(&SYN_ACKS, if expected { 0 } else { 1 });
+    xdp_action::XDP_DROP
 }
 
 #[xdp]
