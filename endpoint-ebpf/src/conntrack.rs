@@ -345,7 +345,9 @@ pub fn expire_alone(key: &FlowKey, limit_s: u32, now: u64) -> bool {
     true
 }
 
-/// Queues a connection that just closed, to be removed once it has lingered (once).
+/// Queues a connection that just closed, to be removed once it has lingered (once). It
+/// no longer counts against its endpoint's limits: a consumer's closed connections
+/// do not hold its room while they linger.
 #[inline(always)]
 pub fn closed(key: &FlowKey, entry: &Entry) {
     if entry.set(tcp::CLOSE_QUEUED) & tcp::CLOSE_QUEUED == 0 {
@@ -356,5 +358,6 @@ pub fn closed(key: &FlowKey, entry: &Entry) {
         };
         // Full: the agent's scan removes it after its idle timeout instead.
         let _ = CLOSINGS.push(&pending, 0);
+        limits::release(entry.ptr());
     }
 }
