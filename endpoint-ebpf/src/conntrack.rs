@@ -180,7 +180,8 @@ impl Entry {
 /// `reply`, `reply_key` without its port): claims a NAT port free towards the target —
 /// the reply entry is inserted only if absent, which makes the choice race-free across
 /// CPUs — then inserts the forward entry and queues the handshake. The connection was
-/// counted by `limits::reserve`; if it cannot be opened, that is undone.
+/// counted by `limits::reserve`; if it cannot be opened, that is undone. Returns the
+/// forward entry as inserted (the scratch's copy, to translate the SYN with).
 // Its own BPF function: its stack frame is not added to its siblings'.
 #[inline(never)]
 pub fn open(key: &FlowKey, settings: &Settings) -> Result<Entry, Outcome> {
@@ -232,7 +233,8 @@ pub fn open(key: &FlowKey, settings: &Settings) -> Result<Entry, Outcome> {
                     }
                     return Err(Outcome::drop_for(counter::DROP_HALF_OPEN_LIMIT, slot));
                 }
-                return lookup(key).ok_or(Outcome::drop_for(counter::DROP_NO_FLOW, slot));
+                // What was inserted is in the scratch: no need to look it up again.
+                return Ok(Entry(&raw mut *forward));
             }
             // E2BIG: no room; EEXIST: the port is taken, try the next.
             Err(-7) => {
