@@ -144,24 +144,42 @@ pub fn veth(ns_a: &Namespace, a: &str, ns_b: &Namespace, b: &str) -> Result<()> 
     Ok(())
 }
 
-/// Removes namespaces left behind by runs that were killed before they could clean up
-/// (their process no longer exists).
+/// Removes what runs killed before they could clean up left behind (their process no
+/// longer exists): namespaces, and the agent instances named after them — pinned maps
+/// and links under /sys/fs/bpf/endpoint-agent, state and lock under /run/endpoint-agent.
 pub fn sweep() {
-    let Ok(list) = run("ip", &["netns", "list"]) else {
-        return;
-    };
-    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = run("ip", &["netns", "del", name]);
+    if let Ok(list) = run("ip", &["netns", "list"]) {
+        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if stale(name) {
+                let _ = run("ip", &["netns", "del", name]);
+            }
         }
     }
+    for dir in ["/sys/fs/bpf/endpoint-agent", "/run/endpoint-agent"] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !entry.file_name().to_str().is_some_and(stale) {
+                continue;
+            }
+            // Unpinning a link detaches its program; the namespace is gone anyway.
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
+}
+
+/// Whether `name` is the testbed's (`epx-<pid>-…`) and its process is gone.
+fn stale(name: &str) -> bool {
+    name.strip_prefix(PREFIX)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
 pub(crate) fn run(program: &str, args: &[&str]) -> Result<String> {

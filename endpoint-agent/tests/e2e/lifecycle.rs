@@ -133,16 +133,25 @@ fn namespaces_are_removed_even_when_a_test_fails() {
         assert!(!left.contains(name), "{name} survived a failing test");
     }
 
-    // What a killed run left behind (its process is gone) is swept at the next start.
+    // What a killed run left behind (its process is gone) is swept at the next start:
+    // its namespace and its agent instance's state and lock.
     let stale = "epx-999999999-0-stale";
     std::process::Command::new("ip")
         .args(["netns", "add", stale])
         .status()
         .unwrap();
+    let state = Path::new("/run/endpoint-agent").join(stale);
+    let lock = Path::new("/run/endpoint-agent").join(format!("{stale}.lock"));
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(&lock, "999999999").unwrap();
     let _fresh = Namespace::new("fresh").unwrap();
     assert!(
         !testbed_namespaces().contains(&stale.to_string()),
         "a stale namespace was not swept"
+    );
+    assert!(
+        !state.exists() && !lock.exists(),
+        "a stale instance was not swept"
     );
 }
 
@@ -491,6 +500,8 @@ fn an_agent_refuses_pinned_maps_of_another_layout() {
     } = bed;
     agent.kill().unwrap();
     let instance = topology.node.name().to_string();
+    // The killed agent's data path is removed whatever this test finds.
+    let _cleanup = Cleanup(&topology.node, &instance);
     let state = Path::new("/run/endpoint-agent").join(&instance);
     let pins = Path::new("/sys/fs/bpf/endpoint-agent").join(&instance);
     let start = || {
@@ -528,7 +539,20 @@ fn an_agent_refuses_pinned_maps_of_another_layout() {
         .output()
         .unwrap();
     assert!(cleanup.status.success(), "{cleanup:?}");
-    drop((servers, topology));
+    drop(servers);
+}
+
+/// Runs `cleanup` for an instance on drop (after a panic too).
+struct Cleanup<'a>(&'a Namespace, &'a str);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .command(AGENT)
+            .args(["--instance", self.1, "cleanup"])
+            .output();
+    }
 }
 
 /// Creates a BPF array map and pins it at `path`.
