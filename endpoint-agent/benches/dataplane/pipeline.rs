@@ -110,23 +110,7 @@ pub fn run(report: &mut Report, object: &mut Ebpf, smoke: bool) -> Result<()> {
             Array::<_, [u8; 64]>::try_from(object.map_mut("FRAME").context("FRAME")?)?
                 .set(0, pristine, 0)?;
             let before = sunk(object)?;
-            let generate: &Xdp = object.program("generate").context("generate")?.try_into()?;
-            let elapsed = bed.consumer.enter(|| -> Result<f64> {
-                pin_to_cpu(0);
-                let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
-                    .iter()
-                    .flat_map(|w| w.to_ne_bytes())
-                    .collect();
-                let start = Instant::now();
-                generate.test_run(TestRunOptions {
-                    data_in: Some(&frame),
-                    ctx_in: Some(&ctx),
-                    repeat: frames,
-                    attrs: TestRunAttrs::new().xdp_live_frames(64),
-                    ..TestRunOptions::default()
-                })?;
-                Ok(start.elapsed().as_secs_f64())
-            })??;
+            let elapsed = inject(&bed, object, "generate", &frame, ifindex, frames)?;
             bed::settle();
             let delivered = (sunk(object)? - before) as f64;
             samples[i].0.push(delivered / elapsed / 1e6);
@@ -357,26 +341,7 @@ fn measure(object: &mut Ebpf, bed: &Bed, opening: &Opening, syns: u32) -> Result
         None
     };
     let before = read(object)?;
-    let generate: &Xdp = object
-        .program("generate_syn")
-        .context("generate_syn")?
-        .try_into()?;
-    let elapsed = bed.consumer.enter(|| -> Result<f64> {
-        pin_to_cpu(0);
-        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
-            .iter()
-            .flat_map(|w| w.to_ne_bytes())
-            .collect();
-        let start = Instant::now();
-        generate.test_run(TestRunOptions {
-            data_in: Some(&frame),
-            ctx_in: Some(&ctx),
-            repeat: syns,
-            attrs: TestRunAttrs::new().xdp_live_frames(64),
-            ..TestRunOptions::default()
-        })?;
-        Ok(start.elapsed().as_secs_f64())
-    })??;
+    let elapsed = inject(bed, object, "generate_syn", &frame, ifindex, syns)?;
     bed::settle();
     let after = read(object)?;
     let [generated, reflected, reflected_other, syn_acks, other] =
@@ -538,4 +503,33 @@ fn pin_to_cpu(cpu: usize) {
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
     }
+}
+
+/// Injects `count` live frames made by the generator `program` from `frame` on the
+/// consumer's interface `ifindex`, pinned to CPU 0; returns the seconds it took.
+fn inject(
+    bed: &Bed,
+    object: &Ebpf,
+    program: &str,
+    frame: &[u8],
+    ifindex: u32,
+    count: u32,
+) -> Result<f64> {
+    let generate: &Xdp = object.program(program).context("generator")?.try_into()?;
+    bed.consumer.enter(|| -> Result<f64> {
+        pin_to_cpu(0);
+        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        let start = Instant::now();
+        generate.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: count,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::default()
+        })?;
+        Ok(start.elapsed().as_secs_f64())
+    })?
 }
