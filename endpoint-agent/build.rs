@@ -9,6 +9,8 @@ fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
     let ebpf_dir = Path::new(&manifest_dir).join("../endpoint-ebpf");
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;
+    // aya-build watches the eBPF crate; the program is built from the common one too.
+    println!("cargo:rerun-if-changed={manifest_dir}/../endpoint-common/src");
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "endpoint-ebpf",

@@ -12,7 +12,7 @@ use aya::{
 use endpoint_common::counter::{self, Count};
 use endpoint_common::maps::{
     Address, AddressKey, EndpointKey, EndpointRef, Interface, Limits, MAX_IFINDEX, PROTO_TCP,
-    SecurityGroup, Settings, SourcePrefix, Target, Usage, name, ports_index,
+    PROTO_UDP, SecurityGroup, Settings, SourcePrefix, Target, Usage, name, ports_index,
 };
 
 use crate::{
@@ -154,10 +154,11 @@ pub fn read(maps: &Maps, ids: &Ids) -> Result<Contents> {
     }
     let ports = maps.mmap(name::PORTS)?;
     for &network in ids.networks.values() {
-        let index = ports_index(network, PROTO_TCP);
-        for port in 0..=u16::MAX {
-            if ports.bit(index, port as usize)? {
-                contents.ports.insert((index, port));
+        for index in [PROTO_TCP, PROTO_UDP].map(|proto| ports_index(network, proto)) {
+            for port in 0..=u16::MAX {
+                if ports.bit(index, port as usize)? {
+                    contents.ports.insert((index, port));
+                }
             }
         }
     }

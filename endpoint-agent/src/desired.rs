@@ -8,14 +8,16 @@ use endpoint_common::{
     maglev,
     maps::{
         self, Addr, Address, AddressKey, EndpointKey, EndpointRef, FAMILY_IPV4, Interface, Limits,
-        NatAddress, PROTO_TCP, Policy, SecurityGroup, Settings, SourcePrefix, Target, address_kind,
-        bounce, nat_scope, policy_flag, ports_index, role,
+        NatAddress, Policy, SecurityGroup, Settings, SourcePrefix, Target, address_kind, bounce,
+        nat_scope, policy_flag, ports_index, role,
     },
 };
 
 use crate::{
     acceptance,
-    config::{self, Config, CrossZone, HALF_OPEN_PER_ENDPOINT, Listener, LoadBalancer, Revoke},
+    config::{
+        self, Config, CrossZone, HALF_OPEN_PER_ENDPOINT, Listener, LoadBalancer, Revoke, Service,
+    },
     facts::Facts,
     ids::{self, Ids},
     keys::{ListenerKey, TargetKey},
@@ -127,6 +129,7 @@ pub fn build(
         nat_count: nat.len() as u32,
         half_open_per_network: node.limits.half_open_per_network,
         resets_per_second: node.limits.resets_per_second,
+        icmp_per_second: node.limits.icmp_per_second,
         handshake_s: node.timeouts.handshake_seconds,
         closed_s: node.timeouts.closed_seconds,
         time_wait_s: node.timeouts.time_wait_seconds,
@@ -164,12 +167,13 @@ pub fn build(
             state.rings.entry(ring).or_insert_with(|| {
                 ring_slots(listener.listener, lb, &endpoint.zone, &listener.key, &rings)
             });
+            let proto = listener.listener.protocol.number();
             state.endpoints.insert(
                 EndpointKey {
                     network,
                     addr,
                     port_be: listener.listener.port.to_be(),
-                    proto: PROTO_TCP,
+                    proto,
                     family: FAMILY_IPV4,
                 },
                 EndpointRef {
@@ -180,7 +184,7 @@ pub fn build(
             );
             state
                 .ports
-                .insert((ports_index(network, PROTO_TCP), listener.listener.port));
+                .insert((ports_index(network, proto), listener.listener.port));
         }
         let mut groups = BTreeMap::new();
         for rule in endpoint.security_groups.iter().flatten() {
@@ -219,13 +223,9 @@ pub fn build(
         };
         state.policies.insert(slot, policy.word());
         state.security_groups.extend(groups);
-        state.limits.insert(
-            slot,
-            limits(
-                endpoint.limits.or(service.limits),
-                service.idle_timeout_seconds,
-            ),
-        );
+        state
+            .limits
+            .insert(slot, limits(endpoint.limits.or(service.limits), service));
         // The node answers ARP for the endpoint IP only while the endpoint can carry
         // traffic: a request that was never accepted cannot claim an address (ARP for it
         // is only counted, for `pending_traffic`).
@@ -261,8 +261,8 @@ fn revision(groups: &BTreeMap<PrefixKey, SecurityGroup>) -> u32 {
     hash & 0xff_ffff
 }
 
-/// An endpoint's limits in the map's terms.
-fn limits(limits: config::Limits, idle_timeout_s: u32) -> Limits {
+/// An endpoint's limits in the map's terms, with its service's timeouts and MSS.
+fn limits(limits: config::Limits, service: &Service) -> Limits {
     let rate = limits.new_connections_per_second.unwrap_or(0);
     let interval_ns = if rate == 0 {
         0
@@ -272,12 +272,14 @@ fn limits(limits: config::Limits, idle_timeout_s: u32) -> Limits {
     // Bursts of `burst` back to back: the pace may run that many intervals ahead.
     let burst = limits.burst.unwrap_or((rate / 10).max(1));
     Limits {
-        idle_timeout_s,
+        idle_timeout_s: service.idle_timeout_seconds,
+        udp_idle_timeout_s: service.udp_idle_timeout_seconds,
         connections: limits.connections.unwrap_or(0),
         half_open: limits.half_open.unwrap_or(HALF_OPEN_PER_ENDPOINT),
-        _pad: 0,
         interval_ns,
         burst_ns: interval_ns * u64::from(burst.saturating_sub(1)),
+        mss: service.mss.unwrap_or(0),
+        _pad: [0; 6],
     }
 }
 
@@ -464,6 +466,7 @@ endpoints:
             service: "s".into(),
             load_balancer: "a1".into(),
             port: 80,
+            protocol: config::Protocol::Tcp,
         };
         let unhealthy = unhealthy
             .iter()
@@ -509,5 +512,70 @@ endpoints:
             e1_targets("on_failure", &["10", "11", "20"]),
             set(&["10", "11", "20"])
         );
+    }
+
+    /// TCP and UDP on port 53: two endpoint keys (protocol 6 and 17) with rings of their
+    /// own, and the port open in the network's TCP and UDP bitmaps.
+    #[test]
+    fn a_udp_listener_has_a_udp_key_and_the_udp_ports_bitmap() {
+        use endpoint_common::maps::{PROTO_TCP, PROTO_UDP};
+
+        let text = "
+node:
+  interfaces:
+    - { name: cons, role: consumer, consumer_network: vpc }
+    - { name: prov, role: provider, nat_addresses: [172.16.0.100] }
+  limits: { icmp_per_second: 50 }
+services:
+  - name: dns
+    acceptance_required: false
+    allowed_principals: [p]
+    udp_idle_timeout_seconds: 60
+    mss: 1400
+    load_balancers:
+      - name: lb
+        zone: z
+        health_check: { port: 8053 }
+        listeners:
+          - { port: 53, targets: [{ ip: 172.16.0.10, port: 53 }] }
+          - { port: 53, protocol: udp, targets: [{ ip: 172.16.0.10, port: 53 }] }
+endpoints:
+  - { id: e1, service: dns, principal: p, consumer_network: vpc, ip: 10.0.0.1, zone: z }
+";
+        let config = validate::load("t", text, &Facts::default())
+            .expect("valid")
+            .config;
+        let ids = Ids::default().assign(&config);
+        let state = build(&config, &ids, &facts(), 7, &BTreeSet::new()).contents;
+        let network = ids.networks["vpc"];
+        let key = |proto| EndpointKey {
+            network,
+            addr: Addr::ipv4([10, 0, 0, 1]),
+            port_be: 53u16.to_be(),
+            proto,
+            family: FAMILY_IPV4,
+        };
+        let tcp = state.endpoints[&key(PROTO_TCP)];
+        let udp = state.endpoints[&key(PROTO_UDP)];
+        assert_eq!(PROTO_UDP, 17);
+        assert_eq!((tcp.listener, udp.listener), (0, 1));
+        assert_ne!(tcp.ring, udp.ring, "a ring per listener");
+        assert_ne!(
+            ports_index(network, PROTO_UDP),
+            ports_index(network, PROTO_TCP)
+        );
+        assert_eq!(
+            state.ports,
+            BTreeSet::from([
+                (ports_index(network, PROTO_TCP), 53),
+                (ports_index(network, PROTO_UDP), 53),
+            ])
+        );
+        let limits = state.limits[&ids.endpoints["e1"]];
+        assert_eq!(
+            (limits.idle_timeout_s, limits.udp_idle_timeout_s, limits.mss),
+            (350, 60, 1400)
+        );
+        assert_eq!(state.settings.icmp_per_second, 50);
     }
 }

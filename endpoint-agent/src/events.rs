@@ -46,6 +46,7 @@ struct TargetLine<'a> {
     service: &'a str,
     load_balancer: &'a str,
     port: u16,
+    protocol: &'a str,
     target: String,
 }
 
@@ -104,6 +105,7 @@ impl Events {
             service: &transition.target.listener.service,
             load_balancer: &transition.target.listener.load_balancer,
             port: transition.target.listener.port,
+            protocol: transition.target.listener.protocol.name(),
             target: format!("{}:{}", transition.target.ip, transition.target.port),
         });
     }

@@ -12,7 +12,7 @@ use aya::{
     maps::MapData,
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use endpoint_common::maps::{Flow, FlowKey, PROVIDER_NETWORK, Policy, name, tcp};
+use endpoint_common::maps::{Flow, FlowKey, PROTO_UDP, PROVIDER_NETWORK, Policy, name, tcp};
 
 use crate::{desired::Contents, maps::Maps};
 
@@ -91,10 +91,14 @@ impl Expiry {
 fn idle(key: &FlowKey, flow: &Flow, contents: &Contents, now: u32) -> bool {
     let idle_for = u64::from(now).wrapping_sub(flow.last_seen_s);
     let time_wait = contents.settings.time_wait_s;
-    let timeout = contents
-        .limits
-        .get(&flow.slot)
-        .map_or(time_wait, |l| l.idle_timeout_s);
+    // Both directions' keys carry the protocol: a UDP flow has its own idle limit.
+    let timeout = contents.limits.get(&flow.slot).map_or(time_wait, |l| {
+        if key.proto() == PROTO_UDP {
+            l.udp_idle_timeout_s
+        } else {
+            l.idle_timeout_s
+        }
+    });
     if key.network() == PROVIDER_NETWORK {
         // A NAT port reservation, or a reply entry whose connection may be missing.
         let limit = if flow.tcp & tcp::RESERVED != 0 {
@@ -219,4 +223,49 @@ pub fn read_batch<K: Pod, V: Pod>(
 /// Every entry of a hash map.
 pub fn read_all<K: Pod, V: Pod>(map: &MapData) -> Result<Vec<(K, V)>> {
     Ok(read_batch(map, None, usize::MAX)?.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use endpoint_common::maps::{Limits, PROTO_TCP};
+
+    use super::*;
+
+    /// A UDP flow may run out after its endpoint's UDP idle timeout, a TCP connection
+    /// only after the TCP one, in both directions.
+    #[test]
+    fn udp_flows_use_the_udp_idle_timeout() {
+        let mut contents = Contents::default();
+        let limits = Limits {
+            idle_timeout_s: 350,
+            udp_idle_timeout_s: 120,
+            ..Limits::default()
+        };
+        let policy = Policy {
+            uid: 9,
+            ..Policy::default()
+        }
+        .word();
+        contents.limits.insert(1, limits);
+        contents.policies.insert(1, policy);
+        let flow = Flow {
+            slot: 1,
+            policy,
+            last_seen_s: 1000,
+            ..Flow::default()
+        };
+        for network in [1, PROVIDER_NETWORK] {
+            let idle_at = |proto, now| {
+                let key = FlowKey {
+                    scope: FlowKey::scope(network, proto),
+                    ..FlowKey::default()
+                };
+                idle(&key, &flow, &contents, now)
+            };
+            assert!(!idle_at(PROTO_UDP, 1120));
+            assert!(idle_at(PROTO_UDP, 1121));
+            assert!(!idle_at(PROTO_TCP, 1121));
+            assert!(idle_at(PROTO_TCP, 1351));
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! Health checks: the agent checks every target as its load balancer says (a TCP
-//! connection, or an HTTP GET and an expected status) and keeps count of consecutive
-//! results. A healthy target that fails `unhealthy_threshold` times in a row leaves the
+//! connection, or an HTTP GET and an expected status; UDP listeners' targets too, on the
+//! check's `port`) and keeps count of consecutive results. A healthy target that fails `unhealthy_threshold` times in a row leaves the
 //! rings for new flows (its established flows stay); one that then passes
 //! `healthy_threshold` times comes back. Targets start healthy.
 
@@ -170,6 +170,7 @@ pub async fn probe(addr: SocketAddrV4, spec: &HealthCheck) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Protocol;
 
     fn t() -> TargetKey {
         TargetKey {
@@ -177,6 +178,7 @@ mod tests {
                 service: "s".into(),
                 load_balancer: "lb".into(),
                 port: 80,
+                protocol: Protocol::Tcp,
             },
             ip: "127.0.0.1".parse().unwrap(),
             port: 1,
@@ -222,6 +224,41 @@ mod tests {
         let up = c.record(&t(), true).expect("second pass in a row");
         assert!(up.healthy);
         assert!(c.unhealthy().is_empty());
+    }
+
+    /// A UDP listener's targets are checked over TCP on the check's port; a TCP listener
+    /// on the same port and targets is checked apart.
+    #[test]
+    fn udp_listeners_are_checked_on_the_health_check_port() {
+        let config = crate::config::parse(
+            "t",
+            "
+node: { interfaces: [] }
+services:
+  - name: s
+    load_balancers:
+      - name: lb
+        zone: z
+        health_check: { protocol: tcp, port: 8080 }
+        listeners:
+          - { port: 53, protocol: udp, targets: [{ ip: 172.16.0.10, port: 5353 }] }
+          - { port: 53, targets: [{ ip: 172.16.0.10, port: 5353 }] }
+",
+        )
+        .unwrap();
+        let mut checks = Checks::default();
+        checks.sync(&config);
+        let checked: Vec<(Protocol, SocketAddrV4)> = checks
+            .targets
+            .iter()
+            .map(|(key, check)| (key.listener.protocol, check.addr))
+            .collect();
+        let addr = "172.16.0.10:8080".parse().unwrap();
+        assert_eq!(
+            checked,
+            [(Protocol::Tcp, addr), (Protocol::Udp, addr)],
+            "one check per listener, both on the check's port"
+        );
     }
 
     #[test]

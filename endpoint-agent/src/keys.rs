@@ -6,14 +6,18 @@ use std::{fmt, net::Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Listener, LoadBalancer, Service, Target};
+use crate::config::{Listener, LoadBalancer, Protocol, Service, Target};
 
-/// A listener: a port of a load balancer of a service.
+/// A listener: a port and protocol of a load balancer of a service (a port may have a
+/// TCP and a UDP listener).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ListenerKey {
     pub service: String,
     pub load_balancer: String,
     pub port: u16,
+    /// Absent in ids kept by agents from before UDP listeners: those were all TCP.
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 impl ListenerKey {
@@ -22,6 +26,7 @@ impl ListenerKey {
             service: service.name.clone(),
             load_balancer: load_balancer.name.clone(),
             port: listener.port,
+            protocol: listener.protocol,
         }
     }
 
@@ -62,8 +67,8 @@ impl fmt::Display for ListenerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "service {:?} load balancer {:?} port {}",
-            self.service, self.load_balancer, self.port
+            "service {:?} load balancer {:?} port {}/{}",
+            self.service, self.load_balancer, self.port, self.protocol
         )
     }
 }

@@ -16,7 +16,7 @@ use aya::{
 };
 use endpoint_common::{
     counter,
-    maps::{LAYOUT, MAPS, MAX_NAT_ADDRESSES, name},
+    maps::{LAYOUT, MAPS, MAX_NAT_ADDRESSES, PROTO_UDP, name, ports_index},
 };
 use serde::{Deserialize, Serialize};
 
@@ -78,7 +78,8 @@ pub fn map_sizes(config: &Config) -> Vec<(&'static str, u32)> {
             name::ADDRESSES,
             2 * (t.endpoints + MAX_NAT_ADDRESSES as u32),
         ),
-        (name::PORTS, 2 * t.networks + 1),
+        // Network ids go up to twice the networks; each has a TCP and a UDP bitmap.
+        (name::PORTS, ports_index(2 * t.networks, PROTO_UDP) + 1),
         (name::NETWORK_USAGE, 2 * t.networks + 1),
         // Index 0 is never used (see `ids`).
         (name::TARGETS, 2 * t.targets + 1),

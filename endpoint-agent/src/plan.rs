@@ -17,10 +17,13 @@ use std::{
 
 use endpoint_common::maps::{
     self, Address, AddressKey, EndpointKey, EndpointRef, Interface, Limits, Policy, SecurityGroup,
-    Settings, SourcePrefix, Target,
+    Settings, SourcePrefix, Target, ports_index,
 };
 
-use crate::desired::{Contents, PrefixKey};
+use crate::{
+    config::Protocol,
+    desired::{Contents, PrefixKey},
+};
 
 /// One entry of one map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +304,17 @@ impl Names {
     fn of(map: &BTreeMap<u32, String>, id: u32) -> String {
         map.get(&id).cloned().unwrap_or_else(|| format!("#{id}"))
     }
+
+    /// The consumer network and protocol whose port bitmap is `PORTS` row `index`.
+    fn port_row(&self, index: u32) -> (String, &'static str) {
+        self.networks
+            .iter()
+            .flat_map(|(&id, name)| Protocol::ALL.map(|protocol| (id, name, protocol)))
+            .find(|&(id, _, protocol)| ports_index(id, protocol.number()) == index)
+            .map_or((format!("#{index}"), "?"), |(_, name, protocol)| {
+                (name.clone(), protocol.name())
+            })
+    }
 }
 
 /// `+` adds, `~` changes, `-` removes.
@@ -351,20 +365,21 @@ impl fmt::Display for Shown<'_> {
                     let (key, value, _, _) = parts(op);
                     let _ = write!(
                         line,
-                        "endpoint {} listens at {} {}:{} (ring {})",
+                        "endpoint {} listens at {} {}:{}/{} (ring {})",
                         Names::of(&n.endpoints, value.slot),
                         Names::of(&n.networks, key.network),
                         ipv4(key.addr),
                         u16::from_be(key.port_be),
+                        Protocol::of(key.proto).map_or("?", Protocol::name),
                         Names::of(&n.rings, value.ring)
                     );
                 }
                 Change::Port { index, port, open } => {
+                    let (network, protocol) = n.port_row(*index);
                     let _ = write!(
                         line,
-                        "port {port} {} in consumer network {}",
+                        "port {port}/{protocol} {} in consumer network {network}",
                         if *open { "opens" } else { "closes" },
-                        Names::of(&n.networks, *index)
                     );
                 }
                 Change::Policy(op) => {
@@ -398,12 +413,17 @@ impl fmt::Display for Shown<'_> {
                     let (slot, value, _, _) = parts(op);
                     let _ = write!(
                         line,
-                        "limits of endpoint {}: idle {} s, connections {}, new per second {}",
+                        "limits of endpoint {}: idle {} s (UDP {} s), connections {}, new per \
+                         second {}",
                         Names::of(&n.endpoints, *slot),
                         value.idle_timeout_s,
+                        value.udp_idle_timeout_s,
                         value.connections,
                         1_000_000_000u64.checked_div(value.interval_ns).unwrap_or(0)
                     );
+                    if value.mss != 0 {
+                        let _ = write!(line, ", mss {}", value.mss);
+                    }
                 }
                 Change::Target(op) => {
                     let (index, value, _, _) = parts(op);
@@ -465,13 +485,19 @@ impl fmt::Display for Shown<'_> {
                     if old.ring_size != new.ring_size {
                         let _ = write!(line, " ring_size {} -> {}", old.ring_size, new.ring_size);
                     }
-                    if (old.half_open_per_network, old.resets_per_second)
-                        != (new.half_open_per_network, new.resets_per_second)
-                    {
+                    let limits = |s: &Settings| {
+                        (
+                            s.half_open_per_network,
+                            s.resets_per_second,
+                            s.icmp_per_second,
+                        )
+                    };
+                    if limits(old) != limits(new) {
                         let _ = write!(
                             line,
-                            " limits: {} half-open per network, {} resets per second",
-                            new.half_open_per_network, new.resets_per_second
+                            " limits: {} half-open per network, {} resets and {} ICMP messages \
+                             per second",
+                            new.half_open_per_network, new.resets_per_second, new.icmp_per_second
                         );
                     }
                 }
@@ -601,6 +627,7 @@ mod tests {
             "    - {{ name: prov, role: provider, nat_addresses: {nat} }}"
         );
         let _ = writeln!(y, "  hash_seed: {}", r.below(3));
+        let _ = writeln!(y, "  limits: {{ icmp_per_second: {} }}", 1000 * r.below(2));
         let _ = writeln!(
             y,
             "  nat_ports: {{ first: {}, last: 65535 }}",
@@ -613,22 +640,36 @@ mod tests {
                 continue;
             }
             let name = format!("s{s}");
-            // Port 80 always (the security groups below name it), others at random.
-            let mut ports = vec![80];
-            ports.extend([443, 8080].into_iter().filter(|_| r.chance(50)));
+            // Port 80 always (the security groups below name it), others at random, and
+            // UDP on 80 too at times (its targets are then checked on a TCP port).
+            let mut ports = vec![(80, "tcp")];
+            ports.extend(
+                [(443, "tcp"), (8080, "tcp"), (80, "udp")]
+                    .into_iter()
+                    .filter(|_| r.chance(50)),
+            );
+            let check = if ports.contains(&(80, "udp")) {
+                "        health_check: { port: 9000 }\n"
+            } else {
+                ""
+            };
             let on_revoke = if r.chance(50) { "drain" } else { "reset" };
             let _ = writeln!(
                 y,
-                "  - name: {name}\n    acceptance_required: {}\n    allowed_principals: [p1, p2]\n    on_revoke: {on_revoke}\n    load_balancers:",
-                r.chance(50)
+                "  - name: {name}\n    acceptance_required: {}\n    allowed_principals: [p1, p2]\n    on_revoke: {on_revoke}\n    udp_idle_timeout_seconds: {}\n    load_balancers:",
+                r.chance(50),
+                60 + 60 * r.below(2)
             );
             for lb in 1..=1 + r.below(2) {
                 let _ = writeln!(
                     y,
-                    "      - name: lb{lb}\n        zone: z{lb}\n        listeners:"
+                    "      - name: lb{lb}\n        zone: z{lb}\n{check}        listeners:"
                 );
-                for port in &ports {
-                    let _ = writeln!(y, "          - port: {port}\n            targets:");
+                for (port, protocol) in &ports {
+                    let _ = writeln!(
+                        y,
+                        "          - port: {port}\n            protocol: {protocol}\n            targets:"
+                    );
                     for t in 10..14 {
                         if r.chance(50) {
                             let _ = writeln!(
@@ -724,9 +765,10 @@ mod tests {
                 "{step}: endpoint {key:?} has no policy or limits"
             );
             assert!(
-                state
-                    .ports
-                    .contains(&(key.network, u16::from_be(key.port_be))),
+                state.ports.contains(&(
+                    ports_index(key.network, key.proto),
+                    u16::from_be(key.port_be)
+                )),
                 "{step}: endpoint {key:?}'s port is closed"
             );
         }

@@ -15,13 +15,14 @@ use serde::Serialize;
 
 use crate::{
     acceptance,
-    config::{self, Config},
+    config::{self, Config, Protocol},
     expiry,
     facts::Facts,
     ids::Ids,
     instance::{Instance, Record},
     loader::Modes,
     maps::Maps,
+    placement,
     stats::Counters,
 };
 
@@ -85,6 +86,8 @@ pub struct EndpointStatus {
     pub consumer_network: String,
     pub ip: String,
     pub state: String,
+    /// The listeners of the load balancer it is placed on.
+    pub listeners: Vec<ListenerStatus>,
     pub limits: LimitsStatus,
     /// Open connections, and those in their handshake.
     pub connections: u64,
@@ -94,8 +97,19 @@ pub struct EndpointStatus {
 }
 
 #[derive(Debug, Serialize)]
+pub struct ListenerStatus {
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Serialize)]
 pub struct LimitsStatus {
+    /// TCP connections idle this long are removed ...
     pub idle_timeout_seconds: u32,
+    /// ... and UDP flows this long.
+    pub udp_idle_timeout_seconds: u32,
+    /// The largest TCP MSS its connections may announce (0: what the MTUs allow).
+    pub mss: u16,
     /// 0: none.
     pub connections: u32,
     pub new_connections_per_second: u64,
@@ -135,6 +149,10 @@ pub fn read(instance: &Instance) -> Result<Status> {
             .collect()
     };
     let states = acceptance::effective_states(&config);
+    let placed: BTreeMap<&str, &config::LoadBalancer> = placement::place(&config)
+        .iter()
+        .map(|p| (p.endpoint.id.as_str(), p.load_balancer))
+        .collect();
     Ok(Status {
         instance: instance.name.clone(),
         generation: record.generation,
@@ -192,8 +210,19 @@ pub fn read(instance: &Instance) -> Result<Status> {
                     consumer_network: e.consumer_network.clone(),
                     ip: e.ip.to_string(),
                     state: states.get(e.id.as_str()).map_or("?", |s| s.name()).into(),
+                    listeners: placed
+                        .get(e.id.as_str())
+                        .iter()
+                        .flat_map(|lb| &lb.listeners)
+                        .map(|l| ListenerStatus {
+                            port: l.port,
+                            protocol: l.protocol,
+                        })
+                        .collect(),
                     limits: LimitsStatus {
                         idle_timeout_seconds: limit.idle_timeout_s,
+                        udp_idle_timeout_seconds: limit.udp_idle_timeout_s,
+                        mss: limit.mss,
                         connections: limit.connections,
                         new_connections_per_second: 1_000_000_000_u64
                             .checked_div(limit.interval_ns)
@@ -298,6 +327,24 @@ pub fn show(instance: &Instance) -> Result<String> {
             dropped,
         );
         let l = &e.limits;
+        let listeners: Vec<String> = e
+            .listeners
+            .iter()
+            .map(|l| format!("{}/{}", l.port, l.protocol))
+            .collect();
+        let mss = if l.mss != 0 {
+            format!(", mss {}", l.mss)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  {:<20} listeners: {}; idle {} s (UDP {} s){mss}",
+            "",
+            listeners.join(" "),
+            l.idle_timeout_seconds,
+            l.udp_idle_timeout_seconds
+        );
         if l.connections != 0 || l.new_connections_per_second != 0 {
             let _ = writeln!(
                 out,

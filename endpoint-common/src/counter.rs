@@ -35,7 +35,7 @@ counters! {
     PASS = "pass",
     /// An ARP request for an endpoint or NAT address, answered.
     ARP_REPLY = "arp_reply",
-    /// A SYN to an available endpoint that opened a flow.
+    /// A SYN (or a UDP datagram) to an available endpoint that opened a flow.
     FORWARD_NEW = "forward_new",
     /// A packet of an established flow, consumer to target.
     FORWARD = "forward",
@@ -43,27 +43,40 @@ counters! {
     REPLY = "reply",
     /// A RST the node sent for a connection it cut (`on_revoke: reset`).
     RESET_SENT = "reset_sent",
+    /// A provider-side ICMP error about a flow (unreachable, fragmentation needed, time
+    /// exceeded, parameter problem), translated back to its consumer (RFC 5508).
+    ICMP_ERROR = "icmp_error",
+    /// ICMP fragmentation needed sent to the sender of a packet with DF set that does
+    /// not fit the egress MTU.
+    ICMP_FRAG_NEEDED_SENT = "icmp_frag_needed_sent",
+    /// ICMP time exceeded sent to the sender of a packet whose TTL ran out here.
+    ICMP_TIME_EXCEEDED_SENT = "icmp_time_exceeded_sent",
+    /// An ICMP echo request to an available endpoint, answered.
+    ICMP_ECHO_REPLY = "icmp_echo_reply",
+    /// A SYN or SYN-ACK whose MSS was lowered to fit both sides' MTUs (or the
+    /// service's `mss`): counted besides the packet's own outcome.
+    MSS_CLAMPED = "mss_clamped",
     /// On a consumer interface, anything that is neither endpoint traffic nor ARP for
     /// the node's addresses there: the node itself is not reachable from a consumer.
     DROP_NOT_ENDPOINT = "drop_not_endpoint",
     /// Endpoint traffic not sent to the interface's own MAC (broadcast, multicast,
     /// another host's), or from a multicast MAC.
     DROP_NOT_FOR_US = "drop_not_for_us",
-    /// Truncated or invalid Ethernet, IPv4 or TCP header.
+    /// Truncated or invalid Ethernet, IPv4, TCP, UDP or ICMP header.
     DROP_MALFORMED = "drop_malformed",
     /// IPv4 options on traffic to one of our addresses (not supported).
     DROP_IP_OPTIONS = "drop_ip_options",
     /// An IPv4 fragment to one of our addresses (not supported).
     DROP_FRAGMENT = "drop_fragment",
-    /// A wrong IPv4 header checksum, or a wrong TCP checksum on a segment that would
-    /// open a flow.
+    /// A wrong IPv4 header checksum, or a wrong TCP or UDP checksum on a packet that
+    /// would open a flow.
     DROP_BAD_CHECKSUM = "drop_bad_checksum",
     /// TCP flags no segment of a connection carries (SYN with FIN or RST, none at all).
     DROP_BAD_FLAGS = "drop_bad_flags",
     /// A source that cannot be a client: unspecified, loopback, multicast, broadcast,
     /// reserved, or one of the node's own addresses in that network.
     DROP_MARTIAN = "drop_martian",
-    /// TTL would reach zero.
+    /// TTL would reach zero (answered with time exceeded, within the ICMP budget).
     DROP_TTL_EXPIRED = "drop_ttl_expired",
     /// Not a SYN and no flow: nothing to continue.
     DROP_NO_FLOW = "drop_no_flow",
@@ -93,9 +106,16 @@ counters! {
     DROP_RATE_LIMIT = "drop_rate_limit",
     /// A RST the node would have sent, over the per-CPU budget.
     DROP_RESET_BUDGET = "drop_reset_budget",
+    /// An ICMP message the node would have sent, over the per-CPU budget (the packet
+    /// that caused it is dropped).
+    DROP_ICMP_BUDGET = "drop_icmp_budget",
+    /// ICMP to one of the node's addresses that it does not take: to a NAT address and
+    /// not an error about one of its flows; to an endpoint and not an echo request.
+    DROP_ICMP = "drop_icmp",
     /// The route to the target has no resolved neighbour (MAC) yet.
     DROP_FIB_NO_NEIGHBOUR = "drop_fib_no_neighbour",
-    /// The packet is larger than the egress MTU.
+    /// The packet is larger than the egress MTU and may be fragmented (the node does
+    /// not fragment; one with DF set is answered with ICMP instead).
     DROP_FIB_FRAG_NEEDED = "drop_fib_frag_needed",
     /// No usable route to the target (unreachable, blackhole, prohibited, forwarding off).
     DROP_FIB_UNREACHABLE = "drop_fib_unreachable",

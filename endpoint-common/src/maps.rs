@@ -12,13 +12,19 @@
 
 /// The version of this layout: bumped whenever a map's kind, key or value changes, so
 /// that an agent never adopts maps pinned by one with another layout.
-pub const LAYOUT: u32 = 2;
+pub const LAYOUT: u32 = 3;
 
 /// Address family codes.
 pub const FAMILY_IPV4: u8 = 4;
 
 /// IP protocol numbers used in keys.
+pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Endpoint slots are below `1 << SLOT_BITS`: the data path packs a slot in that many
+/// bits with what it did to a packet.
+pub const SLOT_BITS: u32 = 22;
 
 /// Consumer-network id of reply-direction flow keys: the provider side is one network.
 pub const PROVIDER_NETWORK: u32 = 0;
@@ -196,11 +202,10 @@ pub mod bounce {
 /// decided without a hash lookup.
 pub type PortBitmap = [u64; 1024];
 
-/// Where the bitmap of `network`'s ports of `proto` is in `PORTS`.
+/// Where the bitmap of `network`'s ports of `proto` (TCP or UDP) is in `PORTS`.
 #[inline(always)]
 pub const fn ports_index(network: u32, proto: u8) -> u32 {
-    let _ = proto; // TCP only, for now: one bitmap per network.
-    network
+    network * 2 + (proto == PROTO_UDP) as u32
 }
 
 /// Acceptance states of an endpoint, as stored in the policy word.
@@ -288,17 +293,23 @@ pub struct EndpointRef {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
-    /// Connections idle this long are removed (the service's `idle_timeout_seconds`).
+    /// TCP connections idle this long are removed (the service's
+    /// `idle_timeout_seconds`) ...
     pub idle_timeout_s: u32,
+    /// ... and UDP flows this long (`udp_idle_timeout_seconds`).
+    pub udp_idle_timeout_s: u32,
     /// Open connections at once (0: no limit).
     pub connections: u32,
     /// Connections still in their handshake at once.
     pub half_open: u32,
-    pub _pad: u32,
     /// New connections: one per `interval_ns` on average (0: no limit) ...
     pub interval_ns: u64,
     /// ... with bursts of up to this much ahead of that pace.
     pub burst_ns: u64,
+    /// The largest TCP MSS a SYN or SYN-ACK of the endpoint may announce (the
+    /// service's `mss`; 0: only what the interfaces' MTUs allow).
+    pub mss: u16,
+    pub _pad: [u8; 6],
 }
 
 /// `USAGE` (array, per endpoint slot): written by the data path only, atomically.
@@ -409,6 +420,9 @@ pub struct Settings {
     pub half_open_per_network: u32,
     /// RST answers each CPU may send per second.
     pub resets_per_second: u32,
+    /// ICMP messages of its own (fragmentation needed, time exceeded, echo replies)
+    /// each CPU may send per second.
+    pub icmp_per_second: u32,
     /// A handshake that has not completed after this long is dropped.
     pub handshake_s: u32,
     /// A closed connection lingers this long for the last ACKs ...
@@ -429,6 +443,7 @@ impl Default for Settings {
             nat_count: 0,
             half_open_per_network: 0,
             resets_per_second: 0,
+            icmp_per_second: 0,
             handshake_s: 0,
             closed_s: 0,
             time_wait_s: 0,
@@ -451,7 +466,7 @@ pub struct Target {
 /// A `RINGS` slot that holds no target.
 pub const NO_TARGET: u32 = u32::MAX;
 
-/// `FLOWS` key: one direction of an IPv4 connection, as it arrives (16 bytes, so the
+/// `FLOWS` key: one direction of an IPv4 flow (TCP or UDP), as it arrives (16 bytes, so the
 /// per-packet hash is short). Consumer-to-target keys carry the consumer network in
 /// `scope`, so equal addresses in two consumer networks never meet; target-to-consumer
 /// keys carry [`PROVIDER_NETWORK`].
@@ -496,8 +511,8 @@ pub struct Flow {
     /// The second a packet last used this direction (monotonic clock), written at most
     /// once a second with compare-and-swap; [`DEAD`] while the flow is being removed.
     pub last_seen_s: u64,
-    /// Consumer-to-target entry: [`tcp`] bits, changed atomically. Reply entry: only
-    /// [`tcp::RESERVED`].
+    /// Consumer-to-target entry: [`tcp`] bits, changed atomically (a UDP flow has only
+    /// [`tcp::ACTIVE`]). Reply entry: only [`tcp::RESERVED`].
     pub tcp: u64,
     /// The packet's new source and destination.
     pub src_be: u32,
@@ -531,7 +546,9 @@ pub struct Flow {
     pub wscale: u8,
     /// The endpoint listener's index (its bit in [`SecurityGroup::ports`]).
     pub listener: u8,
-    pub _pad: [u8; 6],
+    /// The flow's protocol (`PROTO_TCP`, `PROTO_UDP`), as in its keys.
+    pub proto: u8,
+    pub _pad: [u8; 5],
 }
 
 /// [`Flow::last_seen_s`] of a flow being removed.
@@ -595,12 +612,16 @@ pub struct Scratch {
     pub target_index: u32,
 }
 
-/// Longest TCP segment (header and payload) whose checksum is verified: a SYN is short,
-/// but may carry data (TCP Fast Open).
-pub const MAX_SEGMENT: usize = 1500;
+/// Longest TCP segment or UDP datagram (header and payload) whose checksum is verified
+/// before it opens a flow: a SYN is short, but may carry data (TCP Fast Open); a first
+/// datagram may fill a jumbo frame.
+pub const MAX_SEGMENT: usize = 9216;
+
+/// Room for any length a 14-bit mask lets through (what the verifier is shown).
+pub const SEGMENT_ROOM: usize = 1 << 14;
 
 /// `SEGMENT`: per-CPU room for a segment whose checksum is verified (padded to 4 bytes).
-pub type Segment = [u8; MAX_SEGMENT + 4];
+pub type Segment = [u8; SEGMENT_ROOM + 4];
 
 /// `BUDGETS` (per CPU): what the node may still send of its own this second.
 #[repr(C)]
@@ -608,6 +629,7 @@ pub type Segment = [u8; MAX_SEGMENT + 4];
 pub struct Budget {
     pub second: u32,
     pub resets: u32,
+    pub icmp: u32,
 }
 
 const _: () = {
@@ -616,19 +638,19 @@ const _: () = {
     assert!(size_of::<PortBitmap>() == 8192);
     assert!(size_of::<EndpointKey>() == 24);
     assert!(size_of::<EndpointRef>() == 12);
-    assert!(size_of::<Limits>() == 32);
+    assert!(size_of::<Limits>() == 40);
     assert!(size_of::<Usage>() == 24);
     assert!(size_of::<SourcePrefix>() == 24);
     assert!(size_of::<SecurityGroup>() == 4);
     assert!(size_of::<AddressKey>() == 24);
     assert!(size_of::<Address>() == 8);
     assert!(size_of::<NatAddress>() == 24);
-    assert!(size_of::<Settings>() == 36 + 24 * MAX_NAT_ADDRESSES);
+    assert!(size_of::<Settings>() == 40 + 24 * MAX_NAT_ADDRESSES);
     assert!(size_of::<Target>() == 20);
     assert!(size_of::<FlowKey>() == 16);
     assert!(size_of::<Flow>() == 96);
     assert!(size_of::<Pending>() == 32);
-    assert!(size_of::<Budget>() == 8);
+    assert!(size_of::<Budget>() == 12);
     assert!(size_of::<crate::counter::Count>() == 16);
 };
 

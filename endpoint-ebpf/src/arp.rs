@@ -33,7 +33,7 @@ pub fn answer(
     interface: &Interface,
     eth: *mut EthHdr,
     arp: *mut ArpHdr,
-) -> Result<Outcome, Outcome> {
+) -> Outcome {
     // SAFETY: `parse` checked both headers lie within the frame.
     let (eth, arp) = unsafe { (&mut *eth, &mut *arp) };
     if arp.oper() != ARP_REQUEST
@@ -42,18 +42,15 @@ pub fn answer(
         || arp.hlen != 6
         || arp.plen != 4
     {
-        return Err(not_ours(interface));
+        return not_ours(interface);
     }
     let wanted = arp.tpa;
     match classify::ours(ctx, interface, wanted) {
-        None => return Err(not_ours(interface)),
+        None => return not_ours(interface),
         // Not answered, but the endpoint request got traffic (`pending_traffic`).
         Some(address) if address.kind == address_kind::WAITING => {
             let state = Policy::of(policy::word(address.slot)).state;
-            return Err(Outcome::drop_for(
-                counter::drop_for_state(state),
-                address.slot,
-            ));
+            return Outcome::drop_for(counter::drop_for_state(state), address.slot);
         }
         Some(_) => {}
     }
@@ -66,9 +63,5 @@ pub fn answer(
     arp.spa = wanted;
     eth.dst_addr = asker_mac;
     eth.src_addr = mac;
-    Ok(Outcome {
-        action: forward::bounce(ctx, interface),
-        counter: counter::ARP_REPLY,
-        endpoint: 0,
-    })
+    Outcome::new(forward::bounce(ctx, interface), counter::ARP_REPLY, 0)
 }

@@ -8,8 +8,8 @@ use aya_ebpf::programs::XdpContext;
 use endpoint_common::{
     counter,
     maps::{
-        Addr, Address, AddressKey, EndpointKey, EndpointRef, FAMILY_IPV4, Interface, PROTO_TCP,
-        Settings, address_kind, nat_scope, ports_index,
+        Addr, Address, AddressKey, EndpointKey, EndpointRef, FAMILY_IPV4, Interface, Settings,
+        address_kind, nat_scope, ports_index,
     },
 };
 
@@ -38,7 +38,7 @@ pub fn endpoint_port(interface: &Interface, packet: &Packet) -> bool {
         return false;
     }
     let port = u16::from_be(packet.dst_port_be()) as usize;
-    match PORTS.get(ports_index(interface.network, PROTO_TCP)) {
+    match PORTS.get(ports_index(interface.network, packet.proto)) {
         Some(bitmap) => bitmap[port / 64] & (1 << (port % 64)) != 0,
         None => false,
     }
@@ -51,7 +51,7 @@ pub fn endpoint(network: u32, packet: &Packet) -> Option<EndpointRef> {
         network,
         addr: Addr::ipv4(packet.ip().dst_addr),
         port_be: packet.dst_port_be(),
-        proto: PROTO_TCP,
+        proto: packet.proto,
         family: FAMILY_IPV4,
     };
     // SAFETY: map values are replaced whole on update.
@@ -124,7 +124,7 @@ pub fn not_ours(interface: &Interface) -> Outcome {
     }
 }
 
-/// TCP we cannot handle: dropped (and counted) when it is for us.
+/// IPv4 we cannot handle: dropped (and counted) when it is for us.
 #[inline(always)]
 pub fn unsupported(ctx: &XdpContext, interface: &Interface, dst: [u8; 4], counter: u32) -> Outcome {
     if answered(ctx, interface, dst) {

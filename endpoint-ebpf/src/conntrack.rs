@@ -34,13 +34,14 @@ const NAT_PORT_ATTEMPTS: u32 = 16;
 /// The key of a consumer-side packet in `network`.
 #[inline(always)]
 pub fn forward_key(network: u32, packet: &Packet) -> FlowKey {
-    let (ip, tcp) = (packet.ip(), packet.tcp());
+    let ip = packet.ip();
+    let (src_port_be, dst_port_be) = packet.ports_be();
     FlowKey {
         src_be: u32::from_ne_bytes(ip.src_addr),
         dst_be: u32::from_ne_bytes(ip.dst_addr),
-        src_port_be: u16::from_ne_bytes(tcp.source),
-        dst_port_be: u16::from_ne_bytes(tcp.dest),
-        scope: FlowKey::scope(network, PROTO_TCP),
+        src_port_be,
+        dst_port_be,
+        scope: FlowKey::scope(network, packet.proto),
     }
 }
 
@@ -58,7 +59,7 @@ pub fn reply_key(forward: &Flow) -> FlowKey {
         dst_be: forward.src_be,
         src_port_be: forward.dst_port_be,
         dst_port_be: forward.src_port_be,
-        scope: FlowKey::scope(PROVIDER_NETWORK, PROTO_TCP),
+        scope: FlowKey::scope(PROVIDER_NETWORK, forward.proto),
     }
 }
 
@@ -70,7 +71,7 @@ pub fn forward_key_of(reply: &Flow) -> FlowKey {
         dst_be: reply.src_be,
         src_port_be: reply.dst_port_be,
         dst_port_be: reply.src_port_be,
-        scope: FlowKey::scope(reply.network, PROTO_TCP),
+        scope: FlowKey::scope(reply.network, reply.proto),
     }
 }
 
@@ -180,11 +181,11 @@ impl Entry {
 /// `reply`, `reply_key` without its port): claims a NAT port free towards the target —
 /// the reply entry is inserted only if absent, which makes the choice race-free across
 /// CPUs — then inserts the forward entry and queues the handshake. The connection was
-/// counted by `limits::reserve`; if it cannot be opened, that is undone. Returns the
-/// forward entry as inserted (the scratch's copy, to translate the SYN with).
+/// counted by `limits::reserve`; if it cannot be opened, that is undone. The scratch's
+/// `forward` is then what was inserted (the packet is translated from it).
 // Its own BPF function: its stack frame is not added to its siblings'.
 #[inline(never)]
-pub fn open(key: &FlowKey, settings: &Settings) -> Result<Entry, Outcome> {
+pub fn open(key: &FlowKey, settings: &Settings) -> Result<(), Outcome> {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return Err(Outcome::drop(counter::DROP_NO_FLOW));
     };
@@ -226,15 +227,15 @@ pub fn open(key: &FlowKey, settings: &Settings) -> Result<Entry, Outcome> {
                     opened_ns: forward.opened_ns,
                     since_ns: forward.opened_ns,
                 };
-                // The queue's capacity bounds the handshakes of all networks together.
-                if HANDSHAKES.push(&pending, 0).is_err() {
+                // The queue's capacity bounds the handshakes of all networks together
+                // (UDP has none: its flows go when idle).
+                if key.proto() == PROTO_TCP && HANDSHAKES.push(&pending, 0).is_err() {
                     if let Some(entry) = lookup(key) {
                         remove(key, &entry, false);
                     }
                     return Err(Outcome::drop_for(counter::DROP_HALF_OPEN_LIMIT, slot));
                 }
-                // What was inserted is in the scratch: no need to look it up again.
-                return Ok(Entry(&raw mut *forward));
+                return Ok(());
             }
             // E2BIG: no room; EEXIST: the port is taken, try the next.
             Err(-7) => {

@@ -14,7 +14,7 @@
 //! path stamps flows with), so that its tests can run ahead of the clock.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use endpoint_common::maps::{FlowKey, PROVIDER_NETWORK, Pending, Policy, Settings, tcp};
+use endpoint_common::maps::{FlowKey, PROTO_UDP, PROVIDER_NETWORK, Pending, Policy, Settings, tcp};
 
 use crate::{
     classify, conntrack,
@@ -171,9 +171,13 @@ fn candidate(key: &FlowKey, now: u64, settings: &Settings) -> bool {
     let limit = if gone {
         0
     } else {
-        LIMITS
-            .get(flow.slot)
-            .map_or(settings.time_wait_s, |l| l.idle_timeout_s)
+        LIMITS.get(flow.slot).map_or(settings.time_wait_s, |l| {
+            if key.proto() == PROTO_UDP {
+                l.udp_idle_timeout_s
+            } else {
+                l.idle_timeout_s
+            }
+        })
     };
     conntrack::expire(key, limit, now)
 }

@@ -20,7 +20,7 @@ use endpoint_common::{
 };
 use network_types::eth::EthHdr;
 
-use crate::{maps::INTERFACES, mem, outcome::Outcome, parse::Packet};
+use crate::{icmp, maps::INTERFACES, mem, outcome::Outcome, parse::Packet};
 
 const AF_INET: u8 = 2;
 
@@ -44,17 +44,18 @@ impl Route {
     }
 
     /// The way back to the consumer of reply entry `flow`: its interface, if that still
-    /// faces the flow's consumer network, from that interface's own MAC.
+    /// faces the flow's consumer network, from that interface's own MAC; and the
+    /// interface's MTU.
     #[inline(always)]
-    pub fn back(flow: &Flow, packet: &Packet) -> Result<Self, Outcome> {
+    pub fn back(flow: &Flow) -> Result<(Self, u32), Outcome> {
         match INTERFACES.get(flow.ifindex) {
             Some(interface) if interface.consumer() && interface.network == flow.network => {
-                fits(packet, interface, flow.slot)?;
-                Ok(Self {
+                let route = Self {
                     ifindex: flow.ifindex,
                     mac_src: interface.mac,
                     mac_dst: flow.mac_dst,
-                })
+                };
+                Ok((route, interface.mtu))
             }
             _ => Err(Outcome::drop_for(counter::DROP_FLOW_GONE, flow.slot)),
         }
@@ -63,30 +64,31 @@ impl Route {
     /// A kept route still takes `packet`: it is no longer than the egress MTU (the
     /// route lookup checks that only once a second).
     #[inline(always)]
-    pub fn takes(&self, packet: &Packet, slot: u32) -> Result<(), Outcome> {
+    pub fn takes(&self, ctx: &XdpContext, packet: &Packet, slot: u32) -> Result<(), Outcome> {
         match INTERFACES.get(self.ifindex) {
-            Some(egress) => fits(packet, egress, slot),
+            Some(egress) => fits(ctx, packet, egress.mtu, slot),
             None => Ok(()),
         }
     }
 }
 
-/// Whether `packet` fits the MTU of `egress`.
+/// Whether `packet` fits an egress MTU of `mtu` (0: unknown); if not, its sender is
+/// told (or it is dropped).
 #[inline(always)]
-fn fits(packet: &Packet, egress: &Interface, slot: u32) -> Result<(), Outcome> {
-    if egress.mtu != 0 && packet.ip().tot_len() as u32 > egress.mtu {
-        return Err(Outcome::drop_for(counter::DROP_FIB_FRAG_NEEDED, slot));
+pub fn fits(ctx: &XdpContext, packet: &Packet, mtu: u32, slot: u32) -> Result<(), Outcome> {
+    if mtu != 0 && packet.ip().tot_len() as u32 > mtu {
+        return Err(icmp::too_big(ctx, packet, mtu, slot));
     }
     Ok(())
 }
 
-/// A router does not forward a packet whose TTL would reach zero.
+/// A router does not forward a packet whose TTL would reach zero: it tells the sender.
 #[inline(always)]
-pub fn check_ttl(packet: &Packet, slot: u32) -> Result<(), Outcome> {
+pub fn check_ttl(ctx: &XdpContext, packet: &Packet, slot: u32) -> Result<(), Outcome> {
     if packet.ip().ttl > 1 {
         Ok(())
     } else {
-        Err(Outcome::drop_for(counter::DROP_TTL_EXPIRED, slot))
+        Err(icmp::time_exceeded(ctx, packet, slot))
     }
 }
 
@@ -98,11 +100,14 @@ pub struct Hop {
     pub dst_be: u32,
     pub via: u32,
     pub slot: u32,
+    /// Set by [`route`] when the packet is too big for the route: its MTU.
+    pub mtu: u32,
 }
 
-/// The route for `hop`, looked up as if the packet arrived on `hop.via`.
+/// The route for `hop`, looked up as if the packet arrived on `hop.via`. A packet too
+/// big for it is dropped with the route's MTU in `hop` (see [`unroutable`]).
 #[inline(never)]
-pub fn route(ctx: &XdpContext, packet: &Packet, hop: &Hop) -> Result<Route, Outcome> {
+pub fn route(ctx: &XdpContext, packet: &Packet, hop: &mut Hop) -> Result<Route, Outcome> {
     let ip = packet.ip();
     let mut request = core::mem::MaybeUninit::<FibParams>::uninit();
     mem::zero(request.as_mut_ptr());
@@ -136,10 +141,26 @@ pub fn route(ctx: &XdpContext, packet: &Packet, hop: &Hop) -> Result<Route, Outc
             _ => counter::DROP_EGRESS_NOT_ATTACHED,
         },
         BPF_FIB_LKUP_RET_NO_NEIGH => counter::DROP_FIB_NO_NEIGHBOUR,
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => counter::DROP_FIB_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            // SAFETY: on this result the kernel wrote the route's MTU there.
+            hop.mtu = unsafe { params.__bindgen_anon_1.mtu_result } as u32;
+            counter::DROP_FIB_FRAG_NEEDED
+        }
         _ => counter::DROP_FIB_UNREACHABLE,
     };
     Err(Outcome::drop_for(reason, hop.slot))
+}
+
+/// What becomes of a packet whose route lookup failed with `outcome`: one too big for
+/// the route tells its sender (decided here, in the caller's stack frame: the lookup's
+/// own is large).
+#[inline(always)]
+pub fn unroutable(ctx: &XdpContext, packet: &Packet, hop: &Hop, outcome: Outcome) -> Outcome {
+    if outcome.counter() == counter::DROP_FIB_FRAG_NEEDED && hop.mtu != 0 {
+        icmp::too_big(ctx, packet, hop.mtu, hop.slot)
+    } else {
+        outcome
+    }
 }
 
 /// Sends the rewritten packet: back out the interface it came in on, or to another.
@@ -161,11 +182,7 @@ pub fn send(
     } else {
         redirect(route.ifindex)
     };
-    Outcome {
-        action,
-        counter,
-        endpoint: slot,
-    }
+    Outcome::new(action, counter, slot)
 }
 
 /// The action that sends the frame back out its ingress interface.

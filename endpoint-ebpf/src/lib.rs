@@ -14,16 +14,20 @@
 // atomics and no compare-and-swap: the intrinsics do (see `atomic`).
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
+// `?` in steps that return an `Outcome` (see `outcome`).
+#![feature(try_trait_v2)]
 // Map helpers take `impl Borrow<K>`: pass keys by reference, not by (copied) value, on
 // a 512-byte stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod arp;
 mod atomic;
+mod budget;
 mod classify;
 mod conntrack;
 pub mod expire;
 mod forward;
+mod icmp;
 mod limits;
 mod maps;
 mod mem;
@@ -56,32 +60,29 @@ use crate::{
 /// Handles one packet: its journey, counted; returns the XDP action.
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> u32 {
-    let outcome = match journey(ctx) {
-        Ok(outcome) | Err(outcome) => outcome,
-    };
+    let outcome = journey(ctx);
     stats::count(ctx, &outcome);
-    outcome.action
+    outcome.action()
 }
 
-/// Each step either hands the packet on or ends the journey with an [`Outcome`] (`Err`).
+/// Each step either hands the packet on or ends the journey with an [`Outcome`] (`?`).
 #[inline(always)]
-fn journey(ctx: &XdpContext) -> Result<Outcome, Outcome> {
+fn journey(ctx: &XdpContext) -> Outcome {
     let interface = classify::interface(ctx)?;
     match parse::frame(ctx)? {
         Frame::Arp { eth, arp } => arp::answer(ctx, &interface, eth, arp),
-        Frame::Tcp(packet) => {
+        Frame::Flow(packet) => {
             if classify::endpoint_port(&interface, &packet) {
                 return consumer_to_target(ctx, &interface, &packet);
             }
             if classify::to_nat_port(&interface, &packet) {
                 return target_to_consumer(ctx, &interface, &packet);
             }
-            Err(classify::not_ours(&interface))
+            classify::not_ours(&interface)
         }
-        Frame::Unsupported { dst, counter } => {
-            Err(classify::unsupported(ctx, &interface, dst, counter))
-        }
-        Frame::Other => Err(classify::not_ours(&interface)),
+        Frame::Icmp(packet) => icmp::arrived(ctx, &interface, &packet),
+        Frame::Unsupported { dst, counter } => classify::unsupported(ctx, &interface, dst, counter),
+        Frame::Other => classify::not_ours(&interface),
     }
 }
 
@@ -89,11 +90,7 @@ fn journey(ctx: &XdpContext) -> Result<Outcome, Outcome> {
 /// BPF function, as are the heavier steps: the whole call chain's stack must fit in 512
 /// bytes).
 #[inline(never)]
-fn consumer_to_target(
-    ctx: &XdpContext,
-    interface: &Interface,
-    packet: &Packet,
-) -> Result<Outcome, Outcome> {
+fn consumer_to_target(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
     let key = conntrack::forward_key(interface.network, packet);
     let Some(flow) = conntrack::lookup(&key) else {
         return open(ctx, interface, packet, &key);
@@ -101,7 +98,7 @@ fn consumer_to_target(
     // A new connection on the tuple of a closed one: that one goes (its NAT port stays
     // reserved while the target may hold it in TIME_WAIT).
     let state = flow.tcp();
-    if verify::flags(packet) & (SYN | ACK) == SYN && bits::closed(state) {
+    if packet.is_tcp() && verify::flags(packet) & (SYN | ACK) == SYN && bits::closed(state) {
         conntrack::remove(&key, &flow, state & bits::TARGET_CLOSED_FIRST != 0);
         return open(ctx, interface, packet, &key);
     }
@@ -110,24 +107,17 @@ fn consumer_to_target(
 
 /// A consumer's packet on an existing flow.
 #[inline(never)]
-fn forward(
-    ctx: &XdpContext,
-    interface: &Interface,
-    packet: &Packet,
-    flow: &Entry,
-) -> Result<Outcome, Outcome> {
+fn forward(ctx: &XdpContext, interface: &Interface, packet: &Packet, flow: &Entry) -> Outcome {
     // Made again rather than passed: with the result pointer, a fifth argument would
     // not fit in the five registers a BPF call has.
     let key = &conntrack::forward_key(interface.network, packet);
     let slot = flow.slot;
     verify::addressed_to(interface, packet, slot)?;
     verify::ip_checksum(packet, slot)?;
-    let flags = verify::flags(packet);
-    verify::sane_flags(flags, slot)?;
-    forward::check_ttl(packet, slot)?;
+    let flags = verify::tcp_flags(packet, slot)?;
     let syn = flags & SYN != 0;
     if syn && flags & ACK != 0 {
-        return Err(Outcome::drop_for(counter::DROP_BAD_FLAGS, slot));
+        return Outcome::drop_for(counter::DROP_BAD_FLAGS, slot);
     }
     // Judged again when the endpoint's policy changed, and for every SYN: a SYN on an
     // existing flow must be admitted like a new one.
@@ -138,46 +128,55 @@ fn forward(
                 if refusal.removes() {
                     conntrack::remove(key, flow, false);
                 }
-                return refuse(ctx, interface, packet, refusal);
+                return refuse(ctx, interface, packet, &refusal);
             }
         }
     }
+    // Only what the endpoint admits learns that its TTL ran out here.
+    forward::check_ttl(ctx, packet, slot)?;
     let route = match flow.touch() {
-        Touch::Gone => return Err(Outcome::drop_for(counter::DROP_NO_FLOW, slot)),
+        Touch::Gone => return Outcome::drop_for(counter::DROP_NO_FLOW, slot),
         Touch::Same => {
             let route = Route::kept(flow);
-            route.takes(packet, slot)?;
+            route.takes(ctx, packet, slot)?;
             route
         }
         // The route is looked up again once a second (the neighbour or route may have
         // changed); in between, the flow's kept result is used.
         Touch::Fresh => {
-            let hop = Hop {
+            let mut hop = Hop {
                 src_be: flow.src_be,
                 dst_be: flow.dst_be,
                 via: flow.via,
                 slot,
+                mtu: 0,
             };
-            let route = forward::route(ctx, packet, &hop)?;
+            let route = forward::route(ctx, packet, &mut hop)
+                .map_err(|outcome| forward::unroutable(ctx, packet, &hop, outcome))?;
             keep_route(flow, &route);
             route
         }
     };
-    if !syn {
+    if syn {
+        // A retransmitted SYN is held to what the first one was.
+        clamp_syn(ctx, interface, packet, route.ifindex, slot);
+    } else if packet.is_tcp() {
         tcp::track(flow, packet, flags);
         if flags & (RST | FIN) != 0 || flow.tcp() & bits::ESTABLISHED == 0 {
             tcp::from_consumer(key, flow, packet, flags)?;
         }
     }
     nat::rewrite(packet, flow);
-    Ok(forward::send(
-        ctx,
-        interface,
-        packet,
-        &route,
-        counter::FORWARD,
-        slot,
-    ))
+    forward::send(ctx, interface, packet, &route, counter::FORWARD, slot)
+}
+
+/// Holds a consumer's SYN to the MSS that fits its interface and the way out,
+/// `egress`.
+#[inline(never)]
+fn clamp_syn(ctx: &XdpContext, interface: &Interface, packet: &Packet, egress: u32, slot: u32) {
+    let egress_mtu = maps::INTERFACES.get(egress).map_or(0, |egress| egress.mtu);
+    let limit = tcp::mss_limit([interface.mtu, egress_mtu], slot);
+    tcp::clamp(ctx, packet, limit, slot);
 }
 
 /// Keeps `route` as the flow's way out, if it changed.
@@ -200,56 +199,48 @@ fn keep_route(flow: &Entry, route: &Route) {
 /// A packet its flow's endpoint no longer admits (the flow is gone if it must go):
 /// dropped, or answered with a RST.
 #[inline(never)]
-fn refuse(
-    ctx: &XdpContext,
-    interface: &Interface,
-    packet: &Packet,
-    refusal: Refusal,
-) -> Result<Outcome, Outcome> {
-    match refusal {
-        Refusal::Drop(outcome) | Refusal::Cut(outcome) => Err(outcome),
-        Refusal::Reset(slot) => reset::answer(ctx, interface, packet, slot),
+fn refuse(ctx: &XdpContext, interface: &Interface, packet: &Packet, refusal: &Refusal) -> Outcome {
+    match *refusal {
+        Refusal::Drop(outcome) | Refusal::Cut(outcome) => outcome,
+        Refusal::Reset(slot) if packet.is_tcp() => reset::answer(ctx, interface, packet, slot),
+        // UDP has nothing to reset: its flow is simply gone.
+        Refusal::Reset(slot) => Outcome::drop_for(counter::DROP_FLOW_GONE, slot),
     }
 }
 
-/// A consumer's packet with no flow: a SYN to an available endpoint opens one.
+/// A consumer's packet with no flow: a SYN (or any UDP datagram) to an available
+/// endpoint opens one.
 #[inline(never)]
-fn open(
-    ctx: &XdpContext,
-    interface: &Interface,
-    packet: &Packet,
-    key: &FlowKey,
-) -> Result<Outcome, Outcome> {
+fn open(ctx: &XdpContext, interface: &Interface, packet: &Packet, key: &FlowKey) -> Outcome {
     let Some(endpoint) = classify::endpoint(interface.network, packet) else {
-        return Err(Outcome::drop(counter::DROP_NOT_ENDPOINT));
+        return Outcome::drop(counter::DROP_NOT_ENDPOINT);
     };
     let slot = endpoint.slot;
     verify::addressed_to(interface, packet, slot)?;
     verify::ip_checksum(packet, slot)?;
-    let flags = verify::flags(packet);
-    verify::sane_flags(flags, slot)?;
-    forward::check_ttl(packet, slot)?;
+    let flags = verify::tcp_flags(packet, slot)?;
     let word = policy::word(slot);
     let policy = Policy::of(word);
     match policy::of(policy) {
-        Admission::Open if flags & SYN == 0 => {
-            return Err(Outcome::drop_for(counter::DROP_NO_FLOW, slot));
+        Admission::Open if packet.is_tcp() && flags & SYN == 0 => {
+            return Outcome::drop_for(counter::DROP_NO_FLOW, slot);
         }
         Admission::Open => {}
-        _ => return Err(policy::refused(policy, slot)),
+        _ => return policy::refused(policy, slot),
     }
     if flags & ACK != 0 {
-        return Err(Outcome::drop_for(counter::DROP_BAD_FLAGS, slot));
+        return Outcome::drop_for(counter::DROP_BAD_FLAGS, slot);
     }
     let source = packet.ip().src_addr;
     policy::security_groups(word, slot, endpoint.listener as u8, source)?;
     verify::source(interface.network, packet, slot)?;
-    verify::tcp_checksum(ctx, packet, slot)?;
+    verify::transport_checksum(ctx, packet, slot)?;
+    forward::check_ttl(ctx, packet, slot)?;
     let Some(settings) = classify::settings() else {
-        return Err(Outcome::drop_for(counter::DROP_NO_TARGET, slot));
+        return Outcome::drop_for(counter::DROP_NO_TARGET, slot);
     };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return Err(Outcome::drop_for(counter::DROP_NO_TARGET, slot));
+        return Outcome::drop_for(counter::DROP_NO_TARGET, slot);
     };
     // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
     let scratch = unsafe { &mut *scratch };
@@ -260,34 +251,32 @@ fn open(
     limits::reserve(&raw mut scratch.forward, settings)?;
     if let Err(outcome) = select::choose(endpoint.ring, key, settings, scratch) {
         limits::release(&raw mut scratch.forward);
-        return Err(outcome);
+        return outcome;
     }
     // The route is decided before any state exists: a SYN that cannot be forwarded
     // leaves nothing behind, and its retransmission tries again.
-    let hop = Hop {
+    let mut hop = Hop {
         src_be: scratch.nat.addr.ipv4_be(),
         dst_be: scratch.target.addr.ipv4_be(),
         via: scratch.nat.ifindex,
         slot,
+        mtu: 0,
     };
-    let route = match forward::route(ctx, packet, &hop) {
+    let route = match forward::route(ctx, packet, &mut hop) {
         Ok(route) => route,
         Err(outcome) => {
             limits::release(&raw mut scratch.forward);
-            return Err(outcome);
+            return forward::unroutable(ctx, packet, &hop, outcome);
         }
     };
     translate(scratch, &route);
-    let flow = conntrack::open(key, settings)?;
-    nat::rewrite(packet, &flow);
-    Ok(forward::send(
-        ctx,
-        interface,
-        packet,
-        &route,
-        counter::FORWARD_NEW,
-        slot,
-    ))
+    conntrack::open(key, settings)?;
+    if packet.is_tcp() {
+        clamp_syn(ctx, interface, packet, route.ifindex, slot);
+    }
+    // What was inserted is in the scratch: no need to look it up again.
+    nat::rewrite(packet, &scratch.forward);
+    forward::send(ctx, interface, packet, &route, counter::FORWARD_NEW, slot)
 }
 
 /// Starts both entries of a new flow in the scratch: the reply entry (back to the
@@ -302,23 +291,29 @@ fn begin(
     scratch: &mut Scratch,
 ) {
     let now = conntrack::opening_ns();
-    let seq = u32::from_be_bytes(packet.tcp().seq);
     let forward = &mut scratch.forward;
     forward.opened_ns = now;
     forward.last_seen_s = now / 1_000_000_000;
     forward.network = interface.network;
+    forward.proto = packet.proto;
     forward.tcp = 0;
     forward.ack = 0;
     forward.window = 0;
-    forward.isn_next = seq
-        .wrapping_add(1)
-        .wrapping_add(verify::payload_len(packet));
-    forward.wscale = tcp::window_scale(ctx, packet);
+    (forward.isn_next, forward.wscale) = if packet.is_tcp() {
+        let seq = u32::from_be_bytes(packet.tcp().seq);
+        let next = seq
+            .wrapping_add(1)
+            .wrapping_add(verify::payload_len(packet));
+        (next, tcp::window_scale(ctx, packet))
+    } else {
+        (0, 0)
+    };
     mem::clear(&mut forward._pad);
     let reply = &mut scratch.reply;
     reply.opened_ns = now;
     reply.last_seen_s = forward.last_seen_s;
     reply.network = interface.network;
+    reply.proto = packet.proto;
     reply.src_be = key.dst_be;
     reply.dst_be = key.src_be;
     reply.src_port_be = key.dst_port_be;
@@ -365,79 +360,71 @@ fn translate(scratch: &mut Scratch, route: &Route) {
     reply_key.dst_be = forward.src_be;
     reply_key.src_port_be = target.port_be;
     reply_key.dst_port_be = 0;
-    reply_key.scope = FlowKey::scope(
-        endpoint_common::maps::PROVIDER_NETWORK,
-        endpoint_common::maps::PROTO_TCP,
-    );
+    reply_key.scope = FlowKey::scope(endpoint_common::maps::PROVIDER_NETWORK, forward.proto);
 }
 
 /// A provider-side packet to a NAT port: a reply of a flow, or nothing of ours to
 /// open.
 #[inline(never)]
-fn target_to_consumer(
-    ctx: &XdpContext,
-    interface: &Interface,
-    packet: &Packet,
-) -> Result<Outcome, Outcome> {
+fn target_to_consumer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
     let key = conntrack::arriving_reply_key(packet);
     let Some(reply) = conntrack::lookup(&key) else {
         // To a NAT address and port but no flow: the provider side can never open
         // anything towards a consumer.
         let scope = nat_scope(ctx.ingress_ifindex() as u32);
         if classify::owned(scope, packet.ip().dst_addr).is_some() {
-            return Err(Outcome::drop(counter::DROP_REPLY_NO_FLOW));
+            return Outcome::drop(counter::DROP_REPLY_NO_FLOW);
         }
-        return Err(classify::not_ours(interface));
+        return classify::not_ours(interface);
     };
     let slot = reply.slot;
     if reply.tcp() & bits::RESERVED != 0 {
-        return Err(Outcome::drop_for(counter::DROP_REPLY_NO_FLOW, slot));
+        return Outcome::drop_for(counter::DROP_REPLY_NO_FLOW, slot);
     }
     // Replies are taken only where the flow leaves: a host on another provider segment
     // cannot speak for the target.
     if ctx.ingress_ifindex() as u32 != reply.via {
-        return Err(Outcome::drop_for(counter::DROP_WRONG_INTERFACE, slot));
+        return Outcome::drop_for(counter::DROP_WRONG_INTERFACE, slot);
     }
     verify::addressed_to(interface, packet, slot)?;
     verify::ip_checksum(packet, slot)?;
-    let flags = verify::flags(packet);
-    verify::sane_flags(flags, slot)?;
+    let flags = verify::tcp_flags(packet, slot)?;
     if flags & SYN != 0 && flags & ACK == 0 {
-        return Err(Outcome::drop_for(counter::DROP_BAD_FLAGS, slot));
+        return Outcome::drop_for(counter::DROP_BAD_FLAGS, slot);
     }
-    forward::check_ttl(packet, slot)?;
+    forward::check_ttl(ctx, packet, slot)?;
     if policy::word(slot) != reply.policy {
         match policy::recheck_reply(&reply) {
             Ok(word) => reply.admitted(word),
             Err(refusal) => {
                 remove_by_reply(&reply);
-                return refuse(ctx, interface, packet, refusal);
+                return refuse(ctx, interface, packet, &refusal);
             }
         }
     }
     if let Touch::Gone = reply.touch() {
-        return Err(Outcome::drop_for(counter::DROP_REPLY_NO_FLOW, slot));
+        return Outcome::drop_for(counter::DROP_REPLY_NO_FLOW, slot);
     }
-    if flags & SYN == 0 {
-        tcp::track(&reply, packet, flags);
-    }
-    if flags & (SYN | RST | FIN) != 0 {
-        tcp::from_target(&reply, packet, flags, ctx)?;
-    }
-    let route = Route::back(&reply, packet).inspect_err(|outcome| {
-        if outcome.counter == counter::DROP_FLOW_GONE {
-            remove_by_reply(&reply);
+    if packet.is_tcp() {
+        if flags & SYN == 0 {
+            tcp::track(&reply, packet, flags);
         }
-    })?;
+        if flags & (SYN | RST | FIN) != 0 {
+            tcp::from_target(&reply, packet, flags, ctx)?;
+        }
+    }
+    let (route, mtu) = Route::back(&reply).inspect_err(|_| remove_by_reply(&reply))?;
+    forward::fits(ctx, packet, mtu, slot)?;
+    if flags & SYN != 0 {
+        tcp::clamp(
+            ctx,
+            packet,
+            tcp::mss_limit([interface.mtu, mtu], slot),
+            slot,
+        );
+    }
     nat::rewrite(packet, &reply);
-    Ok(forward::send(
-        ctx,
-        interface,
-        packet,
-        &route,
-        counter::REPLY,
-        slot,
-    ))
+    forward::send(ctx, interface, packet, &route, counter::REPLY, slot)
 }
 
 /// Removes the flow of the reply entry `reply`.

@@ -7,7 +7,7 @@
 
 use endpoint_common::{
     counter,
-    maps::{Flow, Limits, Policy, Settings, Usage, tcp},
+    maps::{Flow, Limits, PROTO_TCP, Policy, Settings, Usage, tcp},
 };
 
 use crate::{
@@ -31,25 +31,34 @@ pub fn reserve(flow: *mut Flow, settings: &Settings) -> Result<(), Outcome> {
         return Err(Outcome::drop_for(counter::DROP_CONNECTION_LIMIT, slot));
     };
     rate(limits, usage, slot)?;
+    // A UDP flow has no handshake: it is open from its first datagram.
+    // SAFETY: `flow` is this CPU's scratch.
+    let handshake = unsafe { (*flow).proto } == PROTO_TCP;
     // SAFETY: fields of array values, changed only atomically.
     unsafe {
         let network_half_open = network_usage;
         let half_open = &raw mut (*usage).half_open;
         let connections = &raw mut (*usage).connections;
         let flood = Outcome::drop_for(counter::DROP_HALF_OPEN_LIMIT, slot);
-        if !take(network_half_open, settings.half_open_per_network) {
+        if handshake && !take(network_half_open, settings.half_open_per_network) {
             return Err(flood);
         }
-        if !take(half_open, limits.half_open) {
+        if handshake && !take(half_open, limits.half_open) {
             atomic::add(network_half_open, u64::MAX);
             return Err(flood);
         }
         if !take(connections, limits.connections) {
-            atomic::add(network_half_open, u64::MAX);
-            atomic::add(half_open, u64::MAX);
+            if handshake {
+                atomic::add(network_half_open, u64::MAX);
+                atomic::add(half_open, u64::MAX);
+            }
             return Err(Outcome::drop_for(counter::DROP_CONNECTION_LIMIT, slot));
         }
-        (*flow).tcp |= tcp::HALF_OPEN | tcp::ACTIVE;
+        (*flow).tcp |= if handshake {
+            tcp::HALF_OPEN | tcp::ACTIVE
+        } else {
+            tcp::ACTIVE
+        };
     }
     Ok(())
 }

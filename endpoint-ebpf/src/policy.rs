@@ -78,8 +78,11 @@ pub fn refused(policy: Policy, slot: u32) -> Outcome {
     Outcome::drop_for(counter::drop_for_state(policy.state), slot)
 }
 
+/// Any listener of an endpoint (an echo request is for the endpoint as a whole).
+pub const ANY_LISTENER: u8 = u8::MAX;
+
 /// Drops sources outside the endpoint's security groups (when it has any) for the
-/// listener `listener`.
+/// listener `listener`, or for every one of them ([`ANY_LISTENER`]).
 #[inline(always)]
 pub fn security_groups(word: u64, slot: u32, listener: u8, source: [u8; 4]) -> Result<(), Outcome> {
     if Policy::of(word).flags & policy_flag::SECURITY_GROUPS == 0 {
@@ -100,6 +103,7 @@ fn check_security_groups(slot: u32, listener: u8, source: [u8; 4]) -> Result<(),
     key.data.family = FAMILY_IPV4;
     key.data.addr[..4].copy_from_slice(&source);
     match SECURITY_GROUPS.get(&*key) {
+        Some(group) if listener == ANY_LISTENER && group.ports != 0 => Ok(()),
         Some(group) if group.ports & (1 << (listener & 31)) != 0 => Ok(()),
         _ => Err(Outcome::drop_for(counter::DROP_SECURITY_GROUP, slot)),
     }

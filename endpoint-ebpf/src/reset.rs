@@ -8,49 +8,23 @@ use aya_ebpf::{helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext};
 use endpoint_common::{checksum::Sum, counter, maps::Interface};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
-use crate::{classify, conntrack::now_s, forward, maps::BUDGETS, outcome::Outcome, parse::Packet};
+use crate::{budget, forward, outcome::Outcome, parse::Packet};
 
 const RST_LEN: usize = EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN;
-
-/// Takes one RST from this CPU's budget for this second, if any is left.
-#[inline(always)]
-fn spend(per_second: u32) -> bool {
-    let Some(budget) = BUDGETS.get_ptr_mut(0) else {
-        return false;
-    };
-    let now = now_s();
-    // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
-    let budget = unsafe { &mut *budget };
-    if budget.second != now as u32 {
-        budget.second = now as u32;
-        budget.resets = 0;
-    }
-    if budget.resets >= per_second {
-        return false;
-    }
-    budget.resets += 1;
-    true
-}
 
 // Its own BPF function: its stack frame is not added to its siblings' (the
 // program's whole call chain must fit in 512 bytes).
 #[inline(never)]
-pub fn answer(
-    ctx: &XdpContext,
-    interface: &Interface,
-    packet: &Packet,
-    slot: u32,
-) -> Result<Outcome, Outcome> {
+pub fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet, slot: u32) -> Outcome {
     // SAFETY: `parse` checked the headers lie within the frame.
-    let (eth, ip, tcp) = unsafe { (&*packet.eth, &*packet.ip, &*packet.tcp) };
+    let (eth, ip, tcp) = (packet.eth(), packet.ip(), packet.tcp());
     let drop = Outcome::drop_for(counter::DROP_FLOW_GONE, slot);
     if tcp.rst() != 0 {
         // Never answer a reset with a reset.
-        return Err(drop);
+        return drop;
     }
-    let per_second = classify::settings().map_or(0, |s| s.resets_per_second);
-    if !spend(per_second) {
-        return Err(Outcome::drop_for(counter::DROP_RESET_BUDGET, slot));
+    if !budget::reset() {
+        return Outcome::drop_for(counter::DROP_RESET_BUDGET, slot);
     }
     let payload = ip.tot_len() as u32 - Ipv4Hdr::LEN as u32 - tcp.doff() as u32 * 4;
     let (seq, ack, with_ack) = if tcp.ack() != 0 {
@@ -66,11 +40,11 @@ pub fn answer(
     let excess = (ctx.data_end() - ctx.data()) as i32 - RST_LEN as i32;
     // SAFETY: shrinking the frame; the pointers are re-derived below.
     if excess > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -excess) } != 0 {
-        return Err(drop);
+        return drop;
     }
     let start = ctx.data();
     if start + RST_LEN > ctx.data_end() {
-        return Err(drop);
+        return drop;
     }
     // SAFETY: checked just above.
     let (eth, ip, tcp) = unsafe {
@@ -129,9 +103,5 @@ pub fn answer(
         .finish()
         .to_ne_bytes();
 
-    Ok(Outcome {
-        action: forward::bounce(ctx, interface),
-        counter: counter::RESET_SENT,
-        endpoint: slot,
-    })
+    Outcome::new(forward::bounce(ctx, interface), counter::RESET_SENT, slot)
 }

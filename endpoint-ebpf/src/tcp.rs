@@ -7,8 +7,12 @@
 //! lives on (a slow server may still answer); a closed one lingers and is removed, later
 //! if the target closed first (it holds the tuple in TIME_WAIT).
 
-use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
+use aya_ebpf::{
+    helpers::generated::{bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    programs::XdpContext,
+};
 use endpoint_common::{
+    checksum::Delta,
     counter,
     maps::{Flow, FlowKey, tcp},
 };
@@ -16,9 +20,10 @@ use endpoint_common::{
 use crate::{
     conntrack::{self, Entry},
     limits,
-    maps::SEGMENT,
+    maps::{LIMITS, SEGMENT},
     outcome::Outcome,
-    parse::{Packet, TCP_OFFSET},
+    parse::{L4_OFFSET, Packet},
+    stats,
     verify::{self, ACK, FIN, RST, SYN},
 };
 
@@ -207,33 +212,125 @@ fn out_of_state(flow: &Flow) -> Outcome {
     Outcome::drop_for(counter::DROP_OUT_OF_STATE, flow.slot)
 }
 
-/// The window scale a SYN offers (RFC 7323): its shift, or 0 without the option. The
-/// options are copied out first, into per-CPU room (a walk over packet bytes at
-/// offsets only known at run time does not pass the verifier).
+/// The window scale a SYN offers (RFC 7323): its shift, or 0 without the option.
 #[inline(never)]
 pub fn window_scale(ctx: &XdpContext, packet: &Packet) -> u8 {
+    match option(ctx, packet, WINDOW_SCALE) {
+        Some((options, at)) => options.byte(at).min(14),
+        None => 0,
+    }
+}
+
+/// Lowers the MSS a SYN or SYN-ACK announces to `limit` (0: no limit), so that no
+/// segment of the connection needs fragmenting across the node; the TCP checksum is
+/// updated. Returns whether it was lowered. A segment without the option is left alone
+/// (its peer assumes 536, RFC 9293 §3.7.1).
+#[inline(never)]
+pub fn clamp_mss(ctx: &XdpContext, packet: &Packet, limit: u32) -> bool {
+    if limit == 0 || limit > 0xffff {
+        return false;
+    }
+    let Some((options, at)) = option(ctx, packet, MSS) else {
+        return false;
+    };
+    let old = [options.byte(at), options.byte(at + 1)];
+    if u16::from_be_bytes(old) as u32 <= limit {
+        return false;
+    }
+    let new = (limit as u16).to_be_bytes();
+    let offset = 20 + at;
+    // SAFETY: the helper writes 2 bytes within the TCP header, which the options walk
+    // found there.
+    if unsafe {
+        bpf_xdp_store_bytes(
+            ctx.ctx,
+            (L4_OFFSET + offset) as u32,
+            new.as_ptr() as *mut _,
+            2,
+        )
+    } != 0
+    {
+        return false;
+    }
+    // A value at an odd offset straddles two checksum words: its bytes count swapped.
+    let (old, new) = if offset % 2 == 0 {
+        (u16::from_ne_bytes(old), u16::from_ne_bytes(new))
+    } else {
+        (
+            u16::from_ne_bytes([old[1], old[0]]),
+            u16::from_ne_bytes([new[1], new[0]]),
+        )
+    };
+    // SAFETY: bytes 16..18 of the 20-byte header `parse` checked.
+    let check = unsafe { &mut *packet.l4.add(16).cast::<[u8; 2]>() };
+    *check = Delta::default()
+        .word(old, new)
+        .apply(u16::from_ne_bytes(*check))
+        .to_ne_bytes();
+    true
+}
+
+/// The MSS a SYN or SYN-ACK of endpoint `slot` may announce between interfaces with
+/// MTUs `mtus` (0: unknown): what fits both, and the service's `mss`.
+#[inline(always)]
+pub fn mss_limit(mtus: [u32; 2], slot: u32) -> u32 {
+    let mut limit = LIMITS.get(slot).map_or(0, |l| l.mss as u32);
+    for mtu in mtus {
+        // IPv4 and TCP headers without options.
+        if mtu > 40 && (limit == 0 || mtu - 40 < limit) {
+            limit = mtu - 40;
+        }
+    }
+    limit
+}
+
+/// Lowers the MSS of a SYN or SYN-ACK of endpoint `slot` to `limit`, counted.
+#[inline(always)]
+pub fn clamp(ctx: &XdpContext, packet: &Packet, limit: u32, slot: u32) {
+    if clamp_mss(ctx, packet, limit) {
+        stats::note(counter::MSS_CLAMPED, slot);
+    }
+}
+
+/// TCP options: kind and length.
+const MSS: (u8, usize) = (2, 4);
+const WINDOW_SCALE: (u8, usize) = (3, 3);
+
+/// A SYN's options, copied out into per-CPU room (a walk over packet bytes at offsets
+/// only known at run time does not pass the verifier).
+struct Options(*const u8);
+
+impl Options {
+    #[inline(always)]
+    fn byte(&self, at: usize) -> u8 {
+        // SAFETY: masked under 64, within the buffer.
+        unsafe { *self.0.add(at & 0x3f) }
+    }
+}
+
+/// Where the option `kind` (of its length) is among the segment's options: the options,
+/// and the offset of the option's value in them.
+#[inline(always)]
+fn option(ctx: &XdpContext, packet: &Packet, (kind, len): (u8, usize)) -> Option<(Options, usize)> {
     let length = verify::tcp_header_len(packet).wrapping_sub(20);
     if length == 0 || length > 40 {
-        return 0;
+        return None;
     }
-    let Some(buffer) = SEGMENT.get_ptr_mut(0) else {
-        return 0;
-    };
+    let buffer = SEGMENT.get_ptr_mut(0)?;
     let options = buffer.cast::<u8>();
     // SAFETY: the helper copies `length` (≤ 40) bytes into the buffer.
     let copied = unsafe {
         bpf_xdp_load_bytes(
             ctx.ctx,
-            (TCP_OFFSET + 20) as u32,
+            (L4_OFFSET + 20) as u32,
             options.cast(),
             (length & 0x3f) as u32,
         )
     };
     if copied != 0 {
-        return 0;
+        return None;
     }
-    // SAFETY: every index below is masked under 64, within the buffer.
-    let byte = |at: usize| unsafe { *options.add(at & 0x3f) };
+    let options = Options(options);
     // Position by position (a walk that jumps from option to option makes the verifier
     // follow every way the jumps could go): `next` is where the next option starts.
     let mut next = 0;
@@ -243,24 +340,24 @@ pub fn window_scale(ctx: &XdpContext, packet: &Packet) -> u8 {
             break;
         }
         if at == next {
-            let kind = byte(at);
-            if kind == 0 {
+            let found = options.byte(at);
+            if found == 0 {
                 break;
             }
-            if kind == 1 {
+            if found == 1 {
                 next = at + 1;
             } else {
-                let len = byte(at + 1) as usize;
-                if len < 2 {
+                let found_len = options.byte(at + 1) as usize;
+                if found_len < 2 {
                     break;
                 }
-                if kind == 3 && len == 3 && at + 2 < length {
-                    return byte(at + 2).min(14);
+                if found == kind && found_len == len && at + len <= length {
+                    return Some((options, at + 2));
                 }
-                next = at + len;
+                next = at + found_len;
             }
         }
         at += 1;
     }
-    0
+    None
 }

@@ -1,7 +1,7 @@
 //! Verify: what a segment must be before the node acts on it — sent to the interface's
 //! own MAC from a unicast one, with a correct IPv4 header checksum, flags a connection
-//! can carry, and, when it would open a flow, a correct TCP checksum and a source that
-//! can be a client.
+//! can carry, and, when it would open a flow, a correct TCP or UDP checksum and a
+//! source that can be a client.
 
 use aya_ebpf::{
     helpers::generated::{bpf_csum_diff, bpf_xdp_load_bytes},
@@ -10,7 +10,7 @@ use aya_ebpf::{
 use endpoint_common::{
     checksum::Sum,
     counter,
-    maps::{Interface, MAX_SEGMENT, address_kind},
+    maps::{Interface, MAX_SEGMENT, PROTO_UDP, SEGMENT_ROOM, address_kind},
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -18,7 +18,7 @@ use crate::{
     classify,
     maps::SEGMENT,
     outcome::Outcome,
-    parse::{Packet, TCP_OFFSET},
+    parse::{L4_OFFSET, Packet},
 };
 
 /// TCP flags.
@@ -56,17 +56,29 @@ pub fn ip_checksum(packet: &Packet, endpoint: u32) -> Result<(), Outcome> {
     Ok(())
 }
 
+/// A TCP segment's flags, if they are ones a connection can carry ([`sane_flags`]);
+/// none (0) for UDP.
+#[inline(always)]
+pub fn tcp_flags(packet: &Packet, endpoint: u32) -> Result<u8, Outcome> {
+    if !packet.is_tcp() {
+        return Ok(0);
+    }
+    let flags = flags(packet);
+    sane_flags(flags, endpoint)?;
+    Ok(flags)
+}
+
 /// The segment's TCP flags.
 #[inline(always)]
 pub fn flags(packet: &Packet) -> u8 {
     // SAFETY: byte 13 of the TCP header, which `parse` checked lies within the frame.
-    unsafe { *(packet.tcp as *const u8).add(13) }
+    unsafe { *packet.l4.add(13) }
 }
 
 /// Flags no segment of a connection carries (as Linux's conntrack judges them): SYN
 /// with FIN or RST, RST with FIN, FIN without ACK, or none of SYN, ACK and RST.
 #[inline(always)]
-pub fn sane_flags(flags: u8, endpoint: u32) -> Result<(), Outcome> {
+fn sane_flags(flags: u8, endpoint: u32) -> Result<(), Outcome> {
     let syn_with_end = flags & SYN != 0 && flags & (FIN | RST) != 0;
     let bad_fin = flags & FIN != 0 && (flags & RST != 0 || flags & ACK == 0);
     if syn_with_end || bad_fin || flags & (SYN | ACK | RST) == 0 {
@@ -93,13 +105,20 @@ pub fn source(network: u32, packet: &Packet, endpoint: u32) -> Result<(), Outcom
     Ok(())
 }
 
-/// The TCP checksum over the pseudo-header, the header and the payload is right. The
-/// segment is copied into per-CPU room (a loop over packet bytes at offsets only known
-/// at run time does not pass the verifier) and summed by the kernel, 512 bytes a call.
+/// The TCP or UDP checksum over the pseudo-header, the header and the payload is right
+/// (a UDP datagram may carry none: 0). The segment is copied into per-CPU room (a loop
+/// over packet bytes at offsets only known at run time does not pass the verifier) and
+/// summed by the kernel, 512 bytes a call.
 // Its own BPF function: the copy and the sums are one step.
 #[inline(never)]
-pub fn tcp_checksum(ctx: &XdpContext, packet: &Packet, slot: u32) -> Result<(), Outcome> {
+pub fn transport_checksum(ctx: &XdpContext, packet: &Packet, slot: u32) -> Result<(), Outcome> {
     let ip = packet.ip();
+    if packet.proto == PROTO_UDP {
+        // SAFETY: bytes 6..8 of the 8-byte UDP header `parse` checked.
+        if unsafe { *packet.l4.add(6).cast::<[u8; 2]>() } == [0; 2] {
+            return Ok(());
+        }
+    }
     let bad = Outcome::drop_for(counter::DROP_BAD_CHECKSUM, slot);
     let length = (ip.tot_len() as usize).wrapping_sub(Ipv4Hdr::LEN);
     if length > MAX_SEGMENT {
@@ -109,11 +128,11 @@ pub fn tcp_checksum(ctx: &XdpContext, packet: &Packet, slot: u32) -> Result<(), 
         return Err(bad);
     };
     let buffer = buffer.cast::<u8>();
-    let length = (length & 0x7ff) as u32;
+    let length = (length & (SEGMENT_ROOM - 1)) as u32;
     // SAFETY: the helper copies `length` (≤ MAX_SEGMENT) bytes into the buffer, which
-    // holds MAX_SEGMENT + 4.
+    // holds SEGMENT_ROOM + 4.
     if length == 0
-        || unsafe { bpf_xdp_load_bytes(ctx.ctx, TCP_OFFSET as u32, buffer.cast(), length) } != 0
+        || unsafe { bpf_xdp_load_bytes(ctx.ctx, L4_OFFSET as u32, buffer.cast(), length) } != 0
     {
         return Err(bad);
     }
@@ -124,7 +143,7 @@ pub fn tcp_checksum(ctx: &XdpContext, packet: &Packet, slot: u32) -> Result<(), 
     } else {
         length as usize
     };
-    // SAFETY: the buffer holds MAX_SEGMENT + 4 bytes.
+    // SAFETY: the buffer holds SEGMENT_ROOM + 4 bytes.
     unsafe { buffer.add(end).cast::<[u8; 4]>().write_unaligned([0; 4]) };
     let pseudo = Sum::default()
         .dword(u32::from_ne_bytes(ip.src_addr))

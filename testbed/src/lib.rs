@@ -1,6 +1,6 @@
 //! A small network of namespaces for the demo, the end-to-end tests and the benchmarks:
-//! consumers (two with the same addresses) — node (the agent) — provider (real TCP
-//! servers as targets). Everything it makes it removes, on drop and, for what a killed
+//! consumers (two with the same addresses) — node (the agent) — provider (real TCP and
+//! UDP servers as targets). Everything it makes it removes, on drop and, for what a killed
 //! run left behind, at the next start. For abuse tests: crafted segments sent from
 //! inside a namespace (`flood`), and ARP and capture on a link (`link`).
 
@@ -10,6 +10,7 @@ pub mod link;
 mod netns;
 mod tcp;
 mod topology;
+mod udp;
 
 pub use agent::Agent;
 pub use netns::{Namespace, sweep, veth};
@@ -18,3 +19,4 @@ pub use tcp::{
     link_index,
 };
 pub use topology::{Topology, addresses};
+pub use udp::{UdpServer, udp_ask, udp_socket};

@@ -1,7 +1,7 @@
 //! The demo: two consumer networks whose clients have the same address each reach the
 //! `orders` service through their own endpoint; the targets see only the NAT address; a
-//! `pendingAcceptance` endpoint gets no connection. Everything is removed on exit or
-//! Ctrl-C.
+//! `pendingAcceptance` endpoint gets no connection until the provider accepts it, then
+//! carries TCP and a UDP exchange. Everything is removed on exit or Ctrl-C.
 
 use std::{
     net::Ipv4Addr,
@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use testbed::{Agent, Namespace, Server, Topology, addresses, ask, at};
+use testbed::{Agent, Namespace, Server, Topology, UdpServer, addresses, ask, at, udp_ask};
 
 /// The endpoint IPs of the example config (examples/demo.yaml).
 const ORDERS_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
@@ -48,7 +48,7 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
     println!("\n== Building the topology (network namespaces and veth links)");
     let topology = Topology::build()?;
     println!(
-        "   consumer-a ({}) and consumer-b ({}): clients at {} in BOTH\n   node ({}): the agent and the XDP program\n   provider ({}): targets at {}:8080 and {}:8080, billing at {}:9090",
+        "   consumer-a ({}) and consumer-b ({}): clients at {} in BOTH\n   node ({}): the agent and the XDP program\n   provider ({}): targets at {}:8080 and {}:8080, billing at {}:9090 (TCP) and :7 (UDP echo)",
         topology.consumer_a.name(),
         topology.consumer_b.name(),
         addresses::CLIENT,
@@ -75,6 +75,11 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
             at(addresses::TARGETS[0], 9090),
         )?,
     ];
+    let _echo = UdpServer::start(
+        &topology.provider,
+        "billing-udp-echo",
+        at(addresses::TARGETS[0], 7),
+    )?;
     check_interrupt()?;
 
     // The agent runs on a copy: the demo accepts an endpoint, which edits the file.
@@ -147,6 +152,17 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
     println!(
         "   vpc-b -> vpce-b-billing: answered by {}, which saw {}",
         answer.target, answer.seen_from
+    );
+    println!("\n== vpc-b: a UDP datagram to {BILLING_ENDPOINT}:7 (billing's UDP listener)");
+    let answer = udp_ask(
+        &topology.consumer_b,
+        at(BILLING_ENDPOINT, 7),
+        "hello over UDP",
+        TIMEOUT,
+    )?;
+    println!(
+        "   vpc-b -> vpce-b-billing (udp): answered by {} from the endpoint's address, which saw {}: {:?}",
+        answer.target, answer.seen_from, answer.echo
     );
 
     if keep {

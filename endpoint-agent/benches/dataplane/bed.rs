@@ -50,6 +50,7 @@ services:
         listeners:
           - { port: 80, targets: [{ ip: 172.16.0.10, port: 8080 }, { ip: 172.16.0.11, port: 8080 }] }
           - { port: 9000, targets: [{ ip: 172.16.0.10, port: 9000 }] }
+          - { port: 53, protocol: udp, targets: [{ ip: 172.16.0.10, port: 5353 }, { ip: 172.16.0.11, port: 5353 }] }
 endpoints:
   - { id: bench, service: bench, principal: p, consumer_network: vpc, ip: 10.0.0.100, zone: z }
 ";
@@ -61,6 +62,7 @@ table ip endpoint_bench {
     type nat hook prerouting priority dstnat;
     ip daddr 10.1.0.100 tcp dport 80 dnat to 172.16.0.10:8080
     ip daddr 10.1.0.100 tcp dport 9000 dnat to 172.16.0.10:9000
+    ip daddr 10.1.0.100 udp dport 53 dnat to 172.16.0.10:5353
   }
   chain postrouting {
     type nat hook postrouting priority srcnat;

@@ -1,9 +1,10 @@
 //! Layer B: packets per second through the namespaces, consumer → node → provider.
 //! A live-frames generator (BPF_PROG_RUN in live mode: a new source port per frame over
-//! 256 flows, 64-byte SYNs) injects on the consumer's link of each way through the node;
-//! a counting XDP sink on the provider host counts what arrives. The ways are
-//! interleaved round by round: this forwarder, nftables DNAT + masquerade, plain
-//! kernel routing, and a trivial XDP redirect — the ceiling of this pipeline.
+//! 256 flows, 64-byte SYNs or UDP datagrams) injects on the consumer's link of each way
+//! through the node; a counting XDP sink on the provider host counts what arrives. The
+//! ways are interleaved round by round: this forwarder, nftables DNAT + masquerade,
+//! plain kernel routing, and a trivial XDP redirect — the ceiling of this pipeline —
+//! then this forwarder and nftables with UDP.
 //!
 //! Then new connections per second, this forwarder against nftables (conntrack), round
 //! by round: SYNs each with a tuple never used before, generated the same way; on the
@@ -38,15 +39,21 @@ struct Way {
     node_link: &'static str,
     src: [u8; 4],
     dst: ([u8; 4], u16),
+    /// UDP datagrams (without a checksum: the generator keeps TCP's right) or TCP SYNs.
+    udp: bool,
+    /// The way its ratio to nftables is taken against.
+    nft: usize,
 }
 
-const WAYS: [Way; 4] = [
+const WAYS: [Way; 6] = [
     Way {
         name: "this forwarder (XDP DNAT + SNAT)",
         link: "eth0",
         node_link: "cons-a",
         src: [10, 0, 0, 10],
         dst: ([10, 0, 0, 100], 80),
+        udp: false,
+        nft: 1,
     },
     Way {
         name: "nftables dnat + masquerade",
@@ -54,6 +61,8 @@ const WAYS: [Way; 4] = [
         node_link: "cons-k",
         src: [10, 1, 0, 10],
         dst: ([10, 1, 0, 100], 80),
+        udp: false,
+        nft: 1,
     },
     Way {
         name: "kernel routing (no NAT)",
@@ -61,6 +70,8 @@ const WAYS: [Way; 4] = [
         node_link: "cons-k",
         src: [10, 1, 0, 10],
         dst: ([172, 16, 0, 10], 8080),
+        udp: false,
+        nft: 1,
     },
     Way {
         name: "trivial XDP redirect (ceiling)",
@@ -68,6 +79,26 @@ const WAYS: [Way; 4] = [
         node_link: "cons-r",
         src: [10, 2, 0, 10],
         dst: ([172, 16, 0, 10], 8080),
+        udp: false,
+        nft: 1,
+    },
+    Way {
+        name: "this forwarder, UDP",
+        link: "eth0",
+        node_link: "cons-a",
+        src: [10, 0, 0, 10],
+        dst: ([10, 0, 0, 100], 53),
+        udp: true,
+        nft: 5,
+    },
+    Way {
+        name: "nftables dnat + masquerade, UDP",
+        link: "eth2",
+        node_link: "cons-k",
+        src: [10, 1, 0, 10],
+        dst: ([10, 1, 0, 100], 53),
+        udp: true,
+        nft: 5,
     },
 ];
 
@@ -100,11 +131,18 @@ pub fn run(report: &mut Report, object: &mut Ebpf, smoke: bool) -> Result<()> {
             let (ifindex, mac) = bed::link(&bed.consumer, way.link)?;
             let (_, node_mac) = bed::link(&bed.node, way.node_link)?;
             let mut frame = Vec::new();
-            PacketBuilder::ethernet2(mac, node_mac)
-                .ipv4(way.src, way.dst.0, 64)
-                .tcp(1024, way.dst.1, 1, 65535)
-                .syn()
-                .write(&mut frame, b"benchmark!")?;
+            let builder = PacketBuilder::ethernet2(mac, node_mac).ipv4(way.src, way.dst.0, 64);
+            if way.udp {
+                builder
+                    .udp(1024, way.dst.1)
+                    .write(&mut frame, b"benchmark, benchmark!!")?;
+                frame[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+            } else {
+                builder
+                    .tcp(1024, way.dst.1, 1, 65535)
+                    .syn()
+                    .write(&mut frame, b"benchmark!")?;
+            }
             let mut pristine = [0u8; 64];
             pristine.copy_from_slice(&frame);
             Array::<_, [u8; 64]>::try_from(object.map_mut("FRAME").context("FRAME")?)?
@@ -135,7 +173,7 @@ pub fn run(report: &mut Report, object: &mut Ebpf, smoke: bool) -> Result<()> {
             variant: way.name.to_string(),
             mpps: mpps[i],
             loss: median(&samples[i].1),
-            ratio_to_nft: per_round(i, 1),
+            ratio_to_nft: per_round(i, way.nft),
             share_of_redirect_ceiling: per_round(i, 3),
         });
     }

@@ -75,6 +75,9 @@ services:
         listeners:
           - port: 80
             targets: [{{ ip: 172.16.0.10, port: 8080 }}, {{ ip: 172.16.0.11, port: 8080 }}]
+          - port: 53
+            protocol: udp
+            targets: [{{ ip: 172.16.0.10, port: 5353 }}, {{ ip: 172.16.0.11, port: 5353 }}]
 endpoints:
 ",
         endpoints.next_power_of_two().max(4096)
@@ -248,10 +251,29 @@ fn frame(
     out
 }
 
+/// A 64-byte UDP datagram (22 bytes of payload), its checksum computed.
+fn datagram(
+    mac: ([u8; 6], [u8; 6]),
+    ip: ([u8; 4], [u8; 4]),
+    ports: (u16, u16),
+    ttl: u8,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(mac.0, mac.1)
+        .ipv4(ip.0, ip.1, ttl)
+        .udp(ports.0, ports.1)
+        .write(&mut out, b"benchmark, benchmark!!")
+        .expect("datagram");
+    assert_eq!(out.len(), 64);
+    out
+}
+
 /// The frames of the cases, checked once for verdict and exact output.
 struct Frames {
     forward: Vec<u8>,
     reply: Vec<u8>,
+    udp_forward: Vec<u8>,
+    udp_reply: Vec<u8>,
     new_flow: Vec<u8>,
     pass_through: Vec<u8>,
     malformed: Vec<u8>,
@@ -341,6 +363,43 @@ fn check(rig: &mut Rig) -> Result<Frames> {
     let (verdict, _, _) = rig.run("restore_endpoint", &reply, prov.0, 1)?;
     ensure!(verdict == XDP_REDIRECT, "reply: verdict {verdict}");
 
+    // A UDP flow, opened by its first datagram and checked both ways.
+    let udp_forward = datagram((CLIENT_MAC, cons.1), (CLIENT, ENDPOINT), (40000, 53), 64);
+    let (verdict, out, _) = rig.run("restore_endpoint", &udp_forward, cons.0, 1)?;
+    ensure!(verdict == XDP_REDIRECT, "datagram: verdict {verdict}");
+    let headers = PacketHeaders::from_ethernet_slice(&out)?;
+    let (Some(etherparse::NetHeaders::Ipv4(ip, _)), Some(etherparse::TransportHeader::Udp(udp))) =
+        (headers.net, headers.transport)
+    else {
+        anyhow::bail!("datagram: not UDP/IPv4")
+    };
+    let (target, target_mac) = *TARGETS
+        .iter()
+        .find(|(t, _)| *t == ip.destination)
+        .context("datagram: not a target")?;
+    let udp_nat_port = udp.source_port;
+    ensure!(
+        out == datagram(
+            (prov.1, target_mac),
+            (NAT, target),
+            (udp_nat_port, 5353),
+            63
+        ),
+        "datagram: output differs from the expected frame"
+    );
+    let udp_reply = datagram(
+        (target_mac, prov.1),
+        (target, NAT),
+        (5353, udp_nat_port),
+        64,
+    );
+    let (verdict, out, _) = rig.run("restore_endpoint", &udp_reply, prov.0, 1)?;
+    ensure!(
+        verdict == XDP_REDIRECT
+            && out == datagram((cons.1, CLIENT_MAC), (ENDPOINT, CLIENT), (53, 40000), 63),
+        "UDP reply: verdict {verdict} or output differs from the expected frame"
+    );
+
     let (verdict, out, _) = rig.run("restore_new_flow", &syn, cons.0, 1)?;
     ensure!(verdict == XDP_REDIRECT, "new flow: verdict {verdict}");
     let headers = PacketHeaders::from_ethernet_slice(&out)?;
@@ -381,6 +440,8 @@ fn check(rig: &mut Rig) -> Result<Frames> {
     Ok(Frames {
         forward,
         reply,
+        udp_forward,
+        udp_reply,
         new_flow: syn,
         pass_through,
         malformed,
@@ -432,7 +493,7 @@ pub fn run(report: &mut Report, object: &[u8], smoke: bool) -> Result<()> {
         let mut rig = Rig::load(object, &config_text(1, 1 << 17))?;
         let f = check(&mut rig)?;
         let (cons, prov) = (rig.cons.0, rig.prov.0);
-        let cases: [(&str, &str, &[u8], u32); 8] = [
+        let cases: [(&str, &str, &[u8], u32); 10] = [
             ("baseline: empty XDP_PASS", "empty", &f.forward, cons),
             ("baseline: swap MACs + XDP_TX", "swap_tx", &f.forward, cons),
             (
@@ -451,6 +512,18 @@ pub fn run(report: &mut Report, object: &[u8], smoke: bool) -> Result<()> {
                 "reply, target to consumer",
                 "restore_endpoint",
                 &f.reply,
+                prov,
+            ),
+            (
+                "established UDP flow, consumer to target",
+                "restore_endpoint",
+                &f.udp_forward,
+                cons,
+            ),
+            (
+                "UDP reply, target to consumer",
+                "restore_endpoint",
+                &f.udp_reply,
                 prov,
             ),
             (

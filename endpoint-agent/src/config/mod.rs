@@ -77,6 +77,9 @@ pub struct NodeLimits {
     pub half_open_per_network: u32,
     /// RSTs each CPU may send per second (for connections cut by `on_revoke: reset`).
     pub resets_per_second: u32,
+    /// ICMP messages of its own (fragmentation needed, time exceeded, echo replies) each
+    /// CPU may send per second; 0: none.
+    pub icmp_per_second: u32,
 }
 
 impl Default for NodeLimits {
@@ -84,6 +87,7 @@ impl Default for NodeLimits {
         Self {
             half_open_per_network: 4096,
             resets_per_second: 1000,
+            icmp_per_second: 1000,
         }
     }
 }
@@ -215,9 +219,15 @@ pub struct Service {
     pub load_balancers: Vec<LoadBalancer>,
     /// A DNS name consumers may use inside their networks (split horizon).
     pub private_dns_name: Option<String>,
-    /// Connections idle this long are forgotten (FIN or RST shorten it).
+    /// TCP connections idle this long are forgotten (FIN or RST shorten it) ...
     #[serde(default = "idle_timeout")]
     pub idle_timeout_seconds: u32,
+    /// ... and UDP flows this long (nothing else ends them).
+    #[serde(default = "udp_idle_timeout")]
+    pub udp_idle_timeout_seconds: u32,
+    /// The largest TCP MSS its connections may announce (absent: what the interfaces'
+    /// MTUs allow).
+    pub mss: Option<u16>,
     /// What happens to established connections when an endpoint stops being available.
     #[serde(default)]
     pub on_revoke: Revoke,
@@ -228,6 +238,11 @@ pub struct Service {
 
 fn idle_timeout() -> u32 {
     350
+}
+
+/// As an NLB's UDP flows.
+fn udp_idle_timeout() -> u32 {
+    120
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -280,7 +295,8 @@ pub struct HealthCheck {
     /// HTTP only: the path to GET and the status that means healthy.
     pub path: String,
     pub expect_status: u16,
-    /// The port to check (default: each target's own).
+    /// The port to check (default: each target's own). A load balancer with a UDP
+    /// listener needs one: UDP targets are checked over TCP or HTTP, as by an NLB.
     pub port: Option<u16>,
     pub interval_seconds: u32,
     pub timeout_seconds: u32,
@@ -325,12 +341,48 @@ pub struct Listener {
     pub targets: Vec<Target>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// A listener's protocol: a port may have a TCP and a UDP listener.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     #[default]
     Tcp,
+    /// Flows open on the first datagram and end when idle.
     Udp,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
+
+    /// The IP protocol number the XDP program sees.
+    pub fn number(self) -> u8 {
+        use endpoint_common::maps::{PROTO_TCP, PROTO_UDP};
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        }
+    }
+
+    /// The listener protocol of an IP protocol number, if it is one.
+    pub fn of(number: u8) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.number() == number)
+    }
+
+    /// The protocol's name, as written in the YAML.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -371,7 +423,8 @@ pub struct Endpoint {
     pub limits: Limits,
 }
 
-/// Sources (a CIDR) and listener ports (all if absent) allowed to use an endpoint.
+/// Sources (a CIDR) and listener ports (all if absent) allowed to use an endpoint; a
+/// port allows its TCP and its UDP listener.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupRule {

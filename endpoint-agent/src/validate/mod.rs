@@ -373,6 +373,29 @@ fn services(config: &Config, problems: &mut Problems) {
                 ),
             );
         }
+        if !(10..=86_400).contains(&service.udp_idle_timeout_seconds) {
+            problems.error(
+                &object,
+                path("udp_idle_timeout_seconds"),
+                format!(
+                    "{} s is not a UDP idle timeout: use 10 to 86400 (an NLB uses 120)",
+                    service.udp_idle_timeout_seconds
+                ),
+            );
+        }
+        if let Some(mss) = service.mss
+            && !(MIN_MSS..=MAX_MSS).contains(&mss)
+        {
+            problems.error(
+                &object,
+                path("mss"),
+                format!(
+                    "mss {mss} is not a TCP MSS connections can be held to: use {MIN_MSS} \
+                     (what every IPv4 host accepts) to {MAX_MSS} (jumbo frames), or leave it \
+                     out for what the interfaces' MTUs allow"
+                ),
+            );
+        }
         if let Some(name) = &service.private_dns_name
             && !dns_name(name)
         {
@@ -387,7 +410,7 @@ fn services(config: &Config, problems: &mut Problems) {
         }
         limits(&object, &path("limits"), &service.limits, problems);
         let mut lb_names = BTreeSet::new();
-        let mut first_ports: Option<BTreeSet<u16>> = None;
+        let mut first_ports: Option<BTreeSet<(u16, Protocol)>> = None;
         for (l, lb) in service.load_balancers.iter().enumerate() {
             let path = |field: &str| format!("services[{s}].load_balancers[{l}].{field}");
             let lb_object = format!("load balancer {:?} of service {:?}", lb.name, service.name);
@@ -466,18 +489,37 @@ fn services(config: &Config, problems: &mut Problems) {
                         "port 0 is not a listener port".into(),
                     );
                 }
-                if !ports.insert(listener.port) {
+                if !ports.insert((listener.port, listener.protocol)) {
                     problems.error(
                         &lb_object,
                         path("port"),
-                        format!("port {} has two listeners", listener.port),
+                        format!(
+                            "port {}/{} has two listeners (a port may have one TCP and one \
+                             UDP listener)",
+                            listener.port, listener.protocol
+                        ),
                     );
                 }
-                if listener.protocol == Protocol::Udp {
+                // UDP has no handshake to check a target with: as an NLB does, the agent
+                // checks over TCP or HTTP, on a port the target serves those on.
+                if listener.protocol == Protocol::Udp
+                    && check.protocol != HealthProtocol::None
+                    && check.port.is_none()
+                {
                     problems.error(
                         &lb_object,
                         path("protocol"),
-                        "UDP listeners are not supported yet: use `tcp`".into(),
+                        format!(
+                            "UDP listener {} needs health_check.port: UDP targets are checked \
+                             over {} on a port they serve it on, as by an NLB (or set \
+                             health_check.protocol: none)",
+                            listener.port,
+                            if check.protocol == HealthProtocol::Http {
+                                "HTTP"
+                            } else {
+                                "TCP"
+                            }
+                        ),
                     );
                 }
                 if listener.targets.is_empty() {
@@ -532,14 +574,30 @@ fn services(config: &Config, problems: &mut Problems) {
                     &lb_object,
                     path("listeners"),
                     format!(
-                        "listens on ports {ports:?} but the service's first load balancer on \
-                         {first:?}: all load balancers of a service serve the same ports"
+                        "listens on ports {} but the service's first load balancer on {}: all \
+                         load balancers of a service serve the same ports",
+                        listed_ports(&ports),
+                        listed_ports(first)
                     ),
                 ),
                 Some(_) => {}
             }
         }
     }
+}
+
+/// A service's `mss`: at least what every IPv4 host accepts (RFC 879), at most a jumbo
+/// frame's worth.
+const MIN_MSS: u16 = 536;
+const MAX_MSS: u16 = 9000;
+
+/// Listener ports as people write them: `[80/tcp, 53/udp]`.
+fn listed_ports(ports: &BTreeSet<(u16, Protocol)>) -> String {
+    let ports: Vec<String> = ports
+        .iter()
+        .map(|(p, proto)| format!("{p}/{proto}"))
+        .collect();
+    format!("[{}]", ports.join(", "))
 }
 
 fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Problems) {
@@ -649,7 +707,7 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
         let ports = service
             .load_balancers
             .first()
-            .map(|lb| lb.listeners.iter().map(|l| l.port).collect::<Vec<_>>())
+            .map(|lb| lb.listeners.iter().map(|l| l.port).collect::<BTreeSet<_>>())
             .unwrap_or_default();
         let rules = endpoint.security_groups.as_deref().unwrap_or_default();
         if rules.len() > MAX_SECURITY_GROUP_RULES {
@@ -899,7 +957,9 @@ fn tables(config: &Config, problems: &mut Problems) {
 /// Upper bounds of `node.tables`, so that map sizes (twice the limits) cannot overflow.
 const MAX_FLOWS: u32 = 1 << 26;
 const MAX_TABLE: u32 = 1 << 20;
-/// Each consumer network has an 8 KiB port bitmap.
+// Endpoint slots (up to twice the endpoints) fit the bits the data path packs them in.
+const _: () = assert!(2 * MAX_TABLE + 1 < 1 << endpoint_common::maps::SLOT_BITS);
+/// Each consumer network has two 8 KiB port bitmaps (TCP and UDP).
 const MAX_NETWORKS: u32 = 1 << 14;
 const MAX_RING_SLOTS: u64 = 1 << 28;
 

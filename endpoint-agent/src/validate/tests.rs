@@ -184,12 +184,6 @@ fn service_errors() {
         ],
     );
 
-    let report = error(
-        "          - port: 80\n",
-        "          - port: 80\n            protocol: udp\n",
-    );
-    assert_names(&report, &["UDP listeners are not supported yet"]);
-
     let report = error("port: 8080 }", "port: 0 }");
     assert_names(
         &report,
@@ -220,6 +214,7 @@ fn service_errors() {
         &report,
         &[
             "load balancer \"nlb-2\"",
+            "listens on ports [81/tcp] but the service's first load balancer on [80/tcp]",
             "all load balancers of a service serve the same ports",
         ],
     );
@@ -443,4 +438,172 @@ fn every_error_is_reported_at_once() {
             "3 error(s); nothing was applied",
         ],
     );
+}
+
+/// BASE's listener on port 80 with a UDP listener on `port` added after it, and
+/// `check` (a load balancer field) before the listeners.
+fn with_udp(port: u16, check: &str) -> String {
+    let text = BASE
+        .replace(
+            "        listeners:\n",
+            &format!("{check}        listeners:\n"),
+        )
+        .replace(
+            "endpoints:",
+            &format!(
+                "          - port: {port}\n            protocol: udp\n            targets:\n              - {{ ip: 172.16.0.10, port: 8080 }}\nendpoints:"
+            ),
+        );
+    assert_ne!(text, BASE);
+    text
+}
+
+#[test]
+fn udp_listeners_are_accepted() {
+    let checked = with_udp(53, "        health_check: { protocol: tcp, port: 8080 }\n");
+    let loaded = parse("test.yaml", &checked).expect("a UDP listener checked on a TCP port");
+    let listeners = &loaded.config.services[0].load_balancers[0].listeners;
+    assert_eq!(listeners[1].protocol, crate::config::Protocol::Udp);
+    let http = with_udp(
+        53,
+        "        health_check: { protocol: http, path: /health, port: 8080 }\n",
+    );
+    parse("test.yaml", &http).expect("or on an HTTP one");
+    let unchecked = with_udp(53, "        health_check: { protocol: none }\n");
+    parse("test.yaml", &unchecked).expect("or not checked");
+}
+
+#[test]
+fn a_port_may_have_a_tcp_and_a_udp_listener_each_with_its_own_ring_and_targets() {
+    use crate::{ids::Ids, placement};
+
+    let text = with_udp(80, "        health_check: { port: 8080 }\n");
+    let config = parse("test.yaml", &text)
+        .expect("TCP and UDP on port 80")
+        .config;
+    let ids = Ids::default().assign(&config);
+    let placed = placement::place(&config);
+    let listeners: Vec<_> = placed[0].listeners().collect();
+    assert_eq!(listeners.len(), 2);
+    assert_ne!(listeners[0].key, listeners[1].key);
+    assert_ne!(
+        ids.rings[&listeners[0].ring], ids.rings[&listeners[1].ring],
+        "two listeners, two rings"
+    );
+    assert_eq!(placement::rings(&config).len(), 2);
+    // The same address under both listeners is two targets.
+    let target = &listeners[1].listener.targets[0];
+    assert_ne!(
+        ids.targets[&listeners[0].key.target(target)],
+        ids.targets[&listeners[1].key.target(target)],
+    );
+    assert_eq!(ids.targets.len(), 3);
+}
+
+#[test]
+fn a_port_and_protocol_has_one_listener() {
+    let twice = with_udp(80, "        health_check: { port: 8080 }\n").replace(
+        "endpoints:",
+        "          - { port: 80, protocol: udp, targets: [] }\nendpoints:",
+    );
+    let report = parse("test.yaml", &twice).unwrap_err().report;
+    let line = twice
+        .lines()
+        .position(|l| l.contains("- { port: 80, protocol: udp"))
+        .unwrap()
+        + 1;
+    assert_names(
+        &report,
+        &[
+            &format!("test.yaml:{line}:"),
+            "port 80/udp has two listeners",
+        ],
+    );
+    let report = error(
+        "endpoints:",
+        "          - { port: 80, protocol: tcp, targets: [] }\nendpoints:",
+    );
+    assert_names(&report, &["port 80/tcp has two listeners"]);
+}
+
+#[test]
+fn a_udp_listener_checked_over_tcp_or_http_needs_the_check_port() {
+    for check in [
+        "",
+        "        health_check: { protocol: http, path: /health }\n",
+    ] {
+        let text = with_udp(53, check);
+        let report = parse("test.yaml", &text).unwrap_err().report;
+        let line = text
+            .lines()
+            .position(|l| l.contains("protocol: udp"))
+            .unwrap()
+            + 1;
+        assert_names(
+            &report,
+            &[
+                &format!("test.yaml:{line}: error: load balancer \"nlb-1\" of service \"orders\""),
+                "listeners[1].protocol",
+                "UDP listener 53 needs health_check.port",
+                "1 error(s)",
+            ],
+        );
+    }
+}
+
+#[test]
+fn mss_must_be_one_a_connection_can_be_held_to() {
+    for mss in [0, 535, 9001] {
+        let report = error(
+            "    load_balancers:",
+            &format!("    mss: {mss}\n    load_balancers:"),
+        );
+        assert_names(
+            &report,
+            &[
+                &format!("test.yaml:{}:", line_of("    load_balancers:")),
+                "service \"orders\" (services[0].mss)",
+                &format!("mss {mss} is not a TCP MSS"),
+                "use 536",
+                "to 9000",
+            ],
+        );
+    }
+    for mss in [536, 1400, 9000] {
+        let text = BASE.replace(
+            "    load_balancers:",
+            &format!("    mss: {mss}\n    load_balancers:"),
+        );
+        let loaded = parse("test.yaml", &text).expect("an MSS in range");
+        assert_eq!(loaded.config.services[0].mss, Some(mss));
+    }
+}
+
+#[test]
+fn udp_idle_timeout_is_checked_like_the_idle_timeout() {
+    let config = parse("test.yaml", BASE).expect("valid").config;
+    assert_eq!(config.services[0].udp_idle_timeout_seconds, 120);
+    for seconds in [0, 9, 86_401] {
+        let report = error(
+            "    load_balancers:",
+            &format!("    udp_idle_timeout_seconds: {seconds}\n    load_balancers:"),
+        );
+        assert_names(
+            &report,
+            &[
+                &format!("test.yaml:{}:", line_of("    load_balancers:")),
+                "services[0].udp_idle_timeout_seconds",
+                &format!("{seconds} s is not a UDP idle timeout: use 10 to 86400"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn icmp_per_second_defaults_to_1000_and_may_be_0() {
+    let config = parse("test.yaml", BASE).expect("valid").config;
+    assert_eq!(config.node.limits.icmp_per_second, 1000);
+    let none = BASE.replace("services:", "  limits: { icmp_per_second: 0 }\nservices:");
+    let config = parse("test.yaml", &none).expect("0: no ICMP").config;
+    assert_eq!(config.node.limits.icmp_per_second, 0);
 }

@@ -101,7 +101,9 @@ fn a_syn_flood_from_one_consumer_network_leaves_another_networks_connections_alo
         failures.join("\n"),
         bed.agent.log()
     );
-    assert!(sent.frames >= 20_000, "hardly a flood: {sent:?}");
+    // Ten times the network's room for handshakes, at least (how many more depends on
+    // how fast the 1000 connections went).
+    assert!(sent.frames >= 10 * HALF_OPEN, "hardly a flood: {sent:?}");
     assert!(
         sent.last.unwrap() + Duration::from_millis(100) >= measured,
         "the flood ended before the connections did: {sent:?}"

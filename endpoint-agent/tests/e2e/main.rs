@@ -6,6 +6,7 @@ mod bed;
 
 mod abuse;
 mod acceptance;
+mod datagrams;
 mod forwarding;
 mod health;
 mod isolation;

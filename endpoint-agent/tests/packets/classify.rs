@@ -11,7 +11,7 @@ use crate::rig::*;
 fn not_endpoint_traffic(mac: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
     let mut icmp = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, mac)
-        .ipv4(CLIENT, ENDPOINT, 64)
+        .ipv4(CLIENT, [10, 0, 0, 1], 64)
         .icmpv4_echo_request(1, 1)
         .write(&mut icmp, b"ping")
         .unwrap();
@@ -49,7 +49,7 @@ fn not_endpoint_traffic(mac: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
             "an address nobody has, on an endpoint port",
             syn_to(mac, [10, 0, 0, 1], 40000).frame(b""),
         ),
-        ("ICMP to the endpoint", icmp),
+        ("ICMP to an address nobody has", icmp),
         ("IPv6 to a link-local address", v6),
         ("UDP", udp),
         (

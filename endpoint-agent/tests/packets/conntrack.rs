@@ -168,21 +168,23 @@ fn route_lookup_failures_drop_before_any_flow_exists() {
 }
 
 /// A flow keeps its route for a second and replies never look one up: every packet is
-/// still held to its egress interface's MTU (the links here have 1500).
+/// still held to its egress interface's MTU (the links here have 1500). Without DF it
+/// is dropped (the node does not fragment; with DF its sender is told: see `icmp`).
 #[test]
-fn packets_longer_than_the_egress_mtu_are_dropped_both_ways() {
+fn packets_longer_than_the_egress_mtu_without_df_are_dropped_both_ways() {
     with_rig(|rig| {
         let connection = rig.connect("cons-a", ENDPOINT, 40000);
         let fits = connection.by_client(ACK, CLIENT_ISN + 1).frame(&[7; 1460]);
         assert_eq!(rig.run("cons-a", &fits).action, XDP_REDIRECT);
         let long = connection.by_client(ACK, CLIENT_ISN + 1).frame(&[7; 1461]);
-        assert_eq!(rig.run("cons-a", &long).action, XDP_DROP);
+        assert_eq!(rig.run("cons-a", &without_df(long)).action, XDP_DROP);
         let reply = connection.by_target(ACK, TARGET_ISN + 1);
         assert_eq!(
             rig.run("prov", &reply.frame(&[7; 1460])).action,
             XDP_REDIRECT
         );
-        assert_eq!(rig.run("prov", &reply.frame(&[7; 1900])).action, XDP_DROP);
+        let long_reply = without_df(reply.frame(&[7; 1900]));
+        assert_eq!(rig.run("prov", &long_reply).action, XDP_DROP);
         assert_eq!(rig.count("a", counter::DROP_FIB_FRAG_NEEDED), 2);
         // The connection is not harmed.
         assert_eq!(rig.run("cons-a", &fits).action, XDP_REDIRECT);

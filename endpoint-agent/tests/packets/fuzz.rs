@@ -4,24 +4,33 @@
 //!
 //! - nothing is forwarded (XDP_TX, XDP_REDIRECT) that the model refuses, and what is
 //!   forwarded is exactly what the model expects: the translation of a connection it
-//!   knows, a new connection on a listener that may open one (to one of its targets,
-//!   from the NAT address and a NAT port no other connection holds), the ARP answer, or
-//!   the RST that answers a segment of a connection its endpoint's revocation cuts;
-//! - every forwarded frame has a correct IPv4 checksum and keeps its TCP checksum right
-//!   (both computed from scratch here; a segment that came in with a wrong one must
-//!   leave with a wrong one: no translation launders it), and its lengths;
+//!   knows (TCP or UDP), a new connection on a listener that may open one (to one of its
+//!   targets, from the NAT address and a NAT port no other connection holds), the ARP
+//!   answer, the RST that answers a segment of a connection its endpoint's revocation
+//!   cuts, the node's own ICMP answers (time exceeded where a packet it would forward
+//!   has no TTL left, fragmentation needed where one with DF set does not fit the way
+//!   out, echo replies from endpoints that admit the source), or a provider's ICMP error
+//!   about a known connection translated back to its consumer; a SYN's or SYN-ACK's MSS
+//!   lowered to what the MTUs allow, and nothing else of it changed;
+//! - every forwarded frame has a correct IPv4 checksum and keeps its TCP, UDP or ICMP
+//!   checksums right (computed from scratch here; one that came in wrong must leave
+//!   wrong: no translation launders it; a UDP datagram without one keeps none), and its
+//!   lengths;
 //! - on a consumer interface nothing is handed to the kernel, and on a provider one
-//!   nothing for a NAT port is, and what is handed over is untouched;
+//!   nothing for a NAT port or ICMP to a NAT address is, and what is handed over is
+//!   untouched;
 //! - the flow table holds exactly the connections the model saw opened (both
 //!   directions, the NAT port reservations of those closed by the target), a
 //!   connection goes only when a new SYN replaces it closed, its endpoint's
-//!   revocation cuts it, or expiry takes it (whole), the endpoints' and networks'
-//!   usage counts match what the table holds, and every frame is counted once, under
-//!   what it did.
+//!   revocation cuts it, or expiry takes it (whole), an ICMP answer changes nothing of
+//!   its connection but what the steps before it may, the endpoints' and networks'
+//!   usage counts match what the table holds (a UDP flow is never half-open), and every
+//!   frame is counted once, under what it did (ICMP answers over the budget under
+//!   `drop_icmp_budget`).
 //!
 //! Every 25,000 frames the config changes, between the endpoints as configured and
-//! three of them revoked (drain, reset, security groups narrowed), so that
-//! revocations meet established connections.
+//! three of them revoked (drain, reset, security groups narrowed) with a small ICMP
+//! budget, so that revocations meet established connections and the budget runs out.
 //!
 //! `ENDPOINT_FUZZ_FRAMES` (default 100,000) and `ENDPOINT_FUZZ_SEED` (decimal or 0x hex)
 //! set the run; `cargo xtask fuzz` runs a million. A failure names the seed, the frame
@@ -36,8 +45,8 @@ use std::{
 use aya::programs::{TestRun, TestRunOptions};
 use endpoint_agent::loader;
 use endpoint_common::{
-    counter,
-    maps::{Flow, FlowKey, PROTO_TCP, PROVIDER_NETWORK, Usage, name, tcp},
+    counter::{self, Count},
+    maps::{Flow, FlowKey, PROTO_TCP, PROTO_UDP, PROVIDER_NETWORK, Usage, name, tcp},
 };
 
 use crate::rig::*;
@@ -47,8 +56,21 @@ const NAT_FIRST: u16 = 20000;
 const NAT_LAST: u16 = 20255;
 const XDP_TX: u32 = 3;
 const PSH: u8 = 0x08;
-/// The MTU of every link of the rig: no frame on them is longer.
-const MAX_FRAME: usize = 1514;
+/// The MTU of every link of the rig (checked at the start): the egress MTU of every
+/// packet the node forwards.
+const MTU: usize = 1500;
+/// The longest frame made: longer than the links' MTU, as from a link with a larger one,
+/// so that packets too big for the way out arrive too.
+const MAX_FRAME: usize = 14 + MTU + 128;
+/// Don't fragment, in byte 20 of a frame (the IPv4 flags).
+const DF: u8 = 0x40;
+/// ICMP types.
+const ECHO_REPLY: u8 = 0;
+const UNREACHABLE: u8 = 3;
+const FRAG_NEEDED: u8 = 4;
+const ECHO_REQUEST: u8 = 8;
+const TIME_EXCEEDED: u8 = 11;
+const PARAMETER_PROBLEM: u8 = 12;
 /// Frames between two full comparisons of the flow table with the model.
 const SYNC_EVERY: u64 = 1000;
 
@@ -63,7 +85,8 @@ enum Phase {
     Configured,
     /// The same with endpoint `a` revoked (its connections drain), `strict` revoked
     /// with `on_revoke: reset` (its connections are answered with a RST), and
-    /// `guarded`'s port 80 closed by its security groups (its connections are cut).
+    /// `guarded`'s port 80 closed by its security groups (its connections are cut); and
+    /// an ICMP budget small enough to run out.
     Revoked,
 }
 
@@ -85,6 +108,10 @@ impl Phase {
         match self {
             Phase::Configured => configured,
             Phase::Revoked => configured
+                .replace(
+                    "limits: { half_open_per_network: 100 }",
+                    "limits: { half_open_per_network: 100, icmp_per_second: 5 }",
+                )
                 .replace(
                     "ip: 10.0.0.100, zone: z1, state: available }\n  - { id: b,",
                     "ip: 10.0.0.100, zone: z1, state: rejected, accepted_at: '2026-01-01T00:00:00Z' }\n  - { id: b,",
@@ -133,9 +160,10 @@ fn random_and_mutated_frames_are_forwarded_only_as_the_model_allows() {
     assert_eq!(
         (
             revoked.matches("rejected").count(),
-            revoked.matches("cidr").count()
+            revoked.matches("cidr").count(),
+            revoked.matches("icmp_per_second").count(),
         ),
-        (4, 1),
+        (4, 1, 1),
         "{revoked}"
     );
     with_rig_for(&configured, |rig| Fuzz::new(rig, seed).run(frames));
@@ -218,6 +246,11 @@ struct Port {
     network: u32,
     /// The consumer network's name in the config.
     vpc: &'static str,
+    /// The action that sends a frame back out of it: a redirect on veth (as the agent
+    /// configures it), XDP_TX elsewhere.
+    bounce: u32,
+    /// Its MTU: the next-hop MTU of a packet too big to leave by it.
+    mtu: u16,
 }
 
 const CONS_A: usize = 0;
@@ -237,12 +270,26 @@ struct Listener {
     vpc: &'static str,
     ip: [u8; 4],
     port: u16,
-    /// Whether it may open connections: available, and its targets reachable (the
-    /// rig has neighbours for the `orders` targets only).
-    opens: bool,
+    proto: u8,
+    /// Whether its endpoint is available (in the configured phase).
+    available: bool,
+    /// How far the route lookup towards its targets gets (the rig has neighbours for
+    /// 172.16.0.10 and .11 only).
+    reach: Reach,
     targets: &'static [([u8; 4], u16)],
     /// Security groups on this port: sources under these prefixes (None: anyone).
     groups: Option<&'static [([u8; 4], u8)]>,
+}
+
+/// How far a new connection's route lookup gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// To the target's MAC: the connection opens.
+    Neighbour,
+    /// A route, and so its MTU, but no neighbour.
+    NoNeighbour,
+    /// No route.
+    NoRoute,
 }
 
 const T0: [u8; 4] = TARGETS[0].0;
@@ -250,98 +297,80 @@ const T1: [u8; 4] = TARGETS[1].0;
 const ORDERS: &[([u8; 4], u16)] = &[(T0, 8080), (T1, 8080)];
 const STRICT_80: &[([u8; 4], u16)] = &[(T0, 8080)];
 const STRICT_443: &[([u8; 4], u16)] = &[(T0, 8443)];
+const DNS_TCP: &[([u8; 4], u16)] = &[(T0, 5300)];
+const DNS_UDP: &[([u8; 4], u16)] = &[(T1, 5353)];
+
+/// A TCP listener on port 80, available, reaching its targets, no security groups.
+const fn web(
+    endpoint: &'static str,
+    vpc: &'static str,
+    ip: [u8; 4],
+    targets: &'static [([u8; 4], u16)],
+) -> Listener {
+    Listener {
+        endpoint,
+        vpc,
+        ip,
+        port: 80,
+        proto: PROTO_TCP,
+        available: true,
+        reach: Reach::Neighbour,
+        targets,
+        groups: None,
+    }
+}
 
 const LISTENERS: &[Listener] = &[
+    web("a", "vpc-a", ENDPOINT, ORDERS),
+    web("b", "vpc-b", ENDPOINT, ORDERS),
     Listener {
-        endpoint: "a",
-        vpc: "vpc-a",
-        ip: ENDPOINT,
-        port: 80,
-        opens: true,
-        targets: ORDERS,
-        groups: None,
+        available: false,
+        ..web("pending", "vpc-a", PENDING, ORDERS)
     },
     Listener {
-        endpoint: "b",
-        vpc: "vpc-b",
-        ip: ENDPOINT,
-        port: 80,
-        opens: true,
-        targets: ORDERS,
-        groups: None,
+        available: false,
+        ..web("rejected", "vpc-b", PENDING, ORDERS)
     },
     Listener {
-        endpoint: "pending",
-        vpc: "vpc-a",
-        ip: PENDING,
-        port: 80,
-        opens: false,
-        targets: ORDERS,
-        groups: None,
+        reach: Reach::NoNeighbour,
+        ..web("unresolved", "vpc-a", NO_NEIGHBOUR, &[])
     },
     Listener {
-        endpoint: "rejected",
-        vpc: "vpc-b",
-        ip: PENDING,
-        port: 80,
-        opens: false,
-        targets: ORDERS,
-        groups: None,
+        reach: Reach::NoRoute,
+        ..web("unrouted", "vpc-a", NO_ROUTE, &[])
     },
     Listener {
-        endpoint: "unresolved",
-        vpc: "vpc-a",
-        ip: NO_NEIGHBOUR,
-        port: 80,
-        opens: false,
-        targets: &[],
-        groups: None,
-    },
-    Listener {
-        endpoint: "unrouted",
-        vpc: "vpc-a",
-        ip: NO_ROUTE,
-        port: 80,
-        opens: false,
-        targets: &[],
-        groups: None,
-    },
-    Listener {
-        endpoint: "guarded",
-        vpc: "vpc-b",
-        ip: GUARDED,
-        port: 80,
-        opens: true,
-        targets: STRICT_80,
         // 10.0.0.0/28 has port 80 (and 443, being inside the /24 too).
         groups: Some(&[([10, 0, 0, 0], 28)]),
+        ..web("guarded", "vpc-b", GUARDED, STRICT_80)
     },
     Listener {
-        endpoint: "guarded",
-        vpc: "vpc-b",
-        ip: GUARDED,
         port: 443,
-        opens: true,
-        targets: STRICT_443,
         groups: Some(&[([10, 0, 0, 0], 24)]),
+        ..web("guarded", "vpc-b", GUARDED, STRICT_443)
     },
+    web("strict", "vpc-a", STRICT, STRICT_80),
     Listener {
-        endpoint: "strict",
-        vpc: "vpc-a",
-        ip: STRICT,
-        port: 80,
-        opens: true,
-        targets: STRICT_80,
-        groups: None,
-    },
-    Listener {
-        endpoint: "strict",
-        vpc: "vpc-a",
-        ip: STRICT,
         port: 443,
-        opens: true,
-        targets: STRICT_443,
-        groups: None,
+        ..web("strict", "vpc-a", STRICT, STRICT_443)
+    },
+    Listener {
+        port: 53,
+        ..web("dns-a", "vpc-a", DNS, DNS_TCP)
+    },
+    Listener {
+        port: 53,
+        proto: PROTO_UDP,
+        ..web("dns-a", "vpc-a", DNS, DNS_UDP)
+    },
+    Listener {
+        port: 53,
+        ..web("dns-b", "vpc-b", DNS, DNS_TCP)
+    },
+    Listener {
+        port: 53,
+        proto: PROTO_UDP,
+        ..web("dns-b", "vpc-b", DNS, DNS_UDP)
     },
 ];
 
@@ -349,10 +378,18 @@ const LISTENERS: &[Listener] = &[
 /// traffic (never-accepted requests claim none).
 fn answered(vpc: &str) -> &'static [[u8; 4]] {
     match vpc {
-        "vpc-a" => &[ENDPOINT, NO_NEIGHBOUR, NO_ROUTE, STRICT],
-        "vpc-b" => &[ENDPOINT, GUARDED],
+        "vpc-a" => &[ENDPOINT, NO_NEIGHBOUR, NO_ROUTE, STRICT, DNS],
+        "vpc-b" => &[ENDPOINT, GUARDED, DNS],
         _ => &[],
     }
+}
+
+/// A source that cannot be a client in `vpc` (of `dst` there): unspecified, loopback,
+/// multicast, broadcast, reserved, the destination itself, or an address the node
+/// answers for there (replies would go to it).
+fn martian(vpc: &str, src: [u8; 4], dst: [u8; 4]) -> bool {
+    let first = src[0];
+    first == 0 || first == 127 || first >= 224 || src == dst || answered(vpc).contains(&src)
 }
 
 fn target_mac(ip: [u8; 4]) -> Option<[u8; 6]> {
@@ -391,20 +428,34 @@ fn ip_checksum_ok(f: &[u8]) -> bool {
     f.len() >= 34 && fold(sum(&f[14..34], 0)) == 0xffff
 }
 
-/// Whether the TCP segment after an IPv4 header of `ihl` bytes, `tot_len` long, sums
-/// right with its pseudo-header.
-fn tcp_checksum_ok(f: &[u8], ihl: usize, tot_len: usize) -> bool {
+/// Whether the TCP segment (or UDP datagram: `proto`) after an IPv4 header of `ihl`
+/// bytes, `tot_len` long, sums right with its pseudo-header.
+fn transport_sum_ok(f: &[u8], proto: u8, ihl: usize, tot_len: usize) -> bool {
     let (start, end) = (14 + ihl, 14 + tot_len);
     if tot_len < ihl || end > f.len() || f.len() < 34 {
         return false;
     }
-    let pseudo = sum(&f[26..34], 6 + (tot_len - ihl) as u64);
+    let pseudo = sum(&f[26..34], u64::from(proto) + (tot_len - ihl) as u64);
     fold(sum(&f[start..end], pseudo)) == 0xffff
 }
 
-/// Makes both checksums right again, as far as the frame lets them be computed.
-fn fix_checksums(f: &mut [u8]) {
-    if f.len() < 34 || f[12..14] != [8, 0] {
+/// Whether `f[range]` sums right (an ICMP message, an IPv4 header).
+fn sums_right(f: &[u8], range: std::ops::Range<usize>) -> bool {
+    range.end <= f.len() && fold(sum(&f[range], 0)) == 0xffff
+}
+
+/// A ones' complement sum with its two zeros (0 and 0xFFFF) made one: what an
+/// incremental update keeps.
+fn ones(acc: u64) -> u16 {
+    match fold(acc) {
+        0xffff => 0,
+        n => n,
+    }
+}
+
+/// Makes the IPv4 header's checksum right again.
+fn fix_ip_checksum(f: &mut [u8]) {
+    if f.len() < 34 {
         return;
     }
     let ihl = usize::from(f[14] & 0xf) * 4;
@@ -414,16 +465,48 @@ fn fix_checksums(f: &mut [u8]) {
     f[24..26].fill(0);
     let ip = !fold(sum(&f[14..14 + ihl], 0));
     f[24..26].copy_from_slice(&ip.to_be_bytes());
-    let tot_len = usize::from(u16::from_be_bytes([f[16], f[17]]));
-    let end = (14 + tot_len).min(f.len());
-    if f[23] != 6 || 14 + ihl + 18 > end {
+}
+
+/// Makes the checksums right again (IPv4, and TCP, UDP or ICMP), as far as the frame
+/// lets them be computed.
+fn fix_checksums(f: &mut [u8]) {
+    if f.len() < 34 || f[12..14] != [8, 0] {
         return;
     }
-    let check = 14 + ihl + 16;
+    let ihl = usize::from(f[14] & 0xf) * 4;
+    if ihl < 20 || 14 + ihl > f.len() {
+        return;
+    }
+    fix_ip_checksum(f);
+    let tot_len = usize::from(u16::from_be_bytes([f[16], f[17]]));
+    let end = (14 + tot_len).min(f.len());
+    let start = 14 + ihl;
+    let (check, pseudo) = match f[23] {
+        6 if start + 18 <= end => (start + 16, true),
+        17 if start + 8 <= end => (start + 6, true),
+        1 if start + 4 <= end => (start + 2, false),
+        _ => return,
+    };
     f[check..check + 2].fill(0);
-    let pseudo = sum(&f[26..34], 6 + (end - 14 - ihl) as u64);
-    let tcp = !fold(sum(&f[14 + ihl..end], pseudo));
-    f[check..check + 2].copy_from_slice(&tcp.to_be_bytes());
+    let pseudo = if pseudo {
+        sum(&f[26..34], u64::from(f[23]) + (end - start) as u64)
+    } else {
+        0
+    };
+    let mut sum = !fold(sum(&f[start..end], pseudo));
+    // A UDP checksum that computes to 0 is sent as 0xFFFF (0 means none).
+    if f[23] == 17 && sum == 0 {
+        sum = 0xffff;
+    }
+    f[check..check + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// Clears DF, keeping the IPv4 checksum right.
+fn clear_df(f: &mut [u8]) {
+    if f.len() >= 34 {
+        f[20] &= !DF;
+        fix_ip_checksum(f);
+    }
 }
 
 /// A TCP/IPv4 segment's fields.
@@ -493,22 +576,78 @@ fn ipv4_frame(
     f
 }
 
-/// The fields of a frame the program takes as TCP/IPv4 (the README's rules: a whole
-/// 20-byte IPv4 header, no fragment, a TCP header of at least 20 bytes within the total
-/// length, the total length within the frame).
-struct Tcp {
+/// A UDP datagram's fields.
+struct Datagram {
+    mac_src: [u8; 6],
+    mac_dst: [u8; 6],
     src: [u8; 4],
     dst: [u8; 4],
     sport: u16,
     dport: u16,
+    ttl: u8,
+    df: bool,
+    /// Whether it carries a checksum (else 0: none).
+    checksum: bool,
+    payload: Vec<u8>,
+}
+
+impl Datagram {
+    fn frame(&self) -> Vec<u8> {
+        let mut body = self.sport.to_be_bytes().to_vec();
+        body.extend(self.dport.to_be_bytes());
+        body.extend(((8 + self.payload.len()) as u16).to_be_bytes());
+        body.extend([0, 0]);
+        body.extend(&self.payload);
+        let mut f = ipv4_frame((self.mac_src, self.mac_dst), self.src, self.dst, 17, &body);
+        f[20] = if self.df { DF } else { 0 };
+        f[22] = self.ttl;
+        fix_checksums(&mut f);
+        if !self.checksum {
+            f[40..42].fill(0);
+        }
+        f
+    }
+}
+
+/// The last word of a payload of `len` (even, ≥ 2) bytes that makes a datagram from
+/// `src`:`sport` to `dst`:`dport` sum to all ones without its checksum: its checksum
+/// computes to 0 (sent as 0xFFFF).
+fn zero_sum_payload(
+    rng: &mut Rng,
+    (src, sport): ([u8; 4], u16),
+    (dst, dport): ([u8; 4], u16),
+    len: usize,
+) -> Vec<u8> {
+    let mut payload = rng.bytes(len);
+    payload[len - 2..].fill(0);
+    let udp_len = (8 + len) as u64;
+    let mut acc = sum(&src, sum(&dst, 17 + udp_len));
+    acc += u64::from(sport) + u64::from(dport) + udp_len;
+    let last = !fold(sum(&payload, acc));
+    payload[len - 2..].copy_from_slice(&last.to_be_bytes());
+    payload
+}
+
+/// The fields of a frame the program takes as TCP or UDP over IPv4 (the README's
+/// rules: a whole 20-byte IPv4 header, no fragment, the total length within the frame;
+/// a TCP header of at least 20 bytes within the total length, or a UDP header of 8
+/// whose length is the rest of it).
+struct Seg {
+    proto: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    /// TCP flags (none for UDP).
     flags: u8,
     ttl: u8,
+    df: bool,
     tot_len: usize,
 }
 
-impl Tcp {
-    fn of(f: &[u8]) -> Option<Tcp> {
-        if f.len() < 34 || f[12..14] != [8, 0] || f[23] != 6 {
+impl Seg {
+    fn of(f: &[u8]) -> Option<Seg> {
+        if f.len() < 34 || f[12..14] != [8, 0] || (f[23] != 6 && f[23] != 17) {
             return None;
         }
         let ihl = usize::from(f[14] & 0xf) * 4;
@@ -517,31 +656,124 @@ impl Tcp {
         if f[14] >> 4 != 4 || ihl != 20 || tot_len < ihl || 14 + tot_len > f.len() || fragment {
             return None;
         }
-        if f.len() < 54 {
-            return None;
+        let proto = f[23];
+        if proto == PROTO_TCP {
+            if f.len() < 54 {
+                return None;
+            }
+            let doff = usize::from(f[46] >> 4) * 4;
+            if doff < 20 || 20 + doff > tot_len {
+                return None;
+            }
+        } else {
+            if f.len() < 42 {
+                return None;
+            }
+            // A UDP length below its own header's is inconsistent: malformed.
+            let udp_len = usize::from(u16::from_be_bytes([f[38], f[39]]));
+            if udp_len != tot_len - 20 || udp_len < 8 {
+                return None;
+            }
         }
-        let doff = usize::from(f[46] >> 4) * 4;
-        if doff < 20 || 20 + doff > tot_len {
-            return None;
-        }
-        Some(Tcp {
+        Some(Seg {
+            proto,
             src: f[26..30].try_into().unwrap(),
             dst: f[30..34].try_into().unwrap(),
             sport: u16::from_be_bytes([f[34], f[35]]),
             dport: u16::from_be_bytes([f[36], f[37]]),
-            flags: f[47],
+            flags: if proto == PROTO_TCP { f[47] } else { 0 },
             ttl: f[22],
+            df: f[20] & DF != 0,
+            tot_len,
+        })
+    }
+
+    fn tcp(&self) -> bool {
+        self.proto == PROTO_TCP
+    }
+
+    /// The key it arrives with in `network`.
+    fn key(&self, network: u32) -> FlowKey {
+        FlowKey {
+            src_be: u32::from_ne_bytes(self.src),
+            dst_be: u32::from_ne_bytes(self.dst),
+            src_port_be: self.sport.to_be(),
+            dst_port_be: self.dport.to_be(),
+            scope: FlowKey::scope(network, self.proto),
+        }
+    }
+
+    /// Its TCP checksum is right, or its UDP one (or it has none).
+    fn checksum_ok(&self, f: &[u8]) -> bool {
+        if !self.tcp() && f[40..42] == [0, 0] {
+            return true;
+        }
+        transport_sum_ok(f, self.proto, 20, self.tot_len)
+    }
+}
+
+/// The fields of a frame the program takes as ICMP over IPv4 (a whole 20-byte IPv4
+/// header, no fragment, at least the 8-byte ICMP header within the total length).
+struct Icmp {
+    src: [u8; 4],
+    dst: [u8; 4],
+    ttl: u8,
+    kind: u8,
+    code: u8,
+    tot_len: usize,
+}
+
+impl Icmp {
+    fn of(f: &[u8]) -> Option<Icmp> {
+        if f.len() < 42 || f[12..14] != [8, 0] || f[23] != 1 {
+            return None;
+        }
+        let ihl = usize::from(f[14] & 0xf) * 4;
+        let tot_len = usize::from(u16::from_be_bytes([f[16], f[17]]));
+        let fragment = u16::from_be_bytes([f[20], f[21]]) & 0x3fff != 0;
+        if f[14] >> 4 != 4 || ihl != 20 || tot_len < 28 || 14 + tot_len > f.len() || fragment {
+            return None;
+        }
+        Some(Icmp {
+            src: f[26..30].try_into().unwrap(),
+            dst: f[30..34].try_into().unwrap(),
+            ttl: f[22],
+            kind: f[34],
+            code: f[35],
             tot_len,
         })
     }
 }
 
 /// Flags a segment of a connection can carry: not SYN with FIN or RST, not FIN with RST
-/// or without ACK, and some of SYN, ACK, RST.
-fn sane_flags(flags: u8) -> bool {
+/// or without ACK, and some of SYN, ACK, RST (UDP: any datagram).
+fn sane_flags(seg: &Seg) -> bool {
+    if !seg.tcp() {
+        return true;
+    }
+    let flags = seg.flags;
     let syn_with_end = flags & SYN != 0 && flags & (FIN | RST) != 0;
     let bad_fin = flags & FIN != 0 && (flags & RST != 0 || flags & ACK == 0);
     !syn_with_end && !bad_fin && flags & (SYN | ACK | RST) != 0
+}
+
+/// Where the value of the MSS option (kind 2, length 4) of the TCP segment `f` is, if
+/// it has one: options walked as RFC 9293 §3.1 lays them out (the end-of-list ends
+/// them, a NOP is one byte, any other gives its length, at least 2).
+fn mss_at(f: &[u8]) -> Option<usize> {
+    let doff = usize::from(f[46] >> 4) * 4;
+    let options = f.get(54..34 + doff)?;
+    let mut at = 0;
+    while at + 1 < options.len() {
+        match (options[at], usize::from(options[at + 1])) {
+            (0, _) => break,
+            (1, _) => at += 1,
+            (_, len) if len < 2 => break,
+            (2, 4) if at + 4 <= options.len() => return Some(54 + at + 2),
+            (_, len) => at += len,
+        }
+    }
+    None
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -557,6 +789,7 @@ fn hex(bytes: &[u8]) -> String {
 /// A connection the model saw opened.
 #[derive(Clone, Copy, Debug)]
 struct Conn {
+    proto: u8,
     /// The consumer interface it came in on.
     port: usize,
     client_mac: [u8; 6],
@@ -569,7 +802,8 @@ struct Conn {
     listener: u16,
     /// Tells it from a later connection on the same tuple.
     opened_ns: u64,
-    /// For the frame generator: the client's and the target's next sequence numbers.
+    /// For the frame generator: the client's and the target's next sequence numbers
+    /// (TCP).
     client_next: u32,
     target_next: Option<u32>,
 }
@@ -582,7 +816,7 @@ impl Conn {
             dst_be: u32::from_ne_bytes(NAT),
             src_port_be: self.target_port.to_be(),
             dst_port_be: self.nat_port.to_be(),
-            scope: FlowKey::scope(PROVIDER_NETWORK, PROTO_TCP),
+            scope: FlowKey::scope(PROVIDER_NETWORK, self.proto),
         }
     }
 }
@@ -593,7 +827,7 @@ fn reply_key_of(forward: &Flow) -> FlowKey {
         dst_be: forward.src_be,
         src_port_be: forward.dst_port_be,
         dst_port_be: forward.src_port_be,
-        scope: FlowKey::scope(PROVIDER_NETWORK, PROTO_TCP),
+        scope: FlowKey::scope(PROVIDER_NETWORK, forward.proto),
     }
 }
 
@@ -647,6 +881,75 @@ struct Allowed {
     removes: bool,
     /// Open a connection for it on this listener.
     open: Option<&'static Listener>,
+    /// Answer it with this ICMP message of the node's own — or, over the ICMP budget,
+    /// drop it.
+    answer: Option<Answer>,
+    /// Translate this provider's ICMP error about the known connection back to its
+    /// consumer.
+    error: Option<(FlowKey, Conn)>,
+}
+
+/// An ICMP message the node may answer a frame with.
+struct Answer {
+    kind: Own,
+    /// Exactly this frame (an echo reply's checksums aside: they are updated, so they
+    /// are as right as they came in).
+    frame: Vec<u8>,
+    /// The endpoint slot its budget drop is counted for.
+    slot: u32,
+    /// Whether nothing but the budget may drop the frame instead (else the steps
+    /// before the answer may too: limits, TCP tracking, a closed connection's SYN taken
+    /// as a new one).
+    sure: bool,
+    /// The connection it is about, the side the frame came from, and what the steps
+    /// before the answer may have changed of it.
+    about: Option<(FlowKey, Way, Before)>,
+}
+
+impl Answer {
+    /// Whether `out` is this answer.
+    fn matches(&self, out: &[u8]) -> bool {
+        if self.kind != Own::EchoReply {
+            return out == self.frame.as_slice();
+        }
+        // Both checksums are updated: the IPv4 one right, the ICMP one as right as it
+        // came in (as the expected frame's is).
+        let f = &self.frame;
+        let end = 14 + usize::from(u16::from_be_bytes([f[16], f[17]]));
+        let checksums = [24, 25, 36, 37];
+        out.len() == f.len()
+            && out
+                .iter()
+                .zip(f)
+                .enumerate()
+                .all(|(i, (a, b))| a == b || checksums.contains(&i))
+            && ip_checksum_ok(out)
+            && sums_right(out, 34..end) == sums_right(f, 34..end)
+    }
+}
+
+/// The node's own ICMP messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Own {
+    TimeExceeded,
+    FragNeeded,
+    EchoReply,
+}
+
+/// What the steps before an ICMP answer may change of the connection the frame is on
+/// (each includes the ones before it): of the entry of the side it came from, unless
+/// said otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Before {
+    /// Nothing: its TTL is looked at first.
+    Nothing,
+    /// The policy word it is admitted under (judged again first).
+    Admitted,
+    /// Its last-seen stamp (used, then found too big for the kept route).
+    Touched,
+    /// What TCP tracking learnt from the segment (and the connection's state bits): a
+    /// reply is checked against the consumer's MTU last.
+    Tracked,
 }
 
 /// A frame that ran: where it arrived, what it was, what the program did with it.
@@ -677,6 +980,15 @@ struct Tally {
     expired: u64,
     phases: u64,
     reset: u64,
+    time_exceeded: u64,
+    frag_needed: u64,
+    echo: u64,
+    icmp_error: u64,
+    icmp_budget: u64,
+    udp_new: u64,
+    udp_forward: u64,
+    udp_reply: u64,
+    mss_clamped: u64,
 }
 
 // ---------------------------------------------------------------------------------
@@ -697,6 +1009,8 @@ struct Fuzz<'r> {
     /// The last frames (interface, input, action), for failure messages.
     recent: VecDeque<(usize, Vec<u8>, u32)>,
     out: Vec<u8>,
+    /// `drop_icmp_budget` per endpoint slot, as last read.
+    budget_seen: BTreeMap<u32, u64>,
 }
 
 impl<'r> Fuzz<'r> {
@@ -704,12 +1018,15 @@ impl<'r> Fuzz<'r> {
         let ids = rig.pipeline.applied().ids.clone();
         let ports = NAMES.map(|(name, vpc)| {
             let link = rig.facts.links[name];
+            assert_eq!(link.mtu as usize, MTU, "{name}'s MTU");
             Port {
                 name,
                 ifindex: link.ifindex,
                 mac: link.mac,
                 network: if vpc.is_empty() { 0 } else { ids.networks[vpc] },
                 vpc,
+                bounce: if link.veth { XDP_REDIRECT } else { XDP_TX },
+                mtu: link.mtu as u16,
             }
         });
         let slots = LISTENERS
@@ -728,6 +1045,7 @@ impl<'r> Fuzz<'r> {
             n: 0,
             recent: VecDeque::new(),
             out: vec![0; 4096],
+            budget_seen: BTreeMap::new(),
         }
     }
 
@@ -796,6 +1114,12 @@ impl<'r> Fuzz<'r> {
         // after tells what happened to it.
         let key = self.touched(port, frame);
         let before = key.and_then(|key| self.flow_entry(&key));
+        // What an ICMP answer may leave changed of its connection: both entries before.
+        let about = allowed.answer.as_ref().and_then(|a| a.about);
+        let before_about = about.and_then(|(key, ..)| {
+            let conn = self.model.flows.get(&key)?;
+            Some((self.flow_entry(&key)?, self.flow_entry(&conn.reply_key())?))
+        });
         self.n += 1;
         let (action, len) = self.run_frame(port, frame);
         if self.recent.len() == 8 {
@@ -810,7 +1134,12 @@ impl<'r> Fuzz<'r> {
             out: &out,
         };
         match action {
-            XDP_DROP => self.tally.drop += 1,
+            XDP_DROP => {
+                self.tally.drop += 1;
+                if let Some(answer) = &allowed.answer {
+                    self.dropped_answer(&ran, answer);
+                }
+            }
             XDP_PASS => {
                 if !allowed.pass {
                     self.fail(&ran, "handed to the kernel, which must not see it");
@@ -828,6 +1157,91 @@ impl<'r> Fuzz<'r> {
             None if ran.forwarded() => self.judge_forwarded(&ran, &allowed, false),
             None => {}
         }
+        let answered = ran.forwarded() && allowed.answer.as_ref().is_some_and(|a| a.matches(&out));
+        if let (Some((key, way, may)), Some(before), true) = (about, before_about, answered) {
+            self.check_kept(&ran, key, way, may, before);
+        }
+    }
+
+    /// A frame the model expected an ICMP answer to was dropped: over the budget
+    /// (counted so), or (if the answer was not sure) for a step before it.
+    fn dropped_answer(&mut self, ran: &Ran, answer: &Answer) {
+        let index = counter::index(answer.slot, counter::DROP_ICMP_BUDGET);
+        let now: u64 = self
+            .rig
+            .pipeline
+            .maps()
+            .per_cpu_array::<Count>(name::STATS)
+            .unwrap()
+            .get(&index, 0)
+            .unwrap()
+            .iter()
+            .map(|c| c.packets)
+            .sum();
+        let seen = self.budget_seen.entry(answer.slot).or_default();
+        let was = *seen;
+        *seen = now;
+        match now.checked_sub(was) {
+            Some(1) => self.tally.icmp_budget += 1,
+            Some(0) if !answer.sure => {}
+            Some(0) => self.fail(
+                ran,
+                &format!(
+                    "dropped, not over the ICMP budget, instead of answered ({:?}); expected {}",
+                    answer.kind,
+                    hex(&answer.frame)
+                ),
+            ),
+            _ => self.fail(
+                ran,
+                &format!(
+                    "drop_icmp_budget went from {was} to {now}: frames that had no ICMP \
+                     answer coming were counted there"
+                ),
+            ),
+        }
+    }
+
+    /// An ICMP answer left its connection as the steps before it may have: `way` the
+    /// side the frame came from, `may` what those steps may change.
+    fn check_kept(&self, ran: &Ran, key: FlowKey, way: Way, may: Before, before: (Flow, Flow)) {
+        let Some(conn) = self.model.flows.get(&key) else {
+            // Gone (a closed connection's SYN taken as a new one): judged as such.
+            return;
+        };
+        let after = (self.flow_entry(&key), self.flow_entry(&conn.reply_key()));
+        let (Some(forward), Some(reply)) = after else {
+            self.fail(ran, "an ICMP answer removed half a connection");
+        };
+        let mask = |mut flow: Flow, side: Way| {
+            if side == way {
+                if may >= Before::Admitted {
+                    flow.policy = 0;
+                }
+                if may >= Before::Touched {
+                    flow.last_seen_s = 0;
+                }
+                if may >= Before::Tracked {
+                    (flow.ack, flow.window, flow.isn_next, flow.wscale) = (0, 0, 0, 0);
+                }
+            } else if may >= Before::Tracked && side == Way::ToTarget {
+                // The connection's TCP state lives in the consumer-to-target entry.
+                flow.tcp = 0;
+            }
+            flow
+        };
+        let same = mask(before.0, Way::ToTarget) == mask(forward, Way::ToTarget)
+            && mask(before.1, Way::ToConsumer) == mask(reply, Way::ToConsumer);
+        if !same {
+            self.fail(
+                ran,
+                &format!(
+                    "an ICMP answer changed its connection beyond what comes before it ({may:?}): {:?} -> {:?}",
+                    before,
+                    (forward, reply)
+                ),
+            );
+        }
     }
 
     /// What the model lets the program do with `f` arriving on `port`.
@@ -835,135 +1249,324 @@ impl<'r> Fuzz<'r> {
         let p = self.ports[port];
         let consumer = p.network != 0;
         let mut allowed = Allowed {
-            pass: !consumer && !self.for_a_nat_port(port, f),
+            pass: !consumer && !self.for_a_nat_address(port, f),
             ..Allowed::default()
         };
         if f.len() >= 14 && f[12..14] == [8, 6] {
             allowed.arp = self.arp_answer(port, f);
             return allowed;
         }
-        let Some(seg) = Tcp::of(f) else {
+        if let Some(icmp) = Icmp::of(f) {
+            if consumer {
+                allowed.answer = self.echo_answer(port, f, &icmp);
+            } else if port == PROV && icmp.dst == NAT {
+                allowed.error = self.error_about(port, f, &icmp);
+            }
+            return allowed;
+        }
+        let Some(seg) = Seg::of(f) else {
             return allowed;
         };
-        // What anything forwarded must be: sent to this interface from a unicast MAC,
-        // a right IPv4 checksum, TTL left, flags a connection can carry.
-        if f[0..6] != p.mac || f[6] & 1 != 0 || !ip_checksum_ok(f) || seg.ttl < 2 {
+        // What anything forwarded (or answered) must be: sent to this interface from a
+        // unicast MAC, a right IPv4 checksum, flags a connection can carry.
+        if f[0..6] != p.mac || f[6] & 1 != 0 || !ip_checksum_ok(f) || !sane_flags(&seg) {
             return allowed;
         }
-        if !sane_flags(seg.flags) {
-            return allowed;
-        }
+        let fits = seg.tot_len <= MTU;
         if consumer {
             if seg.flags & (SYN | ACK) == SYN | ACK {
                 return allowed;
             }
-            let key = FlowKey {
-                src_be: u32::from_ne_bytes(seg.src),
-                dst_be: u32::from_ne_bytes(seg.dst),
-                src_port_be: seg.sport.to_be(),
-                dst_port_be: seg.dport.to_be(),
-                scope: FlowKey::scope(p.network, PROTO_TCP),
-            };
-            if let Some(conn) = self.model.flows.get(&key) {
+            let syn = seg.flags & SYN != 0;
+            let key = seg.key(p.network);
+            let known = self.model.flows.get(&key).copied();
+            // Whether the connection's endpoint still admits the frame.
+            let mut admitted = false;
+            if let Some(conn) = known {
                 match self.phase.revocation(conn.endpoint, conn.listener) {
-                    Revocation::None => allowed.forward = Some((key, *conn, Way::ToTarget)),
+                    Revocation::None => admitted = true,
                     // A SYN on a draining connection would open it again: refused.
-                    Revocation::Drain if seg.flags & SYN == 0 => {
-                        allowed.forward = Some((key, *conn, Way::ToTarget))
-                    }
-                    Revocation::Drain => {}
+                    Revocation::Drain => admitted = !syn,
                     Revocation::Reset => {
                         allowed.removes = true;
-                        allowed.reset = self.rst_answer(port, f);
+                        // UDP has nothing to reset: the flow just goes.
+                        if seg.tcp() {
+                            allowed.reset = self.rst_answer(port, f);
+                        }
                     }
                     Revocation::Closed => allowed.removes = true,
                 }
             }
-            if seg.flags & SYN != 0 {
-                allowed.open = self.opens(p, f, &seg);
+            // A SYN, or a datagram with no flow, may open one (a SYN on a known
+            // connection too, if that one closed).
+            let opening = if syn || (!seg.tcp() && known.is_none()) {
+                self.may_open(p, f, &seg)
+            } else {
+                None
+            };
+            let slot = match (known, opening) {
+                (Some(conn), _) => self.slots[conn.endpoint],
+                (None, Some(listener)) => self.slots[listener.endpoint],
+                (None, None) => return allowed,
+            };
+            let about = known.map(|_| key);
+            // The TTL is looked at once the endpoint admitted the frame; the size once
+            // the route is known (a new connection's route, after its limits).
+            if seg.ttl <= 1 {
+                if admitted || opening.is_some() {
+                    allowed.answer = Some(Answer {
+                        kind: Own::TimeExceeded,
+                        frame: self.icmp_error(port, f, TIME_EXCEEDED, 0, 0),
+                        slot,
+                        // A SYN on a known connection that closed is taken as a new one.
+                        sure: (admitted && !syn) || opening.is_some(),
+                        about: about.map(|key| (key, Way::ToTarget, Before::Admitted)),
+                    });
+                }
+            } else if !fits {
+                let routed = opening.is_some_and(|l| l.reach != Reach::NoRoute);
+                if seg.df && (admitted || routed) {
+                    let mtu = self.ports[PROV].mtu;
+                    allowed.answer = Some(Answer {
+                        kind: Own::FragNeeded,
+                        frame: self.icmp_error(port, f, UNREACHABLE, FRAG_NEEDED, mtu),
+                        slot,
+                        sure: admitted && !syn,
+                        about: about.map(|key| (key, Way::ToTarget, Before::Touched)),
+                    });
+                }
+            } else {
+                if admitted {
+                    allowed.forward = known.map(|conn| (key, conn, Way::ToTarget));
+                }
+                allowed.open = opening.filter(|l| l.reach == Reach::Neighbour);
             }
         } else if port == PROV && seg.dst == NAT && (NAT_FIRST..=NAT_LAST).contains(&seg.dport) {
             // Targets answer; they never open anything towards a consumer.
             if seg.flags & SYN != 0 && seg.flags & ACK == 0 {
                 return allowed;
             }
-            let reply = FlowKey {
-                src_be: u32::from_ne_bytes(seg.src),
-                dst_be: u32::from_ne_bytes(seg.dst),
-                src_port_be: seg.sport.to_be(),
-                dst_port_be: seg.dport.to_be(),
-                scope: FlowKey::scope(PROVIDER_NETWORK, PROTO_TCP),
+            let Some(key) = self.model.replies.get(&seg.key(PROVIDER_NETWORK)) else {
+                return allowed;
             };
-            if let Some(key) = self.model.replies.get(&reply) {
-                let conn = self.model.flows[key];
-                match self.phase.revocation(conn.endpoint, conn.listener) {
-                    Revocation::Reset => {
-                        allowed.removes = true;
+            let conn = self.model.flows[key];
+            let slot = self.slots[conn.endpoint];
+            // The TTL is looked at before the endpoint is judged again.
+            if seg.ttl <= 1 {
+                allowed.answer = Some(Answer {
+                    kind: Own::TimeExceeded,
+                    frame: self.icmp_error(port, f, TIME_EXCEEDED, 0, 0),
+                    slot,
+                    sure: true,
+                    about: Some((*key, Way::ToConsumer, Before::Nothing)),
+                });
+                return allowed;
+            }
+            match self.phase.revocation(conn.endpoint, conn.listener) {
+                Revocation::Reset => {
+                    allowed.removes = true;
+                    if seg.tcp() {
                         allowed.reset = self.rst_answer(port, f);
                     }
-                    // Only whether the endpoint is still there counts for a reply.
-                    _ => allowed.forward = Some((*key, conn, Way::ToConsumer)),
                 }
+                // Only whether the endpoint is still there counts for a reply; its size
+                // is checked last, against the consumer interface's MTU.
+                _ if !fits => {
+                    if seg.df {
+                        let mtu = self.ports[conn.port].mtu;
+                        allowed.answer = Some(Answer {
+                            kind: Own::FragNeeded,
+                            frame: self.icmp_error(port, f, UNREACHABLE, FRAG_NEEDED, mtu),
+                            slot,
+                            sure: !seg.tcp(),
+                            about: Some((*key, Way::ToConsumer, Before::Tracked)),
+                        });
+                    }
+                }
+                _ => allowed.forward = Some((*key, conn, Way::ToConsumer)),
             }
         }
         allowed
     }
 
-    /// The listener a SYN may open a connection on: an available endpoint of the
-    /// interface's network, listening on the port, with a reachable target; a source
-    /// that can be a client and that its security groups admit; a right TCP checksum.
-    fn opens(&self, p: Port, f: &[u8], seg: &Tcp) -> Option<&'static Listener> {
-        let listener = LISTENERS
-            .iter()
-            .find(|l| l.vpc == p.vpc && l.ip == seg.dst && l.port == seg.dport)?;
-        let first = seg.src[0];
-        let martian = first == 0
-            || first == 127
-            || first >= 224
-            || seg.src == seg.dst
-            || answered(p.vpc).contains(&seg.src);
-        let admitted = listener.groups.is_none_or(|groups| {
+    /// The listener a SYN (or a UDP datagram) to an endpoint passes every check of up to
+    /// its TTL on: an available endpoint of the interface's network, listening on the
+    /// port, that its security groups let the source reach; a source that can be a
+    /// client; a right TCP (or UDP) checksum.
+    fn may_open(&self, p: Port, f: &[u8], seg: &Seg) -> Option<&'static Listener> {
+        let listener = LISTENERS.iter().find(|l| {
+            l.vpc == p.vpc && l.ip == seg.dst && l.port == seg.dport && l.proto == seg.proto
+        })?;
+        let admitted = self.groups(listener).is_none_or(|groups| {
             groups
                 .iter()
                 .any(|(prefix, len)| in_prefix(seg.src, *prefix, *len))
         });
-        let revoked = self.phase.revocation(listener.endpoint, listener.port) != Revocation::None;
-        let fits = seg.tot_len <= 1500;
-        (listener.opens
-            && !revoked
+        (self.available(listener)
             && seg.flags & ACK == 0
-            && !martian
             && admitted
-            && fits
-            && tcp_checksum_ok(f, 20, seg.tot_len))
+            && !martian(p.vpc, seg.src, seg.dst)
+            && seg.checksum_ok(f))
         .then_some(listener)
     }
 
-    /// Whether `f` is addressed to a NAT port where it arrived (or is ARP for the NAT
-    /// address): the kernel must never see it.
-    fn for_a_nat_port(&self, port: usize, f: &[u8]) -> bool {
+    /// Whether the listener's endpoint is available in this phase.
+    fn available(&self, listener: &Listener) -> bool {
+        let revocation = self.phase.revocation(listener.endpoint, listener.port);
+        listener.available && !matches!(revocation, Revocation::Drain | Revocation::Reset)
+    }
+
+    /// The listener's security groups in this phase (None: no groups, anyone).
+    fn groups(&self, listener: &Listener) -> Option<&'static [([u8; 4], u8)]> {
+        match self.phase.revocation(listener.endpoint, listener.port) {
+            Revocation::Closed => Some(&[]),
+            _ => listener.groups,
+        }
+    }
+
+    /// Whether `f` is addressed to a NAT port where it arrived, is ICMP to the NAT
+    /// address, or is ARP for it: the kernel must never see it.
+    fn for_a_nat_address(&self, port: usize, f: &[u8]) -> bool {
         if port != PROV || f.len() < 34 {
             return false;
         }
         if f[12..14] == [8, 6] {
             return self.arp_answer(port, f).is_some();
         }
-        if f[12..14] != [8, 0] || f[23] != 6 || f[30..34] != NAT {
+        if f[12..14] != [8, 0] || f[30..34] != NAT {
             return false;
         }
-        // TCP to the NAT address: only the node's own connections' (a port outside the
-        // NAT range) may pass, and only whole.
-        match Tcp::of(f) {
-            Some(seg) => (NAT_FIRST..=NAT_LAST).contains(&seg.dport),
-            None => true,
+        match f[23] {
+            // An error about a flow of the NAT address goes to its consumer; any other
+            // ICMP to it is dropped.
+            1 => true,
+            // TCP or UDP to the NAT address: only the node's own connections' (a port
+            // outside the NAT range) may pass, and only whole.
+            6 | 17 => match Seg::of(f) {
+                Some(seg) => (NAT_FIRST..=NAT_LAST).contains(&seg.dport),
+                None => true,
+            },
+            _ => false,
         }
+    }
+
+    /// The node's own ICMP error `kind`/`code` about `f` (which arrived on `port`), with
+    /// `mtu` in the header's last two bytes: from the address `f` was sent to, back to
+    /// its sender, quoting its IPv4 header and the 8 bytes after it.
+    fn icmp_error(&self, port: usize, f: &[u8], kind: u8, code: u8, mtu: u16) -> Vec<u8> {
+        let mut icmp = vec![kind, code, 0, 0, 0, 0];
+        icmp.extend(mtu.to_be_bytes());
+        icmp.extend(&f[14..42]);
+        let check = !fold(sum(&icmp, 0));
+        icmp[2..4].copy_from_slice(&check.to_be_bytes());
+        let mut e = f[6..12].to_vec();
+        e.extend(self.ports[port].mac);
+        // IPv4: no options, precedence "internetwork control", 56 bytes, id 0, may be
+        // fragmented, TTL 64, ICMP.
+        e.extend([8, 0, 0x45, 0xc0, 0, 56, 0, 0, 0, 0, 64, 1, 0, 0]);
+        e.extend(&f[30..34]);
+        e.extend(&f[26..30]);
+        let check = !fold(sum(&e[14..34], 0));
+        e[24..26].copy_from_slice(&check.to_be_bytes());
+        e.extend(icmp);
+        e
+    }
+
+    /// The answer to an echo request to an endpoint of the interface's network that is
+    /// available, from a source that can be a client and that its security groups (if
+    /// it has any) let reach some listener.
+    fn echo_answer(&self, port: usize, f: &[u8], icmp: &Icmp) -> Option<Answer> {
+        let p = self.ports[port];
+        if !answered(p.vpc).contains(&icmp.dst) || icmp.kind != ECHO_REQUEST || icmp.code != 0 {
+            return None;
+        }
+        let of_endpoint = || {
+            let endpoint = LISTENERS
+                .iter()
+                .find(|l| l.vpc == p.vpc && l.ip == icmp.dst)
+                .unwrap()
+                .endpoint;
+            LISTENERS.iter().filter(move |l| l.endpoint == endpoint)
+        };
+        let listener = of_endpoint().next().unwrap();
+        let admitted = of_endpoint().all(|l| l.groups.is_none())
+            || of_endpoint().any(|l| {
+                self.groups(l).is_some_and(|groups| {
+                    groups
+                        .iter()
+                        .any(|(prefix, len)| in_prefix(icmp.src, *prefix, *len))
+                })
+            });
+        let ok = f[0..6] == p.mac
+            && f[6] & 1 == 0
+            && ip_checksum_ok(f)
+            && !martian(p.vpc, icmp.src, icmp.dst)
+            && self.available(listener)
+            && admitted;
+        if !ok {
+            return None;
+        }
+        let mut reply = f.to_vec();
+        reply[0..6].copy_from_slice(&f[6..12]);
+        reply[6..12].copy_from_slice(&p.mac);
+        reply[22] = 64;
+        reply[26..30].copy_from_slice(&icmp.dst);
+        reply[30..34].copy_from_slice(&icmp.src);
+        reply[34] = ECHO_REPLY;
+        // The ICMP checksum updated for the new type (RFC 1624): as right as it came in.
+        let old = u16::from_be_bytes([f[36], f[37]]);
+        let (was, is) = (
+            u16::from_be_bytes([f[34], f[35]]),
+            u16::from_be_bytes([reply[34], reply[35]]),
+        );
+        let check = !fold(u64::from(!old) + u64::from(!was) + u64::from(is));
+        reply[36..38].copy_from_slice(&check.to_be_bytes());
+        fix_ip_checksum(&mut reply);
+        Some(Answer {
+            kind: Own::EchoReply,
+            frame: reply,
+            slot: self.slots[listener.endpoint],
+            sure: true,
+            about: None,
+        })
+    }
+
+    /// The known connection a provider's ICMP error to the NAT address is about: an
+    /// error (unreachable, time exceeded, parameter problem) quoting a whole IPv4 header
+    /// without options and 8 bytes of TCP or UDP, sent from the NAT address on the
+    /// connection; the error sent to the interface, a right IPv4 checksum, TTL left,
+    /// and the connection's endpoint not revoked with `reset`.
+    fn error_about(&self, port: usize, f: &[u8], icmp: &Icmp) -> Option<(FlowKey, Conn)> {
+        let kinds = [UNREACHABLE, TIME_EXCEEDED, PARAMETER_PROBLEM];
+        if !kinds.contains(&icmp.kind) || f.len() < 70 || icmp.tot_len < 56 {
+            return None;
+        }
+        let proto = f[42 + 9];
+        if f[42] != 0x45 || (proto != PROTO_TCP && proto != PROTO_UDP) || f[54..58] != NAT {
+            return None;
+        }
+        let quoted = FlowKey {
+            src_be: u32::from_ne_bytes(f[58..62].try_into().unwrap()),
+            dst_be: u32::from_ne_bytes(NAT),
+            src_port_be: u16::from_ne_bytes([f[64], f[65]]),
+            dst_port_be: u16::from_ne_bytes([f[62], f[63]]),
+            scope: FlowKey::scope(PROVIDER_NETWORK, proto),
+        };
+        let key = *self.model.replies.get(&quoted)?;
+        let conn = self.model.flows[&key];
+        let ok = f[0..6] == self.ports[port].mac
+            && f[6] & 1 == 0
+            && ip_checksum_ok(f)
+            && icmp.ttl > 1
+            && self.phase.revocation(conn.endpoint, conn.listener) != Revocation::Reset;
+        ok.then_some((key, conn))
     }
 
     /// The RST answering the segment `f` (RFC 9293 §3.10.7.1), back to its sender from
     /// the interface `port`: bare headers, from what the segment acknowledged, or
     /// acknowledging it.
     fn rst_answer(&self, port: usize, f: &[u8]) -> Option<Vec<u8>> {
-        let seg = Tcp::of(f)?;
+        let seg = Seg::of(f).filter(Seg::tcp)?;
         if seg.flags & RST != 0 {
             return None;
         }
@@ -1025,15 +1628,38 @@ impl<'r> Fuzz<'r> {
         Some(reply)
     }
 
-    /// A forwarded frame that opened no connection: an ARP answer, a segment of a
-    /// known connection, or (`gone`: its connection went) the RST that cut it — exactly
-    /// as the model expects it.
+    /// A forwarded frame that opened no connection: an ARP answer, an ICMP answer, a
+    /// segment (or datagram) of a known connection, a provider's ICMP error about one,
+    /// or (`gone`: its connection went) the RST that cut it — exactly as the model
+    /// expects it.
     fn judge_forwarded(&mut self, ran: &Ran, allowed: &Allowed, gone: bool) {
         if let Some(arp) = &allowed.arp {
             if ran.out != arp.as_slice() {
                 self.fail(ran, &format!("a wrong ARP answer; expected {}", hex(arp)));
             }
+            self.check_bounce(ran);
             self.tally.arp += 1;
+            return;
+        }
+        // An answer is all the model allows where it expects one (a closed
+        // connection's SYN that it answers took the new connection's way: `gone`).
+        if let Some(answer) = &allowed.answer {
+            if !answer.matches(ran.out) {
+                self.fail(
+                    ran,
+                    &format!(
+                        "not the expected ICMP answer ({:?}); expected {}",
+                        answer.kind,
+                        hex(&answer.frame)
+                    ),
+                );
+            }
+            self.check_bounce(ran);
+            match answer.kind {
+                Own::TimeExceeded => self.tally.time_exceeded += 1,
+                Own::FragNeeded => self.tally.frag_needed += 1,
+                Own::EchoReply => self.tally.echo += 1,
+            }
             return;
         }
         if gone {
@@ -1043,23 +1669,50 @@ impl<'r> Fuzz<'r> {
             if ran.out != rst.as_slice() {
                 self.fail(ran, &format!("not the expected RST; expected {}", hex(rst)));
             }
+            self.check_bounce(ran);
             self.tally.reset += 1;
+            return;
+        }
+        if let Some((key, conn)) = allowed.error {
+            self.check_error(ran, &key, &conn);
+            self.tally.icmp_error += 1;
             return;
         }
         let Some((key, conn, way)) = allowed.forward else {
             self.fail(ran, "forwarded, but the model refuses it");
         };
-        self.check_translation(ran, &key, &conn, way);
+        if self.check_translation(ran, &key, &conn, way) {
+            self.tally.mss_clamped += 1;
+        }
+        match (way, conn.proto) {
+            (Way::ToTarget, PROTO_UDP) => self.tally.udp_forward += 1,
+            (Way::ToConsumer, PROTO_UDP) => self.tally.udp_reply += 1,
+            _ => {}
+        }
         match way {
             Way::ToTarget => self.tally.forward += 1,
             Way::ToConsumer => self.tally.reply += 1,
         }
     }
 
+    /// What the node says itself goes back out the interface it came in on.
+    fn check_bounce(&self, ran: &Ran) {
+        let expected = self.ports[ran.port].bounce;
+        if ran.action != expected {
+            self.fail(
+                ran,
+                &format!("an answer must go back out its interface (action {expected})"),
+            );
+        }
+    }
+
     /// The output is the frame translated for `conn` going `way` and redirected: only
     /// addresses, ports, MACs, TTL and checksums changed, the IPv4 checksum right and the
-    /// TCP one as right as it came in, the lengths kept and within the egress MTU.
-    fn check_translation(&self, ran: &Ran, key: &FlowKey, conn: &Conn, way: Way) {
+    /// TCP or UDP one as right as it came in (a UDP datagram without one keeps none,
+    /// and one with one never leaves with 0), the lengths kept and within the egress
+    /// MTU; a SYN's or SYN-ACK's MSS lowered to what the MTUs allow. Returns whether it
+    /// was.
+    fn check_translation(&self, ran: &Ran, key: &FlowKey, conn: &Conn, way: Way) -> bool {
         let f = ran.frame;
         if ran.action != XDP_REDIRECT {
             self.fail(ran, "must leave through another interface (a redirect)");
@@ -1090,7 +1743,20 @@ impl<'r> Fuzz<'r> {
         expected[30..34].copy_from_slice(&dst);
         expected[34..36].copy_from_slice(&sport.to_be_bytes());
         expected[36..38].copy_from_slice(&dport.to_be_bytes());
-        let checksums = [24, 25, 50, 51];
+        // A SYN and its SYN-ACK announce no larger MSS than both sides' MTUs allow
+        // (the IPv4 and TCP headers aside; the rig's services set no `mss` of their
+        // own).
+        let limit = (MTU - 40) as u16;
+        let syn = conn.proto == PROTO_TCP && f[47] & SYN != 0;
+        let clamped = match syn.then(|| mss_at(f)).flatten() {
+            Some(at) if u16::from_be_bytes([f[at], f[at + 1]]) > limit => {
+                expected[at..at + 2].copy_from_slice(&limit.to_be_bytes());
+                true
+            }
+            _ => false,
+        };
+        let check = if conn.proto == PROTO_TCP { 50 } else { 40 };
+        let checksums = [24, 25, check, check + 1];
         let differs = ran.out.len() != expected.len()
             || ran
                 .out
@@ -1111,22 +1777,116 @@ impl<'r> Fuzz<'r> {
         if !ip_checksum_ok(ran.out) {
             self.fail(ran, "a wrong IPv4 checksum leaves");
         }
-        if tcp_checksum_ok(ran.out, 20, tot_len) != tcp_checksum_ok(f, 20, tot_len) {
-            self.fail(ran, "the TCP checksum did not stay as right as it came in");
+        let right = |frame: &[u8]| transport_sum_ok(frame, conn.proto, 20, tot_len);
+        match (conn.proto, [f[40], f[41]], [ran.out[40], ran.out[41]]) {
+            (PROTO_UDP, [0, 0], out) if out != [0, 0] => {
+                self.fail(ran, "a datagram without a UDP checksum leaves with one")
+            }
+            (PROTO_UDP, [0, 0], _) => {}
+            (PROTO_UDP, _, [0, 0]) => self.fail(
+                ran,
+                "a UDP checksum leaves as 0 (none), not 0xFFFF, or the datagram lost it",
+            ),
+            _ if right(ran.out) != right(f) => self.fail(
+                ran,
+                "the TCP or UDP checksum did not stay as right as it came in",
+            ),
+            _ => {}
         }
-        if tot_len > 1500 {
+        if tot_len > MTU {
             self.fail(ran, "longer than the egress MTU");
+        }
+        clamped
+    }
+
+    /// The output is the provider's ICMP error `ran.frame` about the connection `conn`
+    /// (at `key`) translated for its consumer and sent like a reply: from the endpoint
+    /// to the consumer, TTL one less, the quoted packet as the consumer sent it; every
+    /// checksum as right as it came in (the outer IPv4 one right), a quoted UDP
+    /// checksum updated or left 0.
+    fn check_error(&self, ran: &Ran, key: &FlowKey, conn: &Conn) {
+        let f = ran.frame;
+        if ran.action != XDP_REDIRECT {
+            self.fail(ran, "must leave through another interface (a redirect)");
+        }
+        let (consumer, endpoint) = (addr(key.src_be), addr(key.dst_be));
+        let mut expected = f.to_vec();
+        expected[0..6].copy_from_slice(&conn.client_mac);
+        expected[6..12].copy_from_slice(&self.ports[conn.port].mac);
+        expected[22] = f[22] - 1;
+        expected[26..30].copy_from_slice(&endpoint);
+        expected[30..34].copy_from_slice(&consumer);
+        expected[54..58].copy_from_slice(&consumer);
+        expected[58..62].copy_from_slice(&endpoint);
+        expected[62..64].copy_from_slice(&u16::from_be(key.src_port_be).to_be_bytes());
+        expected[64..66].copy_from_slice(&u16::from_be(key.dst_port_be).to_be_bytes());
+        let udp = conn.proto == PROTO_UDP;
+        let checksums: &[usize] = if udp {
+            &[24, 25, 36, 37, 52, 53, 68, 69]
+        } else {
+            &[24, 25, 36, 37, 52, 53]
+        };
+        let differs = ran.out.len() != expected.len()
+            || ran
+                .out
+                .iter()
+                .zip(&expected)
+                .enumerate()
+                .any(|(i, (a, b))| a != b && !checksums.contains(&i));
+        if differs {
+            self.fail(
+                ran,
+                &format!(
+                    "not the expected translated ICMP error; expected (checksums aside) {}",
+                    hex(&expected)
+                ),
+            );
+        }
+        let end = 14 + usize::from(u16::from_be_bytes([f[16], f[17]]));
+        if !ip_checksum_ok(ran.out) {
+            self.fail(ran, "a wrong IPv4 checksum leaves");
+        }
+        if sums_right(ran.out, 34..end) != sums_right(f, 34..end) {
+            self.fail(ran, "the ICMP checksum did not stay as right as it came in");
+        }
+        if sums_right(ran.out, 42..62) != sums_right(f, 42..62) {
+            self.fail(
+                ran,
+                "the quoted IPv4 checksum did not stay as right as it came in",
+            );
+        }
+        if udp {
+            // What the quoted datagram's checksum covers of the quote (addresses, ports
+            // and itself) sums the same: the rest of it is unchanged.
+            let covered = |g: &[u8]| ones(sum(&g[54..66], sum(&g[68..70], 0)));
+            let (was, is) = ([f[68], f[69]], [ran.out[68], ran.out[69]]);
+            let updated = match was {
+                [0, 0] => is == [0, 0],
+                _ => is != [0, 0] && covered(ran.out) == covered(f),
+            };
+            if !updated {
+                self.fail(
+                    ran,
+                    "the quoted UDP checksum was not updated (or left 0) as it must",
+                );
+            }
         }
     }
 
     // -- SYNs: opening, reopening, removing ---------------------------------------
 
-    /// The consumer-to-target key of the connection `f` may open (a consumer's SYN) or
-    /// change (a segment of a known one, either way), read at the offsets the program
-    /// reads them at.
+    /// The consumer-to-target key of the connection `f` may open (a consumer's SYN, any
+    /// datagram) or change (a segment of a known one, either way), read at the offsets
+    /// the program reads them at.
     fn touched(&self, port: usize, f: &[u8]) -> Option<FlowKey> {
         let p = self.ports[port];
-        if f.len() < 54 || f[12..14] != [8, 0] || f[23] != 6 {
+        let proto = *f.get(23)?;
+        let least = match proto {
+            6 => 54,
+            17 => 42,
+            _ => return None,
+        };
+        if f.len() < least || f[12..14] != [8, 0] {
             return None;
         }
         let key = |network| FlowKey {
@@ -1134,13 +1894,14 @@ impl<'r> Fuzz<'r> {
             dst_be: u32::from_ne_bytes(f[30..34].try_into().unwrap()),
             src_port_be: u16::from_ne_bytes([f[34], f[35]]),
             dst_port_be: u16::from_ne_bytes([f[36], f[37]]),
-            scope: FlowKey::scope(network, PROTO_TCP),
+            scope: FlowKey::scope(network, proto),
         };
         if p.network == 0 {
             return self.model.replies.get(&key(PROVIDER_NETWORK)).copied();
         }
         let key = key(p.network);
-        (f[47] & SYN != 0 || self.model.flows.contains_key(&key)).then_some(key)
+        let opens = proto == PROTO_UDP || f[47] & SYN != 0;
+        (opens || self.model.flows.contains_key(&key)).then_some(key)
     }
 
     fn flow_entry(&self, key: &FlowKey) -> Option<Flow> {
@@ -1187,7 +1948,8 @@ impl<'r> Fuzz<'r> {
         // port stays reserved if the target closed first: it holds the tuple in
         // TIME_WAIT), or one its endpoint's revocation cuts.
         let f = ran.frame;
-        let new_syn = self.ports[ran.port].network != 0 && f[47] & (SYN | ACK) == SYN;
+        let new_syn =
+            self.ports[ran.port].network != 0 && f[23] == PROTO_TCP && f[47] & (SYN | ACK) == SYN;
         let closed_by_syn = new_syn && before.is_some_and(|b| tcp::closed(b.tcp));
         if !closed_by_syn && !allowed.removes {
             self.fail(ran, "a connection went that nothing here may remove");
@@ -1240,6 +2002,8 @@ impl<'r> Fuzz<'r> {
             Some("from a port outside the NAT ports")
         } else if flow.slot != slot || flow.network != key.network() {
             Some("counted for another endpoint or network")
+        } else if flow.proto != key.proto() || flow.proto != listener.proto {
+            Some("of another protocol")
         } else if self.model.replies.contains_key(&reply_key)
             || self.model.reserved.contains(&reply_key)
         {
@@ -1254,6 +2018,7 @@ impl<'r> Fuzz<'r> {
         let client_mac: [u8; 6] = f[6..12].try_into().unwrap();
         let way_back = reply.is_some_and(|r| {
             r.tcp & tcp::RESERVED == 0
+                && r.proto == key.proto()
                 && (r.src_be, r.dst_be) == (key.dst_be, key.src_be)
                 && (r.src_port_be, r.dst_port_be) == (key.dst_port_be, key.src_port_be)
                 && r.network == key.network()
@@ -1267,10 +2032,16 @@ impl<'r> Fuzz<'r> {
                 &format!("a new connection's reply entry is not its way back: {reply:?}"),
             );
         }
-        let seq = u32::from_be_bytes(f[38..42].try_into().unwrap());
-        let tot_len = usize::from(u16::from_be_bytes([f[16], f[17]]));
-        let payload = tot_len - 20 - usize::from(f[46] >> 4) * 4;
+        let client_next = if listener.proto == PROTO_TCP {
+            let seq = u32::from_be_bytes(f[38..42].try_into().unwrap());
+            let tot_len = usize::from(u16::from_be_bytes([f[16], f[17]]));
+            let payload = tot_len - 20 - usize::from(f[46] >> 4) * 4;
+            seq.wrapping_add(1 + payload as u32)
+        } else {
+            0
+        };
         let conn = Conn {
+            proto: listener.proto,
             port: ran.port,
             client_mac,
             target: target.0,
@@ -1280,12 +2051,17 @@ impl<'r> Fuzz<'r> {
             endpoint: listener.endpoint,
             listener: listener.port,
             opened_ns: flow.opened_ns,
-            client_next: seq.wrapping_add(1 + payload as u32),
+            client_next,
             target_next: None,
         };
-        self.check_translation(ran, &key, &conn, Way::ToTarget);
+        if self.check_translation(ran, &key, &conn, Way::ToTarget) {
+            self.tally.mss_clamped += 1;
+        }
         self.model.insert(key, conn);
         self.tally.forward_new += 1;
+        if conn.proto == PROTO_UDP {
+            self.tally.udp_new += 1;
+        }
     }
 
     // -- the whole table ------------------------------------------------------------
@@ -1366,6 +2142,12 @@ impl<'r> Fuzz<'r> {
         let usage = maps.array::<Usage>(name::USAGE).unwrap();
         let network_usage = maps.array::<u64>(name::NETWORK_USAGE).unwrap();
         let mut problems = Vec::new();
+        // A UDP flow has no handshake: it counts as a connection, never as half-open.
+        for (key, flow) in forward {
+            if flow.proto == PROTO_UDP && flow.tcp & tcp::HALF_OPEN != 0 {
+                problems.push(format!("a UDP flow counts as half-open: {key:?} {flow:?}"));
+            }
+        }
         let held = |bit: u64, pick: &dyn Fn(&Flow) -> bool| {
             forward
                 .values()
@@ -1446,14 +2228,29 @@ impl<'r> Fuzz<'r> {
     /// Every frame counted once, under what it did; prints the summary.
     fn check_counters(&mut self, seconds: f64) {
         let counters = self.rig.counters();
-        let total: u64 = counter::ALL.iter().map(|(c, _)| counters.packets(*c)).sum();
+        // Every counter but the MSS clamps, counted besides an outcome.
+        let total: u64 = counter::ALL
+            .iter()
+            .filter(|(c, _)| *c != counter::MSS_CLAMPED)
+            .map(|(c, _)| counters.packets(*c))
+            .sum();
         let t = &self.tally;
-        let forwarded = t.forward_new + t.forward + t.reply + t.arp + t.reset;
+        let forwarded = t.forward_new
+            + t.forward
+            + t.reply
+            + t.arp
+            + t.reset
+            + t.time_exceeded
+            + t.frag_needed
+            + t.echo
+            + t.icmp_error;
         let mut summary = format!(
             "packet fuzz: seed {:#x}: {} frames ({} mutated, {} random) in {seconds:.1} s \
              ({:.0}/s), {} table checks, {} config changes, {} connections expired: \
-             forwarded {forwarded} (forward_new {}, forward {}, reply {}, arp_reply {}, \
-             reset_sent {}), passed {}, dropped {}:",
+             forwarded {forwarded} (forward_new {} (UDP {}), forward {} (UDP {}), reply {} \
+             (UDP {}), arp_reply {}, reset_sent {}, icmp_time_exceeded_sent {}, \
+             icmp_frag_needed_sent {}, icmp_echo_reply {}, icmp_error {}; mss_clamped {}), \
+             passed {}, dropped {}:",
             self.seed,
             self.n,
             t.mutated,
@@ -1463,10 +2260,18 @@ impl<'r> Fuzz<'r> {
             t.phases,
             t.expired,
             t.forward_new,
+            t.udp_new,
             t.forward,
+            t.udp_forward,
             t.reply,
+            t.udp_reply,
             t.arp,
             t.reset,
+            t.time_exceeded,
+            t.frag_needed,
+            t.echo,
+            t.icmp_error,
+            t.mss_clamped,
             t.pass,
             t.drop,
         );
@@ -1489,6 +2294,36 @@ impl<'r> Fuzz<'r> {
             ("arp_reply", counters.packets(counter::ARP_REPLY), t.arp),
             ("pass", counters.packets(counter::PASS), t.pass),
             ("reset_sent", counters.packets(counter::RESET_SENT), t.reset),
+            (
+                "icmp_time_exceeded_sent",
+                counters.packets(counter::ICMP_TIME_EXCEEDED_SENT),
+                t.time_exceeded,
+            ),
+            (
+                "icmp_frag_needed_sent",
+                counters.packets(counter::ICMP_FRAG_NEEDED_SENT),
+                t.frag_needed,
+            ),
+            (
+                "icmp_echo_reply",
+                counters.packets(counter::ICMP_ECHO_REPLY),
+                t.echo,
+            ),
+            (
+                "icmp_error",
+                counters.packets(counter::ICMP_ERROR),
+                t.icmp_error,
+            ),
+            (
+                "drop_icmp_budget",
+                counters.packets(counter::DROP_ICMP_BUDGET),
+                t.icmp_budget,
+            ),
+            (
+                "mss_clamped",
+                counters.packets(counter::MSS_CLAMPED),
+                t.mss_clamped,
+            ),
         ];
         for (what, counted, seen) in expect {
             assert_eq!(
@@ -1498,14 +2333,24 @@ impl<'r> Fuzz<'r> {
             );
         }
         // The generator must reach every kind of outcome, or the run proves little (RSTs
-        // need a revocation: the second phase).
+        // need a revocation and the ICMP budget to run out its small one: the second
+        // phase).
         let outcomes = [
             ("forward_new", t.forward_new, 20_000),
             ("forward", t.forward, 20_000),
             ("reply", t.reply, 20_000),
+            ("forward_new (UDP)", t.udp_new, 20_000),
+            ("forward (UDP)", t.udp_forward, 20_000),
+            ("reply (UDP)", t.udp_reply, 20_000),
             ("arp_reply", t.arp, 20_000),
             ("pass", t.pass, 20_000),
+            ("icmp_time_exceeded_sent", t.time_exceeded, 20_000),
+            ("icmp_frag_needed_sent", t.frag_needed, 20_000),
+            ("icmp_echo_reply", t.echo, 20_000),
+            ("icmp_error", t.icmp_error, 20_000),
+            ("mss_clamped", t.mss_clamped, 20_000),
             ("reset_sent", t.reset, 2 * PHASE_FRAMES),
+            ("drop_icmp_budget", t.icmp_budget, 2 * PHASE_FRAMES),
         ];
         for (what, n, after) in outcomes {
             assert!(
@@ -1558,11 +2403,13 @@ impl<'r> Fuzz<'r> {
     /// kind, half of those mutated; a few random ones.
     fn frame(&mut self) -> (usize, Vec<u8>) {
         let (mut port, mut frame) = match self.rng.below(100) {
-            0..25 => self.consumer_syn(),
-            25..50 => self.consumer_segment(),
-            50..72 => self.target_segment(),
-            72..82 => self.arp_request(),
-            82..92 => self.node_traffic(),
+            0..22 => self.consumer_syn(),
+            22..44 => self.consumer_segment(),
+            44..63 => self.target_segment(),
+            63..69 => self.consumer_icmp(),
+            69..75 => self.provider_icmp(),
+            75..83 => self.arp_request(),
+            83..92 => self.node_traffic(),
             92..95 => self.stray_reply(),
             _ => {
                 self.tally.random += 1;
@@ -1601,13 +2448,20 @@ impl<'r> Fuzz<'r> {
     }
 
     fn tcp_options(&mut self) -> Vec<u8> {
-        match self.rng.below(8) {
+        // An MSS the links' MTUs allow, or not (jumbo frames, the largest there is).
+        let [hi, lo] = self
+            .rng
+            .pick_or(&[1460, 1460, 536, 1461, 8960, 65535], Rng::u16)
+            .to_be_bytes();
+        match self.rng.below(9) {
             0..3 => Vec::new(),
-            3 => vec![2, 4, 5, 0xb4],
+            3 => vec![2, 4, hi, lo],
             4 => vec![1, 3, 3, self.rng.u8() % 16],
-            5 => {
+            // The MSS at an odd offset, after a NOP.
+            5 => vec![1, 2, 4, hi, lo, 0, 0, 0],
+            6 => {
                 let scale = self.rng.u8() % 16;
-                let mut o = vec![2, 4, 5, 0xb4, 4, 2, 8, 10];
+                let mut o = vec![2, 4, hi, lo, 4, 2, 8, 10];
                 o.extend(self.rng.u32().to_be_bytes());
                 o.extend([0, 0, 0, 0, 1, 3, 3, scale]);
                 o
@@ -1624,22 +2478,32 @@ impl<'r> Fuzz<'r> {
         }
     }
 
-    fn payload(&mut self) -> Vec<u8> {
-        match self.rng.below(10) {
-            0..5 => Vec::new(),
-            5..9 => {
-                let n = 1 + self.rng.below(64);
-                self.rng.bytes(n)
-            }
-            _ => {
-                let n = self.rng.below(1400);
-                self.rng.bytes(n)
-            }
+    /// A payload after `headers` bytes of IPv4 and TCP or UDP headers: mostly none or
+    /// short, now and then long, or around the links' MTU (fitting it exactly, or too
+    /// big for it by up to 100 bytes).
+    fn payload(&mut self, headers: usize) -> Vec<u8> {
+        let n = match self.rng.below(12) {
+            0..6 => 0,
+            6..10 => 1 + self.rng.below(64),
+            10 => self.rng.below(1400),
+            _ => (MTU - headers.min(MTU)) + self.rng.pick_or(&[0, 1], |r| r.below(101)),
+        };
+        self.rng.bytes(n)
+    }
+
+    /// A TTL: mostly plenty, sometimes none left to forward with (`percent` of the
+    /// time), or just enough.
+    fn ttl(&mut self, percent: usize) -> u8 {
+        if self.rng.chance(percent) {
+            self.rng.pick(&[0, 1, 1, 2])
+        } else {
+            self.rng.pick(&[64, 64, 64, 255])
         }
     }
 
     /// A consumer's SYN to an endpoint listener (sometimes another address or port),
-    /// from a few clients and source ports, so that tuples meet again.
+    /// or a datagram to a UDP one, from a few clients and source ports, so that tuples
+    /// meet again.
     fn consumer_syn(&mut self) -> (usize, Vec<u8>) {
         let listener = &LISTENERS[self.rng.below(LISTENERS.len())];
         let mut port = if listener.vpc == "vpc-a" {
@@ -1659,31 +2523,51 @@ impl<'r> Fuzz<'r> {
         let dport = if self.rng.chance(90) {
             listener.port
         } else {
-            self.rng.pick_or(&[22, 443, 80, 8080, 0], Rng::u16)
+            self.rng.pick_or(&[22, 443, 80, 8080, 53, 0], Rng::u16)
         };
+        // Fewer source ports for datagrams: each opens a flow, and lingers.
+        let ports = if listener.proto == PROTO_UDP { 8 } else { 32 };
         let sport = if self.rng.chance(80) {
-            40000 + self.rng.below(32) as u16
+            40000 + self.rng.below(ports) as u16
         } else {
             self.rng.u16()
         };
+        let mac_src = if self.rng.chance(90) {
+            CLIENT_MAC
+        } else {
+            [2, 0, 0, 0, 1, self.rng.u8()]
+        };
+        let ttl = self.ttl(8);
+        if listener.proto == PROTO_UDP {
+            let payload = self.payload(28);
+            let datagram = Datagram {
+                mac_src,
+                mac_dst: self.ports[port].mac,
+                src: self.client(),
+                dst,
+                sport,
+                dport,
+                ttl,
+                df: self.rng.chance(80),
+                checksum: self.rng.chance(80),
+                payload,
+            };
+            return (port, datagram.frame());
+        }
         let options = self.tcp_options();
-        let payload = if self.rng.chance(10) {
-            self.payload()
+        let payload = if self.rng.chance(15) {
+            self.payload(40 + options.len())
         } else {
             Vec::new()
         };
         let wire = Wire {
-            mac_src: if self.rng.chance(90) {
-                CLIENT_MAC
-            } else {
-                [2, 0, 0, 0, 1, self.rng.u8()]
-            },
+            mac_src,
             mac_dst: self.ports[port].mac,
             src: self.client(),
             dst,
             sport,
             dport,
-            ttl: self.rng.pick(&[64, 64, 64, 2, 255]),
+            ttl,
             seq: self.rng.u32(),
             ack: 0,
             flags: SYN,
@@ -1691,7 +2575,11 @@ impl<'r> Fuzz<'r> {
             options,
             payload,
         };
-        (port, wire.frame())
+        let mut frame = wire.frame();
+        if self.rng.chance(20) {
+            clear_df(&mut frame);
+        }
+        (port, frame)
     }
 
     /// A known connection, picked at random, with its key.
@@ -1704,17 +2592,49 @@ impl<'r> Fuzz<'r> {
     }
 
     /// A client's segment on a known connection: the handshake's last ACK, data, a FIN
-    /// or a RST, near where the connection is.
+    /// or a RST, near where the connection is (a datagram on a UDP one); now and then
+    /// with no TTL left, or too big for the way out.
     fn consumer_segment(&mut self) -> (usize, Vec<u8>) {
         let Some((key, conn)) = self.known() else {
             return self.consumer_syn();
         };
+        let ttl = self.ttl(10);
+        if conn.proto == PROTO_UDP {
+            let (src, dst) = (addr(key.src_be), addr(key.dst_be));
+            let (sport, dport) = (u16::from_be(key.src_port_be), u16::from_be(key.dst_port_be));
+            // Now and then one whose translation's checksum computes to 0 (sent as
+            // 0xFFFF).
+            let payload = if self.rng.chance(5) {
+                let len = 2 * (1 + self.rng.below(16));
+                zero_sum_payload(
+                    &mut self.rng,
+                    (NAT, conn.nat_port),
+                    (conn.target, conn.target_port),
+                    len,
+                )
+            } else {
+                self.payload(28)
+            };
+            let datagram = Datagram {
+                mac_src: conn.client_mac,
+                mac_dst: self.ports[conn.port].mac,
+                src,
+                dst,
+                sport,
+                dport,
+                ttl,
+                df: self.rng.chance(80),
+                checksum: self.rng.chance(85),
+                payload,
+            };
+            return (conn.port, datagram.frame());
+        }
         let target_next = conn.target_next.unwrap_or_else(|| self.rng.u32());
         let mut seq = conn.client_next;
         let mut ack = target_next;
         let (flags, payload) = match self.rng.below(10) {
             0..3 => (ACK, Vec::new()),
-            3..6 => (ACK | PSH, self.payload()),
+            3..6 => (ACK | PSH, self.payload(40)),
             6 => (FIN | ACK, Vec::new()),
             7 => (RST, Vec::new()),
             8 => (RST | ACK, Vec::new()),
@@ -1726,9 +2646,12 @@ impl<'r> Fuzz<'r> {
         if self.rng.chance(10) {
             ack = self.rng.u32();
         }
-        let advance = payload.len() as u32 + u32::from(flags & FIN != 0);
-        if let Some(c) = self.model.flows.get_mut(&key) {
-            c.client_next = c.client_next.wrapping_add(advance);
+        // What is not forwarded does not move the connection on.
+        if ttl > 1 && 40 + payload.len() <= MTU {
+            let advance = payload.len() as u32 + u32::from(flags & FIN != 0);
+            if let Some(c) = self.model.flows.get_mut(&key) {
+                c.client_next = c.client_next.wrapping_add(advance);
+            }
         }
         let wire = Wire {
             mac_src: conn.client_mac,
@@ -1737,7 +2660,7 @@ impl<'r> Fuzz<'r> {
             dst: addr(key.dst_be),
             sport: u16::from_be(key.src_port_be),
             dport: u16::from_be(key.dst_port_be),
-            ttl: 64,
+            ttl,
             seq,
             ack: if flags & ACK != 0 { ack } else { 0 },
             flags,
@@ -1745,47 +2668,81 @@ impl<'r> Fuzz<'r> {
             options: Vec::new(),
             payload,
         };
-        (conn.port, wire.frame())
+        let mut frame = wire.frame();
+        if self.rng.chance(15) {
+            clear_df(&mut frame);
+        }
+        (conn.port, frame)
     }
 
-    /// A target's segment on a known connection: its SYN-ACK, data, a FIN or a RST
-    /// (now and then on the other provider interface).
+    /// A target's segment on a known connection: its SYN-ACK, data, a FIN or a RST (a
+    /// datagram on a UDP one; now and then on the other provider interface, with no TTL
+    /// left, or too big for the way back).
     fn target_segment(&mut self) -> (usize, Vec<u8>) {
         let Some((key, conn)) = self.known() else {
             return self.stray_reply();
         };
+        let port = if self.rng.chance(5) { PROV2 } else { PROV };
+        let ttl = self.ttl(10);
+        let mac_src = target_mac(conn.target).unwrap();
+        if conn.proto == PROTO_UDP {
+            let payload = if self.rng.chance(5) {
+                let len = 2 * (1 + self.rng.below(16));
+                zero_sum_payload(
+                    &mut self.rng,
+                    (addr(key.dst_be), u16::from_be(key.dst_port_be)),
+                    (addr(key.src_be), u16::from_be(key.src_port_be)),
+                    len,
+                )
+            } else {
+                self.payload(28)
+            };
+            let datagram = Datagram {
+                mac_src,
+                mac_dst: self.ports[port].mac,
+                src: conn.target,
+                dst: NAT,
+                sport: conn.target_port,
+                dport: conn.nat_port,
+                ttl,
+                df: self.rng.chance(80),
+                checksum: self.rng.chance(85),
+                payload,
+            };
+            return (port, datagram.frame());
+        }
         let client_isn_next = conn.client_next;
         let (flags, payload) = match (conn.target_next, self.rng.below(10)) {
             (None, 0..7) | (_, 0) => (SYN | ACK, Vec::new()),
             (_, 1..4) => (ACK, Vec::new()),
-            (_, 4..7) => (ACK | PSH, self.payload()),
+            (_, 4..7) => (ACK | PSH, self.payload(40)),
             (_, 7) => (FIN | ACK, Vec::new()),
             (_, 8) => (RST, Vec::new()),
             _ => (RST | ACK, Vec::new()),
         };
+        let forwarded = ttl > 1 && 40 + payload.len() <= MTU;
         let seq = if flags & SYN != 0 {
             let isn = self.rng.u32();
-            if let Some(c) = self.model.flows.get_mut(&key) {
+            if let Some(c) = self.model.flows.get_mut(&key).filter(|_| forwarded) {
                 c.target_next = Some(isn.wrapping_add(1));
             }
             isn
         } else {
             let next = conn.target_next.unwrap_or(0);
             let advance = payload.len() as u32 + u32::from(flags & FIN != 0);
-            if let Some(c) = self.model.flows.get_mut(&key) {
+            if let Some(c) = self.model.flows.get_mut(&key).filter(|_| forwarded) {
                 c.target_next = Some(next.wrapping_add(advance));
             }
             next
         };
-        let port = if self.rng.chance(5) { PROV2 } else { PROV };
         let wire = Wire {
-            mac_src: target_mac(conn.target).unwrap(),
+            mac_src,
             mac_dst: self.ports[port].mac,
             src: conn.target,
             dst: NAT,
             sport: conn.target_port,
             dport: conn.nat_port,
-            ttl: 64,
+            ttl,
             seq,
             ack: client_isn_next,
             flags,
@@ -1797,20 +2754,43 @@ impl<'r> Fuzz<'r> {
             },
             payload,
         };
-        (port, wire.frame())
+        let mut frame = wire.frame();
+        if self.rng.chance(15) {
+            clear_df(&mut frame);
+        }
+        (port, frame)
     }
 
-    /// A target's segment to a NAT port no connection (or a random one) holds.
+    /// A target's segment (or datagram) to a NAT port no connection (or a random one)
+    /// holds.
     fn stray_reply(&mut self) -> (usize, Vec<u8>) {
-        let (target, target_port) = self.rng.pick(&[(T0, 8080), (T1, 8080), (T0, 8443)]);
+        let (target, target_port) =
+            self.rng
+                .pick(&[(T0, 8080), (T1, 8080), (T0, 8443), (T1, 5353), (T0, 5300)]);
         let port = if self.rng.chance(80) { PROV } else { PROV2 };
+        let dport = NAT_FIRST + self.rng.below(usize::from(NAT_LAST - NAT_FIRST) + 1) as u16;
+        if self.rng.chance(20) {
+            let datagram = Datagram {
+                mac_src: target_mac(target).unwrap(),
+                mac_dst: self.ports[port].mac,
+                src: target,
+                dst: NAT,
+                sport: target_port,
+                dport,
+                ttl: 64,
+                df: true,
+                checksum: true,
+                payload: self.payload(28),
+            };
+            return (port, datagram.frame());
+        }
         let wire = Wire {
             mac_src: target_mac(target).unwrap(),
             mac_dst: self.ports[port].mac,
             src: target,
             dst: NAT,
             sport: target_port,
-            dport: NAT_FIRST + self.rng.below(usize::from(NAT_LAST - NAT_FIRST) + 1) as u16,
+            dport,
             ttl: 64,
             seq: self.rng.u32(),
             ack: self.rng.u32(),
@@ -1820,6 +2800,128 @@ impl<'r> Fuzz<'r> {
             payload: Vec::new(),
         };
         (port, wire.frame())
+    }
+
+    /// ICMP from a consumer: mostly echo requests to the endpoint addresses of its
+    /// network (available, pending, behind security groups, unreachable), some other
+    /// messages, from clients and sources that cannot be.
+    fn consumer_icmp(&mut self) -> (usize, Vec<u8>) {
+        let mut port = self.rng.pick(&[CONS_A, CONS_B]);
+        if self.rng.chance(5) {
+            port = PROV;
+        }
+        let dst = self.rng.pick(&[
+            ENDPOINT,
+            ENDPOINT,
+            PENDING,
+            NO_NEIGHBOUR,
+            NO_ROUTE,
+            GUARDED,
+            GUARDED,
+            STRICT,
+            DNS,
+            [10, 0, 0, 1],
+        ]);
+        let (kind, code) = if self.rng.chance(85) {
+            (ECHO_REQUEST, 0)
+        } else {
+            self.rng.pick_or(
+                &[(ECHO_REQUEST, 1), (ECHO_REPLY, 0), (3, 3), (11, 0), (13, 0)],
+                |r| (r.u8(), r.u8()),
+            )
+        };
+        let mut body = vec![kind, code, 0, 0];
+        body.extend(self.rng.bytes(4));
+        let n = if self.rng.chance(5) {
+            self.rng.below(1500)
+        } else {
+            self.rng.below(64)
+        };
+        body.extend(self.rng.bytes(n));
+        let mac_src = if self.rng.chance(90) {
+            CLIENT_MAC
+        } else {
+            self.rng
+                .pick(&[[2, 0, 0, 0, 1, 2], [0xff; 6], [1, 0, 0x5e, 0, 0, 1]])
+        };
+        let src = self.client();
+        let mut f = ipv4_frame((mac_src, self.ports[port].mac), src, dst, 1, &body);
+        f[22] = self.ttl(10);
+        fix_checksums(&mut f);
+        (port, f)
+    }
+
+    /// ICMP from the provider side to the NAT address: mostly errors quoting what the
+    /// node sent on a known connection (from the target or a router on the way), some
+    /// about nothing it knows, some other messages.
+    fn provider_icmp(&mut self) -> (usize, Vec<u8>) {
+        let port = if self.rng.chance(90) { PROV } else { PROV2 };
+        let (target, target_port, nat_port, proto) = match self.known() {
+            Some((_, c)) if self.rng.chance(85) => (c.target, c.target_port, c.nat_port, c.proto),
+            _ => (
+                self.rng.pick(&[T0, T1]),
+                self.rng.pick(&[8080, 8443, 5300, 5353]),
+                NAT_FIRST + self.rng.below(usize::from(NAT_LAST - NAT_FIRST) + 1) as u16,
+                self.rng.pick(&[PROTO_TCP, PROTO_UDP]),
+            ),
+        };
+        let (kind, code) = match self.rng.below(10) {
+            0..4 => (UNREACHABLE, self.rng.pick(&[0, 1, 3, 4, 4, 13])),
+            4..6 => (TIME_EXCEEDED, self.rng.pick(&[0, 1])),
+            6 => (PARAMETER_PROBLEM, 0),
+            7 => (self.rng.pick(&[ECHO_REQUEST, ECHO_REPLY, 5, 4]), 0),
+            _ => (self.rng.pick(&[UNREACHABLE, TIME_EXCEEDED]), 0),
+        };
+        let mut body = vec![kind, code, 0, 0, 0, 0];
+        let mtu = if kind == UNREACHABLE && code == FRAG_NEEDED {
+            self.rng.pick(&[1400u16, 1280, 576])
+        } else {
+            0
+        };
+        body.extend(mtu.to_be_bytes());
+        // The quote: what the node sent (an IPv4 header, now and then off, and the
+        // first 8 bytes of TCP or UDP).
+        let mut quote = vec![0x45, 0];
+        quote.extend(self.rng.pick(&[60u16, 1500, 40]).to_be_bytes());
+        quote.extend(self.rng.u16().to_be_bytes());
+        quote.extend([DF, 0, self.rng.pick(&[63, 1, 62]), proto, 0, 0]);
+        quote.extend(NAT);
+        quote.extend(target);
+        let check = !fold(sum(&quote, 0));
+        quote[10..12].copy_from_slice(&check.to_be_bytes());
+        quote.extend(nat_port.to_be_bytes());
+        quote.extend(target_port.to_be_bytes());
+        if proto == PROTO_UDP {
+            quote.extend(self.rng.pick(&[20u16, 100, 1480]).to_be_bytes());
+            quote.extend(self.rng.pick_or(&[0, 0xffff], Rng::u16).to_be_bytes());
+        } else {
+            quote.extend(self.rng.bytes(4));
+        }
+        match self.rng.below(20) {
+            0 => quote[12..16].copy_from_slice(&NODE),
+            1 => quote[9] = self.rng.pick(&[1, 0, 47]),
+            2 => quote[0] = self.rng.pick(&[0x46, 0x44, 0x65]),
+            3 => quote.swap(20, 22),
+            4 => quote[11] ^= 0x10,
+            5 => quote.truncate(self.rng.below(28)),
+            6..9 => {
+                let n = self.rng.below(100);
+                quote.extend(self.rng.bytes(n));
+            }
+            _ => {}
+        }
+        body.extend(quote);
+        let src = if self.rng.chance(70) {
+            target
+        } else {
+            self.rng.pick(&[NODE, [172, 16, 0, 254], [192, 168, 99, 1]])
+        };
+        let dst = if self.rng.chance(90) { NAT } else { NODE };
+        let macs = (TARGETS[0].1, self.ports[port].mac);
+        let mut f = ipv4_frame(macs, src, dst, 1, &body);
+        f[22] = self.ttl(8);
+        fix_checksums(&mut f);
+        (port, f)
     }
 
     /// An ARP request on any interface, for an address of ours or not.
@@ -1876,7 +2978,7 @@ impl<'r> Fuzz<'r> {
                     .pick(&[SYN, ACK, SYN | ACK, FIN | ACK, RST, ACK | PSH]),
                 window: 1024,
                 options: Vec::new(),
-                payload: self.payload(),
+                payload: self.payload(40),
             }
             .frame(),
             3 => ipv4_frame(
@@ -1965,9 +3067,14 @@ impl<'r> Fuzz<'r> {
                             .wrapping_add(self.rng.below(9) as u16)
                             .wrapping_sub(4),
                         2 => (len - 14) as u16,
-                        _ => self.rng.pick(&[0, 19, 20, 39, 40, 41]),
+                        _ => self.rng.pick(&[0, 19, 20, 27, 28, 39, 40, 41]),
                     };
                     f[16..18].copy_from_slice(&new.to_be_bytes());
+                    // A UDP length that moves with it, so that short or long datagrams
+                    // are whole otherwise.
+                    if len >= 40 && f[23] == 17 && self.rng.chance(50) {
+                        f[38..40].copy_from_slice(&new.wrapping_sub(20).to_be_bytes());
+                    }
                 }
                 10 if len > 22 => f[22] = self.rng.pick_or(&[0, 1, 2, 255], Rng::u8),
                 11 if len > 23 => f[23] = self.rng.pick_or(&[17, 1, 0, 6], Rng::u8),
@@ -2040,7 +3147,8 @@ impl<'r> Fuzz<'r> {
                 }
                 16 if len >= 34 => self.insert_ip_options(f),
                 17 if len >= 52 => {
-                    let at = self.rng.pick(&[24, 50]);
+                    // The IPv4, TCP, UDP or ICMP checksum.
+                    let at = self.rng.pick(&[24, 50, 40, 36]);
                     f[at + 1] = f[at + 1].wrapping_add(self.rng.pick(&[1, 255]));
                 }
                 18 => {

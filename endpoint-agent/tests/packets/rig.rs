@@ -21,7 +21,7 @@ use endpoint_agent::{
 };
 use endpoint_common::{
     hash,
-    maps::{Addr, EndpointKey, FAMILY_IPV4, Flow, FlowKey, NO_TARGET, PROTO_TCP, name},
+    maps::{Addr, EndpointKey, FAMILY_IPV4, Flow, FlowKey, NO_TARGET, PROTO_TCP, PROTO_UDP, name},
 };
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 use testbed::{Namespace, veth};
@@ -38,6 +38,8 @@ pub const NO_NEIGHBOUR: [u8; 4] = [10, 0, 0, 102];
 pub const NO_ROUTE: [u8; 4] = [10, 0, 0, 103];
 pub const GUARDED: [u8; 4] = [10, 0, 0, 104];
 pub const STRICT: [u8; 4] = [10, 0, 0, 105];
+/// The `dns` endpoints (in both consumer networks): UDP and TCP on port 53.
+pub const DNS: [u8; 4] = [10, 0, 0, 106];
 pub const NAT: [u8; 4] = [172, 16, 0, 100];
 pub const NODE: [u8; 4] = [172, 16, 0, 1];
 pub const TARGETS: [([u8; 4], [u8; 6]); 2] = [
@@ -99,7 +101,23 @@ services:
             targets: [{ ip: 172.16.0.10, port: 8080 }]
           - port: 443
             targets: [{ ip: 172.16.0.10, port: 8443 }]
+  - name: dns
+    acceptance_required: false
+    allowed_principals: ['*']
+    udp_idle_timeout_seconds: 30
+    load_balancers:
+      - name: nlb
+        zone: z1
+        health_check: { protocol: none }
+        listeners:
+          - port: 53
+            protocol: udp
+            targets: [{ ip: 172.16.0.11, port: 5353 }]
+          - port: 53
+            targets: [{ ip: 172.16.0.10, port: 5300 }]
 endpoints:
+  - { id: dns-a, service: dns, principal: p, consumer_network: vpc-a, ip: 10.0.0.106, zone: z1, state: available }
+  - { id: dns-b, service: dns, principal: p, consumer_network: vpc-b, ip: 10.0.0.106, zone: z1, state: available }
   - { id: a, service: orders, principal: p, consumer_network: vpc-a, ip: 10.0.0.100, zone: z1, state: available }
   - { id: b, service: orders, principal: p, consumer_network: vpc-b, ip: 10.0.0.100, zone: z1, state: available }
   - { id: pending, service: orders, principal: p, consumer_network: vpc-a, ip: 10.0.0.101, zone: z1, state: pendingAcceptance }
@@ -525,6 +543,113 @@ pub fn parse(frame: &[u8]) -> (etherparse::Ipv4Header, etherparse::TcpHeader) {
         "TCP checksum"
     );
     (ip, tcp)
+}
+
+/// A UDP datagram's fields.
+#[derive(Clone, Copy, Debug)]
+pub struct Datagram {
+    pub mac_src: [u8; 6],
+    pub mac_dst: [u8; 6],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub ttl: u8,
+}
+
+impl Datagram {
+    /// The frame, with its checksum computed from scratch.
+    pub fn frame(&self, payload: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(self.mac_src, self.mac_dst)
+            .ipv4(self.src, self.dst, self.ttl)
+            .udp(self.sport, self.dport)
+            .write(&mut frame, payload)
+            .unwrap();
+        frame
+    }
+
+    /// The frame with no checksum (0: the sender computed none).
+    pub fn frame_without_checksum(&self, payload: &[u8]) -> Vec<u8> {
+        let mut frame = self.frame(payload);
+        frame[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+        frame
+    }
+
+    /// The datagram the other way, from `dst` to `src`.
+    pub fn answer(&self, mac_src: [u8; 6], mac_dst: [u8; 6]) -> Datagram {
+        Datagram {
+            mac_src,
+            mac_dst,
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            ttl: 64,
+        }
+    }
+
+    /// The key it arrives with, in `network`.
+    pub fn key(&self, network: u32) -> FlowKey {
+        FlowKey {
+            src_be: u32::from_ne_bytes(self.src),
+            dst_be: u32::from_ne_bytes(self.dst),
+            src_port_be: self.sport.to_be(),
+            dst_port_be: self.dport.to_be(),
+            scope: FlowKey::scope(network, PROTO_UDP),
+        }
+    }
+}
+
+/// A consumer's datagram from `sport` to `dst`:53 arriving on an interface with `mac`.
+pub fn datagram_to(mac: [u8; 6], dst: [u8; 4], sport: u16) -> Datagram {
+    Datagram {
+        mac_src: CLIENT_MAC,
+        mac_dst: mac,
+        src: CLIENT,
+        dst,
+        sport,
+        dport: 53,
+        ttl: 64,
+    }
+}
+
+/// Parses a UDP/IPv4 frame, checking the IPv4 checksum from scratch; returns the
+/// headers and the payload (the UDP checksum is the caller's to check: 0 may be right).
+pub fn parse_udp(frame: &[u8]) -> (etherparse::Ipv4Header, etherparse::UdpHeader, Vec<u8>) {
+    let headers = PacketHeaders::from_ethernet_slice(frame).expect("a UDP/IPv4 frame");
+    let Some(NetHeaders::Ipv4(ip, _)) = headers.net else {
+        panic!("not IPv4")
+    };
+    let Some(TransportHeader::Udp(udp)) = headers.transport else {
+        panic!("not UDP")
+    };
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "IPv4 checksum"
+    );
+    (ip, udp, headers.payload.slice().to_vec())
+}
+
+/// `frame` (IPv4) with DF cleared, its IPv4 checksum computed again.
+pub fn without_df(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[14 + 6] &= !0x40;
+    with_ip_checksum(frame)
+}
+
+/// `frame` (IPv4, 20-byte header) with its IPv4 checksum computed again.
+pub fn with_ip_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = frame[14..34]
+        .chunks(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    frame
 }
 
 /// A broadcast ARP request: who has `wanted`? tell `asker`.

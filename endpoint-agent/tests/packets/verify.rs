@@ -125,11 +125,6 @@ fn segments_an_endpoint_would_get_are_checked_before_anything_is_done() {
                 .frame(b""),
                 counter::DROP_NOT_FOR_US,
             ),
-            (
-                "TTL expiring",
-                Segment { ttl: 1, ..syn }.frame(b""),
-                counter::DROP_TTL_EXPIRED,
-            ),
         ];
         // The last two: the endpoint itself, and another endpoint of the network.
         let martians: Vec<(String, Vec<u8>)> = [

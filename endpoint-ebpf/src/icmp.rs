@@ -1,0 +1,344 @@
+//! ICMP: what the node says itself, and the errors it passes on.
+//!
+//! - Its own errors (RFC 792, RFC 1812 §4.3): a packet with DF set that does not fit
+//!   the egress MTU is answered with fragmentation needed and the next-hop MTU, one
+//!   whose TTL runs out here with time exceeded — from the address it was sent to (the
+//!   endpoint's, or a NAT address), back to its sender, quoting its IPv4 header and the
+//!   first 8 bytes after it (the ports). Never about an ICMP message.
+//! - Echo replies: a consumer may ping an endpoint that is available and whose security
+//!   groups admit the source.
+//! - Provider-side errors about a flow (unreachable, fragmentation needed, time
+//!   exceeded, parameter problem), found by the quoted tuple, go to the flow's consumer
+//!   translated (RFC 5508): from the endpoint's address, the quoted header and ports as
+//!   the consumer sent them, every checksum updated. Other ICMP to a NAT address is
+//!   dropped.
+//!
+//! What the node sends of its own comes out of a per-CPU budget (`icmp_per_second`).
+
+use aya_ebpf::{
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use endpoint_common::{
+    checksum::{Delta, Sum},
+    counter,
+    maps::{
+        FlowKey, Interface, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROVIDER_NETWORK, Policy, nat_scope,
+        tcp,
+    },
+};
+use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
+
+use crate::{
+    budget, classify, conntrack,
+    forward::{self, Route},
+    maps::INTERFACES,
+    outcome::Outcome,
+    parse::Packet,
+    policy::{self, Admission},
+    verify,
+};
+
+const ECHO_REPLY: u8 = 0;
+const DEST_UNREACHABLE: u8 = 3;
+const FRAG_NEEDED: u8 = 4;
+const ECHO_REQUEST: u8 = 8;
+const TIME_EXCEEDED: u8 = 11;
+const PARAMETER_PROBLEM: u8 = 12;
+
+/// Don't fragment, in the raw big-endian `frags` field.
+const DF: u16 = 0x4000;
+/// What an error quotes: the IPv4 header and 8 bytes after it.
+const QUOTED: usize = Ipv4Hdr::LEN + 8;
+/// Where the quoted packet begins, and the whole error frame's length.
+const QUOTED_OFFSET: usize = EthHdr::LEN + Ipv4Hdr::LEN + Icmpv4Hdr::LEN;
+const ERROR_LEN: usize = QUOTED_OFFSET + QUOTED;
+/// An error is built in front of the packet's own headers: these bytes are added.
+const GROWTH: usize = Ipv4Hdr::LEN + Icmpv4Hdr::LEN;
+
+/// A packet too big for the egress MTU `mtu`: with DF set, its sender is told
+/// (fragmentation needed); without, it is dropped — the node does not fragment.
+#[inline(never)]
+pub fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u32, slot: u32) -> Outcome {
+    if packet.proto == PROTO_ICMP || u16::from_be_bytes(packet.ip().frags) & DF == 0 {
+        return Outcome::drop_for(counter::DROP_FIB_FRAG_NEEDED, slot);
+    }
+    let next_hop = if mtu > 0xffff { 0xffff } else { mtu };
+    error(
+        ctx,
+        u16::from_be_bytes([DEST_UNREACHABLE, FRAG_NEEDED]),
+        next_hop,
+        counter::ICMP_FRAG_NEEDED_SENT,
+        slot,
+    )
+}
+
+/// A packet whose TTL runs out here: its sender is told (time exceeded in transit).
+#[inline(never)]
+pub fn time_exceeded(ctx: &XdpContext, packet: &Packet, slot: u32) -> Outcome {
+    if packet.proto == PROTO_ICMP {
+        return Outcome::drop_for(counter::DROP_TTL_EXPIRED, slot);
+    }
+    error(
+        ctx,
+        u16::from_be_bytes([TIME_EXCEEDED, 0]),
+        0,
+        counter::ICMP_TIME_EXCEEDED_SENT,
+        slot,
+    )
+}
+
+/// Turns the frame into the ICMP error `kind` (type and code) about it, with `info`
+/// in the header's last two bytes (the next-hop MTU), sent back to its sender.
+#[inline(always)]
+fn error(ctx: &XdpContext, kind: u16, info: u32, sent: u32, slot: u32) -> Outcome {
+    let dropped = Outcome::drop_for(counter::DROP_ICMP_BUDGET, slot);
+    let Some(interface) = INTERFACES.get(ctx.ingress_ifindex() as u32) else {
+        return dropped;
+    };
+    if !budget::icmp() {
+        return dropped;
+    }
+    // Cut to what is quoted, then grow room for the new IPv4 and ICMP headers in
+    // front: the packet's own IPv4 header lands where the quote begins.
+    let excess = (ctx.data_end() - ctx.data()) as i32 - (EthHdr::LEN + QUOTED) as i32;
+    // SAFETY: resizing the frame; every pointer is derived again below.
+    if excess < 0
+        || (excess > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -excess) } != 0)
+        || unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GROWTH as i32)) } != 0
+    {
+        return dropped;
+    }
+    let start = ctx.data();
+    if start + ERROR_LEN > ctx.data_end() {
+        return dropped;
+    }
+    // SAFETY: all within the ERROR_LEN bytes checked just above. The old Ethernet
+    // header (at GROWTH) is read before the new headers overwrite it.
+    unsafe {
+        let sender_mac = (*((start + GROWTH) as *const EthHdr)).src_addr;
+        let quoted = &*((start + QUOTED_OFFSET) as *const Ipv4Hdr);
+        let (src, dst) = (quoted.dst_addr, quoted.src_addr);
+        let eth = &mut *(start as *mut EthHdr);
+        eth.dst_addr = sender_mac;
+        eth.src_addr = interface.mac;
+        eth.ether_type = network_types::eth::EtherType::Ipv4 as u16;
+        let ip = &mut *((start + EthHdr::LEN) as *mut Ipv4Hdr);
+        write_ip_header(
+            ip,
+            src,
+            dst,
+            (Ipv4Hdr::LEN + Icmpv4Hdr::LEN + QUOTED) as u16,
+        );
+        let icmp = &mut *((start + EthHdr::LEN + Ipv4Hdr::LEN) as *mut Icmpv4Hdr);
+        let kind = kind.to_be_bytes();
+        icmp.type_ = kind[0];
+        icmp.code = kind[1];
+        icmp.data = [0, 0, (info >> 8) as u8, info as u8];
+        let mut sum = Sum::default()
+            .word(u16::from_ne_bytes(kind))
+            .word(u16::from_ne_bytes([icmp.data[0], icmp.data[1]]))
+            .word(u16::from_ne_bytes([icmp.data[2], icmp.data[3]]));
+        let words = &*((start + QUOTED_OFFSET) as *const [u16; QUOTED / 2]);
+        let mut i = 0;
+        while i < QUOTED / 2 {
+            sum = sum.word(words[i]);
+            i += 1;
+        }
+        icmp.check = sum.finish().to_ne_bytes();
+    }
+    Outcome::new(forward::bounce(ctx, interface), sent, slot)
+}
+
+/// A fresh IPv4 header for an ICMP error of the node's own, checksum computed.
+#[inline(always)]
+fn write_ip_header(ip: &mut Ipv4Hdr, src: [u8; 4], dst: [u8; 4], total_len: u16) {
+    ip.vihl = 0x45;
+    // Precedence "internetwork control", as routers send their errors.
+    ip.tos = 0xc0;
+    ip.tot_len = total_len.to_be_bytes();
+    ip.id = [0; 2];
+    ip.frags = [0; 2];
+    ip.ttl = 64;
+    ip.proto = PROTO_ICMP;
+    ip.src_addr = src;
+    ip.dst_addr = dst;
+    ip.check = Sum::default()
+        .word(u16::from_ne_bytes([ip.vihl, ip.tos]))
+        .word(u16::from_ne_bytes(ip.tot_len))
+        .word(u16::from_ne_bytes([ip.ttl, ip.proto]))
+        .dword(u32::from_ne_bytes(src))
+        .dword(u32::from_ne_bytes(dst))
+        .finish()
+        .to_ne_bytes();
+}
+
+/// An ICMP message that arrived: an echo request to an endpoint, or a provider-side
+/// error about a flow; anything else of ours is dropped, the rest is not ours.
+#[inline(never)]
+pub fn arrived(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
+    let dst = packet.ip().dst_addr;
+    // An endpoint's address, whether or not it was accepted: its policy decides.
+    if interface.consumer()
+        && let Some(address) = classify::owned(interface.network, dst)
+    {
+        return echo(ctx, interface, packet, address.slot);
+    }
+    if interface.provider() {
+        let scope = nat_scope(ctx.ingress_ifindex() as u32);
+        if classify::owned(scope, dst).is_some() {
+            return from_provider(ctx, interface, packet);
+        }
+    }
+    classify::not_ours(interface)
+}
+
+/// An echo request to the endpoint at `slot`: answered if it is available and its
+/// security groups admit the source.
+#[inline(always)]
+fn echo(ctx: &XdpContext, interface: &Interface, packet: &Packet, slot: u32) -> Outcome {
+    // SAFETY: `parse` checked the 8-byte ICMP header lies within the frame.
+    let icmp = unsafe { &mut *packet.l4.cast::<Icmpv4Hdr>() };
+    if icmp.type_ != ECHO_REQUEST || icmp.code != 0 {
+        return Outcome::drop_for(counter::DROP_ICMP, slot);
+    }
+    verify::addressed_to(interface, packet, slot)?;
+    verify::ip_checksum(packet, slot)?;
+    verify::source(interface.network, packet, slot)?;
+    let word = policy::word(slot);
+    let policy = Policy::of(word);
+    if !matches!(policy::of(policy), Admission::Open) {
+        return policy::refused(policy, slot);
+    }
+    policy::security_groups(word, slot, policy::ANY_LISTENER, packet.ip().src_addr)?;
+    if !budget::icmp() {
+        return Outcome::drop_for(counter::DROP_ICMP_BUDGET, slot);
+    }
+    // SAFETY: as above, and `parse` checked the IPv4 and Ethernet headers.
+    let (eth, ip) = unsafe { (&mut *packet.eth, &mut *packet.ip) };
+    eth.dst_addr = eth.src_addr;
+    eth.src_addr = interface.mac;
+    // Swapping the addresses leaves the sums as they are; the TTL and type change.
+    let old_ttl = u16::from_ne_bytes([ip.ttl, ip.proto]);
+    let new_ttl = u16::from_ne_bytes([64, ip.proto]);
+    (ip.src_addr, ip.dst_addr) = (ip.dst_addr, ip.src_addr);
+    ip.ttl = 64;
+    ip.check = Delta::default()
+        .word(old_ttl, new_ttl)
+        .apply(u16::from_ne_bytes(ip.check))
+        .to_ne_bytes();
+    let old_type = u16::from_ne_bytes([icmp.type_, icmp.code]);
+    icmp.type_ = ECHO_REPLY;
+    icmp.check = Delta::default()
+        .word(old_type, u16::from_ne_bytes([icmp.type_, icmp.code]))
+        .apply(u16::from_ne_bytes(icmp.check))
+        .to_ne_bytes();
+    Outcome::new(
+        forward::bounce(ctx, interface),
+        counter::ICMP_ECHO_REPLY,
+        slot,
+    )
+}
+
+/// A provider-side ICMP message to a NAT address: an error about one of its flows goes
+/// to the flow's consumer, translated; anything else is dropped.
+#[inline(always)]
+fn from_provider(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
+    let refused = Outcome::drop(counter::DROP_ICMP);
+    // SAFETY: `parse` checked the 8-byte ICMP header lies within the frame.
+    let kind = unsafe { (*packet.l4.cast::<Icmpv4Hdr>()).type_ };
+    if kind != DEST_UNREACHABLE && kind != TIME_EXCEEDED && kind != PARAMETER_PROBLEM {
+        return refused;
+    }
+    let start = ctx.data();
+    if start + ERROR_LEN > ctx.data_end()
+        || packet.ip().tot_len() < (ERROR_LEN - EthHdr::LEN) as u16
+    {
+        return refused;
+    }
+    // SAFETY: the quote lies within the ERROR_LEN bytes checked just above.
+    let (quoted, ports) = unsafe {
+        (
+            &mut *((start + QUOTED_OFFSET) as *mut Ipv4Hdr),
+            &mut *((start + QUOTED_OFFSET + Ipv4Hdr::LEN) as *mut [[u8; 2]; 4]),
+        )
+    };
+    let proto = quoted.proto;
+    if quoted.vihl != 0x45 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+        return refused;
+    }
+    // The quote is what the flow sent towards the target: its reply entry is keyed by
+    // the other way round. It must have been sent from the address the error goes to.
+    if quoted.src_addr != packet.ip().dst_addr {
+        return refused;
+    }
+    let key = FlowKey {
+        src_be: u32::from_ne_bytes(quoted.dst_addr),
+        dst_be: u32::from_ne_bytes(quoted.src_addr),
+        src_port_be: u16::from_ne_bytes(ports[1]),
+        dst_port_be: u16::from_ne_bytes(ports[0]),
+        scope: FlowKey::scope(PROVIDER_NETWORK, proto),
+    };
+    let Some(reply) = conntrack::lookup(&key) else {
+        return refused;
+    };
+    let slot = reply.slot;
+    if reply.tcp() & tcp::RESERVED != 0 {
+        return Outcome::drop_for(counter::DROP_ICMP, slot);
+    }
+    if ctx.ingress_ifindex() as u32 != reply.via {
+        return Outcome::drop_for(counter::DROP_WRONG_INTERFACE, slot);
+    }
+    verify::addressed_to(interface, packet, slot)?;
+    verify::ip_checksum(packet, slot)?;
+    if packet.ip().ttl <= 1 {
+        return Outcome::drop_for(counter::DROP_TTL_EXPIRED, slot);
+    }
+    if policy::word(slot) != reply.policy && policy::recheck_reply(&reply).is_err() {
+        return Outcome::drop_for(counter::DROP_FLOW_GONE, slot);
+    }
+    let (route, _) = Route::back(&reply)?;
+
+    // The consumer sees the error come from the endpoint, about the packet it sent.
+    let (consumer, endpoint) = (reply.dst_be, reply.src_be);
+    let (consumer_port, endpoint_port) = (reply.dst_port_be, reply.src_port_be);
+    let (old_sport, old_dport) = (u16::from_ne_bytes(ports[0]), u16::from_ne_bytes(ports[1]));
+    let addresses = Delta::default()
+        .dword(u32::from_ne_bytes(quoted.src_addr), consumer)
+        .dword(u32::from_ne_bytes(quoted.dst_addr), endpoint);
+    let quoted_ip_check = addresses.apply(u16::from_ne_bytes(quoted.check));
+    // What the quoted datagram's own checksum sees: addresses (pseudo-header) and ports.
+    let transport = addresses
+        .word(old_sport, consumer_port)
+        .word(old_dport, endpoint_port);
+    // The ICMP checksum covers the whole quote: addresses, their checksum, ports, and
+    // (UDP) the quoted datagram's checksum.
+    let mut message = transport.word(u16::from_ne_bytes(quoted.check), quoted_ip_check);
+    quoted.src_addr = consumer.to_ne_bytes();
+    quoted.dst_addr = endpoint.to_ne_bytes();
+    quoted.check = quoted_ip_check.to_ne_bytes();
+    ports[0] = consumer_port.to_ne_bytes();
+    ports[1] = endpoint_port.to_ne_bytes();
+    let old = u16::from_ne_bytes(ports[3]);
+    if proto == PROTO_UDP && old != 0 {
+        let sum = transport.apply(old);
+        let new = if sum == 0 { 0xffff } else { sum };
+        message = message.word(old, new);
+        ports[3] = new.to_ne_bytes();
+    }
+    // SAFETY: `parse` checked the ICMP and IPv4 headers.
+    let (icmp, ip) = unsafe { (&mut *packet.l4.cast::<Icmpv4Hdr>(), &mut *packet.ip) };
+    icmp.check = message.apply(u16::from_ne_bytes(icmp.check)).to_ne_bytes();
+    let old_ttl = u16::from_ne_bytes([ip.ttl, ip.proto]);
+    let new_ttl = u16::from_ne_bytes([ip.ttl - 1, ip.proto]);
+    ip.check = Delta::default()
+        .dword(u32::from_ne_bytes(ip.src_addr), endpoint)
+        .dword(u32::from_ne_bytes(ip.dst_addr), consumer)
+        .word(old_ttl, new_ttl)
+        .apply(u16::from_ne_bytes(ip.check))
+        .to_ne_bytes();
+    ip.src_addr = endpoint.to_ne_bytes();
+    ip.dst_addr = consumer.to_ne_bytes();
+    ip.ttl -= 1;
+    forward::send(ctx, interface, packet, &route, counter::ICMP_ERROR, slot)
+}
