@@ -193,6 +193,7 @@ pub fn build(
                 .iter()
                 .enumerate()
                 .filter(|(_, l)| rule.ports.as_ref().is_none_or(|p| p.contains(&l.port)))
+                .filter(|(_, l)| rule.protocol.is_none_or(|p| p == l.protocol))
                 .fold(0u32, |mask, (i, _)| mask | 1 << i);
             let mut key_addr = [0u8; 16];
             key_addr[..4].copy_from_slice(&rule.cidr.network().octets());

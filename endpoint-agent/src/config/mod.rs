@@ -424,12 +424,13 @@ pub struct Endpoint {
 }
 
 /// Sources (a CIDR) and listener ports (all if absent) allowed to use an endpoint; a
-/// port allows its TCP and its UDP listener.
+/// port allows its TCP and its UDP listener unless `protocol` names one.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupRule {
     pub cidr: ipnet::Ipv4Net,
     pub ports: Option<Vec<u16>>,
+    pub protocol: Option<Protocol>,
 }
 
 /// An endpoint's state. Only `available` carries traffic.

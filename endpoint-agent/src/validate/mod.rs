@@ -707,7 +707,12 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
         let ports = service
             .load_balancers
             .first()
-            .map(|lb| lb.listeners.iter().map(|l| l.port).collect::<BTreeSet<_>>())
+            .map(|lb| {
+                lb.listeners
+                    .iter()
+                    .map(|l| (l.port, l.protocol))
+                    .collect::<BTreeSet<_>>()
+            })
             .unwrap_or_default();
         let rules = endpoint.security_groups.as_deref().unwrap_or_default();
         if rules.len() > MAX_SECURITY_GROUP_RULES {
@@ -734,13 +739,20 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
                 );
             }
             for port in rule.ports.iter().flatten() {
-                if !ports.contains(port) {
+                let listens = ports
+                    .iter()
+                    .any(|(p, proto)| p == port && rule.protocol.is_none_or(|r| r == *proto));
+                if !listens {
+                    let what = rule
+                        .protocol
+                        .map_or(String::new(), |p| format!("{} ", p.name()));
                     problems.error(
                         &object,
                         field("ports"),
                         format!(
-                            "port {port} is not a listener of service {:?} (listeners: {ports:?})",
-                            service.name
+                            "port {port} is not a {what}listener of service {:?} (listeners: {})",
+                            service.name,
+                            listed_ports(&ports)
                         ),
                     );
                 }

@@ -607,3 +607,27 @@ fn icmp_per_second_defaults_to_1000_and_may_be_0() {
     let config = parse("test.yaml", &none).expect("0: no ICMP").config;
     assert_eq!(config.node.limits.icmp_per_second, 0);
 }
+
+#[test]
+fn a_security_group_rule_may_name_the_protocol_of_its_ports() {
+    let udp_only = |rule: &str| {
+        with_udp(53, "        health_check: { port: 8080 }\n").replace(
+            "    accepted_at:",
+            &format!("    security_groups: [{rule}]\n    accepted_at:"),
+        )
+    };
+    parse(
+        "test.yaml",
+        &udp_only("{ cidr: 10.0.0.0/24, ports: [53], protocol: udp }"),
+    )
+    .expect("port 53 has a UDP listener");
+    let text = udp_only("{ cidr: 10.0.0.0/24, ports: [53], protocol: tcp }");
+    let report = parse("test.yaml", &text).unwrap_err().report;
+    assert_names(
+        &report,
+        &[
+            "security_groups[0].ports",
+            "port 53 is not a tcp listener of service \"orders\" (listeners: [53/udp, 80/tcp])",
+        ],
+    );
+}

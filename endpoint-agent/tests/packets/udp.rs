@@ -216,6 +216,21 @@ fn the_same_client_in_two_overlapping_networks_gets_two_flows_that_never_cross()
 }
 
 #[test]
+fn a_security_group_rule_may_name_a_protocol() {
+    with_rig(|rig| {
+        // dns-b admits 10.0.0.0/24 to port 53 over UDP only.
+        let cons = rig.link("cons-b");
+        open(rig, "cons-b", &datagram_to(cons.mac, DNS, 40008), b"query");
+        let syn = Segment {
+            dport: 53,
+            ..syn_to(cons.mac, DNS, 40008)
+        };
+        assert_eq!(rig.run("cons-b", &syn.frame(b"")).action, XDP_DROP);
+        assert_eq!(rig.count("dns-b", counter::DROP_SECURITY_GROUP), 1);
+    });
+}
+
+#[test]
 fn a_udp_flow_goes_once_idle_for_its_services_udp_timeout() {
     with_rig(|rig| {
         let cons = rig.link("cons-a");
