@@ -117,14 +117,7 @@ services:
             targets: [{ ip: 172.16.0.10, port: 5300 }]
 endpoints:
   - { id: dns-a, service: dns, principal: p, consumer_network: vpc-a, ip: 10.0.0.106, zone: z1, state: available }
-  - id: dns-b
-    service: dns
-    principal: p
-    consumer_network: vpc-b
-    ip: 10.0.0.106
-    zone: z1
-    state: available
-    security_groups: [{ cidr: 10.0.0.0/24, ports: [53], protocol: udp }]
+  - { id: dns-b, service: dns, principal: p, consumer_network: vpc-b, ip: 10.0.0.106, zone: z1, state: available }
   - { id: a, service: orders, principal: p, consumer_network: vpc-a, ip: 10.0.0.100, zone: z1, state: available }
   - { id: b, service: orders, principal: p, consumer_network: vpc-b, ip: 10.0.0.100, zone: z1, state: available }
   - { id: pending, service: orders, principal: p, consumer_network: vpc-a, ip: 10.0.0.101, zone: z1, state: pendingAcceptance }

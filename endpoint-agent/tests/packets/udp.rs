@@ -217,7 +217,13 @@ fn the_same_client_in_two_overlapping_networks_gets_two_flows_that_never_cross()
 
 #[test]
 fn a_security_group_rule_may_name_a_protocol() {
-    with_rig(|rig| {
+    let config = CONFIG.replace(
+        "consumer_network: vpc-b, ip: 10.0.0.106, zone: z1, state: available }",
+        "consumer_network: vpc-b, ip: 10.0.0.106, zone: z1, state: available, \
+         security_groups: [{ cidr: 10.0.0.0/24, ports: [53], protocol: udp }] }",
+    );
+    assert_ne!(config, CONFIG);
+    with_rig_for(&config, |rig| {
         // dns-b admits 10.0.0.0/24 to port 53 over UDP only.
         let cons = rig.link("cons-b");
         open(rig, "cons-b", &datagram_to(cons.mac, DNS, 40008), b"query");
