@@ -9,6 +9,7 @@ use endpoint_agent::{
     config,
     expiry::{self, Expiry},
     facts::Facts,
+    flows,
     instance::Instance,
     loader,
     pipeline::{Applied, Inputs, Pipeline},
@@ -167,13 +168,29 @@ fn main() {
                 rounds_ms.push(r.elapsed().as_secs_f64() * 1e3);
             }
             let pass = (2 * flows, t.elapsed().as_secs_f64(), median(rounds_ms));
-            (full, reload, pass)
+            // `flows` streams the table: all of these entries are connections to list.
+            let t = Instant::now();
+            let listed = flows::write(
+                pipeline.maps(),
+                &pipeline.applied().ids,
+                &flows::Filter::default(),
+                true,
+                &mut std::io::sink(),
+            )
+            .expect("flows");
+            assert_eq!(
+                listed,
+                2 * flows as usize,
+                "every consumer-side entry listed"
+            );
+            let listing = (listed, t.elapsed().as_secs_f64());
+            (full, reload, pass, listing)
         })
         .expect("namespace thread");
     let _ = loader::remove_pins(&instance);
     let _ = instance.remove();
 
-    let (full, reload, (entries, pass, round_ms)) = rows;
+    let (full, reload, (entries, pass, round_ms), (listed, listing)) = rows;
     println!(
         "control plane: {endpoints} endpoints over {services} services, median of {rounds} round(s), ms"
     );
@@ -198,5 +215,9 @@ fn main() {
         "expiry over {entries} flow entries: a round (1/{} of the table) {round_ms:.1} ms, a whole pass {:.0} ms of agent time",
         expiry::PASS,
         pass * 1e3
+    );
+    println!(
+        "flows --json over {entries} flow entries: {listed} connections listed in {:.0} ms",
+        listing * 1e3
     );
 }

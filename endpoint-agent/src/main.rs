@@ -6,7 +6,7 @@ use endpoint_agent::{
     acceptance::Decision,
     config, connections,
     facts::Facts,
-    host,
+    flows, host,
     ids::Ids,
     instance::{Instance, Record},
     loader,
@@ -59,6 +59,22 @@ enum Command {
     /// attach modes, services, endpoints (states, limits, usage), counters.
     Status {
         /// As JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The running instance's live connections: consumer network, client, endpoint,
+    /// target, NAT address and port, protocol, state and idle time, one per line.
+    Flows {
+        /// Only this endpoint's.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Only this consumer network's.
+        #[arg(long)]
+        network: Option<String>,
+        /// Only those to this target (IP:PORT).
+        #[arg(long)]
+        target: Option<std::net::SocketAddrV4>,
+        /// As JSON lines, for programs.
         #[arg(long)]
         json: bool,
     },
@@ -143,6 +159,22 @@ fn execute(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", status::show(&instance)?);
             }
+            Ok(())
+        }
+        Command::Flows {
+            endpoint,
+            network,
+            target,
+            json,
+        } => {
+            let filter = flows::Filter {
+                endpoint,
+                network,
+                target,
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            flows::list(&instance, &filter, json, &mut out)?;
+            std::io::Write::flush(&mut out)?;
             Ok(())
         }
         Command::Connections { config } => {

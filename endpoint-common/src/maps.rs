@@ -551,6 +551,20 @@ pub struct Flow {
     pub _pad: [u8; 5],
 }
 
+impl Flow {
+    /// The key replies of this consumer-to-target entry arrive with.
+    #[inline(always)]
+    pub const fn reply_key(&self) -> FlowKey {
+        FlowKey {
+            src_be: self.dst_be,
+            dst_be: self.src_be,
+            src_port_be: self.dst_port_be,
+            dst_port_be: self.src_port_be,
+            scope: FlowKey::scope(PROVIDER_NETWORK, self.proto),
+        }
+    }
+}
+
 /// [`Flow::last_seen_s`] of a flow being removed.
 pub const DEAD: u64 = u64::MAX;
 

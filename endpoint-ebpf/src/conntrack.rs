@@ -54,13 +54,7 @@ pub fn arriving_reply_key(packet: &Packet) -> FlowKey {
 /// The key replies of the consumer-to-target entry `forward` arrive with.
 #[inline(always)]
 pub fn reply_key(forward: &Flow) -> FlowKey {
-    FlowKey {
-        src_be: forward.dst_be,
-        dst_be: forward.src_be,
-        src_port_be: forward.dst_port_be,
-        dst_port_be: forward.src_port_be,
-        scope: FlowKey::scope(PROVIDER_NETWORK, forward.proto),
-    }
+    forward.reply_key()
 }
 
 /// The consumer-to-target key of the reply entry `reply`.

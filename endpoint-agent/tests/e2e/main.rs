@@ -11,3 +11,4 @@ mod forwarding;
 mod health;
 mod isolation;
 mod lifecycle;
+mod operating;
