@@ -20,6 +20,7 @@ use crate::{
     instance::{Instance, Record, write_atomically},
     keys::TargetKey,
     loader::{self, Modes},
+    metrics::{Reconciles, Snapshot},
     pipeline::{Applied, Inputs, Pipeline, Proposal},
     plan::Shown,
 };
@@ -38,6 +39,7 @@ pub struct Agent {
     record: Record,
     facts: Facts,
     expiry: Expiry,
+    reconciles: Reconciles,
 }
 
 impl Agent {
@@ -91,6 +93,7 @@ impl Agent {
             record,
             facts: Facts::of_this_node()?,
             expiry: Expiry::default(),
+            reconciles: Reconciles::default(),
         })
     }
 
@@ -131,6 +134,39 @@ impl Agent {
     /// program; otherwise only interfaces new to the config. Interfaces the node does
     /// not have are left out (and reported); everything else goes on.
     pub fn reconcile(&mut self, text: &str, attach_all: bool) -> Result<()> {
+        let started = std::time::Instant::now();
+        let result = self.apply_text(text, attach_all);
+        let reconciles = &mut self.reconciles;
+        reconciles.last_seconds = started.elapsed().as_secs_f64();
+        if result.is_ok() {
+            reconciles.applied += 1;
+        } else {
+            reconciles.failed += 1;
+        }
+        result
+    }
+
+    /// What metrics show of the agent, as of now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            config: self.applied().config.clone(),
+            ids: self.applied().ids.clone(),
+            generation: self.applied().generation,
+            unhealthy: self.unhealthy.clone(),
+            reconciles: self.reconciles,
+        }
+    }
+
+    /// What a new snapshot would differ by (cheap to compare).
+    pub fn snapshot_version(&self) -> (u64, Reconciles, BTreeSet<TargetKey>) {
+        (
+            self.applied().generation,
+            self.reconciles,
+            self.unhealthy.clone(),
+        )
+    }
+
+    fn apply_text(&mut self, text: &str, attach_all: bool) -> Result<()> {
         self.facts = Facts::of_this_node()?;
         let proposal = self.pipeline.propose(&self.source, text, &self.inputs())?;
         for warning in &proposal.warnings {

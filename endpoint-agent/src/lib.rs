@@ -29,6 +29,7 @@ pub mod instance;
 pub mod keys;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod netlink;
 pub mod pipeline;
 pub mod placement;

@@ -44,6 +44,10 @@ enum Command {
         /// (and every connection) running for the next agent to adopt.
         #[arg(long, value_enum, default_value = "detach")]
         on_exit: run::OnExit,
+        /// Serve Prometheus/OpenMetrics metrics on http://ADDR:PORT/metrics (and
+        /// `/healthz`).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Check a config and report every problem with its line; change nothing.
     Validate {
@@ -121,6 +125,7 @@ fn execute(cli: Cli) -> Result<()> {
             config,
             events,
             on_exit,
+            metrics,
         } => {
             let _lock = instance.lock()?;
             tokio::runtime::Builder::new_current_thread()
@@ -131,6 +136,7 @@ fn execute(cli: Cli) -> Result<()> {
                     instance,
                     events: Some(events),
                     on_exit,
+                    metrics,
                 }))
         }
         Command::Validate { config } => {

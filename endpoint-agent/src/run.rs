@@ -34,7 +34,7 @@ use crate::{
     host::Host,
     instance::Instance,
     keys::TargetKey,
-    loader, netlink, validate,
+    loader, metrics, netlink, validate,
 };
 
 /// What to do with the data path when the agent is asked to stop.
@@ -53,6 +53,8 @@ pub struct Options {
     /// `-` for stdout, a file, or none.
     pub events: Option<String>,
     pub on_exit: OnExit,
+    /// Where to serve `/metrics`, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// How often the file is re-read, idle flows are looked for, and due health checks
@@ -90,6 +92,28 @@ pub async fn run(options: Options) -> Result<()> {
         return Err(e);
     }
     log::info!("ready: {}", agent.summary());
+    let shared = metrics::Shared::default();
+    let mut published = agent.snapshot_version();
+    *shared.lock().unwrap() = agent.snapshot();
+    if let Some(addr) = options.metrics {
+        let server = tokio::spawn(metrics::serve(
+            addr,
+            agent.instance().clone(),
+            shared.clone(),
+        ));
+        // A port that cannot be had is a start that failed, not a silent gap in metrics.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if server.is_finished() {
+            let error = match server.await {
+                Ok(Err(e)) => e,
+                _ => anyhow::anyhow!("metrics: the server stopped"),
+            };
+            if fresh {
+                let _ = agent.remove();
+            }
+            return Err(error);
+        }
+    }
 
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -158,6 +182,13 @@ pub async fn run(options: Options) -> Result<()> {
                 if let Err(e) = agent.follow_node() {
                     log::error!("following the node's interfaces: {e:#}");
                 }
+            }
+        }
+        let version = agent.snapshot_version();
+        if version != published {
+            published = version;
+            if let Ok(mut snapshot) = shared.lock() {
+                *snapshot = agent.snapshot();
             }
         }
     }

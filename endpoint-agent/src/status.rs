@@ -132,7 +132,9 @@ pub fn read(instance: &Instance) -> Result<Status> {
     let modes: Modes = instance.read("modes.json")?.unwrap_or_default();
     let record: Record = instance.read("record.json")?.unwrap_or_default();
     let maps = Maps::open_pinned(&instance.pins)?;
-    let counters = Counters::read(&maps)?;
+    // Slots are given densely from 1: the counters above the highest are all zero.
+    let slots = ids.endpoints.values().max().map_or(1, |&slot| slot + 1);
+    let counters = Counters::read_slots(&maps, slots)?;
     let flow_entries = expiry::read_all::<
         endpoint_common::maps::FlowKey,
         endpoint_common::maps::Flow,

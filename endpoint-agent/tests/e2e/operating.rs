@@ -1,5 +1,5 @@
 //! Operating it: `flows` lists exactly the live connections (and filters them), and
-//! not once they closed and lingered.
+//! not once they closed and lingered; a real Prometheus scrapes the agent's metrics.
 
 use std::{
     collections::BTreeSet,
@@ -133,4 +133,214 @@ fn flows_lists_exactly_the_live_connections_and_filters_them() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(flows(&bed, &[]).len(), 1, "the UDP flow stays");
+}
+
+/// Where the agent serves metrics inside the node's namespace, and Prometheus its API.
+const METRICS: &str = "127.0.0.1:9464";
+const PROMETHEUS: &str = "127.0.0.1:9490";
+
+/// A GET inside `ns` (HTTP/1.0: the answer ends with the connection): the body.
+fn get(ns: &Namespace, addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let mut stream = ns
+        .enter(move || std::net::TcpStream::connect_timeout(&addr, WAIT))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// The value of a Prometheus instant query (the first series), if it has one.
+fn query(ns: &Namespace, promql: &str) -> Option<f64> {
+    let encoded: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let body = get(ns, PROMETHEUS, &format!("/api/v1/query?query={encoded}"));
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    answer["data"]["result"][0]["value"][1]
+        .as_str()
+        .map(|v| v.parse().unwrap())
+}
+
+/// Waits (bounded) until `promql` has a value that `done` accepts; returns it.
+fn wait_for(ns: &Namespace, promql: &str, done: impl Fn(f64) -> bool) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = query(ns, promql).filter(|v| done(*v)) {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{promql}: {:?}",
+            query(ns, promql)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A Prometheus server in `ns`, scraping the agent every second; stopped on drop.
+struct Prometheus {
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Prometheus {
+    fn start(ns: &Namespace) -> Self {
+        let dir = TempDir(std::env::temp_dir().join(format!(
+            "endpoint-e2e-prometheus-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        )));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let config = dir.0.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{ scrape_interval: 1s, scrape_timeout: 1s }}\n\
+                 scrape_configs:\n  - job_name: endpoint-agent\n    static_configs: [{{ targets: ['{METRICS}'] }}]\n"
+            ),
+        )
+        .unwrap();
+        let child = ns
+            .command("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={PROMETHEUS}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus (the Debian package; `cargo xtask setup` installs it)");
+        Self { child, _dir: dir }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        // SAFETY: a plain libc call on the process this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_agents_metrics() {
+    if !root() {
+        return;
+    }
+    let topology = Topology::build().expect("topology");
+    let _server = Server::start(
+        &topology.provider,
+        "orders-1",
+        at(addresses::TARGETS[0], 8080),
+    )
+    .unwrap();
+    let _server2 = Server::start(
+        &topology.provider,
+        "orders-2",
+        at(addresses::TARGETS[1], 8080),
+    )
+    .unwrap();
+    let config = TempFile::new("config.yaml", &example());
+    let agent = Agent::start(
+        &topology.node,
+        Path::new(AGENT),
+        topology.node.name(),
+        &config.0,
+        &["--metrics", METRICS],
+    )
+    .expect("agent");
+    let _prometheus = Prometheus::start(&topology.node);
+    let node = &topology.node;
+
+    // promtool accepts the exposition.
+    let exposition = get(node, METRICS, "/metrics");
+    let mut check = node
+        .command("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(check.stdin.as_mut().unwrap(), exposition.as_bytes()).unwrap();
+    let checked = check.wait_with_output().unwrap();
+    // Debian's promtool (2.42) lints with the classic text parser, which does not know
+    // that OpenMetrics gives a counter's HELP under its family name, without `_total`
+    // (prometheus/client_rust#194): that, and nothing else, is allowed.
+    let report = String::from_utf8_lossy(&checked.stdout).to_string()
+        + &String::from_utf8_lossy(&checked.stderr);
+    for line in report.lines().filter(|l| !l.trim().is_empty()) {
+        let family = line
+            .strip_suffix("_total no help text")
+            .unwrap_or_else(|| panic!("promtool: {line}\n{report}\n{exposition}"));
+        assert!(
+            exposition.contains(&format!("# HELP {family} ")),
+            "{family} has no help\n{exposition}"
+        );
+    }
+    assert!(get(node, METRICS, "/healthz").starts_with("ok"));
+
+    let new = "endpoint_agent_endpoint_new_connections_total{endpoint=\"vpce-a-orders\"}";
+    let before = wait_for(node, new, |_| true);
+    for i in 0..5 {
+        ask(
+            &topology.consumer_a,
+            at(ORDERS, 80),
+            &format!("hello {i}"),
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log()));
+    }
+    let after = wait_for(node, new, |v| v >= before + 5.0);
+    assert_eq!(after, before + 5.0, "five connections, five new ones");
+    wait_for(
+        node,
+        "endpoint_agent_endpoint_bytes_total{endpoint=\"vpce-a-orders\",direction=\"target_to_consumer\"}",
+        |v| v > 0.0,
+    );
+    wait_for(node, "endpoint_agent_config_generation", |v| v >= 1.0);
+    wait_for(
+        node,
+        "endpoint_agent_target_healthy{target=\"172.16.0.10:8080\"}",
+        |v| v == 1.0,
+    );
+
+    // A segment that opens nothing (a RST out of nowhere) grows its reason's series.
+    let dropped = "endpoint_agent_endpoint_packets_dropped_total{endpoint=\"vpce-a-orders\",reason=\"no_flow\"}";
+    let before = query(node, dropped).unwrap_or(0.0);
+    let raw = testbed::flood::RawSocket::open(&topology.consumer_a).unwrap();
+    for seq in 0..3 {
+        raw.send(&testbed::flood::Segment::rst(
+            std::net::SocketAddrV4::new(addresses::CLIENT, 40000),
+            at(ORDERS, 80),
+            seq,
+        ))
+        .unwrap();
+    }
+    let grown = wait_for(node, dropped, |v| v >= before + 3.0);
+    assert_eq!(grown, before + 3.0);
 }

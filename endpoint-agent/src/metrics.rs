@@ -1,0 +1,294 @@
+//! Metrics: Prometheus/OpenMetrics text on `/metrics` (and `/healthz` for liveness),
+//! read afresh at each scrape from the running data path's maps and the agent's own
+//! state — AWS PrivateLink's CloudWatch set per endpoint and per service (active and
+//! new connections, bytes and packets each way, drops by reason, RSTs sent), and what
+//! it does not show: target health, the applied config generation and reconciles.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, Result};
+use axum::{Router, http::header, response::IntoResponse, routing::get};
+use endpoint_common::{
+    counter,
+    maps::{Usage, name},
+};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{
+    config::Config, ids::Ids, instance::Instance, keys::TargetKey, maps::Maps, stats::Counters,
+};
+
+/// What the agent knows that the maps do not, as of its last change.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub config: Option<Config>,
+    pub ids: Ids,
+    pub generation: u64,
+    pub unhealthy: BTreeSet<TargetKey>,
+    pub reconciles: Reconciles,
+}
+
+/// How applying configs went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Reconciles {
+    pub applied: u64,
+    pub failed: u64,
+    /// How long the last one took.
+    pub last_seconds: f64,
+}
+
+pub type Shared = Arc<Mutex<Snapshot>>;
+
+/// A series' labels: name and value pairs.
+type Labels = Vec<(&'static str, String)>;
+
+/// `labels` and one more.
+fn with(labels: &Labels, name: &'static str, value: &str) -> Labels {
+    let mut more = labels.clone();
+    more.push((name, value.to_string()));
+    more
+}
+
+/// One scope's metrics (endpoints, services): what PrivateLink shows.
+struct Set {
+    active: Family<Labels, Gauge>,
+    new: Family<Labels, Counter>,
+    bytes: Family<Labels, Counter>,
+    packets: Family<Labels, Counter>,
+    dropped: Family<Labels, Counter>,
+    resets: Family<Labels, Counter>,
+}
+
+impl Set {
+    fn register(registry: &mut Registry, scope: &str) -> Self {
+        let set = Self {
+            active: Family::default(),
+            new: Family::default(),
+            bytes: Family::default(),
+            packets: Family::default(),
+            dropped: Family::default(),
+            resets: Family::default(),
+        };
+        let what = |m: &str| format!("{m}, per {scope}");
+        registry.register(
+            format!("{scope}_active_connections"),
+            what("Open connections and UDP flows"),
+            set.active.clone(),
+        );
+        registry.register(
+            format!("{scope}_new_connections"),
+            what("Connections and UDP flows opened"),
+            set.new.clone(),
+        );
+        registry.register(
+            format!("{scope}_bytes"),
+            what("Bytes forwarded (whole frames), by direction"),
+            set.bytes.clone(),
+        );
+        registry.register(
+            format!("{scope}_packets"),
+            what("Packets forwarded, by direction"),
+            set.packets.clone(),
+        );
+        registry.register(
+            format!("{scope}_packets_dropped"),
+            what("Packets dropped, by reason (the data path's drop counters)"),
+            set.dropped.clone(),
+        );
+        registry.register(
+            format!("{scope}_resets_sent"),
+            what("TCP RSTs sent for cut connections"),
+            set.resets.clone(),
+        );
+        set
+    }
+
+    /// Adds endpoint `slot`'s counts under `labels`.
+    fn add(&self, labels: &Labels, counters: &Counters, slot: u32, usage: &Usage) {
+        self.active
+            .get_or_create(labels)
+            .inc_by(usage.connections as i64);
+        self.new
+            .get_or_create(labels)
+            .inc_by(counters.get(slot, counter::FORWARD_NEW).packets);
+        let ways = [
+            (
+                "consumer_to_target",
+                &[counter::FORWARD_NEW, counter::FORWARD][..],
+            ),
+            (
+                "target_to_consumer",
+                &[counter::REPLY, counter::ICMP_ERROR][..],
+            ),
+        ];
+        for (direction, kinds) in ways {
+            let of = with(labels, "direction", direction);
+            for &kind in kinds {
+                let count = counters.get(slot, kind);
+                self.bytes.get_or_create(&of).inc_by(count.bytes);
+                self.packets.get_or_create(&of).inc_by(count.packets);
+            }
+        }
+        for &(kind, name) in counter::ALL {
+            let packets = counters.get(slot, kind).packets;
+            if counter::is_drop(kind) && packets != 0 {
+                let of = with(labels, "reason", name.trim_start_matches("drop_"));
+                self.dropped.get_or_create(&of).inc_by(packets);
+            }
+        }
+        self.resets
+            .get_or_create(labels)
+            .inc_by(counters.get(slot, counter::RESET_SENT).packets);
+    }
+}
+
+/// The exposition of the instance whose maps are `maps`, as of `snapshot`.
+pub fn render(maps: &Maps, snapshot: &Snapshot) -> Result<String> {
+    let mut registry = Registry::with_prefix("endpoint_agent");
+    let endpoints = Set::register(&mut registry, "endpoint");
+    let services = Set::register(&mut registry, "service");
+    let node_dropped = Family::<Labels, Counter>::default();
+    registry.register(
+        "node_packets_dropped",
+        "Packets dropped that no endpoint is blamed for (not endpoint traffic, malformed), by reason",
+        node_dropped.clone(),
+    );
+    let healthy = Family::<Labels, Gauge>::default();
+    registry.register(
+        "target_healthy",
+        "Whether a target passes its health checks (1) or gets no new flows (0)",
+        healthy.clone(),
+    );
+    let generation = Gauge::<i64>::default();
+    registry.register(
+        "config_generation",
+        "Configs applied to this instance's maps",
+        generation.clone(),
+    );
+    let reconciles = Family::<Labels, Counter>::default();
+    registry.register(
+        "reconciles",
+        "Config changes the agent tried to apply, by result",
+        reconciles.clone(),
+    );
+    let reconcile_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    registry.register(
+        "last_reconcile_seconds",
+        "How long the last config change took to apply",
+        reconcile_seconds.clone(),
+    );
+
+    generation.set(snapshot.generation as i64);
+    for (result, n) in [
+        ("applied", snapshot.reconciles.applied),
+        ("failed", snapshot.reconciles.failed),
+    ] {
+        reconciles
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc_by(n);
+    }
+    reconcile_seconds.set(snapshot.reconciles.last_seconds);
+
+    let slots = snapshot.ids.endpoints.values().max().map_or(1, |&s| s + 1);
+    let counters = Counters::read_slots(maps, slots)?;
+    for &(kind, name) in counter::ALL {
+        let packets = counters.get(0, kind).packets;
+        if counter::is_drop(kind) && packets != 0 {
+            node_dropped
+                .get_or_create(&vec![(
+                    "reason",
+                    name.trim_start_matches("drop_").to_string(),
+                )])
+                .inc_by(packets);
+        }
+    }
+    if let Some(config) = &snapshot.config {
+        let usage = maps.array::<Usage>(name::USAGE)?;
+        for endpoint in &config.endpoints {
+            let Some(&slot) = snapshot.ids.endpoints.get(&endpoint.id) else {
+                continue;
+            };
+            let used = usage.get(&slot, 0).unwrap_or_default();
+            let labels = vec![
+                ("endpoint", endpoint.id.clone()),
+                ("service", endpoint.service.clone()),
+                ("consumer_network", endpoint.consumer_network.clone()),
+                ("zone", endpoint.zone.clone()),
+            ];
+            endpoints.add(&labels, &counters, slot, &used);
+            services.add(
+                &vec![("service", endpoint.service.clone())],
+                &counters,
+                slot,
+                &used,
+            );
+        }
+        for (key, _) in crate::ids::targets(config) {
+            let labels = vec![
+                ("service", key.listener.service.clone()),
+                ("load_balancer", key.listener.load_balancer.clone()),
+                (
+                    "listener",
+                    format!("{}/{}", key.listener.port, key.listener.protocol),
+                ),
+                ("target", format!("{}:{}", key.ip, key.port)),
+            ];
+            let up = !snapshot.unhealthy.contains(&key);
+            healthy.get_or_create(&labels).set(i64::from(up));
+        }
+    }
+    let mut text = String::new();
+    encode(&mut text, &registry).context("encoding metrics")?;
+    Ok(text)
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until the runtime stops.
+pub async fn serve(addr: SocketAddr, instance: Instance, shared: Shared) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics: listening on {addr}"))?;
+    log::info!("metrics on http://{addr}/metrics");
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let (instance, shared) = (instance.clone(), shared.clone());
+                async move { scrape(&instance, &shared) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    axum::serve(listener, app).await.context("metrics: serving")
+}
+
+fn scrape(instance: &Instance, shared: &Shared) -> axum::response::Response {
+    let rendered = Maps::open_pinned(&instance.pins).and_then(|maps| match shared.lock() {
+        Ok(snapshot) => render(&maps, &snapshot),
+        Err(_) => anyhow::bail!("metrics: the agent's state is poisoned"),
+    });
+    match rendered {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            log::warn!("metrics: {e:#}");
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{e:#}\n"),
+            )
+                .into_response()
+        }
+    }
+}
