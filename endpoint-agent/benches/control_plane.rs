@@ -11,7 +11,7 @@ use endpoint_agent::{
     facts::Facts,
     flows,
     instance::Instance,
-    loader,
+    loader, metrics,
     pipeline::{Applied, Inputs, Pipeline},
 };
 use endpoint_common::maps::{Flow, FlowKey, PROTO_TCP, name};
@@ -115,11 +115,26 @@ fn main() {
             let facts = Facts::of_this_node().expect("facts");
             let mut full = Vec::new();
             let mut reload = Vec::new();
+            let mut scrapes = Vec::new();
+            let mut exposition = 0;
             for _ in 0..rounds {
                 let _ = loader::remove_pins(&instance);
                 let (_ebpf, maps) = loader::load(&config, &instance).expect("load");
                 let mut pipeline = Pipeline::new(maps, Applied::default());
                 let first = step(&mut pipeline, &text, &facts);
+                // A metrics scrape: every endpoint's counters and usage, every target.
+                let applied = pipeline.applied();
+                let snapshot = metrics::Snapshot {
+                    config: applied.config.clone(),
+                    ids: applied.ids.clone(),
+                    generation: applied.generation,
+                    ..metrics::Snapshot::default()
+                };
+                let t = Instant::now();
+                exposition = metrics::render(pipeline.maps(), &snapshot)
+                    .expect("metrics")
+                    .len();
+                scrapes.push(t.elapsed().as_secs_f64());
                 let again = step(&mut pipeline, &changed, &facts);
                 // Its policy, and its address: a rejected endpoint that was never
                 // accepted is not answered for.
@@ -184,13 +199,13 @@ fn main() {
                 "every consumer-side entry listed"
             );
             let listing = (listed, t.elapsed().as_secs_f64());
-            (full, reload, pass, listing)
+            (full, reload, pass, listing, (median(scrapes), exposition))
         })
         .expect("namespace thread");
     let _ = loader::remove_pins(&instance);
     let _ = instance.remove();
 
-    let (full, reload, (entries, pass, round_ms), (listed, listing)) = rows;
+    let (full, reload, (entries, pass, round_ms), (listed, listing), (scrape, exposition)) = rows;
     println!(
         "control plane: {endpoints} endpoints over {services} services, median of {rounds} round(s), ms"
     );
@@ -219,5 +234,10 @@ fn main() {
     println!(
         "flows --json over {entries} flow entries: {listed} connections listed in {:.0} ms",
         listing * 1e3
+    );
+    println!(
+        "metrics scrape at {endpoints} endpoints: {:.1} ms to read the maps and encode {} KiB",
+        scrape * 1e3,
+        exposition / 1024
     );
 }

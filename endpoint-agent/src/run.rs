@@ -221,12 +221,16 @@ fn read(path: &std::path::Path) -> Result<String> {
 /// Follows the config file. A change is applied once it has settled: the file read
 /// unchanged — same text, same modification time — for at least [`SETTLE`], so that a
 /// writer that does not replace the file atomically is never caught half-way (a
-/// truncated endpoint list would delete endpoints). SIGHUP applies the file at once.
+/// truncated endpoint list would delete endpoints). SIGHUP applies the file at once, and
+/// so does a file replaced whole — renamed over, or swapped behind a symlink as kubelet
+/// updates a mounted ConfigMap (`..data`): it is another file (inode), complete.
 struct Watch {
     /// The last text tried, valid or not: an invalid file is reported once.
     tried: String,
     /// A changed file (text, modification time) and when it was first read so.
     settling: Option<(String, Option<SystemTime>, Instant)>,
+    /// The file (device, inode) the path led to when last read.
+    file: Option<(u64, u64)>,
 }
 
 /// How long a changed file must stay the same before it is applied.
@@ -237,13 +241,21 @@ impl Watch {
         Self {
             tried: applied,
             settling: None,
+            file: None,
         }
     }
 
     /// Re-applies the file if it changed and settled (or at once, `now`). A config that
     /// fails leaves the running state exactly as it was.
     fn reload(&mut self, agent: &mut Agent, path: &std::path::Path, now: bool) {
-        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        use std::os::unix::fs::MetadataExt as _;
+        let metadata = std::fs::metadata(path).ok();
+        let modified = metadata.as_ref().and_then(|m| m.modified().ok());
+        let file = metadata.map(|m| (m.dev(), m.ino()));
+        // Not the first look, and another file than before: it was replaced whole.
+        let replaced = self.file.is_some() && file != self.file;
+        self.file = file;
+        let now = now || replaced;
         let text = match read(path) {
             Ok(text) => text,
             Err(e) => {

@@ -1,6 +1,6 @@
 //! Installs what building and testing need, skipping what is already there:
 //! Debian packages (LLVM 22 for bpf-linker, iproute2, ethtool, nftables, procps for
-//! sysctl, iputils-ping, prometheus, g++ for libFuzzer), rust-src for
+//! sysctl, iputils-ping, prometheus, systemd, g++ for libFuzzer), rust-src for
 //! the nightly toolchain (`-Z build-std=core` for the BPF target), bpf-linker 0.13.0
 //! linked against LLVM 22 (the LLVM of the nightly's rustc, 22.1.4, must not be newer),
 //! and cargo-fuzz 0.13.2 (the YAML config fuzzer; it builds with the nightly).
@@ -23,6 +23,8 @@ const PACKAGES: &[&str] = &[
     "iputils-ping",
     // A real Prometheus (and promtool) scrapes the agent in the tests.
     "prometheus",
+    // systemd-analyze verifies the shipped unit.
+    "systemd",
     // libfuzzer-sys compiles libFuzzer (C++).
     "g++",
 ];

@@ -344,3 +344,199 @@ fn a_real_prometheus_scrapes_the_agents_metrics() {
     let grown = wait_for(node, dropped, |v| v >= before + 3.0);
     assert_eq!(grown, before + 3.0);
 }
+
+/// Points the kubelet-style `..data` link of `dir` at `version` atomically (a new link
+/// renamed over the old one, as kubelet updates a mounted ConfigMap).
+fn swap_data(dir: &Path, version: &str) {
+    let staged = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&staged);
+    std::os::unix::fs::symlink(version, &staged).unwrap();
+    std::fs::rename(&staged, dir.join("..data")).unwrap();
+}
+
+#[test]
+fn a_config_map_swapped_behind_its_symlink_is_applied_within_a_second_and_a_bad_one_refused() {
+    if !root() {
+        return;
+    }
+    // config.yaml -> ..data/config.yaml, ..data -> v1: a ConfigMap as kubelet mounts it.
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "endpoint-e2e-configmap-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    )));
+    let accepted = format!(
+        "{}    state: available\n    accepted_at: \"2026-11-28T09:10:00Z\"\n",
+        example()
+    );
+    for (version, text) in [
+        ("v1", example()),
+        ("v2", accepted),
+        ("v3", "services: [oops".into()),
+    ] {
+        std::fs::create_dir_all(dir.0.join(version)).unwrap();
+        std::fs::write(dir.0.join(version).join("config.yaml"), text).unwrap();
+    }
+    swap_data(&dir.0, "v1");
+    std::os::unix::fs::symlink("..data/config.yaml", dir.0.join("config.yaml")).unwrap();
+    let topology = Topology::build().expect("topology");
+    let mut agent = Agent::start(
+        &topology.node,
+        Path::new(AGENT),
+        topology.node.name(),
+        &dir.0.join("config.yaml"),
+        &[],
+    )
+    .expect("agent");
+    let billing_state = |agent: &Agent| -> String {
+        let output = agent.command(&["status", "--json"]).unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        status["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == "vpce-b-billing")
+            .map(|e| e["state"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(billing_state(&agent), "pendingAcceptance");
+
+    let next = agent.generation() + 1;
+    let swapped = std::time::Instant::now();
+    swap_data(&dir.0, "v2");
+    agent
+        .wait_generation(next, Duration::from_secs(1))
+        .unwrap_or_else(|e| panic!("not applied within a second: {e:#}"));
+    eprintln!("applied {:?} after the swap", swapped.elapsed());
+    assert_eq!(billing_state(&agent), "available");
+
+    // A broken one is refused; what runs stays.
+    swap_data(&dir.0, "v3");
+    agent
+        .wait_for("keeping the running config", Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(agent.generation(), next, "nothing applied");
+    assert_eq!(billing_state(&agent), "available");
+}
+
+fn deploy(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(path)
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_runs_the_agent_as_documented() {
+    let unit = std::fs::read_to_string(deploy("systemd/endpoint-agent.service")).unwrap();
+    // Verified with this build's binary in place of the installed one.
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("endpoint-e2e-unit-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let copy = dir.0.join("endpoint-agent.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/endpoint-agent", AGENT)).unwrap();
+    let verified = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (systemd; `cargo xtask setup` installs it)");
+    let said = String::from_utf8_lossy(&verified.stdout).to_string()
+        + &String::from_utf8_lossy(&verified.stderr);
+    assert!(
+        verified.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+    for wanted in [
+        "Restart=always",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "--on-exit keep",
+        "RuntimeDirectoryPreserve=yes",
+    ] {
+        assert!(unit.contains(wanted), "the unit lacks {wanted}");
+    }
+    assert!(!unit.contains("CAP_SYS_MODULE") && unit.contains("CapabilityBoundingSet="));
+}
+
+#[test]
+fn the_daemonset_mounts_what_its_arguments_name_and_probes_the_metrics_port() {
+    use serde::Deserialize as _;
+    let text = std::fs::read_to_string(deploy("kubernetes/endpoint-agent.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde_json::Value::deserialize(doc).unwrap())
+        .collect();
+    let config_map = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let daemon_set = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let pod = &daemon_set["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["hostNetwork"], true,
+        "XDP attaches to the node's interfaces"
+    );
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let after = |flag: &str| args[args.iter().position(|a| *a == flag).unwrap() + 1];
+    // The config file is the ConfigMap's key, where the ConfigMap is mounted.
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    let mount_of = |volume: &str| {
+        mounts.iter().find(|m| m["name"] == volume).unwrap()["mountPath"]
+            .as_str()
+            .unwrap()
+    };
+    let config = Path::new(after("--config"));
+    assert_eq!(config.parent().unwrap(), Path::new(mount_of("config")));
+    let key = config.file_name().unwrap().to_str().unwrap();
+    let shipped = config_map["data"][key]
+        .as_str()
+        .expect("the ConfigMap holds the file");
+    // The shipped config is one the agent takes.
+    let file = TempFile::new("configmap.yaml", shipped);
+    let validated = std::process::Command::new(AGENT)
+        .args(["validate", "--config"])
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    assert!(
+        validated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&validated.stderr)
+    );
+    // Pins and state are the host's: a restarted pod adopts the running data path.
+    assert_eq!(mount_of("bpffs"), "/sys/fs/bpf");
+    assert_eq!(mount_of("state"), "/run/endpoint-agent");
+    let host_path = |volume: &str| {
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == volume)
+            .unwrap()["hostPath"]["path"]
+            .clone()
+    };
+    assert_eq!(host_path("bpffs"), "/sys/fs/bpf");
+    assert_eq!(host_path("state"), "/run/endpoint-agent");
+    assert!(args.contains(&"keep"), "--on-exit keep across pod restarts");
+    // Probes ask the metrics server on the port the agent serves.
+    let port: u64 = after("--metrics")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ports = container["ports"].as_array().unwrap();
+    let named = ports.iter().find(|p| p["name"] == "metrics").unwrap();
+    assert_eq!(named["containerPort"], port);
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["path"], "/healthz", "{probe}");
+        assert_eq!(container[probe]["httpGet"]["port"], "metrics", "{probe}");
+    }
+    let added = &container["securityContext"]["capabilities"]["add"];
+    for capability in ["BPF", "NET_ADMIN", "NET_RAW"] {
+        assert!(
+            added.as_array().unwrap().iter().any(|c| c == capability),
+            "{capability}"
+        );
+    }
+}
