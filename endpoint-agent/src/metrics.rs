@@ -5,7 +5,7 @@
 //! it does not show: target health, the applied config generation and reconciles.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
@@ -23,7 +23,8 @@ use prometheus_client::{
 };
 
 use crate::{
-    config::Config, ids::Ids, instance::Instance, keys::TargetKey, maps::Maps, stats::Counters,
+    config::Config, expiry::read_all, ids::Ids, instance::Instance, keys::TargetKey, maps::Maps,
+    stats::Counters,
 };
 
 /// What the agent knows that the maps do not, as of its last change.
@@ -211,12 +212,16 @@ pub fn render(maps: &Maps, snapshot: &Snapshot) -> Result<String> {
         }
     }
     if let Some(config) = &snapshot.config {
-        let usage = maps.array::<Usage>(name::USAGE)?;
+        // Every endpoint's usage, a thousand a system call.
+        let usage: BTreeMap<u32, Usage> = read_all(maps.data(name::USAGE)?)?
+            .into_iter()
+            .filter(|(slot, _)| *slot < slots)
+            .collect();
         for endpoint in &config.endpoints {
             let Some(&slot) = snapshot.ids.endpoints.get(&endpoint.id) else {
                 continue;
             };
-            let used = usage.get(&slot, 0).unwrap_or_default();
+            let used = usage.get(&slot).copied().unwrap_or_default();
             let labels = vec![
                 ("endpoint", endpoint.id.clone()),
                 ("service", endpoint.service.clone()),
