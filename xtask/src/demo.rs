@@ -17,6 +17,8 @@ use testbed::{Agent, Namespace, Server, Topology, UdpServer, addresses, ask, at,
 const ORDERS_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 const BILLING_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 101);
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// Where the demo's agent serves metrics, inside the node's namespace.
+const METRICS: &str = "127.0.0.1:9464";
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -92,7 +94,13 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
         config.display(),
         example.display()
     );
-    let mut agent = Agent::start(&topology.node, agent, topology.node.name(), config, &[])?;
+    let mut agent = Agent::start(
+        &topology.node,
+        agent,
+        topology.node.name(),
+        config,
+        &["--metrics", METRICS],
+    )?;
     for line in agent.log().lines() {
         println!("   agent: {line}");
     }
@@ -181,6 +189,26 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
         println!("   {line}");
     }
 
+    println!("\n== Live connections (endpoint-agent flows)");
+    let flows = agent.command(&["flows"])?;
+    for line in String::from_utf8_lossy(&flows.stdout).lines() {
+        println!("   {line}");
+    }
+
+    println!("\n== Metrics (GET http://{METRICS}/metrics in the node's namespace, a few lines)");
+    let exposition = scrape(&topology.node)?;
+    for line in exposition
+        .lines()
+        .filter(|l| {
+            l.contains("endpoint=\"vpce-b-billing\"")
+                || l.starts_with("endpoint_agent_config_generation")
+                || l.starts_with("endpoint_agent_target_healthy")
+        })
+        .take(14)
+    {
+        println!("   {line}");
+    }
+
     println!("\n== Status (endpoint-agent status)");
     let status = agent.command(&["status"])?;
     for line in String::from_utf8_lossy(&status.stdout).lines() {
@@ -226,4 +254,20 @@ fn converse(consumer: &Namespace, network: &str, i: u32) -> Result<()> {
         addresses::CLIENT
     );
     Ok(())
+}
+
+/// The agent's `/metrics`, fetched from inside the node's namespace (a bare HTTP/1.0 GET:
+/// the demo has no HTTP client to spare).
+fn scrape(node: &Namespace) -> Result<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = METRICS.parse()?;
+    let mut stream = node.enter(move || std::net::TcpStream::connect_timeout(&addr, TIMEOUT))??;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {METRICS}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    match response.split_once("\r\n\r\n") {
+        Some((_, body)) => Ok(body.to_string()),
+        None => bail!("no HTTP answer from {METRICS}"),
+    }
 }
