@@ -540,3 +540,39 @@ fn the_daemonset_mounts_what_its_arguments_name_and_probes_the_metrics_port() {
         );
     }
 }
+
+#[test]
+fn logs_can_be_json_lines_for_log_shippers() {
+    if !root() {
+        return;
+    }
+    let topology = Topology::build().expect("topology");
+    let config = TempFile::new("config.yaml", &example());
+    let mut agent = Agent::start(
+        &topology.node,
+        Path::new(AGENT),
+        topology.node.name(),
+        &config.0,
+        &["--log-format", "json"],
+    )
+    .expect("agent");
+    agent.stop().unwrap();
+    let log = agent.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let said = |text: &str| {
+        lines.iter().any(|l| {
+            l["level"] == "INFO" && l["message"].as_str().is_some_and(|m| m.starts_with(text))
+        })
+    };
+    assert!(said("ready:") && said("SIGTERM"), "{log}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["timestamp"].is_string() && l["target"].is_string()),
+        "{log}"
+    );
+}
