@@ -131,7 +131,7 @@ fn main() {
                     ..metrics::Snapshot::default()
                 };
                 let t = Instant::now();
-                exposition = metrics::render(pipeline.maps(), &snapshot)
+                exposition = metrics::render(pipeline.maps(), &snapshot, &Default::default())
                     .expect("metrics")
                     .len();
                 scrapes.push(t.elapsed().as_secs_f64());

@@ -154,15 +154,17 @@ impl Agent {
             generation: self.applied().generation,
             unhealthy: self.unhealthy.clone(),
             reconciles: self.reconciles,
+            census: self.expiry.census().clone(),
         }
     }
 
     /// What a new snapshot would differ by (cheap to compare).
-    pub fn snapshot_version(&self) -> (u64, Reconciles, BTreeSet<TargetKey>) {
+    pub fn snapshot_version(&self) -> (u64, Reconciles, BTreeSet<TargetKey>, u64) {
         (
             self.applied().generation,
             self.reconciles,
             self.unhealthy.clone(),
+            self.expiry.census().pass,
         )
     }
 

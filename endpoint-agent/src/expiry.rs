@@ -4,7 +4,11 @@
 //! the table per round, so that a pass over a full table is spread over [`PASS`] rounds
 //! instead of copying it all at once.
 
-use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -42,10 +46,45 @@ pub fn now_s() -> u32 {
     (now_ns() / 1_000_000_000) as u32
 }
 
-/// Where the scan is in the table.
+/// Where the scan is in the table, and what it counted on its way.
 #[derive(Default)]
 pub struct Expiry {
     cursor: Option<u32>,
+    counting: Census,
+    /// What the last whole pass counted.
+    counted: Census,
+}
+
+/// What a whole pass over the table found: its fill, and the NAT ports in use towards
+/// each target, counted as the scan goes (no read of its own).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Whole passes so far (this one's number).
+    pub pass: u64,
+    pub entries: u64,
+    /// (NAT address, target, protocol) → NAT ports held (connections and TIME_WAIT
+    /// reservations).
+    pub nat_ports: BTreeMap<(Ipv4Addr, SocketAddrV4, u8), u64>,
+}
+
+impl Census {
+    fn count(&mut self, entries: &[(FlowKey, Flow)]) {
+        self.entries += entries.len() as u64;
+        for (key, _) in entries
+            .iter()
+            .filter(|(k, _)| k.network() == PROVIDER_NETWORK)
+        {
+            let nat = Ipv4Addr::from(key.dst_be.to_ne_bytes());
+            let target = SocketAddrV4::new(
+                Ipv4Addr::from(key.src_be.to_ne_bytes()),
+                u16::from_be(key.src_port_be),
+            );
+            *self
+                .nat_ports
+                .entry((nat, target, key.proto()))
+                .or_default() += 1;
+        }
+    }
 }
 
 impl Expiry {
@@ -64,6 +103,13 @@ impl Expiry {
         let per_round = (flows.info()?.max_entries() / PASS).max(1024) as usize;
         let (entries, cursor) = read_batch::<FlowKey, Flow>(flows, self.cursor, per_round)?;
         self.cursor = cursor;
+        self.counting.count(&entries);
+        if cursor.is_none() {
+            let pass = self.counting.pass + 1;
+            self.counted = std::mem::take(&mut self.counting);
+            self.counted.pass = pass;
+            self.counting.pass = pass;
+        }
         let now = (now_ns / 1_000_000_000) as u32;
         let candidates: Vec<FlowKey> = entries
             .iter()
@@ -84,6 +130,11 @@ impl Expiry {
             removed += run(program, chunk, now_ns)?;
         }
         Ok(removed)
+    }
+
+    /// What the last whole pass counted (empty before the first).
+    pub fn census(&self) -> &Census {
+        &self.counted
     }
 }
 

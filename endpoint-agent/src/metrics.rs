@@ -23,7 +23,12 @@ use prometheus_client::{
 };
 
 use crate::{
-    config::Config, expiry::read_all, ids::Ids, instance::Instance, keys::TargetKey, maps::Maps,
+    config::Config,
+    expiry::{Census, read_all},
+    ids::Ids,
+    instance::Instance,
+    keys::TargetKey,
+    maps::Maps,
     stats::Counters,
 };
 
@@ -35,6 +40,8 @@ pub struct Snapshot {
     pub generation: u64,
     pub unhealthy: BTreeSet<TargetKey>,
     pub reconciles: Reconciles,
+    /// The flow table as the expiry scan's last whole pass found it.
+    pub census: Census,
 }
 
 /// How applying configs went.
@@ -46,7 +53,13 @@ pub struct Reconciles {
     pub last_seconds: f64,
 }
 
-pub type Shared = Arc<Mutex<Snapshot>>;
+/// What the agent shares with the metrics server: its snapshot (replaced when it
+/// changes) and each target's last health-check duration (as checks come in).
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub snapshot: Arc<Mutex<Snapshot>>,
+    pub latencies: Arc<Mutex<BTreeMap<TargetKey, f64>>>,
+}
 
 /// A series' labels: name and value pairs.
 type Labels = Vec<(&'static str, String)>;
@@ -151,8 +164,13 @@ impl Set {
     }
 }
 
-/// The exposition of the instance whose maps are `maps`, as of `snapshot`.
-pub fn render(maps: &Maps, snapshot: &Snapshot) -> Result<String> {
+/// The exposition of the instance whose maps are `maps`, as of `snapshot`, with the
+/// health checks' last durations `latencies`.
+pub fn render(
+    maps: &Maps,
+    snapshot: &Snapshot,
+    latencies: &BTreeMap<TargetKey, f64>,
+) -> Result<String> {
     let mut registry = Registry::with_prefix("endpoint_agent");
     let endpoints = Set::register(&mut registry, "endpoint");
     let services = Set::register(&mut registry, "service");
@@ -167,6 +185,12 @@ pub fn render(maps: &Maps, snapshot: &Snapshot) -> Result<String> {
         "target_healthy",
         "Whether a target passes its health checks (1) or gets no new flows (0)",
         healthy.clone(),
+    );
+    let checked = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    registry.register(
+        "health_check_seconds",
+        "How long a target's last health check took (a failed one: until it failed)",
+        checked.clone(),
     );
     let generation = Gauge::<i64>::default();
     registry.register(
@@ -187,6 +211,45 @@ pub fn render(maps: &Maps, snapshot: &Snapshot) -> Result<String> {
         reconcile_seconds.clone(),
     );
 
+    let entries = Gauge::<i64>::default();
+    registry.register(
+        "flow_table_entries",
+        "Flow table entries (two per connection, one per NAT port reservation), as the expiry scan's last whole pass (about 30 s) counted them",
+        entries.clone(),
+    );
+    let capacity = Gauge::<i64>::default();
+    registry.register(
+        "flow_table_capacity",
+        "Flow table entries the map holds",
+        capacity.clone(),
+    );
+    let nat_used = Family::<Labels, Gauge>::default();
+    registry.register(
+        "nat_ports_used",
+        "NAT ports held towards a target (connections and TIME_WAIT reservations), by NAT address, target and protocol, as of the last whole pass",
+        nat_used.clone(),
+    );
+    let nat_capacity = Gauge::<i64>::default();
+    registry.register(
+        "nat_ports_capacity",
+        "NAT ports each (NAT address, target, protocol) may hold: node.nat_ports",
+        nat_capacity.clone(),
+    );
+    entries.set(snapshot.census.entries as i64);
+    capacity.set(i64::from(maps.data(name::FLOWS)?.info()?.max_entries()));
+    for ((nat, target, proto), used) in &snapshot.census.nat_ports {
+        let protocol = if *proto == endpoint_common::maps::PROTO_UDP {
+            "udp"
+        } else {
+            "tcp"
+        };
+        let labels = vec![
+            ("nat_address", nat.to_string()),
+            ("target", target.to_string()),
+            ("protocol", protocol.to_string()),
+        ];
+        nat_used.get_or_create(&labels).set(*used as i64);
+    }
     generation.set(snapshot.generation as i64);
     for (result, n) in [
         ("applied", snapshot.reconciles.applied),
@@ -212,6 +275,8 @@ pub fn render(maps: &Maps, snapshot: &Snapshot) -> Result<String> {
         }
     }
     if let Some(config) = &snapshot.config {
+        let ports = &config.node.nat_ports;
+        nat_capacity.set(i64::from(ports.last) - i64::from(ports.first) + 1);
         // Every endpoint's usage, a thousand a system call.
         let usage: BTreeMap<u32, Usage> = read_all(maps.data(name::USAGE)?)?
             .into_iter()
@@ -248,6 +313,9 @@ pub fn render(maps: &Maps, snapshot: &Snapshot) -> Result<String> {
             ];
             let up = !snapshot.unhealthy.contains(&key);
             healthy.get_or_create(&labels).set(i64::from(up));
+            if let Some(seconds) = latencies.get(&key) {
+                checked.get_or_create(&labels).set(*seconds);
+            }
         }
     }
     let mut text = String::new();
@@ -274,9 +342,11 @@ pub async fn serve(addr: SocketAddr, instance: Instance, shared: Shared) -> Resu
 }
 
 fn scrape(instance: &Instance, shared: &Shared) -> axum::response::Response {
-    let rendered = Maps::open_pinned(&instance.pins).and_then(|maps| match shared.lock() {
-        Ok(snapshot) => render(&maps, &snapshot),
-        Err(_) => anyhow::bail!("metrics: the agent's state is poisoned"),
+    let rendered = Maps::open_pinned(&instance.pins).and_then(|maps| {
+        match (shared.snapshot.lock(), shared.latencies.lock()) {
+            (Ok(snapshot), Ok(latencies)) => render(&maps, &snapshot, &latencies),
+            _ => anyhow::bail!("metrics: the agent's state is poisoned"),
+        }
     });
     match rendered {
         Ok(text) => (

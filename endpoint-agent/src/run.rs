@@ -94,7 +94,9 @@ pub async fn run(options: Options) -> Result<()> {
     log::info!("ready: {}", agent.summary());
     let shared = metrics::Shared::default();
     let mut published = agent.snapshot_version();
-    *shared.lock().unwrap() = agent.snapshot();
+    if let Ok(mut snapshot) = shared.snapshot.lock() {
+        *snapshot = agent.snapshot();
+    }
     if let Some(addr) = options.metrics {
         let server = tokio::spawn(metrics::serve(
             addr,
@@ -127,7 +129,7 @@ pub async fn run(options: Options) -> Result<()> {
     let mut pending = Pending::default();
     let mut health = interval(HEALTH);
     let mut checks = Checks::default();
-    let (results, mut checked) = mpsc::unbounded_channel::<(TargetKey, bool)>();
+    let (results, mut checked) = mpsc::unbounded_channel::<(TargetKey, bool, Duration)>();
     let mut file = Watch::new(text);
     loop {
         tokio::select! {
@@ -148,11 +150,16 @@ pub async fn run(options: Options) -> Result<()> {
                 for (target, addr, spec) in checks.due(Instant::now()) {
                     let results = results.clone();
                     tokio::spawn(async move {
-                        let _ = results.send((target, health::probe(addr, &spec).await));
+                        let started = Instant::now();
+                        let passed = health::probe(addr, &spec).await;
+                        let _ = results.send((target, passed, started.elapsed()));
                     });
                 }
             }
-            Some((target, passed)) = checked.recv() => {
+            Some((target, passed, took)) = checked.recv() => {
+                if let Ok(mut latencies) = shared.latencies.lock() {
+                    latencies.insert(target.clone(), took.as_secs_f64());
+                }
                 if let Some(transition) = checks.record(&target, passed) {
                     // Logged once the rings say so: "unhealthy" means no new flow goes there.
                     if let Err(e) = agent.set_unhealthy(checks.unhealthy()) {
@@ -187,7 +194,7 @@ pub async fn run(options: Options) -> Result<()> {
         let version = agent.snapshot_version();
         if version != published {
             published = version;
-            if let Ok(mut snapshot) = shared.lock() {
+            if let Ok(mut snapshot) = shared.snapshot.lock() {
                 *snapshot = agent.snapshot();
             }
         }

@@ -323,6 +323,21 @@ fn a_real_prometheus_scrapes_the_agents_metrics() {
         |v| v > 0.0,
     );
     wait_for(node, "endpoint_agent_config_generation", |v| v >= 1.0);
+    // The table as the expiry scan counted it (a small table: a whole pass a second).
+    wait_for(node, "endpoint_agent_flow_table_entries", |v| v >= 10.0);
+    wait_for(node, "endpoint_agent_flow_table_capacity", |v| v > 0.0);
+    wait_for(
+        node,
+        "sum(endpoint_agent_nat_ports_used{nat_address=\"172.16.0.100\",protocol=\"tcp\"})",
+        |v| v >= 5.0,
+    );
+    wait_for(
+        node,
+        "endpoint_agent_health_check_seconds{target=\"172.16.0.10:8080\",listener=\"80/tcp\"}",
+        |v| v > 0.0 && v < 2.0,
+    );
+    let range = wait_for(node, "endpoint_agent_nat_ports_capacity", |_| true);
+    assert_eq!(range, 32767.0 - 1024.0 + 1.0, "the example's nat_ports");
     wait_for(
         node,
         "endpoint_agent_target_healthy{target=\"172.16.0.10:8080\"}",
