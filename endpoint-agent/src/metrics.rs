@@ -263,9 +263,10 @@ pub fn render(
 
     let slots = snapshot.ids.endpoints.values().max().map_or(1, |&s| s + 1);
     let counters = Counters::read_slots(maps, slots)?;
+    // Every reason, zeros included: few series, and a rate that starts from 0.
     for &(kind, name) in counter::ALL {
         let packets = counters.get(0, kind).packets;
-        if counter::is_drop(kind) && packets != 0 {
+        if counter::is_drop(kind) {
             node_dropped
                 .get_or_create(&vec![(
                     "reason",

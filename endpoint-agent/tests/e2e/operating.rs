@@ -139,36 +139,48 @@ fn flows_lists_exactly_the_live_connections_and_filters_them() {
 const METRICS: &str = "127.0.0.1:9464";
 const PROMETHEUS: &str = "127.0.0.1:9490";
 
-/// A GET inside `ns` (HTTP/1.0: the answer ends with the connection): the body.
-fn get(ns: &Namespace, addr: &str, path: &str) -> String {
+/// A GET inside `ns` (HTTP/1.0: the answer ends with the connection): the body, if
+/// the answer was 200 OK.
+fn try_get(ns: &Namespace, addr: &str, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     let mut stream = ns
         .enter(move || std::net::TcpStream::connect_timeout(&addr, WAIT))
         .unwrap()
-        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
     stream.set_read_timeout(Some(WAIT)).unwrap();
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(
-        head.starts_with("HTTP/1.") && head.contains(" 200 "),
-        "{head}"
-    );
-    body.to_string()
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or(response.clone())?;
+    if head.starts_with("HTTP/1.") && head.contains(" 200 ") {
+        Ok(body.to_string())
+    } else {
+        Err(head.to_string())
+    }
 }
 
-/// The value of a Prometheus instant query (the first series), if it has one.
-fn query(ns: &Namespace, promql: &str) -> Option<f64> {
-    let encoded: String = promql
-        .bytes()
+fn get(ns: &Namespace, addr: &str, path: &str) -> String {
+    try_get(ns, addr, path).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// `text` percent-encoded for a URL's query.
+fn encode(text: &str) -> String {
+    text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
-        .collect();
-    let body = get(ns, PROMETHEUS, &format!("/api/v1/query?query={encoded}"));
+        .collect()
+}
+
+/// The value of a Prometheus instant query (the first series), if it has one.
+fn query(ns: &Namespace, promql: &str) -> Option<f64> {
+    // Nothing while Prometheus is still starting (503).
+    let path = format!("/api/v1/query?query={}", encode(promql));
+    let body = try_get(ns, PROMETHEUS, &path).ok()?;
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
     answer["data"]["result"][0]["value"][1]
         .as_str()
@@ -358,6 +370,39 @@ fn a_real_prometheus_scrapes_the_agents_metrics() {
     }
     let grown = wait_for(node, dropped, |v| v >= before + 3.0);
     assert_eq!(grown, before + 3.0);
+
+    // The shipped Grafana dashboard asks Prometheus only valid questions about metrics
+    // the agent has (every family has series by now).
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy("grafana/endpoint-agent.json")).unwrap(),
+    )
+    .unwrap();
+    let exposition = get(node, METRICS, "/metrics");
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(name) = word.strip_prefix("endpoint_agent_") {
+                    let family = format!("endpoint_agent_{}", name.trim_end_matches("_total"));
+                    assert!(
+                        exposition.contains(&format!("# TYPE {family} ")),
+                        "{panel}: {word} is not a metric of the agent"
+                    );
+                }
+            }
+            let promql = expr
+                .replace("$service", ".*")
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "5m");
+            let body = get(
+                node,
+                PROMETHEUS,
+                &format!("/api/v1/query?query={}", encode(&promql)),
+            );
+            let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(answer["status"], "success", "{promql}: {body}");
+        }
+    }
 }
 
 /// Points the kubelet-style `..data` link of `dir` at `version` atomically (a new link
