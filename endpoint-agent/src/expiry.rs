@@ -188,64 +188,26 @@ pub fn run(program: &Xdp, keys: &[FlowKey], now_ns: u64) -> Result<usize> {
     Ok(u32::from_ne_bytes(out[12..16].try_into().expect("4 bytes")) as usize)
 }
 
-/// Up to `limit` entries of a hash map from `cursor` (None: the start) on, read with
-/// Entries read, and where the next read goes on from.
+/// Entries read, and where the next read goes on from (None: the end was reached, the
+/// next read starts over).
 pub type Batch<K, V> = (Vec<(K, V)>, Option<u32>);
 
-/// BPF_MAP_LOOKUP_BATCH — one system call per thousand entries, where iterating takes
-/// two per entry (aya 0.14 has no batch API) — and where to go on from (None: the end
-/// was reached, the next read starts over).
+/// At least `limit` entries of a map (all that are left if fewer) from `cursor` (None:
+/// the start) on, a thousand per system call ([`lookup_batch`]).
 pub fn read_batch<K: Pod, V: Pod>(
     map: &MapData,
     cursor: Option<u32>,
     limit: usize,
 ) -> Result<Batch<K, V>> {
-    /// The `batch` member of `union bpf_attr`.
-    #[repr(C)]
-    struct Batch {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     const CHUNK: usize = 1024;
     let (key_size, value_size) = (size_of::<K>(), size_of::<V>());
     let mut keys = vec![0u8; CHUNK * key_size];
     let mut values = vec![0u8; CHUNK * value_size];
     let mut entries = Vec::new();
-    // The hash map's cursor is a bucket number.
-    let (mut cursor, mut next, mut first) = (cursor.unwrap_or(0), 0u32, cursor.is_none());
+    let mut cursor = cursor;
     loop {
-        let mut attr = Batch {
-            in_batch: if first {
-                0
-            } else {
-                &cursor as *const u32 as u64
-            },
-            out_batch: &mut next as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: CHUNK as u32,
-            map_fd: map.fd().as_fd().as_raw_fd() as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
-        // SAFETY: the buffers hold CHUNK keys and values; the kernel writes `count`.
-        let result = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut Batch,
-                size_of::<Batch>() as libc::c_uint,
-            )
-        };
-        let error = std::io::Error::last_os_error();
-        for i in 0..attr.count as usize {
+        let (count, next) = lookup_batch(map, cursor, &mut keys, &mut values, CHUNK as u32)?;
+        for i in 0..count {
             // SAFETY: the kernel filled `count` whole keys and values.
             unsafe {
                 let key = keys.as_ptr().add(i * key_size).cast::<K>().read_unaligned();
@@ -257,18 +219,76 @@ pub fn read_batch<K: Pod, V: Pod>(
                 entries.push((key, value));
             }
         }
-        if result < 0 {
-            // ENOENT: the whole map has been read.
-            if error.raw_os_error() == Some(libc::ENOENT) {
-                return Ok((entries, None));
-            }
-            return Err(error).context("reading a map (BPF_MAP_LOOKUP_BATCH)");
-        }
-        (cursor, first) = (next, false);
-        if entries.len() >= limit {
-            return Ok((entries, Some(cursor)));
+        match next {
+            None => return Ok((entries, None)),
+            Some(next) if entries.len() >= limit => return Ok((entries, Some(next))),
+            Some(next) => cursor = Some(next),
         }
     }
+}
+
+/// One BPF_MAP_LOOKUP_BATCH (aya 0.14 has no batch API): up to `count` entries from
+/// `cursor` (None: the start; a hash map's cursor is a bucket, an array's an index)
+/// into `keys` and `values`, which hold `count` each (a per-CPU map's value: one per
+/// possible CPU). Returns how many it wrote, and where to go on from (None: the end).
+pub fn lookup_batch(
+    map: &MapData,
+    cursor: Option<u32>,
+    keys: &mut [u8],
+    values: &mut [u8],
+    count: u32,
+) -> Result<(usize, Option<u32>)> {
+    /// The `batch` member of `union bpf_attr`.
+    #[repr(C)]
+    struct Attr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let info = map.info()?;
+    anyhow::ensure!(
+        keys.len() >= count as usize * info.key_size() as usize,
+        "lookup_batch: keys buffer too small"
+    );
+    let (start, mut next) = (cursor.unwrap_or(0), 0u32);
+    let mut attr = Attr {
+        in_batch: match cursor {
+            Some(_) => &start as *const u32 as u64,
+            None => 0,
+        },
+        out_batch: &mut next as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: the buffers hold `count` keys and values (the values' size is the
+    // caller's to get right for per-CPU maps); the kernel writes `attr.count` of each.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            &mut attr as *mut Attr,
+            size_of::<Attr>() as libc::c_uint,
+        )
+    };
+    let error = std::io::Error::last_os_error();
+    if result < 0 {
+        // ENOENT: the whole map has been read.
+        if error.raw_os_error() == Some(libc::ENOENT) {
+            return Ok((attr.count as usize, None));
+        }
+        return Err(error).context("reading a map (BPF_MAP_LOOKUP_BATCH)");
+    }
+    Ok((attr.count as usize, Some(next)))
 }
 
 /// Every entry of a hash map.
