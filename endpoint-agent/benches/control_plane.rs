@@ -67,6 +67,7 @@ fn step(pipeline: &mut Pipeline, text: &str, facts: &Facts) -> Timings {
         facts,
         seed: 1,
         unhealthy: &Default::default(),
+        flow_records: false,
     };
     let t = Instant::now();
     let proposal = pipeline

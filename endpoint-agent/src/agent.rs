@@ -40,6 +40,8 @@ pub struct Agent {
     facts: Facts,
     expiry: Expiry,
     reconciles: Reconciles,
+    /// Whether the data path writes connection records (`run --flow-log`).
+    flow_records: bool,
 }
 
 impl Agent {
@@ -94,6 +96,7 @@ impl Agent {
             facts: Facts::of_this_node()?,
             expiry: Expiry::default(),
             reconciles: Reconciles::default(),
+            flow_records: false,
         })
     }
 
@@ -127,6 +130,7 @@ impl Agent {
             facts: &self.facts,
             seed: self.record.seed,
             unhealthy: &self.unhealthy,
+            flow_records: self.flow_records,
         }
     }
 
@@ -144,6 +148,11 @@ impl Agent {
             reconciles.failed += 1;
         }
         result
+    }
+
+    /// Has the data path write connection records (applied with the next config).
+    pub fn record_flows(&mut self) {
+        self.flow_records = true;
     }
 
     /// What metrics show of the agent, as of now.

@@ -21,6 +21,7 @@ pub mod desired;
 pub mod events;
 pub mod expiry;
 pub mod facts;
+pub mod flow_log;
 pub mod flows;
 pub mod health;
 pub mod host;

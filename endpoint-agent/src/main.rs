@@ -58,6 +58,10 @@ enum Command {
         /// `/healthz`).
         #[arg(long, value_name = "ADDR:PORT")]
         metrics: Option<std::net::SocketAddr>,
+        /// Append a JSON line to FILE when a connection opens and when it ends (client,
+        /// endpoint, target, NAT address and port, packets and bytes each way).
+        #[arg(long, value_name = "FILE")]
+        flow_log: Option<PathBuf>,
     },
     /// Check a config and report every problem with its line; change nothing.
     Validate {
@@ -146,6 +150,7 @@ fn execute(cli: Cli) -> Result<()> {
             events,
             on_exit,
             metrics,
+            flow_log,
         } => {
             let _lock = instance.lock()?;
             tokio::runtime::Builder::new_current_thread()
@@ -157,6 +162,7 @@ fn execute(cli: Cli) -> Result<()> {
                     events: Some(events),
                     on_exit,
                     metrics,
+                    flow_log,
                 }))
         }
         Command::Validate { config } => {
@@ -255,6 +261,8 @@ fn plan(instance: &Instance, source: &str, text: &str) -> Result<String> {
         facts: &facts,
         seed: record.seed,
         unhealthy: &unhealthy,
+        // As the running agent has it.
+        flow_records: applied.contents.settings.flow_records != 0,
     };
     let proposal = applied.propose(source, text, &inputs)?;
     for warning in &proposal.warnings {

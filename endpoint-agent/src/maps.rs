@@ -142,6 +142,7 @@ fn data(map: &Map) -> &MapData {
         | Map::LpmTrie(data)
         | Map::PerCpuArray(data)
         | Map::Queue(data)
+        | Map::RingBuf(data)
         | Map::LruHashMap(data) => data,
         other => unreachable!("the registry has no map like {other:?}"),
     }

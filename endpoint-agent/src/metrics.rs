@@ -192,6 +192,12 @@ pub fn render(
         "How long a target's last health check took (a failed one: until it failed)",
         checked.clone(),
     );
+    let records_dropped = Counter::<u64>::default();
+    registry.register(
+        "flow_records_dropped",
+        "Connection records (--flow-log) lost for want of room in the ring",
+        records_dropped.clone(),
+    );
     let generation = Gauge::<i64>::default();
     registry.register(
         "config_generation",
@@ -263,6 +269,7 @@ pub fn render(
 
     let slots = snapshot.ids.endpoints.values().max().map_or(1, |&s| s + 1);
     let counters = Counters::read_slots(maps, slots)?;
+    records_dropped.inc_by(counters.packets(counter::FLOW_RECORD_DROPPED));
     // Every reason, zeros included: few series, and a rate that starts from 0.
     for &(kind, name) in counter::ALL {
         let packets = counters.get(0, kind).packets;

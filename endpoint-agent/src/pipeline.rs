@@ -51,6 +51,8 @@ pub struct Inputs<'a> {
     pub facts: &'a Facts,
     pub seed: u32,
     pub unhealthy: &'a BTreeSet<TargetKey>,
+    /// Whether the data path writes connection records (`run --flow-log`).
+    pub flow_records: bool,
 }
 
 /// The maps and what they hold.
@@ -150,7 +152,8 @@ impl Applied {
     ) -> Proposal {
         let ids = self.ids.assign(&config);
         let seed = config.node.hash_seed.unwrap_or(inputs.seed);
-        let desired = desired::build(&config, &ids, inputs.facts, seed, inputs.unhealthy);
+        let mut desired = desired::build(&config, &ids, inputs.facts, seed, inputs.unhealthy);
+        desired.contents.settings.flow_records = u32::from(inputs.flow_records);
         let plan = Plan::between(&self.contents, &desired.contents);
         Proposal {
             text,

@@ -30,6 +30,7 @@ use crate::{
     delivery::Delivery,
     events::{Events, Kind},
     facts::Facts,
+    flow_log::FlowLog,
     health::{self, Checks},
     host::Host,
     instance::Instance,
@@ -55,6 +56,8 @@ pub struct Options {
     pub on_exit: OnExit,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where to append connection records, if anywhere.
+    pub flow_log: Option<PathBuf>,
 }
 
 /// How often the file is re-read, idle flows are looked for, and due health checks
@@ -85,12 +88,19 @@ pub async fn run(options: Options) -> Result<()> {
             }
         })?;
     drain_program_logs(agent.ebpf_mut());
+    if options.flow_log.is_some() {
+        agent.record_flows();
+    }
     if let Err(e) = agent.reconcile(&text, true) {
         if fresh {
             let _ = agent.remove();
         }
         return Err(e);
     }
+    let mut flow_log = match &options.flow_log {
+        Some(path) => Some(FlowLog::open(agent.instance(), path)?),
+        None => None,
+    };
     log::info!("ready: {}", agent.summary());
     let shared = metrics::Shared::default();
     let mut published = agent.snapshot_version();
@@ -185,6 +195,18 @@ pub async fn run(options: Options) -> Result<()> {
                 }
             }
             _ = delivered.tick() => delivery.check(agent.attached()),
+            Ok(()) = async {
+                match &flow_log {
+                    Some(log) => log.ready().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(log) = &mut flow_log
+                    && let Err(e) = log.drain(&agent.applied().ids).await
+                {
+                    log::warn!("connection records: {e:#}");
+                }
+            }
             Some(()) = changed.recv() => {
                 if let Err(e) = agent.follow_node() {
                     log::error!("following the node's interfaces: {e:#}");

@@ -56,6 +56,9 @@ counters! {
     /// A SYN or SYN-ACK whose MSS was lowered to fit both sides' MTUs (or the
     /// service's `mss`): counted besides the packet's own outcome.
     MSS_CLAMPED = "mss_clamped",
+    /// A connection record (`--flow-log`) the agent had no room for: the record is
+    /// lost, never the packet. Counted besides the packet's own outcome.
+    FLOW_RECORD_DROPPED = "flow_record_dropped",
     /// On a consumer interface, anything that is neither endpoint traffic nor ARP for
     /// the node's addresses there: the node itself is not reachable from a consumer.
     DROP_NOT_ENDPOINT = "drop_not_endpoint",

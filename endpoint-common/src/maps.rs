@@ -12,7 +12,7 @@
 
 /// The version of this layout: bumped whenever a map's kind, key or value changes, so
 /// that an agent never adopts maps pinned by one with another layout.
-pub const LAYOUT: u32 = 3;
+pub const LAYOUT: u32 = 4;
 
 /// Address family codes.
 pub const FAMILY_IPV4: u8 = 4;
@@ -59,6 +59,7 @@ pub mod kind {
     pub const PERCPU_ARRAY: u32 = 6;
     pub const LPM_TRIE: u32 = 11;
     pub const QUEUE: u32 = 22;
+    pub const RINGBUF: u32 = 27;
 }
 
 /// A map of the data path: what the agent expects to find, loaded or pinned.
@@ -103,6 +104,7 @@ pub mod name {
     pub const SEGMENT: &str = "SEGMENT";
     pub const BUDGETS: &str = "BUDGETS";
     pub const STATS: &str = "STATS";
+    pub const RECORDS: &str = "RECORDS";
 }
 
 /// Every map of the data path.
@@ -136,6 +138,7 @@ pub const MAPS: &[Map] = &[
     map::<u32, Segment>(name::SEGMENT, kind::PERCPU_ARRAY, false),
     map::<u32, Budget>(name::BUDGETS, kind::PERCPU_ARRAY, false),
     map::<u32, crate::counter::Count>(name::STATS, kind::PERCPU_ARRAY, false),
+    map::<(), ()>(name::RECORDS, kind::RINGBUF, false),
 ];
 
 /// Interface roles (bits of [`Interface::roles`]).
@@ -423,6 +426,8 @@ pub struct Settings {
     /// ICMP messages of its own (fragmentation needed, time exceeded, echo replies)
     /// each CPU may send per second.
     pub icmp_per_second: u32,
+    /// 1: a [`FlowRecord`] goes to `RECORDS` when a connection opens and when it ends.
+    pub flow_records: u32,
     /// A handshake that has not completed after this long is dropped.
     pub handshake_s: u32,
     /// A closed connection lingers this long for the last ACKs ...
@@ -444,6 +449,7 @@ impl Default for Settings {
             half_open_per_network: 0,
             resets_per_second: 0,
             icmp_per_second: 0,
+            flow_records: 0,
             handshake_s: 0,
             closed_s: 0,
             time_wait_s: 0,
@@ -549,6 +555,9 @@ pub struct Flow {
     /// The flow's protocol (`PROTO_TCP`, `PROTO_UDP`), as in its keys.
     pub proto: u8,
     pub _pad: [u8; 5],
+    /// What this direction carried (whole frames), added to atomically.
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 impl Flow {
@@ -612,6 +621,42 @@ pub struct Pending {
     pub since_ns: u64,
 }
 
+/// `RECORDS` (a ring buffer the agent reads) items: a connection opened or ended, for
+/// connection logs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowRecord {
+    /// [`record`].
+    pub kind: u32,
+    pub network: u32,
+    /// The consumer-to-target key: client and endpoint address and port, protocol.
+    pub key: FlowKey,
+    /// What the target sees (NAT address and port) and the target.
+    pub nat_be: u32,
+    pub target_be: u32,
+    pub nat_port_be: u16,
+    pub target_port_be: u16,
+    /// The endpoint's slot.
+    pub slot: u32,
+    pub opened_ns: u64,
+    /// When it opened or ended (monotonic ns).
+    pub at_ns: u64,
+    /// Consumer to target, then target to consumer (whole frames).
+    pub forward_packets: u64,
+    pub forward_bytes: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+/// Kinds of [`FlowRecord`].
+pub mod record {
+    pub const OPENED: u32 = 1;
+    pub const ENDED: u32 = 2;
+}
+
+/// `RECORDS`' size in bytes (a power of two of pages): about 11,000 records waiting.
+pub const RECORDS_BYTES: u32 = 1 << 20;
+
 /// `SCRATCH`: per-CPU room for what opening a flow builds (the 512-byte stack cannot
 /// hold it along the program's call chain).
 #[repr(C)]
@@ -659,10 +704,11 @@ const _: () = {
     assert!(size_of::<AddressKey>() == 24);
     assert!(size_of::<Address>() == 8);
     assert!(size_of::<NatAddress>() == 24);
-    assert!(size_of::<Settings>() == 40 + 24 * MAX_NAT_ADDRESSES);
+    assert!(size_of::<Settings>() == 44 + 24 * MAX_NAT_ADDRESSES);
     assert!(size_of::<Target>() == 20);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<Flow>() == 96);
+    assert!(size_of::<Flow>() == 112);
+    assert!(size_of::<FlowRecord>() == 88);
     assert!(size_of::<Pending>() == 32);
     assert!(size_of::<Budget>() == 12);
     assert!(size_of::<crate::counter::Count>() == 16);
@@ -690,6 +736,7 @@ mod pod {
     unsafe impl aya::Pod for Target {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for FlowRecord {}
     unsafe impl aya::Pod for Pending {}
     unsafe impl aya::Pod for Count {}
 }

@@ -25,6 +25,7 @@ use crate::{
     maps::{CLOSINGS, FLOWS, HANDSHAKES, SCRATCH},
     outcome::Outcome,
     parse::Packet,
+    record,
 };
 
 /// How many NAT ports a new flow tries before it is dropped as exhausted (with a
@@ -149,6 +150,16 @@ impl Entry {
         }
     }
 
+    /// Counts a packet of `bytes` this direction carried.
+    #[inline(always)]
+    pub fn carried(&self, bytes: u64) {
+        // SAFETY: fields of the entry, changed only atomically.
+        unsafe {
+            atomic::add(&raw mut (*self.0).packets, 1);
+            atomic::add(&raw mut (*self.0).bytes, bytes);
+        }
+    }
+
     /// The connection's [`tcp`] bits (consumer-to-target entry).
     #[inline(always)]
     pub fn tcp(&self) -> u64 {
@@ -229,6 +240,7 @@ pub fn open(key: &FlowKey, settings: &Settings) -> Result<(), Outcome> {
                     }
                     return Err(Outcome::drop_for(counter::DROP_HALF_OPEN_LIMIT, slot));
                 }
+                record::opened(key, forward);
                 return Ok(());
             }
             // E2BIG: no room; EEXIST: the port is taken, try the next.
@@ -258,7 +270,9 @@ pub fn remove(key: &FlowKey, entry: &Entry, keep_port: bool) {
     // SAFETY: fields of the entry; removal marks it before anything else.
     unsafe { (&raw mut (*flow).last_seen_s).write_volatile(DEAD) };
     let reply_key = reply_key(entry);
-    if let Some(reply) = lookup(&reply_key) {
+    let reply = lookup(&reply_key);
+    record::ended(key, entry, reply.as_deref());
+    if let Some(reply) = reply {
         if keep_port {
             reply.set(tcp::RESERVED);
             let _ = reply.touch();
@@ -316,6 +330,7 @@ pub fn expire(key: &FlowKey, limit_s: u32, now: u64) -> bool {
         }
         let _ = FLOWS.remove(&reply_key);
     }
+    record::ended(key, &entry, reply.as_deref());
     let _ = FLOWS.remove(key);
     limits::release(entry.ptr());
     true

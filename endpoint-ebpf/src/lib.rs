@@ -35,6 +35,7 @@ mod nat;
 mod outcome;
 mod parse;
 mod policy;
+mod record;
 mod reset;
 mod select;
 mod stats;
@@ -166,6 +167,7 @@ fn forward(ctx: &XdpContext, interface: &Interface, packet: &Packet, flow: &Entr
             tcp::from_consumer(key, flow, packet, flags)?;
         }
     }
+    flow.carried((ctx.data_end() - ctx.data()) as u64);
     nat::rewrite(packet, flow);
     forward::send(ctx, interface, packet, &route, counter::FORWARD, slot)
 }
@@ -299,6 +301,9 @@ fn begin(
     forward.tcp = 0;
     forward.ack = 0;
     forward.window = 0;
+    // The packet that opens the flow is its first.
+    forward.packets = 1;
+    forward.bytes = (ctx.data_end() - ctx.data()) as u64;
     (forward.isn_next, forward.wscale) = if packet.is_tcp() {
         let seq = u32::from_be_bytes(packet.tcp().seq);
         let next = seq
@@ -327,6 +332,8 @@ fn begin(
     reply.window = 0;
     reply.isn_next = 0;
     reply.wscale = 0;
+    reply.packets = 0;
+    reply.bytes = 0;
     mem::clear(&mut reply._pad);
 }
 
@@ -423,6 +430,7 @@ fn target_to_consumer(ctx: &XdpContext, interface: &Interface, packet: &Packet) 
             slot,
         );
     }
+    reply.carried((ctx.data_end() - ctx.data()) as u64);
     nat::rewrite(packet, &reply);
     forward::send(ctx, interface, packet, &route, counter::REPLY, slot)
 }

@@ -5,14 +5,14 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, Queue},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, Queue, RingBuf},
 };
 use endpoint_common::{
     counter::{self, Count},
     maps::{
         Address, AddressKey, Budget, EndpointKey, EndpointRef, Flow, FlowKey, Interface, Limits,
-        MAX_IFINDEX, Pending, PortBitmap, Scratch, SecurityGroup, Segment, Settings, SourcePrefix,
-        Target, Usage,
+        MAX_IFINDEX, Pending, PortBitmap, RECORDS_BYTES, Scratch, SecurityGroup, Segment, Settings,
+        SourcePrefix, Target, Usage,
     },
 };
 
@@ -98,3 +98,7 @@ pub static BUDGETS: PerCpuArray<Budget> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU counters, per endpoint slot (see `endpoint_common::counter`).
 #[map]
 pub static STATS: PerCpuArray<Count> = PerCpuArray::with_max_entries(8193 * counter::COUNT, 0);
+
+/// Connection records for the agent (`--flow-log`), when it asked for them.
+#[map]
+pub static RECORDS: RingBuf = RingBuf::with_byte_size(RECORDS_BYTES, 0);

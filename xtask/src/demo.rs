@@ -94,12 +94,14 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
         config.display(),
         example.display()
     );
+    let records = std::env::temp_dir().join(format!("endpoint-demo-{}.flows", std::process::id()));
+    let records_arg = records.display().to_string();
     let mut agent = Agent::start(
         &topology.node,
         agent,
         topology.node.name(),
         config,
-        &["--metrics", METRICS],
+        &["--metrics", METRICS, "--flow-log", &records_arg],
     )?;
     for line in agent.log().lines() {
         println!("   agent: {line}");
@@ -192,6 +194,15 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
     println!("\n== Live connections (endpoint-agent flows)");
     let flows = agent.command(&["flows"])?;
     for line in String::from_utf8_lossy(&flows.stdout).lines() {
+        println!("   {line}");
+    }
+
+    println!(
+        "\n== Connection records (--flow-log: a JSON line as each opens and ends), the first two"
+    );
+    let logged = std::fs::read_to_string(&records).unwrap_or_default();
+    let _ = std::fs::remove_file(&records);
+    for line in logged.lines().take(2) {
         println!("   {line}");
     }
 

@@ -120,6 +120,7 @@ impl Rig {
             facts: &facts,
             seed: 1,
             unhealthy: &Default::default(),
+            flow_records: false,
         };
         let proposal = pipeline.propose("bench.yaml", text, &inputs)?;
         pipeline.apply(proposal)?;

@@ -636,3 +636,98 @@ fn logs_can_be_json_lines_for_log_shippers() {
         "{log}"
     );
 }
+
+#[test]
+fn connection_records_match_the_connections_made() {
+    if !root() {
+        return;
+    }
+    let topology = Topology::build().expect("topology");
+    let _servers = [0, 1].map(|i| {
+        Server::start(
+            &topology.provider,
+            &format!("orders-{}", i + 1),
+            at(addresses::TARGETS[i], 8080),
+        )
+        .unwrap()
+    });
+    let config = TempFile::new("config.yaml", &config());
+    let records = TempFile::new("flows.jsonl", "");
+    let records_path = records.0.to_str().unwrap().to_string();
+    let agent = Agent::start(
+        &topology.node,
+        Path::new(AGENT),
+        topology.node.name(),
+        &config.0,
+        &["--flow-log", &records_path],
+    )
+    .expect("agent");
+    let line = "r".repeat(1000);
+    let clients: Vec<u16> = (0..3)
+        .map(|_| {
+            let mut stream = connect(&topology.consumer_a, at(ORDERS, 80), WAIT)
+                .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log()));
+            let answer = exchange(&mut stream, &line).unwrap();
+            assert_eq!(answer.echo, line);
+            let port = stream.local_addr().unwrap().port();
+            stream.shutdown(Shutdown::Both).unwrap();
+            port
+        })
+        .collect();
+    // Ended once they lingered (1 s here) and the expiry took them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let text = std::fs::read_to_string(&records.0).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        if lines.iter().filter(|l| l["event"] == "ended").count() >= 3 {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "records so far:\n{text}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for event in ["opened", "ended"] {
+        let mut seen: Vec<u16> = lines
+            .iter()
+            .filter(|l| l["event"] == event)
+            .map(|l| {
+                field(l, "client")
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        seen.sort();
+        let mut made = clients.clone();
+        made.sort();
+        assert_eq!(seen, made, "{event} records: {lines:#?}");
+    }
+    for record in lines.iter().filter(|l| l["event"] == "ended") {
+        assert_eq!(field(record, "endpoint"), "vpce-a-orders");
+        assert_eq!(field(record, "network"), "vpc-a");
+        assert_eq!(field(record, "protocol"), "tcp");
+        assert_eq!(field(record, "endpoint_address"), "10.0.0.100:80");
+        assert!(field(record, "nat").starts_with("172.16.0.100:"));
+        assert!(field(record, "target").ends_with(":8080"));
+        // Whole frames: the 1,001 bytes of the line each way, plus at most a frame's
+        // headers (Ethernet, IPv4, TCP with options) per packet.
+        for (way, at_least) in [("consumer_to_target", 1001), ("target_to_consumer", 1001)] {
+            let packets = record["packets"][way].as_u64().unwrap();
+            let bytes = record["bytes"][way].as_u64().unwrap();
+            assert!(packets >= 3, "{way}: {record}");
+            assert!(
+                bytes >= at_least && bytes <= at_least + 100 + packets * (14 + 20 + 60),
+                "{way}: {record}"
+            );
+        }
+        assert!(record["duration_seconds"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -235,6 +235,7 @@ impl Rig {
             facts: &self.facts,
             seed: 1,
             unhealthy: &unhealthy,
+            flow_records: false,
         };
         let proposal = self
             .pipeline
