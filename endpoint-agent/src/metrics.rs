@@ -79,6 +79,7 @@ struct Set {
     packets: Family<Labels, Counter>,
     dropped: Family<Labels, Counter>,
     resets: Family<Labels, Counter>,
+    resets_received: Family<Labels, Counter>,
 }
 
 impl Set {
@@ -90,6 +91,7 @@ impl Set {
             packets: Family::default(),
             dropped: Family::default(),
             resets: Family::default(),
+            resets_received: Family::default(),
         };
         let what = |m: &str| format!("{m}, per {scope}");
         registry.register(
@@ -121,6 +123,11 @@ impl Set {
             format!("{scope}_resets_sent"),
             what("TCP RSTs sent for cut connections"),
             set.resets.clone(),
+        );
+        registry.register(
+            format!("{scope}_resets_received"),
+            what("TCP RSTs received in their connection's window, from either end"),
+            set.resets_received.clone(),
         );
         set
     }
@@ -161,6 +168,9 @@ impl Set {
         self.resets
             .get_or_create(labels)
             .inc_by(counters.get(slot, counter::RESET_SENT).packets);
+        self.resets_received
+            .get_or_create(labels)
+            .inc_by(counters.get(slot, counter::RESET_RECEIVED).packets);
     }
 }
 

@@ -56,6 +56,9 @@ counters! {
     /// A SYN or SYN-ACK whose MSS was lowered to fit both sides' MTUs (or the
     /// service's `mss`): counted besides the packet's own outcome.
     MSS_CLAMPED = "mss_clamped",
+    /// A TCP RST in its connection's window, from either end (passed on): counted
+    /// besides the packet's own outcome.
+    RESET_RECEIVED = "reset_received",
     /// A connection record (`--flow-log`) the agent had no room for: the record is
     /// lost, never the packet. Counted besides the packet's own outcome.
     FLOW_RECORD_DROPPED = "flow_record_dropped",

@@ -186,6 +186,7 @@ fn ending(
         if !in_window {
             return Err(Outcome::drop_for(counter::DROP_OUT_OF_WINDOW, flow.slot));
         }
+        stats::note(counter::RESET_RECEIVED, flow.slot);
         if !exact {
             return Ok(());
         }

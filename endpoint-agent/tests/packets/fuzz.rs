@@ -2228,10 +2228,10 @@ impl<'r> Fuzz<'r> {
     /// Every frame counted once, under what it did; prints the summary.
     fn check_counters(&mut self, seconds: f64) {
         let counters = self.rig.counters();
-        // Every counter but the MSS clamps, counted besides an outcome.
+        // Every counter but those counted besides an outcome (MSS clamps, RSTs received).
         let total: u64 = counter::ALL
             .iter()
-            .filter(|(c, _)| *c != counter::MSS_CLAMPED)
+            .filter(|(c, _)| *c != counter::MSS_CLAMPED && *c != counter::RESET_RECEIVED)
             .map(|(c, _)| counters.packets(*c))
             .sum();
         let t = &self.tally;

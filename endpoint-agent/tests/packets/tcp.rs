@@ -84,6 +84,8 @@ fn resets_count_only_at_the_receivers_next_number() {
         assert_eq!(rig.run("prov", &rst(TARGET_ISN + 1)).action, XDP_REDIRECT);
         assert_ne!(bits(rig) & tcp::RESET, 0);
         assert_ne!(bits(rig) & tcp::CLOSE_QUEUED, 0);
+        // The two in the window were received (and passed on), not the one outside.
+        assert_eq!(rig.count("a", counter::RESET_RECEIVED), 2);
     });
 }
 
