@@ -1,8 +1,10 @@
 //! Metrics: Prometheus/OpenMetrics text on `/metrics` (and `/healthz` for liveness),
 //! read afresh at each scrape from the running data path's maps and the agent's own
 //! state — AWS PrivateLink's CloudWatch set per endpoint and per service (active and
-//! new connections, bytes and packets each way, drops by reason, RSTs sent), and what
-//! it does not show: target health, the applied config generation and reconciles.
+//! new connections, bytes and packets each way, drops by reason, RSTs sent and
+//! received), and what it does not show: NAT ports and flow-table fill against their
+//! capacity, target health and check durations, the applied config generation and
+//! reconciles, connection records lost.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
