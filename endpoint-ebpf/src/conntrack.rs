@@ -240,7 +240,7 @@ pub fn open(key: &FlowKey, settings: &Settings) -> Result<(), Outcome> {
                     }
                     return Err(Outcome::drop_for(counter::DROP_HALF_OPEN_LIMIT, slot));
                 }
-                record::opened(key, forward);
+                record::opened(key, forward, settings);
                 return Ok(());
             }
             // E2BIG: no room; EEXIST: the port is taken, try the next.

@@ -4,29 +4,31 @@
 
 use endpoint_common::{
     counter,
-    maps::{Flow, FlowKey, FlowRecord, record},
+    maps::{Flow, FlowKey, FlowRecord, Settings, record},
 };
 
 use crate::{classify, conntrack, maps::RECORDS, stats};
 
-/// The connection of the consumer-to-target entry `forward` (at `key`) opened.
+/// The connection of the consumer-to-target entry `forward` (at `key`) opened, under
+/// `settings` (the opening already holds them: no second lookup on the new-flow path).
 #[inline(always)]
-pub fn opened(key: &FlowKey, forward: &Flow) {
-    write(record::OPENED, key, forward, None);
+pub fn opened(key: &FlowKey, forward: &Flow, settings: &Settings) {
+    if settings.flow_records != 0 {
+        write(record::OPENED, key, forward, None);
+    }
 }
 
 /// The connection of `forward` (at `key`) ends; `reply` is its other direction.
 #[inline(always)]
 pub fn ended(key: &FlowKey, forward: &Flow, reply: Option<&Flow>) {
-    write(record::ENDED, key, forward, reply);
+    if classify::settings().is_some_and(|s| s.flow_records != 0) {
+        write(record::ENDED, key, forward, reply);
+    }
 }
 
 // Its own BPF function: the callers' frames stay as they were.
 #[inline(never)]
 fn write(kind: u32, key: &FlowKey, forward: &Flow, reply: Option<&Flow>) {
-    if classify::settings().is_none_or(|s| s.flow_records == 0) {
-        return;
-    }
     let Some(mut entry) = RECORDS.reserve::<FlowRecord>(0) else {
         stats::note(counter::FLOW_RECORD_DROPPED, forward.slot);
         return;
