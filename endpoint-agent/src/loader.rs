@@ -98,9 +98,24 @@ pub fn load(config: &Config, instance: &Instance) -> Result<(Ebpf, Maps)> {
     }
     let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
     for name in [PROGRAM, EXPIRE] {
-        xdp(&mut ebpf, name)?
-            .load()
-            .with_context(|| format!("the kernel verifier rejected the program {name:?}"))?;
+        // The verifier gives up with EAGAIN when a signal arrives while it works; try
+        // again, as libbpf does (five attempts).
+        let mut attempts = 5;
+        loop {
+            match xdp(&mut ebpf, name)?.load() {
+                Err(ProgramError::LoadError { io_error, .. })
+                    if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts > 1 =>
+                {
+                    attempts -= 1;
+                }
+                result => {
+                    result.with_context(|| {
+                        format!("the kernel verifier rejected the program {name:?}")
+                    })?;
+                    break;
+                }
+            }
+        }
     }
     instance.write(LAYOUT_FILE, &LAYOUT)?;
     let maps = Maps::take(&mut ebpf)?;
