@@ -68,6 +68,7 @@ fn step(pipeline: &mut Pipeline, text: &str, facts: &Facts) -> Timings {
         seed: 1,
         unhealthy: &Default::default(),
         flow_records: false,
+        verified: &Default::default(),
     };
     let t = Instant::now();
     let proposal = pipeline

@@ -42,6 +42,8 @@ pub struct Agent {
     reconciles: Reconciles,
     /// Whether the data path writes connection records (`run --flow-log`).
     flow_records: bool,
+    /// Private DNS names whose verification succeeded last.
+    verified: BTreeSet<String>,
 }
 
 impl Agent {
@@ -97,6 +99,7 @@ impl Agent {
             expiry: Expiry::default(),
             reconciles: Reconciles::default(),
             flow_records: false,
+            verified: BTreeSet::new(),
         })
     }
 
@@ -131,6 +134,7 @@ impl Agent {
             seed: self.record.seed,
             unhealthy: &self.unhealthy,
             flow_records: self.flow_records,
+            verified: &self.verified,
         }
     }
 

@@ -11,8 +11,9 @@ use aya::{
 };
 use endpoint_common::counter::{self, Count};
 use endpoint_common::maps::{
-    Address, AddressKey, EndpointKey, EndpointRef, Interface, Limits, MAX_IFINDEX, PROTO_TCP,
-    PROTO_UDP, SecurityGroup, Settings, SourcePrefix, Target, Usage, name, ports_index,
+    Address, AddressKey, DnsSettings, EndpointKey, EndpointRef, Interface, Limits, MAX_IFINDEX,
+    Name, NameKey, PROTO_TCP, PROTO_UDP, SecurityGroup, Settings, SourcePrefix, Target, Usage,
+    name, ports_index,
 };
 
 use crate::{
@@ -28,6 +29,15 @@ pub fn apply(maps: &mut Maps, plan: &Plan) -> Result<()> {
             Change::Endpoint(op) => hash_op(maps, name::ENDPOINTS, op)?,
             Change::Address(op) => hash_op(maps, name::ADDRESSES, op)?,
             Change::Interface(op) => mmap_op(maps, name::INTERFACES, op)?,
+            Change::Name(op) => hash_op(maps, name::NAMES, op)?,
+            Change::Dns { new, .. } => {
+                let mut dns = maps.hash_mut::<u32, DnsSettings>(name::DNS)?;
+                if **new == DnsSettings::default() {
+                    dns.remove(&0).context("updating DNS")?
+                } else {
+                    dns.insert(0, **new, 0).context("updating DNS")?
+                }
+            }
             Change::Target(op) => array_op(maps, name::TARGETS, op)?,
             Change::Limits(op) => array_op(maps, name::LIMITS, op)?,
             Change::Policy(op) => {
@@ -132,6 +142,11 @@ pub fn read(maps: &Maps, ids: &Ids) -> Result<Contents> {
         addresses: read_hash::<AddressKey, Address>(maps, name::ADDRESSES)?,
         settings: maps
             .hash::<u32, Settings>(name::SETTINGS)?
+            .get(&0, 0)
+            .unwrap_or_default(),
+        names: read_hash::<NameKey, Name>(maps, name::NAMES)?,
+        dns: maps
+            .hash::<u32, DnsSettings>(name::DNS)?
             .get(&0, 0)
             .unwrap_or_default(),
         ..Contents::default()

@@ -39,7 +39,11 @@ pub fn list(config: &Config) -> String {
             let _ = writeln!(
                 out,
                 "  {:<20} service {:<16} principal {:<14} {} {}{requested}",
-                e.id, e.service, e.principal, e.consumer_network, e.ip
+                e.id,
+                e.service,
+                e.principal,
+                e.consumer_network,
+                e.ips()
             );
         }
     }

@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use endpoint_common::{
     maglev,
     maps::{
-        self, Addr, Address, AddressKey, EndpointKey, EndpointRef, FAMILY_IPV4, Interface, Limits,
-        NatAddress, Policy, SecurityGroup, Settings, SourcePrefix, Target, address_kind, bounce,
-        nat_scope, policy_flag, ports_index, role,
+        self, Addr, Address, AddressKey, DnsSettings, EndpointKey, EndpointRef, FAMILY_IPV4,
+        Interface, Limits, Name, NameKey, NatAddress, Policy, SecurityGroup, Settings,
+        SourcePrefix, Target, address_kind, bounce, nat_scope, policy_flag, ports_index, role,
     },
 };
 
@@ -44,6 +44,9 @@ pub struct Contents {
     pub targets: BTreeMap<u32, Target>,
     /// Ring index → its `settings.ring_size` slots (target indices).
     pub rings: BTreeMap<u32, Vec<u32>>,
+    /// Each consumer network's DNS names (see `names`).
+    pub names: BTreeMap<NameKey, Name>,
+    pub dns: DnsSettings,
 }
 
 /// The contents for `config`, and the interfaces it names that the node does not have.
@@ -161,11 +164,17 @@ pub fn build(
         let (endpoint, service, lb) = (placed.endpoint, placed.service, placed.load_balancer);
         let slot = ids.endpoints[&endpoint.id];
         let network = ids.networks[&endpoint.consumer_network];
-        let addr = Addr::ipv4(endpoint.ip.octets());
+        let addr = Addr::ipv4(placed.address.ip.octets());
         for listener in placed.listeners() {
             let ring = ids.rings[&listener.ring];
             state.rings.entry(ring).or_insert_with(|| {
-                ring_slots(listener.listener, lb, &endpoint.zone, &listener.key, &rings)
+                ring_slots(
+                    listener.listener,
+                    lb,
+                    &placed.address.zone,
+                    &listener.key,
+                    &rings,
+                )
             });
             let proto = listener.listener.protocol.number();
             state.endpoints.insert(
@@ -186,14 +195,36 @@ pub fn build(
                 .ports
                 .insert((ports_index(network, proto), listener.listener.port));
         }
+        // The node answers ARP for the endpoint's addresses only while it can carry
+        // traffic: a request that was never accepted cannot claim an address (ARP for it
+        // is only counted, for `pending_traffic`).
+        let kind = if acceptance::carries_traffic(endpoint, service) {
+            address_kind::ENDPOINT
+        } else {
+            address_kind::WAITING
+        };
+        state
+            .addresses
+            .insert(address_key(network, addr), Address { kind, slot });
+    }
+    let services: BTreeMap<&str, &Service> = config
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    for endpoint in &config.endpoints {
+        let Some(&service) = services.get(endpoint.service.as_str()) else {
+            continue;
+        };
+        let slot = ids.endpoints[&endpoint.id];
+        let listeners = placement::service_listeners(service);
         let mut groups = BTreeMap::new();
         for rule in endpoint.security_groups.iter().flatten() {
-            let ports = lb
-                .listeners
+            let ports = listeners
                 .iter()
                 .enumerate()
-                .filter(|(_, l)| rule.ports.as_ref().is_none_or(|p| p.contains(&l.port)))
-                .filter(|(_, l)| rule.protocol.is_none_or(|p| p == l.protocol))
+                .filter(|(_, (port, _))| rule.ports.as_ref().is_none_or(|p| p.contains(port)))
+                .filter(|(_, (_, protocol))| rule.protocol.is_none_or(|p| p == *protocol))
                 .fold(0u32, |mask, (i, _)| mask | 1 << i);
             let mut key_addr = [0u8; 16];
             key_addr[..4].copy_from_slice(&rule.cidr.network().octets());
@@ -227,17 +258,6 @@ pub fn build(
         state
             .limits
             .insert(slot, limits(endpoint.limits.or(service.limits), service));
-        // The node answers ARP for the endpoint IP only while the endpoint can carry
-        // traffic: a request that was never accepted cannot claim an address (ARP for it
-        // is only counted, for `pending_traffic`).
-        let kind = if acceptance::carries_traffic(endpoint, service) {
-            address_kind::ENDPOINT
-        } else {
-            address_kind::WAITING
-        };
-        state
-            .addresses
-            .insert(address_key(network, addr), Address { kind, slot });
     }
     desired
 }

@@ -3,7 +3,7 @@
 //! The pipeline ([`pipeline`]), one module per stage: [`config`] (YAML → model) →
 //! [`validate`] (every problem, with its line, for the node's [`facts`]) → [`ids`]
 //! (stable numbers; [`keys`] and [`placement`] say what is numbered) → [`desired`] (model
-//! → map contents) → [`plan`] (the difference, in a safe order) → [`apply`] (into the
+//! → map contents, DNS [`names`] among them) → [`plan`] (the difference, in a safe order) → [`apply`] (into the
 //! [`maps`]). Around it: [`acceptance`] (states and transitions), [`loader`] (load,
 //! attach, pin), [`instance`] (what outlives the process), [`host`] (sysctls,
 //! neighbours), [`announce`] (gratuitous ARP), [`netlink`] (node changes), [`delivery`] (frames lost on veths), [`health`] (target checks), [`expiry`] (what runs out), [`events`],
@@ -31,6 +31,7 @@ pub mod keys;
 pub mod loader;
 pub mod maps;
 pub mod metrics;
+pub mod names;
 pub mod netlink;
 pub mod pipeline;
 pub mod placement;

@@ -16,7 +16,7 @@ use aya::{
 };
 use endpoint_common::{
     counter,
-    maps::{LAYOUT, MAPS, MAX_NAT_ADDRESSES, PROTO_UDP, name, ports_index},
+    maps::{LAYOUT, MAPS, MAX_NAT_ADDRESSES, PROTO_UDP, dns_counter, name, ports_index},
 };
 use serde::{Deserialize, Serialize};
 
@@ -74,10 +74,16 @@ pub fn map_sizes(config: &Config) -> Vec<(&'static str, u32)> {
             name::SECURITY_GROUPS,
             2 * t.endpoints * MAX_SECURITY_GROUP_RULES as u32,
         ),
+        // Endpoint addresses (validated to fit `tables.endpoints`), NAT addresses and
+        // resolver addresses.
         (
             name::ADDRESSES,
-            2 * (t.endpoints + MAX_NAT_ADDRESSES as u32),
+            2 * (t.endpoints + MAX_NAT_ADDRESSES as u32 + t.networks),
         ),
+        // Per network: the apex and ns; per endpoint address a zonal name, per endpoint a
+        // regional and a private name and its service's.
+        (name::NAMES, 2 * (4 * t.endpoints + 2 * t.networks)),
+        (name::DNS_STATS, (2 * t.networks + 1) * dns_counter::COUNT),
         // Network ids go up to twice the networks; each has a TCP and a UDP bitmap.
         (name::PORTS, ports_index(2 * t.networks, PROTO_UDP) + 1),
         (name::NETWORK_USAGE, 2 * t.networks + 1),
@@ -162,6 +168,9 @@ pub fn check_layout(instance: &Instance) -> Result<()> {
 /// own object with it.
 pub fn loader(config: &Config) -> EbpfLoader<'static> {
     let mut loader = EbpfLoader::new();
+    if std::env::var_os("ENDPOINT_VERIFIER_LOG").is_some() {
+        loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+    }
     for (map, size) in map_sizes(config) {
         loader.map_max_entries(map, size);
     }

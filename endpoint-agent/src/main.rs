@@ -263,6 +263,7 @@ fn plan(instance: &Instance, source: &str, text: &str) -> Result<String> {
         unhealthy: &unhealthy,
         // As the running agent has it.
         flow_records: applied.contents.settings.flow_records != 0,
+        verified: &Default::default(),
     };
     let proposal = applied.propose(source, text, &inputs)?;
     for warning in &proposal.warnings {

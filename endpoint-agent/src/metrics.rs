@@ -311,7 +311,7 @@ pub fn render(
                 ("endpoint", endpoint.id.clone()),
                 ("service", endpoint.service.clone()),
                 ("consumer_network", endpoint.consumer_network.clone()),
-                ("zone", endpoint.zone.clone()),
+                ("zone", endpoint.zones()),
             ];
             endpoints.add(&labels, &counters, slot, &used);
             services.add(

@@ -15,6 +15,7 @@ use crate::{
     ids::Ids,
     keys::TargetKey,
     maps::Maps,
+    names,
     plan::{Names, Plan},
     validate,
 };
@@ -53,6 +54,8 @@ pub struct Inputs<'a> {
     pub unhealthy: &'a BTreeSet<TargetKey>,
     /// Whether the data path writes connection records (`run --flow-log`).
     pub flow_records: bool,
+    /// Private DNS names whose verification succeeded.
+    pub verified: &'a BTreeSet<String>,
 }
 
 /// The maps and what they hold.
@@ -154,6 +157,7 @@ impl Applied {
         let seed = config.node.hash_seed.unwrap_or(inputs.seed);
         let mut desired = desired::build(&config, &ids, inputs.facts, seed, inputs.unhealthy);
         desired.contents.settings.flow_records = u32::from(inputs.flow_records);
+        names::build(&config, &ids, inputs.facts, inputs.verified, &mut desired);
         let plan = Plan::between(&self.contents, &desired.contents);
         Proposal {
             text,

@@ -16,8 +16,8 @@ use std::{
 };
 
 use endpoint_common::maps::{
-    self, Address, AddressKey, EndpointKey, EndpointRef, Interface, Limits, Policy, SecurityGroup,
-    Settings, SourcePrefix, Target, ports_index,
+    self, Address, AddressKey, DnsSettings, EndpointKey, EndpointRef, Interface, Limits, Name,
+    NameKey, Policy, SecurityGroup, Settings, SourcePrefix, Target, ports_index,
 };
 
 use crate::{
@@ -66,6 +66,13 @@ pub enum Change {
     Address(Op<AddressKey, Address>),
     SecurityGroup(Op<PrefixKey, SecurityGroup>),
     Interface(Op<u32, Interface>),
+    /// A DNS name of a consumer network.
+    Name(Op<NameKey, Name>),
+    /// What every zone's answers share (none: all zeros).
+    Dns {
+        old: Box<DnsSettings>,
+        new: Box<DnsSettings>,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -116,6 +123,7 @@ impl Plan {
         let (address_puts, address_removes) = ops(&old.addresses, &new.addresses);
         let (group_puts, group_removes) = ops(&old.security_groups, &new.security_groups);
         let (interface_puts, interface_removes) = ops(&old.interfaces, &new.interfaces);
+        let (name_puts, name_removes) = ops(&old.names, &new.names);
 
         let empty = Vec::new();
         let mut ring_writes = Vec::new();
@@ -164,6 +172,13 @@ impl Plan {
                 new: Box::new(new.settings),
             });
         }
+        if old.dns != new.dns {
+            changes.push(Change::Dns {
+                old: Box::new(old.dns),
+                new: Box::new(new.dns),
+            });
+        }
+        changes.extend(name_puts.into_iter().map(Change::Name));
         changes.extend(address_puts.into_iter().map(Change::Address));
         changes.extend(group_puts.into_iter().map(Change::SecurityGroup));
         changes.extend(limits_puts.into_iter().map(Change::Limits));
@@ -179,6 +194,7 @@ impl Plan {
         changes.extend(limits_removes.into_iter().map(Change::Limits));
         changes.extend(target_removes.into_iter().map(Change::Target));
         changes.extend(ring_removes);
+        changes.extend(name_removes.into_iter().map(Change::Name));
         Plan { changes }
     }
 
@@ -231,6 +247,8 @@ impl Contents {
             Change::SecurityGroup(op) => put(&mut self.security_groups, op),
             Change::Interface(op) => put(&mut self.interfaces, op),
             Change::Settings { new, .. } => self.settings = **new,
+            Change::Name(op) => put(&mut self.names, op),
+            Change::Dns { new, .. } => self.dns = **new,
             Change::Port { index, port, open } => {
                 if *open {
                     self.ports.insert((*index, *port));
@@ -339,6 +357,11 @@ fn mark(change: &Change) -> char {
         Change::SecurityGroup(op) => of(op),
         Change::Interface(op) => of(op),
         Change::Settings { .. } => (true, false),
+        Change::Name(op) => of(op),
+        Change::Dns { old, new } => (
+            **old != DnsSettings::default(),
+            **new == DnsSettings::default(),
+        ),
         Change::Port { open, .. } => (!open, !open),
         Change::Ring { edit, .. } => match edit {
             Edit::Add => (false, false),
@@ -542,6 +565,28 @@ impl fmt::Display for Shown<'_> {
                             Names::of(&n.networks, value.network)
                         );
                     }
+                }
+                Change::Name(op) => {
+                    let (key, value, _, _) = parts(op);
+                    let addresses: Vec<String> = value.addrs[..value.count as usize]
+                        .iter()
+                        .map(|a| std::net::Ipv4Addr::from(*a).to_string())
+                        .collect();
+                    let _ = write!(
+                        line,
+                        "DNS name {:016x} in consumer network {}: [{}]{}",
+                        key.hash,
+                        Names::of(&n.networks, key.network),
+                        addresses.join(", "),
+                        if value.flags & maps::name_flag::APEX != 0 {
+                            " (zone apex)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                Change::Dns { new, .. } => {
+                    let _ = write!(line, "DNS: TTL {} s", u32::from_be_bytes(new.ttl));
                 }
             }
             writeln!(f, "{} {line}", mark(c))?;

@@ -210,7 +210,7 @@ pub fn read(instance: &Instance) -> Result<Status> {
                     id: e.id.clone(),
                     service: e.service.clone(),
                     consumer_network: e.consumer_network.clone(),
-                    ip: e.ip.to_string(),
+                    ip: e.ips(),
                     state: states.get(e.id.as_str()).map_or("?", |s| s.name()).into(),
                     listeners: placed
                         .get(e.id.as_str())

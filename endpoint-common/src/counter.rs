@@ -62,6 +62,17 @@ counters! {
     /// A connection record (`--flow-log`) the agent had no room for: the record is
     /// lost, never the packet. Counted besides the packet's own outcome.
     FLOW_RECORD_DROPPED = "flow_record_dropped",
+    /// A DNS query to a consumer network's resolver address, answered with records or
+    /// with none of the type asked (NODATA).
+    DNS_ANSWER = "dns_answer",
+    /// A DNS query for a name in our zones that the network does not have, answered
+    /// NXDOMAIN.
+    DNS_NXDOMAIN = "dns_nxdomain",
+    /// A DNS query for a name that is not ours (or another class, a zone transfer),
+    /// answered REFUSED; or another opcode, answered NOTIMP.
+    DNS_REFUSED = "dns_refused",
+    /// A malformed DNS query with a whole header, answered FORMERR.
+    DNS_FORMERR = "dns_formerr",
     /// On a consumer interface, anything that is neither endpoint traffic nor ARP for
     /// the node's addresses there: the node itself is not reachable from a consumer.
     DROP_NOT_ENDPOINT = "drop_not_endpoint",
@@ -115,6 +126,9 @@ counters! {
     /// An ICMP message the node would have sent, over the per-CPU budget (the packet
     /// that caused it is dropped).
     DROP_ICMP_BUDGET = "drop_icmp_budget",
+    /// A message to a resolver address that cannot be answered: shorter than a DNS
+    /// header, or itself a response.
+    DROP_DNS = "drop_dns",
     /// ICMP to one of the node's addresses that it does not take: to a NAT address and
     /// not an error about one of its flows; to an endpoint and not an echo request.
     DROP_ICMP = "drop_icmp",

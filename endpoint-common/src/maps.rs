@@ -12,7 +12,7 @@
 
 /// The version of this layout: bumped whenever a map's kind, key or value changes, so
 /// that an agent never adopts maps pinned by one with another layout.
-pub const LAYOUT: u32 = 4;
+pub const LAYOUT: u32 = 5;
 
 /// Address family codes.
 pub const FAMILY_IPV4: u8 = 4;
@@ -105,6 +105,9 @@ pub mod name {
     pub const BUDGETS: &str = "BUDGETS";
     pub const STATS: &str = "STATS";
     pub const RECORDS: &str = "RECORDS";
+    pub const NAMES: &str = "NAMES";
+    pub const DNS: &str = "DNS";
+    pub const DNS_STATS: &str = "DNS_STATS";
 }
 
 /// Every map of the data path.
@@ -139,6 +142,9 @@ pub const MAPS: &[Map] = &[
     map::<u32, Budget>(name::BUDGETS, kind::PERCPU_ARRAY, false),
     map::<u32, crate::counter::Count>(name::STATS, kind::PERCPU_ARRAY, false),
     map::<(), ()>(name::RECORDS, kind::RINGBUF, false),
+    map::<NameKey, Name>(name::NAMES, kind::HASH, false),
+    map::<u32, DnsSettings>(name::DNS, kind::HASH, false),
+    map::<u32, crate::counter::Count>(name::DNS_STATS, kind::PERCPU_ARRAY, false),
 ];
 
 /// Interface roles (bits of [`Interface::roles`]).
@@ -161,7 +167,10 @@ pub struct Interface {
     pub roles: u8,
     /// How a frame goes back out the interface it came in on ([`bounce`]).
     pub bounce: u8,
-    pub _pad: u16,
+    /// Consumer interfaces: the zone its clients are in (0: none named), whose
+    /// endpoint addresses DNS answers list first.
+    pub zone: u8,
+    pub _pad: u8,
     /// The interface's own Ethernet address: the source of what the node sends here.
     pub mac: [u8; 6],
     pub _pad2: u16,
@@ -173,6 +182,10 @@ pub struct Interface {
     /// it. A flow keeps its route for a second without asking the kernel, and replies
     /// never ask: this is their check. 0: unknown, not checked.
     pub mtu: u32,
+    /// Consumer interfaces: the network's resolver address, where DNS queries to port
+    /// 53 are answered (as in the packet; 0: none).
+    pub resolver: [u8; 4],
+    pub _pad3: u32,
 }
 
 impl Interface {
@@ -378,6 +391,8 @@ pub mod address_kind {
     /// The IP of an endpoint request that was never accepted: ARP for it is not
     /// answered (a request claims no address), only counted for the endpoint.
     pub const WAITING: u32 = 3;
+    /// A consumer network's resolver address: ARP for it is answered, DNS to it too.
+    pub const RESOLVER: u32 = 4;
 }
 
 /// `ADDRESSES` value.
@@ -691,9 +706,102 @@ pub struct Budget {
     pub icmp: u32,
 }
 
+/// `NAMES` key: a DNS name (its [`crate::dns`] hash) one consumer network may ask the
+/// node about.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NameKey {
+    pub network: u32,
+    pub _pad: u32,
+    pub hash: u64,
+}
+
+/// Addresses one name may have (one per zone of an endpoint): answers always fit 512
+/// bytes.
+pub const MAX_NAME_ADDRESSES: usize = 8;
+
+/// Bits of [`Name::flags`].
+pub mod name_flag {
+    /// The name is a zone apex: it has the zone's SOA and NS records, and names under it
+    /// that the network has not are NXDOMAIN.
+    pub const APEX: u8 = 1;
+}
+
+/// `NAMES` value: a name's A records, for one consumer network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Name {
+    /// [`name_flag`] bits.
+    pub flags: u8,
+    /// How many of `addrs` are used (0: the name exists but has no A record).
+    pub count: u8,
+    /// The labels of the apex of the zone the name is in: the owner of the SOA in a
+    /// negative answer is that suffix of the question's name.
+    pub apex_labels: u8,
+    pub _pad: u8,
+    /// Each address's zone id ([`Interface::zone`]).
+    pub zones: [u8; MAX_NAME_ADDRESSES],
+    /// The addresses, as in the packet.
+    pub addrs: [[u8; 4]; MAX_NAME_ADDRESSES],
+}
+
+/// Longest SOA and NS records, after their owner name (validated: the domain is at most
+/// 64 bytes in wire format).
+pub const MAX_SOA: usize = 176;
+pub const MAX_NS: usize = 80;
+
+/// `DNS` (a hash map with the one key 0, replaced whole): what every zone's answers
+/// share.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// The TTL of A records, as in the packet.
+    pub ttl: [u8; 4],
+    pub soa_len: u16,
+    pub ns_len: u16,
+    /// The SOA record after its owner name: type, class, TTL, length and data (every
+    /// zone's is the same: `ns.<domain>`, `hostmaster.<domain>`).
+    pub soa: [u8; MAX_SOA],
+    /// The NS record likewise (`ns.<domain>`).
+    pub ns: [u8; MAX_NS],
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            ttl: [0; 4],
+            soa_len: 0,
+            ns_len: 0,
+            soa: [0; MAX_SOA],
+            ns: [0; MAX_NS],
+        }
+    }
+}
+
+/// `DNS_STATS` (per CPU): per consumer network, what its resolver address answered
+/// (indexed `network * dns_counter::COUNT + counter`).
+pub mod dns_counter {
+    /// Answers with records, or none of the type asked (NODATA).
+    pub const ANSWER: u32 = 0;
+    pub const NXDOMAIN: u32 = 1;
+    /// Names that are not ours (or not this network's).
+    pub const REFUSED: u32 = 2;
+    /// Malformed queries, answered (FORMERR) or dropped.
+    pub const MALFORMED: u32 = 3;
+    pub const COUNT: u32 = 4;
+    pub const NAMES: [&str; COUNT as usize] = ["answer", "nxdomain", "refused", "malformed"];
+}
+
+/// Longest DNS message the data path reads or writes (a query's excess is not read); it
+/// is read, and its answer built, in the per-CPU `SEGMENT`.
+pub const DNS_ROOM: usize = 512;
+
 const _: () = {
     assert!(size_of::<Addr>() == 16);
-    assert!(size_of::<Interface>() == 24);
+    assert!(size_of::<Interface>() == 32);
+    assert!(size_of::<NameKey>() == 16);
+    assert!(size_of::<Name>() == 44);
+    assert!(size_of::<DnsSettings>() == 8 + MAX_SOA + MAX_NS);
     assert!(size_of::<PortBitmap>() == 8192);
     assert!(size_of::<EndpointKey>() == 24);
     assert!(size_of::<EndpointRef>() == 12);
@@ -739,4 +847,7 @@ mod pod {
     unsafe impl aya::Pod for FlowRecord {}
     unsafe impl aya::Pod for Pending {}
     unsafe impl aya::Pod for Count {}
+    unsafe impl aya::Pod for NameKey {}
+    unsafe impl aya::Pod for Name {}
+    unsafe impl aya::Pod for DnsSettings {}
 }

@@ -9,6 +9,8 @@
 //! forward (route lookup — decided before anything is rewritten, then kept by the flow
 //! and checked again once a second) → nat (rewrite addresses, ports, TTL and checksums)
 //! → send; and every outcome is counted. The `expire` program removes what runs out.
+//! Beside the journey: ARP for the node's addresses, ICMP, and DNS queries to a consumer
+//! network's resolver address (`dns`), answered in place.
 #![no_std]
 // BPF has atomic instructions, but the target's `core::sync::atomic` offers no 32-bit
 // atomics and no compare-and-swap: the intrinsics do (see `atomic`).
@@ -25,6 +27,7 @@ mod atomic;
 mod budget;
 mod classify;
 mod conntrack;
+mod dns;
 pub mod expire;
 mod forward;
 mod icmp;
@@ -73,6 +76,9 @@ fn journey(ctx: &XdpContext) -> Outcome {
     match parse::frame(ctx)? {
         Frame::Arp { eth, arp } => arp::answer(ctx, &interface, eth, arp),
         Frame::Flow(packet) => {
+            if dns::for_resolver(&interface, &packet) {
+                return dns::answer(ctx, &interface, &packet);
+            }
             if classify::endpoint_port(&interface, &packet) {
                 return consumer_to_target(ctx, &interface, &packet);
             }

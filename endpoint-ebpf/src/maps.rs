@@ -10,9 +10,9 @@ use aya_ebpf::{
 use endpoint_common::{
     counter::{self, Count},
     maps::{
-        Address, AddressKey, Budget, EndpointKey, EndpointRef, Flow, FlowKey, Interface, Limits,
-        MAX_IFINDEX, Pending, PortBitmap, RECORDS_BYTES, Scratch, SecurityGroup, Segment, Settings,
-        SourcePrefix, Target, Usage,
+        Address, AddressKey, Budget, DnsSettings, EndpointKey, EndpointRef, Flow, FlowKey,
+        Interface, Limits, MAX_IFINDEX, Name, NameKey, Pending, PortBitmap, RECORDS_BYTES, Scratch,
+        SecurityGroup, Segment, Settings, SourcePrefix, Target, Usage, dns_counter,
     },
 };
 
@@ -102,3 +102,16 @@ pub static STATS: PerCpuArray<Count> = PerCpuArray::with_max_entries(8193 * coun
 /// Connection records for the agent (`--flow-log`), when it asked for them.
 #[map]
 pub static RECORDS: RingBuf = RingBuf::with_byte_size(RECORDS_BYTES, 0);
+
+/// (consumer network, name hash) → the name's records in that network.
+#[map]
+pub static NAMES: HashMap<NameKey, Name> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
+
+/// 0 → what every zone's DNS answers share (a hash: an update replaces it whole).
+#[map]
+pub static DNS: HashMap<u32, DnsSettings> = HashMap::with_max_entries(1, 0);
+
+/// Per-CPU counts of what each consumer network's resolver address answered.
+#[map]
+pub static DNS_STATS: PerCpuArray<Count> =
+    PerCpuArray::with_max_entries(256 * dns_counter::COUNT, 0);

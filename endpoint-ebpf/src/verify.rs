@@ -98,7 +98,8 @@ pub fn source(network: u32, packet: &Packet, endpoint: u32) -> Result<(), Outcom
         || first == 127
         || first >= 224
         || ip.src_addr == ip.dst_addr
-        || classify::owned(network, ip.src_addr).is_some_and(|a| a.kind == address_kind::ENDPOINT);
+        || classify::owned(network, ip.src_addr)
+            .is_some_and(|a| a.kind == address_kind::ENDPOINT || a.kind == address_kind::RESOLVER);
     if martian {
         return Err(Outcome::drop_for(counter::DROP_MARTIAN, endpoint));
     }

@@ -121,6 +121,7 @@ impl Rig {
             seed: 1,
             unhealthy: &Default::default(),
             flow_records: false,
+            verified: &Default::default(),
         };
         let proposal = pipeline.propose("bench.yaml", text, &inputs)?;
         pipeline.apply(proposal)?;

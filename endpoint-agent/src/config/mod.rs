@@ -23,6 +23,53 @@ pub struct Config {
     pub services: Vec<Service>,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// The names consumers reach endpoints by (absent: no DNS).
+    pub dns: Option<Dns>,
+}
+
+/// DNS names for endpoints, answered by the node on each consumer network's resolver
+/// address (see the README's "DNS" section).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// The zone endpoint names live in: `<endpoint-id>.<service>.<domain>`.
+    pub domain: String,
+    /// The TTL of answers (and of negative answers).
+    #[serde(default = "dns_ttl")]
+    pub ttl_seconds: u32,
+    /// The address the node answers DNS (and ARP) on, per consumer network.
+    #[serde(default)]
+    pub resolvers: Vec<Resolver>,
+    /// Private DNS names are served only once their owner proved the domain (a TXT
+    /// record); absent: they are served unverified.
+    pub verification: Option<Verification>,
+}
+
+fn dns_ttl() -> u32 {
+    60
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resolver {
+    pub consumer_network: String,
+    pub ip: Ipv4Addr,
+}
+
+/// How private DNS names are verified: a TXT record `_endpoint-verification.<name>`
+/// holding the service's token, asked of `resolver`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verification {
+    pub resolver: std::net::SocketAddr,
+    /// How often a name is checked again (a verified one too: it fails when the record
+    /// goes).
+    #[serde(default = "verification_interval")]
+    pub interval_seconds: u32,
+}
+
+fn verification_interval() -> u32 {
+    60
 }
 
 /// The node the agent runs on.
@@ -133,6 +180,9 @@ pub struct Interface {
     /// For `provider` and `both`: addresses targets see connections come from.
     #[serde(default)]
     pub nat_addresses: Vec<Ipv4Addr>,
+    /// For `consumer` and `both`: the zone its clients are in (DNS answers list an
+    /// endpoint's address in that zone first).
+    pub zone: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -400,7 +450,8 @@ fn one() -> u32 {
     1
 }
 
-/// An interface endpoint: an IP address in a consumer network that reaches a service.
+/// An interface endpoint: IP addresses in a consumer network, one per zone, that reach a
+/// service.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
@@ -408,8 +459,15 @@ pub struct Endpoint {
     pub service: String,
     pub principal: String,
     pub consumer_network: String,
-    pub ip: Ipv4Addr,
-    pub zone: String,
+    /// One address: `ip` and `zone` (shorthand for one entry of `addresses`) ...
+    pub ip: Option<Ipv4Addr>,
+    pub zone: Option<String>,
+    /// ... or one per zone.
+    #[serde(default)]
+    pub addresses: Vec<EndpointAddress>,
+    /// Whether the service's `private_dns_name` resolves to this endpoint in its network.
+    #[serde(default)]
+    pub private_dns: bool,
     /// Sources allowed to use the endpoint; absent: any source in the consumer network.
     pub security_groups: Option<Vec<SecurityGroupRule>>,
     /// Absent for a new connection request: it becomes `available` at once if the
@@ -421,6 +479,49 @@ pub struct Endpoint {
     /// What the endpoint may use (its service's limits where these say nothing).
     #[serde(default)]
     pub limits: Limits,
+}
+
+/// One address of an endpoint: its IP and the zone it is in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointAddress {
+    pub zone: String,
+    pub ip: Ipv4Addr,
+}
+
+impl Endpoint {
+    /// The endpoint's addresses with their paths in the file: `addresses`, or the
+    /// `ip` and `zone` shorthand (validation makes sure it is one or the other).
+    pub fn addresses(&self) -> Vec<EndpointAddress> {
+        match (&self.ip, &self.zone) {
+            (Some(ip), Some(zone)) if self.addresses.is_empty() => vec![EndpointAddress {
+                zone: zone.clone(),
+                ip: *ip,
+            }],
+            _ => self.addresses.clone(),
+        }
+    }
+
+    /// The endpoint's IPs, comma-separated (for tables and labels).
+    pub fn ips(&self) -> String {
+        let ips: Vec<String> = self.addresses().iter().map(|a| a.ip.to_string()).collect();
+        ips.join(",")
+    }
+
+    /// The endpoint's zones, comma-separated.
+    pub fn zones(&self) -> String {
+        let zones: Vec<String> = self.addresses().into_iter().map(|a| a.zone).collect();
+        zones.join(",")
+    }
+
+    /// The path of address `n`'s `field` (`ip` or `zone`) in the endpoint.
+    pub fn address_path(&self, n: usize, field: &str) -> String {
+        if self.addresses.is_empty() {
+            field.to_string()
+        } else {
+            format!("addresses[{n}].{field}")
+        }
+    }
 }
 
 /// Sources (a CIDR) and listener ports (all if absent) allowed to use an endpoint; a

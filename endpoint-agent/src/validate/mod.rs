@@ -9,7 +9,10 @@ use std::{
     path::Path,
 };
 
-use endpoint_common::maps::MAX_IFINDEX;
+use endpoint_common::{
+    dns::MAX_APEX_LABELS,
+    maps::{MAX_IFINDEX, MAX_NAME_ADDRESSES},
+};
 
 use crate::{
     config::{self, Config, HealthProtocol, Invalid, Lines, Protocol, State},
@@ -121,6 +124,7 @@ pub fn validate(config: &Config, facts: &Facts) -> Vec<Problem> {
     let networks = node(config, facts, &mut problems);
     services(config, &mut problems);
     endpoints(config, &networks, &mut problems);
+    dns(config, &networks, &mut problems);
     tables(config, &mut problems);
     problems.0
 }
@@ -613,7 +617,45 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
         let object = format!("endpoint {:?}", endpoint.id);
         let path = |field: &str| format!("endpoints[{e}].{field}");
         problems.name(&object, path("id"), &endpoint.id);
-        problems.name(&object, path("zone"), &endpoint.zone);
+        let addresses = endpoint.addresses();
+        match (&endpoint.ip, &endpoint.zone, endpoint.addresses.is_empty()) {
+            (Some(_), Some(_), true) | (None, None, false) => {}
+            (_, _, false) => problems.error(
+                &object,
+                path("addresses"),
+                "give either addresses or ip and zone, not both".into(),
+            ),
+            _ => problems.error(
+                &object,
+                path("ip"),
+                "an endpoint needs ip and zone (one address), or addresses (one per zone)".into(),
+            ),
+        }
+        if addresses.len() > MAX_NAME_ADDRESSES {
+            problems.error(
+                &object,
+                path("addresses"),
+                format!(
+                    "{} addresses; an endpoint has at most {MAX_NAME_ADDRESSES} (one per zone)",
+                    addresses.len()
+                ),
+            );
+        }
+        let mut zones = BTreeSet::new();
+        for (n, address) in addresses.iter().enumerate() {
+            problems.name(
+                &object,
+                path(&endpoint.address_path(n, "zone")),
+                &address.zone,
+            );
+            if !zones.insert(address.zone.as_str()) {
+                problems.error(
+                    &object,
+                    path(&endpoint.address_path(n, "zone")),
+                    format!("zone {:?} has two addresses: one per zone", address.zone),
+                );
+            }
+        }
         if let Some(why) = bad_principal(&endpoint.principal) {
             problems.error(&object, path("principal"), why);
         }
@@ -631,26 +673,44 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
                 ),
             );
         }
-        if !unicast(endpoint.ip) {
-            problems.error(
-                &object,
-                path("ip"),
-                format!("{} is not a unicast host address", endpoint.ip),
-            );
-        }
-        // On an interface of both roles one address cannot be an endpoint and a NAT
-        // address: both are answered there.
-        for interface in &config.node.interfaces {
-            if interface.consumer_network.as_ref() == Some(&endpoint.consumer_network)
-                && interface.nat_addresses.contains(&endpoint.ip)
-            {
+        for (n, address) in addresses.iter().enumerate() {
+            let ip = address.ip;
+            let at = path(&endpoint.address_path(n, "ip"));
+            if !unicast(ip) {
                 problems.error(
                     &object,
-                    path("ip"),
+                    at.clone(),
+                    format!("{ip} is not a unicast host address"),
+                );
+            }
+            // On an interface of both roles one address cannot be an endpoint and a NAT
+            // address: both are answered there.
+            for interface in &config.node.interfaces {
+                if interface.consumer_network.as_ref() == Some(&endpoint.consumer_network)
+                    && interface.nat_addresses.contains(&ip)
+                {
+                    problems.error(
+                        &object,
+                        at.clone(),
+                        format!(
+                            "{ip} is also a NAT address of interface {:?}, which faces this \
+                             consumer network: use another address",
+                            interface.name
+                        ),
+                    );
+                }
+            }
+            // An address belongs to one endpoint: the node answers ARP for it on its
+            // behalf.
+            let slot = (endpoint.consumer_network.as_str(), ip);
+            if let Some(other) = bound.insert(slot, endpoint.id.as_str()) {
+                problems.error(
+                    &object,
+                    at,
                     format!(
-                        "{} is also a NAT address of interface {:?}, which faces this consumer \
-                         network: use another address",
-                        endpoint.ip, interface.name
+                        "{ip} in consumer network {:?} is already endpoint {other:?}: each \
+                         endpoint has an address of its own",
+                        endpoint.consumer_network
                     ),
                 );
             }
@@ -758,19 +818,6 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
                 }
             }
         }
-        // An address belongs to one endpoint: the node answers ARP for it on its behalf.
-        let slot = (endpoint.consumer_network.as_str(), endpoint.ip);
-        if let Some(other) = bound.insert(slot, endpoint.id.as_str()) {
-            problems.error(
-                &object,
-                path("ip"),
-                format!(
-                    "{} in consumer network {:?} is already endpoint {other:?}: each endpoint \
-                     has an address of its own",
-                    endpoint.ip, endpoint.consumer_network
-                ),
-            );
-        }
         limits(
             &object,
             &format!("endpoints[{e}].limits"),
@@ -811,6 +858,233 @@ fn limits(object: &str, path: &str, limits: &config::Limits, problems: &mut Prob
 /// Security-group rules one endpoint may have (sizes the `SECURITY_GROUPS` map).
 pub const MAX_SECURITY_GROUP_RULES: usize = 16;
 
+/// A DNS label: letters, digits and '-' inside, 1 to 63 of them.
+fn dns_label(label: &str) -> bool {
+    (1..=63).contains(&label.len())
+        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+}
+
+/// The names endpoints get, per consumer network: every name must be a DNS name, fit
+/// the data path's bounds, and mean one thing in each network.
+fn dns(config: &Config, networks: &BTreeSet<String>, problems: &mut Problems) {
+    for (i, interface) in config.node.interfaces.iter().enumerate() {
+        if let Some(zone) = &interface.zone {
+            let object = format!("interface {:?}", interface.name);
+            let path = format!("node.interfaces[{i}].zone");
+            problems.name(&object, path.clone(), zone);
+            if !interface.role.consumer() {
+                problems.error(
+                    &object,
+                    path,
+                    "a zone names where a consumer interface's clients are; this one has none"
+                        .into(),
+                );
+            }
+        }
+    }
+    let Some(dns) = &config.dns else {
+        for (e, endpoint) in config.endpoints.iter().enumerate() {
+            if endpoint.private_dns {
+                problems.error(
+                    &format!("endpoint {:?}", endpoint.id),
+                    format!("endpoints[{e}].private_dns"),
+                    "private_dns needs a dns section (the resolver addresses that answer it)"
+                        .into(),
+                );
+            }
+        }
+        return;
+    };
+    let object = "dns";
+    let domain = dns.domain.trim_end_matches('.').to_ascii_lowercase();
+    let labels = domain.split('.').count();
+    if !dns_name(&domain) || labels > MAX_APEX_LABELS || domain.len() + 2 > 64 {
+        problems.error(
+            object,
+            "dns.domain".into(),
+            format!(
+                "{:?} is not a DNS domain for endpoint names: dot-separated labels of letters, \
+                 digits and '-', at most {MAX_APEX_LABELS} labels and 62 characters",
+                dns.domain
+            ),
+        );
+    }
+    if !(1..=604_800).contains(&dns.ttl_seconds) {
+        problems.error(
+            object,
+            "dns.ttl_seconds".into(),
+            format!("{}: use 1 to 604800 (a week)", dns.ttl_seconds),
+        );
+    }
+    if let Some(verification) = &dns.verification
+        && !(1..=86_400).contains(&verification.interval_seconds)
+    {
+        problems.error(
+            object,
+            "dns.verification.interval_seconds".into(),
+            format!("{}: use 1 to 86400", verification.interval_seconds),
+        );
+    }
+    // Addresses the node already answers for, per network.
+    let mut taken: BTreeMap<(&str, Ipv4Addr), String> = BTreeMap::new();
+    for endpoint in &config.endpoints {
+        for address in endpoint.addresses() {
+            taken.insert(
+                (endpoint.consumer_network.as_str(), address.ip),
+                format!("endpoint {:?}", endpoint.id),
+            );
+        }
+    }
+    for interface in &config.node.interfaces {
+        if let Some(network) = &interface.consumer_network {
+            for ip in &interface.nat_addresses {
+                taken.insert(
+                    (network.as_str(), *ip),
+                    format!("a NAT address of interface {:?}", interface.name),
+                );
+            }
+        }
+    }
+    let mut resolved = BTreeSet::new();
+    for (r, resolver) in dns.resolvers.iter().enumerate() {
+        let path = |field: &str| format!("dns.resolvers[{r}].{field}");
+        let network = resolver.consumer_network.as_str();
+        if !networks.contains(network) {
+            problems.error(
+                object,
+                path("consumer_network"),
+                format!(
+                    "no interface faces consumer network {network:?}; known: {}",
+                    list(networks.iter().map(String::as_str))
+                ),
+            );
+        }
+        if !resolved.insert(network) {
+            problems.error(
+                object,
+                path("consumer_network"),
+                format!("consumer network {network:?} has two resolver addresses"),
+            );
+        }
+        if !unicast(resolver.ip) {
+            problems.error(
+                object,
+                path("ip"),
+                format!("{} is not a unicast host address", resolver.ip),
+            );
+        }
+        if let Some(other) = taken.get(&(network, resolver.ip)) {
+            problems.error(
+                object,
+                path("ip"),
+                format!(
+                    "{} in consumer network {network:?} is already {other}",
+                    resolver.ip
+                ),
+            );
+        }
+    }
+    let services: HashMap<&str, &config::Service> = config
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    // (network, name) → what it names, to find a name meaning two things.
+    let mut named: BTreeMap<(&str, String), String> = BTreeMap::new();
+    for (e, endpoint) in config.endpoints.iter().enumerate() {
+        let object = format!("endpoint {:?}", endpoint.id);
+        let path = |field: &str| format!("endpoints[{e}].{field}");
+        let Some(service) = services.get(endpoint.service.as_str()) else {
+            continue;
+        };
+        let network = endpoint.consumer_network.as_str();
+        let id = endpoint.id.to_ascii_lowercase();
+        let service_name = service.name.to_ascii_lowercase();
+        let mut names = vec![(
+            format!("{id}.{service_name}.{domain}"),
+            path("id"),
+            "its regional name".to_string(),
+        )];
+        for (n, address) in endpoint.addresses().iter().enumerate() {
+            names.push((
+                format!(
+                    "{id}-{}.{service_name}.{domain}",
+                    address.zone.to_ascii_lowercase()
+                ),
+                path(&endpoint.address_path(n, "zone")),
+                format!("its zonal name in {:?}", address.zone),
+            ));
+        }
+        if !dns_label(&id) || !dns_label(&service_name) {
+            problems.error(
+                &object,
+                path("id"),
+                format!(
+                    "endpoint {:?} of service {:?} gets the name {}, but DNS labels are letters, \
+                     digits and '-' (1-63): rename the endpoint or the service",
+                    endpoint.id, service.name, names[0].0
+                ),
+            );
+            continue;
+        }
+        if endpoint.private_dns {
+            match &service.private_dns_name {
+                None => problems.error(
+                    &object,
+                    path("private_dns"),
+                    format!("service {:?} has no private_dns_name", service.name),
+                ),
+                Some(private) => names.push((
+                    private.trim_end_matches('.').to_ascii_lowercase(),
+                    path("private_dns"),
+                    format!("the private DNS name of service {:?}", service.name),
+                )),
+            }
+        }
+        for (name, at, what) in names {
+            let in_domain = name == domain || name.ends_with(&format!(".{domain}"));
+            if what.starts_with("the private") {
+                if in_domain {
+                    problems.error(
+                        &object,
+                        at.clone(),
+                        format!("{name} lies in the endpoint domain {domain}: choose another"),
+                    );
+                }
+                if name.split('.').count() > MAX_APEX_LABELS {
+                    problems.error(
+                        &object,
+                        at.clone(),
+                        format!("{name}: a private DNS name has at most {MAX_APEX_LABELS} labels"),
+                    );
+                }
+            } else if !name
+                .strip_suffix(&format!(".{domain}"))
+                .is_some_and(|rest| rest.split('.').all(dns_label))
+                || name.len() > 253
+            {
+                problems.error(
+                    &object,
+                    at.clone(),
+                    format!("{name} (its {what}) is not a DNS name: labels 1-63, 253 in all"),
+                );
+            }
+            let mine = format!("endpoint {:?}'s {what}", endpoint.id);
+            if let Some(other) = named.insert((network, name.clone()), mine.clone())
+                && other != mine
+            {
+                problems.error(
+                    &object,
+                    at,
+                    format!("{name} in consumer network {network:?} is already {other}"),
+                );
+            }
+        }
+    }
+}
+
 fn dns_name(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
     !name.is_empty()
@@ -847,6 +1121,12 @@ fn tables(config: &Config, problems: &mut Problems) {
         config.endpoints.len(),
         tables.endpoints,
         "endpoints",
+    );
+    check(
+        "endpoints",
+        config.endpoints.iter().map(|e| e.addresses().len()).sum(),
+        tables.endpoints,
+        "endpoint addresses",
     );
     check("targets", targets, tables.targets, "targets");
     let networks: BTreeSet<&str> = config

@@ -236,6 +236,7 @@ impl Rig {
             seed: 1,
             unhealthy: &unhealthy,
             flow_records: false,
+            verified: &Default::default(),
         };
         let proposal = self
             .pipeline

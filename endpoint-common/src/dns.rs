@@ -1,0 +1,134 @@
+//! DNS names as the data path matches them: a hash of the name's labels, lowercased,
+//! that both sides compute alike, and for which the hash of every suffix (a zone apex
+//! the name may lie under) follows from the prefix hashes without reading the name again.
+//!
+//! A label's hash is FNV-1a over its length byte and its lowercased bytes; a name's hash
+//! folds its labels left to right, `h = h · P + label` (mod 2⁶⁴), starting at 0. The
+//! hash of the suffix of a name's last `j` labels is then `H − H₍L−j₎ · Pʲ`, where
+//! `H₍k₎` is the fold after the first `k` labels. A collision gives the querying network
+//! an answer of its own network's records for another name, never another network's.
+
+/// FNV-1a 64-bit.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// The fold's multiplier (odd, so suffix hashes stay distinct).
+pub const P: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The longest name in wire format (RFC 1035), the root's zero byte included.
+pub const MAX_NAME: usize = 255;
+/// Zone apexes have at most this many labels: the data path keeps the prefix hashes of
+/// a query's last `MAX_APEX_LABELS + 1` labels.
+pub const MAX_APEX_LABELS: usize = 15;
+
+/// Record types and classes the data path answers.
+pub mod rtype {
+    pub const A: u16 = 1;
+    pub const NS: u16 = 2;
+    pub const SOA: u16 = 6;
+    pub const AAAA: u16 = 28;
+    pub const OPT: u16 = 41;
+    pub const ANY: u16 = 255;
+    pub const CLASS_IN: u16 = 1;
+}
+
+/// Response codes.
+pub mod rcode {
+    pub const NOERROR: u8 = 0;
+    pub const FORMERR: u8 = 1;
+    pub const NXDOMAIN: u8 = 3;
+    pub const NOTIMP: u8 = 4;
+    pub const REFUSED: u8 = 5;
+}
+
+/// The UDP payload size answers announce with EDNS(0) (the DNS flag day's 1232).
+pub const EDNS_PAYLOAD: u16 = 1232;
+
+/// ASCII lowercase, as DNS compares names (RFC 4343): other bytes are kept.
+#[inline(always)]
+pub const fn lower(byte: u8) -> u8 {
+    if byte.is_ascii_uppercase() {
+        byte | 0x20
+    } else {
+        byte
+    }
+}
+
+/// One step of a label's hash.
+#[inline(always)]
+pub const fn label_step(h: u64, byte: u8) -> u64 {
+    (h ^ lower(byte) as u64).wrapping_mul(FNV_PRIME)
+}
+
+/// One step of the fold over labels.
+#[inline(always)]
+pub const fn fold(h: u64, label: u64) -> u64 {
+    h.wrapping_mul(P).wrapping_add(label)
+}
+
+/// The hash of the suffix of `j` labels of a name whose hash is `full`, given the fold
+/// after the labels before it (`prefix`) and `power` = Pʲ.
+#[inline(always)]
+pub const fn suffix(full: u64, prefix: u64, power: u64) -> u64 {
+    full.wrapping_sub(prefix.wrapping_mul(power))
+}
+
+/// The hash of a dotted name (`Api.Example.com`, a trailing dot or not) and its label
+/// count.
+#[cfg(feature = "user")]
+pub fn hash(name: &str) -> (u64, usize) {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let mut h = 0;
+    let mut labels = 0;
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        let mut lh = label_step(FNV_OFFSET, label.len() as u8);
+        for byte in label.bytes() {
+            lh = label_step(lh, byte);
+        }
+        h = fold(h, lh);
+        labels += 1;
+    }
+    (h, labels)
+}
+
+/// A dotted name in wire format (labels with their lengths, then the root's zero).
+#[cfg(feature = "user")]
+pub fn wire(name: &str) -> alloc::vec::Vec<u8> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let mut out = alloc::vec::Vec::new();
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
+#[cfg(all(test, feature = "user"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_and_the_trailing_dot_do_not_change_the_hash() {
+        assert_eq!(hash("Api.EXAMPLE.com."), hash("api.example.com"));
+        assert_ne!(hash("api.example.com").0, hash("api.example.org").0);
+        // Labels are hashed with their lengths: "ab.c" is not "a.bc".
+        assert_ne!(hash("ab.c").0, hash("a.bc").0);
+    }
+
+    #[test]
+    fn a_suffix_hash_follows_from_the_prefix_hashes() {
+        let (full, labels) = hash("x.y.vpce-1.orders.endpoints.internal");
+        assert_eq!(labels, 6);
+        let (prefix, _) = hash("x.y.vpce-1.orders");
+        let (apex, _) = hash("endpoints.internal");
+        assert_eq!(suffix(full, prefix, P.wrapping_mul(P)), apex);
+        let (prefix, _) = hash("x");
+        let (rest, _) = hash("y.vpce-1.orders.endpoints.internal");
+        assert_eq!(suffix(full, prefix, P.wrapping_pow(5)), rest);
+    }
+
+    #[test]
+    fn wire_format() {
+        assert_eq!(wire("ab.c."), b"\x02ab\x01c\x00");
+    }
+}

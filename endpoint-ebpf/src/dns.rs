@@ -1,0 +1,590 @@
+//! DNS: each consumer network's resolver address answers queries for its endpoints'
+//! names, here, per network — the consumer interfaces have no addresses, and networks
+//! overlap, so no server in user space could tell two askers apart; the ingress
+//! interface does. Authoritative, UDP only, every answer within 512 bytes:
+//!
+//! - the question is echoed byte for byte (DNS 0x20 case kept), names are matched
+//!   case-insensitively by their hash ([`endpoint_common::dns`]);
+//! - A records, the client's zone first; SOA and NS at a zone apex; NODATA and NXDOMAIN
+//!   with the zone's SOA (negative caching); REFUSED for names that are not ours (or
+//!   not this network's), another class or a zone transfer; NOTIMP for other opcodes;
+//!   FORMERR for a malformed question (compression pointers included: a question has
+//!   nothing earlier to point to); EDNS(0) answered with our payload size (BADVERS for
+//!   a version above 0);
+//! - a message shorter than a header, or a response, is dropped (counted).
+//!
+//! The query is read into the per-CPU `SEGMENT` and the answer built over it. The scans
+//! keep their results in that memory, indexed by position, so that the verifier sees
+//! each loop's paths converge.
+
+use aya_ebpf::{
+    helpers::generated::{
+        bpf_csum_diff, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+    },
+    programs::XdpContext,
+};
+use endpoint_common::{
+    checksum::Sum,
+    counter,
+    dns::{self, EDNS_PAYLOAD, FNV_OFFSET, MAX_APEX_LABELS, MAX_NAME, rcode, rtype},
+    maps::{
+        DNS_ROOM, Interface, MAX_NAME_ADDRESSES, Name, NameKey, PROTO_UDP, dns_counter, name_flag,
+    },
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+
+use crate::{
+    forward,
+    maps::{DNS, DNS_STATS, NAMES, SEGMENT},
+    outcome::Outcome,
+    parse::{L4_OFFSET, Packet},
+    verify,
+};
+
+const PORT: u16 = 53;
+const HEADER: usize = 12;
+/// Where the DNS message begins in the frame.
+const MESSAGE_OFFSET: usize = L4_OFFSET + UdpHdr::LEN;
+/// Offsets a mask lets through in the message buffer (twice the room: an answer's last
+/// record may begin anywhere in the first half).
+const MASK: usize = 2 * DNS_ROOM - 1;
+
+/// Header flag bits (third and fourth bytes).
+const QR: u8 = 0x80;
+const OPCODE: u8 = 0x78;
+const AA: u8 = 0x04;
+const RD: u8 = 0x01;
+
+/// A zone transfer (AXFR, IXFR) is not served.
+const AXFR: u16 = 252;
+const IXFR: u16 = 251;
+
+/// Room in `SEGMENT` for the query, its answer and what the scans find.
+#[repr(C)]
+struct Work {
+    message: [u8; 2 * DNS_ROOM],
+    /// Per label of the question's name: the hash of the labels before it, and where it
+    /// begins.
+    prefix: [u64; LABELS],
+    start: [u32; LABELS],
+    /// What the name scan found, and the labels it counted so far — kept in memory, so
+    /// that the verifier sees the scan's paths converge instead of following each count.
+    scan: Scan,
+    /// Where the answer being built ends, and the answers in it.
+    at: u32,
+    answers: u32,
+}
+
+/// Labels a name may have (127 in 255 bytes), a power of two for the mask.
+const LABELS: usize = 128;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Scan {
+    /// The name's hash and label count.
+    hash: u64,
+    labels: u32,
+    /// Where the question ends (after its type and class); 0: malformed.
+    end: u32,
+    /// The owner of a negative answer's SOA: the position of the zone apex in the
+    /// question (0: none).
+    apex: u32,
+    _pad: u32,
+}
+
+const _: () = assert!(size_of::<Work>() <= size_of::<endpoint_common::maps::Segment>());
+
+/// A query to the consumer network's resolver address.
+#[inline(always)]
+pub fn for_resolver(interface: &Interface, packet: &Packet) -> bool {
+    interface.consumer()
+        && packet.proto == PROTO_UDP
+        && packet.dst_port_be() == PORT.to_be()
+        && interface.resolver != [0; 4]
+        && packet.ip().dst_addr == interface.resolver
+}
+
+/// Answers a query to the resolver address, in place, back out the interface it came in.
+#[inline(never)]
+pub fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
+    verify::addressed_to(interface, packet, 0)?;
+    verify::ip_checksum(packet, 0)?;
+    verify::source(interface.network, packet, 0)?;
+    verify::transport_checksum(ctx, packet, 0)?;
+    let network = interface.network;
+    let Some(work) = SEGMENT.get_ptr_mut(0) else {
+        return Outcome::drop(counter::DROP_DNS);
+    };
+    // SAFETY: per-CPU room, larger than `Work` (asserted above).
+    let work = unsafe { &mut *work.cast::<Work>() };
+    let size = (packet.ip().tot_len() as usize).wrapping_sub(Ipv4Hdr::LEN + UdpHdr::LEN);
+    // SAFETY: the value is replaced whole on update, never changed in place.
+    if DNS.get_ptr(&0).is_none() {
+        return refused_early(network);
+    }
+    if !(HEADER..=u16::MAX as usize).contains(&size) {
+        note(network, dns_counter::MALFORMED);
+        return Outcome::drop(counter::DROP_DNS);
+    }
+    let len = if size > DNS_ROOM { DNS_ROOM } else { size } as u32;
+    let message = work.message.as_mut_ptr();
+    // SAFETY: `len` (12..=512) bytes into a buffer of 1024.
+    if unsafe { bpf_xdp_load_bytes(ctx.ctx, MESSAGE_OFFSET as u32, message.cast(), len & 0x3ff) }
+        != 0
+    {
+        return Outcome::drop(counter::DROP_DNS);
+    }
+    let m = &mut work.message;
+    if m[2] & QR != 0 {
+        note(network, dns_counter::MALFORMED);
+        return Outcome::drop(counter::DROP_DNS);
+    }
+    let header_only = |m: &mut [u8; 2 * DNS_ROOM], code: u8| {
+        // Header only: no question, no records.
+        m[2] = (m[2] & (OPCODE | RD)) | QR;
+        m[3] = code;
+        m[4..12].copy_from_slice(&[0; 8]);
+        HEADER as u32
+    };
+    if m[2] & OPCODE != 0 {
+        let at = header_only(m, rcode::NOTIMP);
+        return send(
+            ctx,
+            interface,
+            at,
+            counter::DNS_REFUSED,
+            dns_counter::REFUSED,
+        );
+    }
+    let counts = [
+        u16::from_be_bytes([m[4], m[5]]),
+        u16::from_be_bytes([m[6], m[7]]),
+        u16::from_be_bytes([m[8], m[9]]),
+    ];
+    scan_name(work, len);
+    let scan = read(&work.scan);
+    if counts != [1, 0, 0] || scan.end == 0 {
+        let at = header_only(&mut work.message, rcode::FORMERR);
+        return send(
+            ctx,
+            interface,
+            at,
+            counter::DNS_FORMERR,
+            dns_counter::MALFORMED,
+        );
+    }
+    let end = scan.end as usize & MASK;
+    let m = &work.message;
+    let qtype = u16::from_be_bytes([m[(end - 4) & MASK], m[(end - 3) & MASK]]);
+    let qclass = u16::from_be_bytes([m[(end - 2) & MASK], m[(end - 1) & MASK]]);
+    let edns = edns(m, end, len as usize, counts_additional(m));
+    if let Some(1..) = edns {
+        // An EDNS version we do not speak: BADVERS (extended code 1), nothing else.
+        let m = &mut work.message;
+        m[2] = (m[2] & (OPCODE | RD)) | QR;
+        m[3] = rcode::NOERROR;
+        m[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
+        write(&mut work.at, end as u32);
+        put(work, opt(1));
+        let len = read(&work.at);
+        return send(
+            ctx,
+            interface,
+            len,
+            counter::DNS_FORMERR,
+            dns_counter::MALFORMED,
+        );
+    }
+
+    write(&mut work.at, end as u32);
+    let code = respond(
+        work,
+        network,
+        interface.zone,
+        (qtype as u32) << 16 | qclass as u32,
+    );
+    if edns.is_some() {
+        work.message[11] = 1;
+        put(work, opt(0));
+    }
+    let len = read(&work.at);
+    match code {
+        rcode::NOERROR => send(
+            ctx,
+            interface,
+            len,
+            counter::DNS_ANSWER,
+            dns_counter::ANSWER,
+        ),
+        rcode::NXDOMAIN => send(
+            ctx,
+            interface,
+            len,
+            counter::DNS_NXDOMAIN,
+            dns_counter::NXDOMAIN,
+        ),
+        _ => send(
+            ctx,
+            interface,
+            len,
+            counter::DNS_REFUSED,
+            dns_counter::REFUSED,
+        ),
+    }
+}
+
+/// Writes the answer to the question `work.scan` describes (type and class in
+/// `question`) for a client in `zone` of `network`, after the question, with its header
+/// but no OPT record; returns its response code.
+#[inline(never)]
+fn respond(work: &mut Work, network: u32, zone: u8, question: u32) -> u8 {
+    let (qtype, qclass) = ((question >> 16) as u16, question as u16);
+    // SAFETY: the value is replaced whole on update, never changed in place.
+    let Some(settings) = (unsafe { DNS.get(&0) }) else {
+        return rcode::REFUSED;
+    };
+    let name = lookup(network, read(&work.scan).hash);
+    let code = if qclass != rtype::CLASS_IN || qtype == AXFR || qtype == IXFR {
+        rcode::REFUSED
+    } else if name.is_some() {
+        rcode::NOERROR
+    } else {
+        find_apex(work, network, 0);
+        if read(&work.scan).apex != 0 {
+            rcode::NXDOMAIN
+        } else {
+            rcode::REFUSED
+        }
+    };
+    write(&mut work.answers, 0);
+    if let Some(name) = name.filter(|_| code == rcode::NOERROR) {
+        let apex = name.flags & name_flag::APEX != 0;
+        if apex && qtype == rtype::SOA {
+            record(work, HEADER as u32, &settings.soa, settings.soa_len);
+            write(&mut work.answers, 1);
+        } else if apex && qtype == rtype::NS {
+            record(work, HEADER as u32, &settings.ns, settings.ns_len);
+            write(&mut work.answers, 1);
+        } else if qtype == rtype::A || qtype == rtype::ANY {
+            addresses(work, &name, zone, settings.ttl);
+        }
+        if read(&work.answers) == 0 {
+            // NODATA: the name is there, not this type.
+            find_apex(work, network, name.apex_labels as u32);
+        }
+    }
+    // Negative answers carry the zone's SOA (its minimum is the negative TTL).
+    let answers = read(&work.answers) as u16;
+    let apex = read(&work.scan).apex;
+    let authority = answers == 0 && code != rcode::REFUSED && apex != 0;
+    if authority {
+        record(work, apex, &settings.soa, settings.soa_len);
+    }
+    // A response to this query, authoritative unless refused.
+    let m = &mut work.message;
+    let authoritative = if code == rcode::REFUSED { 0 } else { AA };
+    m[2] = (m[2] & (OPCODE | RD)) | QR | authoritative;
+    m[3] = code;
+    let [an_hi, an_lo] = answers.to_be_bytes();
+    m[4..12].copy_from_slice(&[0, 1, an_hi, an_lo, 0, authority as u8, 0, 0]);
+    code
+}
+
+/// The additional-record count of the query.
+#[inline(always)]
+fn counts_additional(m: &[u8; 2 * DNS_ROOM]) -> u16 {
+    u16::from_be_bytes([m[10], m[11]])
+}
+
+/// Our OPT record: the root, our payload size, extended code `extended`, version 0.
+#[inline(always)]
+fn opt(extended: u8) -> [u8; 11] {
+    let [hi, lo] = EDNS_PAYLOAD.to_be_bytes();
+    [0, 0, 41, hi, lo, extended, 0, 0, 0, 0, 0]
+}
+
+/// Writes `bytes` where the message ends (`work.at`), and moves the end past them.
+#[inline(always)]
+fn put<const N: usize>(work: &mut Work, bytes: [u8; N]) {
+    const { assert!(N <= DNS_ROOM) };
+    let at = read(&work.at) as usize & (DNS_ROOM - 1);
+    // SAFETY: `at` is masked below DNS_ROOM, and N bytes after it fit in twice that.
+    unsafe {
+        work.message
+            .as_mut_ptr()
+            .add(at)
+            .cast::<[u8; N]>()
+            .write_unaligned(bytes)
+    };
+    write(&mut work.at, (at + N) as u32);
+}
+
+/// A query that arrived before the agent wrote the DNS settings.
+#[inline(always)]
+fn refused_early(network: u32) -> Outcome {
+    note(network, dns_counter::REFUSED);
+    Outcome::drop(counter::DROP_DNS)
+}
+
+/// Reads `value` back from memory, so that the verifier forgets how each path got it.
+#[inline(always)]
+fn read<T: Copy>(value: &T) -> T {
+    // SAFETY: a reference is valid for reads.
+    unsafe { core::ptr::read_volatile(value) }
+}
+
+/// Writes `value` to memory, where `read` finds it.
+#[inline(always)]
+fn write<T: Copy>(at: &mut T, value: T) {
+    // SAFETY: a reference is valid for writes.
+    unsafe { core::ptr::write_volatile(at, value) }
+}
+
+/// Scans the question's name from byte 12: its hash, labels and where the question
+/// ends (0 if it is malformed: truncated, longer than 255 bytes, a pointer or a reserved
+/// label type).
+#[inline(never)]
+fn scan_name(work: &mut Work, len: u32) {
+    write(
+        &mut work.scan,
+        Scan {
+            hash: 0,
+            labels: 0,
+            end: 0,
+            apex: 0,
+            _pad: 0,
+        },
+    );
+    let mut left: u32 = 0;
+    let mut hash: u64 = 0;
+    let mut label: u64 = 0;
+    let mut end: u32 = 0;
+    let mut i = 0;
+    while i < MAX_NAME + 1 {
+        let pos = (HEADER + i) as u32;
+        i += 1;
+        if pos >= len {
+            break;
+        }
+        let byte = work.message[pos as usize & MASK];
+        if left == 0 {
+            if byte == 0 {
+                end = pos + 1 + 4;
+                break;
+            }
+            if byte > 63 {
+                break;
+            }
+            left = byte as u32;
+            label = dns::label_step(FNV_OFFSET, byte);
+            let n = read(&work.scan.labels) as usize;
+            work.prefix[n & (LABELS - 1)] = hash;
+            work.start[n & (LABELS - 1)] = pos;
+            write(&mut work.scan.labels, n as u32 + 1);
+        } else {
+            label = dns::label_step(label, byte);
+            left -= 1;
+            if left == 0 {
+                hash = dns::fold(hash, label);
+            }
+        }
+    }
+    work.scan.hash = hash;
+    work.scan.end = if end != 0 && end <= len { end } else { 0 };
+}
+
+/// Finds where the zone apex lies in the question's name: the suffix of `labels` labels,
+/// or (0) the longest suffix of at most 15 labels that is a zone apex of the network.
+/// Leaves its position (or 0) in `work.scan.apex`.
+#[inline(never)]
+fn find_apex(work: &mut Work, network: u32, labels: u32) {
+    let scan = read(&work.scan);
+    let mut apex = 0;
+    let mut power: u64 = 1;
+    let mut suffix = 1;
+    while suffix <= MAX_APEX_LABELS as u32 {
+        power = power.wrapping_mul(dns::P);
+        if suffix > scan.labels {
+            break;
+        }
+        let index = (scan.labels - suffix) as usize & (LABELS - 1);
+        if labels != 0 {
+            if suffix == labels {
+                apex = work.start[index];
+                break;
+            }
+        } else if suffix < scan.labels {
+            let hash = dns::suffix(scan.hash, work.prefix[index], power);
+            if lookup(network, hash).is_some_and(|n| n.flags & name_flag::APEX != 0) {
+                apex = work.start[index];
+            }
+        }
+        suffix += 1;
+    }
+    work.scan.apex = apex;
+}
+
+/// The network's record of the name `hash`.
+#[inline(always)]
+fn lookup(network: u32, hash: u64) -> Option<Name> {
+    let key = NameKey {
+        network,
+        _pad: 0,
+        hash,
+    };
+    // SAFETY: map values are replaced whole on update.
+    NAMES.get_ptr(&key).map(|name| unsafe { *name })
+}
+
+/// The query's EDNS version, if its one additional record is an OPT record for the root.
+#[inline(always)]
+fn edns(m: &[u8; 2 * DNS_ROOM], end: usize, len: usize, additional: u16) -> Option<u8> {
+    if additional != 1 || end + 11 > len {
+        return None;
+    }
+    let opt = &m[end & MASK..];
+    if opt.len() < 11 || opt[0] != 0 || u16::from_be_bytes([opt[1], opt[2]]) != rtype::OPT {
+        return None;
+    }
+    Some(opt[6])
+}
+
+/// Writes a record whose owner is the name at `owner` in the message (a compression
+/// pointer) and whose rest is the first `len` bytes of `rest`.
+#[inline(always)]
+fn record<const N: usize>(work: &mut Work, owner: u32, rest: &[u8; N], len: u16) {
+    put(work, (0xc000 | owner as u16).to_be_bytes());
+    let at = read(&work.at) as usize & (DNS_ROOM - 1);
+    let to = work.message.as_mut_ptr();
+    let mut i = 0;
+    while i < N {
+        // SAFETY: below DNS_ROOM + N, within the buffer; `i` < N.
+        unsafe {
+            to.add(at + i)
+                .write_volatile(core::ptr::read_volatile(&rest[i]))
+        };
+        i += 1;
+    }
+    write(&mut work.at, (at + (len as usize).min(N)) as u32);
+}
+
+/// Writes the name's A records, those in the client's `zone` first, counting them in
+/// `work.answers`.
+#[inline(always)]
+fn addresses(work: &mut Work, name: &Name, zone: u8, ttl: [u8; 4]) {
+    let mut i = 0;
+    while i < 2 * MAX_NAME_ADDRESSES {
+        let (first_pass, index) = (i < MAX_NAME_ADDRESSES, i % MAX_NAME_ADDRESSES);
+        i += 1;
+        let local = zone != 0 && name.zones[index] == zone;
+        if index < name.count as usize && local == first_pass {
+            let [a, b, c, d] = name.addrs[index];
+            let [t0, t1, t2, t3] = ttl;
+            put(
+                work,
+                [0xc0, 0x0c, 0, 1, 0, 1, t0, t1, t2, t3, 0, 4, a, b, c, d],
+            );
+            let answers = read(&work.answers);
+            write(&mut work.answers, answers + 1);
+        }
+    }
+}
+
+/// Counts a query for `network` under `which` ([`dns_counter`]).
+#[inline(always)]
+fn note(network: u32, which: u32) {
+    if let Some(count) = DNS_STATS.get_ptr_mut(network * dns_counter::COUNT + which) {
+        // SAFETY: a per-CPU slot; nothing else on this CPU runs while we hold it.
+        unsafe { (*count).packets += 1 };
+    }
+}
+
+/// Sends the first `len` bytes of the message (in `SEGMENT`) back to the querier, from the resolver
+/// address: the frame resized, addresses and ports swapped, lengths and checksums new.
+#[inline(never)]
+fn send(ctx: &XdpContext, interface: &Interface, len: u32, sent: u32, which: u32) -> Outcome {
+    let dropped = Outcome::drop(counter::DROP_DNS);
+    let Some(work) = SEGMENT.get_ptr_mut(0) else {
+        return dropped;
+    };
+    // SAFETY: as in `answer`, which built the message there.
+    let work = unsafe { &mut *work.cast::<Work>() };
+    let len = len & (DNS_ROOM as u32 - 1);
+    if len < HEADER as u32 {
+        return dropped;
+    }
+    let frame = (ctx.data_end() - ctx.data()) as i32;
+    let grow = (MESSAGE_OFFSET as u32 + len) as i32 - frame;
+    // SAFETY: resizing the frame; every pointer is derived again below.
+    if grow != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, grow) } != 0 {
+        return dropped;
+    }
+    let start = ctx.data();
+    if start + MESSAGE_OFFSET > ctx.data_end() {
+        return dropped;
+    }
+    // Summed in 4-byte words: the odd bytes at the end count as if padded with zeros.
+    let message = work.message.as_mut_ptr();
+    // SAFETY: within the 1024-byte buffer (`len` < 512).
+    unsafe {
+        message
+            .add(len as usize)
+            .cast::<[u8; 4]>()
+            .write_unaligned([0; 4])
+    };
+    // SAFETY: `len` bytes of the buffer, padded.
+    let sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            message.cast(),
+            ((len + 3) & !3) & 0x3fc,
+            0,
+        )
+    };
+    // SAFETY: `len` (12..512) bytes at the message's offset, which the frame now holds.
+    if sum < 0
+        || unsafe { bpf_xdp_store_bytes(ctx.ctx, MESSAGE_OFFSET as u32, message.cast(), len) } != 0
+    {
+        return dropped;
+    }
+    // SAFETY: the headers lie within the MESSAGE_OFFSET bytes checked above.
+    unsafe {
+        let eth = &mut *(start as *mut EthHdr);
+        let ip = &mut *((start + EthHdr::LEN) as *mut Ipv4Hdr);
+        let udp = (start + L4_OFFSET) as *mut [u16; 4];
+        eth.dst_addr = eth.src_addr;
+        eth.src_addr = interface.mac;
+        core::mem::swap(&mut ip.src_addr, &mut ip.dst_addr);
+        ip.set_tot_len((Ipv4Hdr::LEN as u32 + UdpHdr::LEN as u32 + len) as u16);
+        ip.ttl = 64;
+        ip.frags = [0x40, 0];
+        ip.check = [0; 2];
+        let words = &*(ip as *const Ipv4Hdr as *const [u16; Ipv4Hdr::LEN / 2]);
+        let mut header = Sum::default();
+        let mut i = 0;
+        while i < Ipv4Hdr::LEN / 2 {
+            header = header.word(words[i]);
+            i += 1;
+        }
+        ip.check = header.finish().to_ne_bytes();
+        let [asker_port, resolver_port, _, _] = *udp;
+        let length = ((UdpHdr::LEN as u32 + len) as u16).to_be();
+        let mut check = Sum::of(sum as u32)
+            .dword(u32::from_ne_bytes(ip.src_addr))
+            .dword(u32::from_ne_bytes(ip.dst_addr))
+            .word(u16::from_ne_bytes([0, PROTO_UDP]))
+            .word(length)
+            .word(resolver_port)
+            .word(asker_port)
+            .word(length)
+            .finish();
+        // A computed 0 is sent as all ones (0 means "no checksum").
+        if check == 0 {
+            check = 0xffff;
+        }
+        *udp = [resolver_port, asker_port, length, check];
+    }
+    note(interface.network, which);
+    Outcome::new(forward::bounce(ctx, interface), sent, 0)
+}
