@@ -23,6 +23,7 @@ use crate::{
     metrics::{Reconciles, Snapshot},
     pipeline::{Applied, Inputs, Pipeline, Proposal},
     plan::Shown,
+    verification,
 };
 
 pub struct Agent {
@@ -44,6 +45,8 @@ pub struct Agent {
     flow_records: bool,
     /// Private DNS names whose verification succeeded last.
     verified: BTreeSet<String>,
+    /// Every private DNS name's verification (kept in the instance).
+    verifications: Vec<verification::Record>,
 }
 
 impl Agent {
@@ -85,6 +88,8 @@ impl Agent {
         } else {
             Applied::default()
         };
+        let verifications: Vec<verification::Record> =
+            instance.read(VERIFICATION_FILE)?.unwrap_or_default();
         Ok(Self {
             ebpf,
             pipeline: Pipeline::new(maps, applied),
@@ -99,7 +104,8 @@ impl Agent {
             expiry: Expiry::default(),
             reconciles: Reconciles::default(),
             flow_records: false,
-            verified: BTreeSet::new(),
+            verified: verified(&verifications),
+            verifications,
         })
     }
 
@@ -326,6 +332,22 @@ impl Agent {
         self.replan()
     }
 
+    /// Private DNS name verification changed: verified names are served, others not.
+    pub fn set_verifications(&mut self, records: Vec<verification::Record>) -> Result<()> {
+        self.instance.write(VERIFICATION_FILE, &records)?;
+        let now = verified(&records);
+        self.verifications = records;
+        if now != self.verified {
+            self.verified = now;
+            self.replan()?;
+        }
+        Ok(())
+    }
+
+    pub fn verifications(&self) -> &[verification::Record] {
+        &self.verifications
+    }
+
     pub fn unhealthy(&self) -> &BTreeSet<TargetKey> {
         &self.unhealthy
     }
@@ -423,4 +445,15 @@ fn random_seed() -> Result<u32> {
         &mut bytes,
     )?;
     Ok(u32::from_ne_bytes(bytes).max(1))
+}
+
+/// Where the instance keeps private DNS name verification (`status` reads it).
+pub const VERIFICATION_FILE: &str = "verification.json";
+
+fn verified(records: &[verification::Record]) -> BTreeSet<String> {
+    records
+        .iter()
+        .filter(|r| r.status == verification::Status::Verified)
+        .map(|r| r.name.clone())
+        .collect()
 }

@@ -1,7 +1,8 @@
 //! Events: what a provider automating acceptance (or a consumer) wants to hear about,
 //! as JSON lines on stdout or appended to a file: `connection_request`, `accepted`,
 //! `rejected`, `deleted`, `pending_traffic` (the first packet an endpoint gets while it
-//! waits for acceptance), `target_healthy` / `target_unhealthy`, and `applied` (a config
+//! waits for acceptance), `target_healthy` / `target_unhealthy`,
+//! `private_dns_verification` (a private DNS name verified or failed), and `applied` (a config
 //! generation is in the maps: what waits for a change to take effect waits for this).
 
 use std::{fs::OpenOptions, io::Write, time::SystemTime};
@@ -26,6 +27,9 @@ pub enum Kind {
     TargetHealthy,
     TargetUnhealthy,
     Applied,
+    /// A private DNS name's verification changed (`pendingVerification`, `verified`,
+    /// `failed`).
+    PrivateDnsVerification,
 }
 
 #[derive(Serialize)]
@@ -58,6 +62,17 @@ struct AppliedLine<'a> {
     #[serde(flatten)]
     plan: Counts,
     missing_interfaces: &'a [String],
+}
+
+#[derive(Serialize)]
+struct VerificationLine<'a> {
+    time: String,
+    event: Kind,
+    service: &'a str,
+    name: &'a str,
+    status: &'a str,
+    was: &'a str,
+    token: &'a str,
 }
 
 pub struct Events {
@@ -107,6 +122,20 @@ impl Events {
             port: transition.target.listener.port,
             protocol: transition.target.listener.protocol.name(),
             target: format!("{}:{}", transition.target.ip, transition.target.port),
+        });
+    }
+
+    /// A private DNS name's verification changed.
+    pub fn verification(&mut self, transition: &crate::verification::Transition) {
+        let record = &transition.record;
+        self.write(&VerificationLine {
+            time: now(),
+            event: Kind::PrivateDnsVerification,
+            service: &record.service,
+            name: &record.name,
+            status: record.status.name(),
+            was: transition.was.name(),
+            token: &record.token,
         });
     }
 

@@ -40,3 +40,4 @@ pub mod run;
 pub mod stats;
 pub mod status;
 pub mod validate;
+pub mod verification;

@@ -257,13 +257,22 @@ fn plan(instance: &Instance, source: &str, text: &str) -> Result<String> {
         Applied::default()
     };
     let unhealthy = instance.read("unhealthy.json")?.unwrap_or_default();
+    let verified: std::collections::BTreeSet<String> = instance
+        .read::<Vec<endpoint_agent::verification::Record>>(
+            endpoint_agent::agent::VERIFICATION_FILE,
+        )?
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.status == endpoint_agent::verification::Status::Verified)
+        .map(|r| r.name)
+        .collect();
     let inputs = Inputs {
         facts: &facts,
         seed: record.seed,
         unhealthy: &unhealthy,
         // As the running agent has it.
         flow_records: applied.contents.settings.flow_records != 0,
-        verified: &Default::default(),
+        verified: &verified,
     };
     let proposal = applied.propose(source, text, &inputs)?;
     for warning in &proposal.warnings {

@@ -163,6 +163,21 @@ pub fn records(
     all
 }
 
+/// The text of every name `config` may give any network (private names as if
+/// verified), by hash: for showing plans.
+pub fn texts(config: &Config, ids: &Ids) -> BTreeMap<u64, String> {
+    let every: BTreeSet<String> = config
+        .services
+        .iter()
+        .filter_map(|s| s.private_dns_name.clone())
+        .collect();
+    records(config, ids, &every)
+        .into_values()
+        .flat_map(BTreeMap::into_keys)
+        .map(|text| (dns::hash(&text).0, text))
+        .collect()
+}
+
 /// Fills in what DNS needs of the maps for `config`: names, settings, and the resolver
 /// addresses and client zones of consumer interfaces.
 pub fn build(
@@ -280,4 +295,127 @@ pub fn dns_settings(domain: &str, ttl: u32, serial: u32) -> DnsSettings {
     settings.soa[..soa.len().min(MAX_SOA)].copy_from_slice(&soa[..soa.len().min(MAX_SOA)]);
     settings.ns[..ns.len().min(MAX_NS)].copy_from_slice(&ns[..ns.len().min(MAX_NS)]);
     settings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ids::Ids, validate};
+
+    const CONFIG: &str = "
+node:
+  interfaces:
+    - { name: cons-a, role: consumer, consumer_network: vpc-a, zone: z2 }
+    - { name: cons-b, role: consumer, consumer_network: vpc-b }
+    - { name: prov, role: provider, nat_addresses: [172.16.0.100] }
+services:
+  - name: orders
+    acceptance_required: false
+    allowed_principals: ['*']
+    private_dns_name: Orders.Example.com
+    load_balancers:
+      - { name: lb, zone: z1, listeners: [{ port: 80, targets: [{ ip: 172.16.0.10, port: 80 }] }] }
+endpoints:
+  - id: e1
+    service: orders
+    principal: p
+    consumer_network: vpc-a
+    addresses: [{ zone: z1, ip: 10.0.0.1 }, { zone: z2, ip: 10.0.0.2 }]
+    private_dns: true
+  - { id: e2, service: orders, principal: p, consumer_network: vpc-b, ip: 10.0.0.1, zone: z1 }
+  - { id: e3, service: orders, principal: p, consumer_network: vpc-b, ip: 10.0.0.3, zone: z1, state: rejected }
+dns:
+  domain: endpoints.internal
+  resolvers:
+    - { consumer_network: vpc-a, ip: 10.0.0.53 }
+    - { consumer_network: vpc-b, ip: 10.0.0.53 }
+";
+
+    fn names(verified: &[&str]) -> BTreeMap<String, BTreeMap<String, Records>> {
+        let config = validate::load("t", CONFIG, &Facts::default())
+            .expect("valid")
+            .config;
+        let ids = Ids::default().assign(&config);
+        let verified = verified.iter().map(ToString::to_string).collect();
+        records(&config, &ids, &verified)
+            .into_iter()
+            .map(|(network, names)| {
+                let name = ids.networks.iter().find(|&(_, &n)| n == network).unwrap().0;
+                (name.clone(), names)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_network_has_its_own_available_endpoints_names_only() {
+        let all = names(&[]);
+        let zones = zone_ids(
+            &validate::load("t", CONFIG, &Facts::default())
+                .unwrap()
+                .config,
+        );
+        let (z1, z2) = (zones["z1"], zones["z2"]);
+        let a = &all["vpc-a"];
+        let b = &all["vpc-b"];
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            a["e1.orders.endpoints.internal"].addresses,
+            [(ip("10.0.0.1"), z1), (ip("10.0.0.2"), z2)]
+        );
+        assert_eq!(
+            a["e1-z2.orders.endpoints.internal"].addresses,
+            [(ip("10.0.0.2"), z2)]
+        );
+        assert_eq!(a["ns.endpoints.internal"].addresses, [(ip("10.0.0.53"), 0)]);
+        assert!(a["endpoints.internal"].apex);
+        assert!(a["orders.endpoints.internal"].addresses.is_empty());
+        // Private names are lowercased and their own apex; no verification configured.
+        let private = &a["orders.example.com"];
+        assert!(private.apex && private.apex_labels == 3);
+        assert_eq!(private.addresses.len(), 2);
+        // vpc-b: its own endpoint, not vpc-a's; the rejected one has no name; e2 did not
+        // ask for the private name.
+        assert!(b.contains_key("e2.orders.endpoints.internal"));
+        assert!(!b.contains_key("e1.orders.endpoints.internal"));
+        assert!(!a.contains_key("e2.orders.endpoints.internal"));
+        assert!(!b.contains_key("e3.orders.endpoints.internal"));
+        assert!(!b.contains_key("orders.example.com"));
+    }
+
+    #[test]
+    fn with_verification_a_private_name_is_served_once_verified() {
+        let text = format!("{CONFIG}  verification: {{ resolver: '127.0.0.1:53' }}\n");
+        let config = validate::load("t", &text, &Facts::default())
+            .expect("valid")
+            .config;
+        let ids = Ids::default().assign(&config);
+        let network = ids.networks["vpc-a"];
+        let unverified = records(&config, &ids, &BTreeSet::new());
+        assert!(!unverified[&network].contains_key("orders.example.com"));
+        let verified = records(
+            &config,
+            &ids,
+            &BTreeSet::from(["Orders.Example.com".to_string()]),
+        );
+        assert!(verified[&network].contains_key("orders.example.com"));
+    }
+
+    #[test]
+    fn the_soa_record_is_wire_format_with_the_ttl_as_negative_ttl() {
+        let settings = dns_settings("endpoints.internal.", 30, 7);
+        let soa = &settings.soa[..settings.soa_len as usize];
+        assert_eq!(
+            &soa[..10],
+            &[0, 6, 0, 1, 0, 0, 0, 30, 0, (soa.len() - 10) as u8]
+        );
+        assert!(soa[10..].starts_with(b"\x02ns\x09endpoints\x08internal\x00\x0ahostmaster"));
+        assert_eq!(
+            &soa[soa.len() - 20..],
+            &[
+                0, 0, 0, 7, 0, 0, 14, 16, 0, 0, 2, 88, 0, 1, 81, 128, 0, 0, 0, 30
+            ]
+        );
+        let ns = &settings.ns[..settings.ns_len as usize];
+        assert_eq!(&ns[..4], &[0, 2, 0, 1]);
+    }
 }

@@ -177,8 +177,8 @@ impl Applied {
             .map(|(name, link)| (name.clone(), link.ifindex))
             .collect();
         Names::merge(
-            Names::new(&proposal.ids, &interfaces),
-            Names::new(&self.ids, &interfaces),
+            Names::new(&proposal.ids, &interfaces).with_dns(Some(&proposal.config), &proposal.ids),
+            Names::new(&self.ids, &interfaces).with_dns(self.config.as_ref(), &self.ids),
         )
     }
 }

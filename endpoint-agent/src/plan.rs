@@ -286,6 +286,8 @@ pub struct Names {
     pub rings: BTreeMap<u32, String>,
     pub targets: BTreeMap<u32, String>,
     pub interfaces: BTreeMap<u32, String>,
+    /// DNS names by hash.
+    pub dns: BTreeMap<u64, String>,
 }
 
 impl Names {
@@ -299,7 +301,20 @@ impl Names {
             rings: flip(&ids.rings),
             targets: flip(&ids.targets),
             interfaces: flip(interfaces),
+            dns: BTreeMap::new(),
         }
+    }
+
+    /// With the texts of the DNS names `config` may give (with `ids`).
+    pub fn with_dns(
+        mut self,
+        config: Option<&crate::config::Config>,
+        ids: &crate::ids::Ids,
+    ) -> Self {
+        if let Some(config) = config {
+            self.dns = crate::names::texts(config, ids);
+        }
+        self
     }
 
     /// Names from `new` first, then from `old` (for what is being removed).
@@ -316,6 +331,13 @@ impl Names {
             rings: join(new.rings, old.rings),
             targets: join(new.targets, old.targets),
             interfaces: join(new.interfaces, old.interfaces),
+            dns: {
+                let mut dns = new.dns;
+                for (k, v) in old.dns {
+                    dns.entry(k).or_insert(v);
+                }
+                dns
+            },
         }
     }
 
@@ -533,6 +555,13 @@ impl fmt::Display for Shown<'_> {
                             ipv4(key.addr),
                             Names::of(&n.interfaces, key.scope & !maps::nat_scope(0))
                         );
+                    } else if value.kind == maps::address_kind::RESOLVER {
+                        let _ = write!(
+                            line,
+                            "resolver address {} answered in {}",
+                            ipv4(key.addr),
+                            Names::of(&n.networks, key.scope)
+                        );
                     } else {
                         let _ = write!(
                             line,
@@ -572,10 +601,14 @@ impl fmt::Display for Shown<'_> {
                         .iter()
                         .map(|a| std::net::Ipv4Addr::from(*a).to_string())
                         .collect();
+                    let name = n
+                        .dns
+                        .get(&key.hash)
+                        .cloned()
+                        .unwrap_or_else(|| format!("#{:016x}", key.hash));
                     let _ = write!(
                         line,
-                        "DNS name {:016x} in consumer network {}: [{}]{}",
-                        key.hash,
+                        "DNS name {name} in consumer network {}: [{}]{}",
                         Names::of(&n.networks, key.network),
                         addresses.join(", "),
                         if value.flags & maps::name_flag::APEX != 0 {

@@ -36,6 +36,7 @@ use crate::{
     instance::Instance,
     keys::TargetKey,
     loader, metrics, netlink, validate,
+    verification::{self, Verifications},
 };
 
 /// What to do with the data path when the agent is asked to stop.
@@ -70,6 +71,8 @@ const NODE: Duration = Duration::from_secs(10);
 /// How often veths are checked for frames they could not deliver.
 const DELIVERY: Duration = Duration::from_secs(2);
 const HEALTH: Duration = Duration::from_millis(250);
+/// How often due private DNS name verifications are started.
+const VERIFY: Duration = Duration::from_secs(1);
 
 pub async fn run(options: Options) -> Result<()> {
     let source = options.config.display().to_string();
@@ -141,6 +144,9 @@ pub async fn run(options: Options) -> Result<()> {
     let mut checks = Checks::default();
     let (results, mut checked) = mpsc::unbounded_channel::<(TargetKey, bool, Duration)>();
     let mut file = Watch::new(text);
+    let mut verify = interval(VERIFY);
+    let mut verifications = Verifications::with(agent.verifications().to_vec());
+    let (verified, mut verified_rx) = mpsc::unbounded_channel::<(String, Option<bool>)>();
     loop {
         tokio::select! {
             _ = terminate.recv() => { log::info!("SIGTERM: stopping"); break }
@@ -179,6 +185,45 @@ pub async fn run(options: Options) -> Result<()> {
                     log::warn!("target {} (checked at {}) is {state}", transition.target, transition.addr);
                     if let Some(events) = agent.events() {
                         events.target(&transition);
+                    }
+                }
+            }
+            _ = verify.tick() => {
+                if let Some(config) = &agent.applied().config {
+                    verifications.sync(config);
+                }
+                for (name, token, resolver) in verifications.due(Instant::now()) {
+                    let verified = verified.clone();
+                    tokio::spawn(async move {
+                        let found = match verification::check(resolver, &name, &token).await {
+                            Ok(found) => Some(found),
+                            Err(e) => {
+                                log::warn!("verifying private DNS name {name}: {resolver} did not answer ({e})");
+                                None
+                            }
+                        };
+                        let _ = verified.send((name, found));
+                    });
+                }
+            }
+            Some((name, found)) = verified_rx.recv() => {
+                if let Some(transition) = verifications.record(&name, found) {
+                    let record = &transition.record;
+                    log::warn!(
+                        "private DNS name {} of service {} is {} (was {}; TXT {}.{} = {:?})",
+                        record.name, record.service, record.status.name(), transition.was.name(),
+                        verification::LABEL, record.name, record.token
+                    );
+                    if let Err(e) = agent.set_verifications(verifications.records()) {
+                        log::error!("updating DNS names after a verification: {e:#}");
+                    }
+                    if let Some(events) = agent.events() {
+                        events.verification(&transition);
+                    }
+                } else if agent.verifications() != verifications.records() {
+                    // New names (pending) are kept for `status`.
+                    if let Err(e) = agent.set_verifications(verifications.records()) {
+                        log::error!("recording verifications: {e:#}");
                     }
                 }
             }

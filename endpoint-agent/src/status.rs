@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use anyhow::{Context as _, Result, bail};
 use endpoint_common::{
     counter::{self, Count},
-    maps::{Limits, Usage, name},
+    maps::{Limits, Usage, dns_counter, name},
 };
 use serde::Serialize;
 
@@ -38,6 +38,23 @@ pub struct Status {
     pub endpoints: Vec<EndpointStatus>,
     /// Every counter over all endpoints (zero ones left out).
     pub counters: BTreeMap<&'static str, Traffic>,
+    /// What each consumer network's resolver address answered, and private DNS names.
+    pub dns: Option<DnsStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DnsStatus {
+    pub domain: String,
+    pub networks: Vec<NetworkDns>,
+    pub private_names: Vec<crate::verification::Record>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NetworkDns {
+    pub consumer_network: String,
+    pub resolver: String,
+    /// Queries answered (records or NODATA), NXDOMAIN, REFUSED, malformed.
+    pub queries: BTreeMap<&'static str, u64>,
 }
 
 /// Packets and bytes under one counter.
@@ -242,7 +259,48 @@ pub fn read(instance: &Instance) -> Result<Status> {
             .filter(|(c, _)| counters.total(*c) != Count::default())
             .map(|(c, name)| (*name, counters.total(*c).into()))
             .collect(),
+        dns: dns(&config, &ids, &maps, instance)?,
     })
+}
+
+/// The DNS part of the status: per resolver address what it answered (summed over CPUs),
+/// and each private DNS name's verification.
+fn dns(config: &Config, ids: &Ids, maps: &Maps, instance: &Instance) -> Result<Option<DnsStatus>> {
+    let Some(settings) = &config.dns else {
+        return Ok(None);
+    };
+    let stats = maps.per_cpu_array::<Count>(name::DNS_STATS)?;
+    let mut networks = Vec::new();
+    for resolver in &settings.resolvers {
+        let Some(&network) = ids.networks.get(&resolver.consumer_network) else {
+            continue;
+        };
+        let mut queries = BTreeMap::new();
+        for (which, label) in dns_counter::NAMES.iter().enumerate() {
+            let index = network * dns_counter::COUNT + which as u32;
+            let total = stats
+                .get(&index, 0)
+                .map_or(0, |per_cpu| per_cpu.iter().map(|c| c.packets).sum());
+            queries.insert(*label, total);
+        }
+        networks.push(NetworkDns {
+            consumer_network: resolver.consumer_network.clone(),
+            resolver: resolver.ip.to_string(),
+            queries,
+        });
+    }
+    let private_names = if settings.verification.is_some() {
+        instance
+            .read(crate::agent::VERIFICATION_FILE)?
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Ok(Some(DnsStatus {
+        domain: settings.domain.clone(),
+        networks,
+        private_names,
+    }))
 }
 
 /// `status` as JSON.
@@ -352,6 +410,31 @@ pub fn show(instance: &Instance) -> Result<String> {
                 out,
                 "  {:<20} limits: {} connections, {} new per second, {} half-open",
                 "", l.connections, l.new_connections_per_second, l.half_open
+            );
+        }
+    }
+    if let Some(dns) = &status.dns {
+        let _ = writeln!(out, "\nDNS ({}):", dns.domain);
+        for n in &dns.networks {
+            let counts: Vec<String> = n.queries.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(
+                out,
+                "  {:<12} resolver {:<15} {}",
+                n.consumer_network,
+                n.resolver,
+                counts.join(", ")
+            );
+        }
+        for name in &dns.private_names {
+            let _ = writeln!(
+                out,
+                "  private name {} (service {}): {}; TXT {}.{} \"{}\"",
+                name.name,
+                name.service,
+                name.status.name(),
+                crate::verification::LABEL,
+                name.name,
+                name.token
             );
         }
     }

@@ -19,7 +19,8 @@
 
 use aya_ebpf::{
     helpers::generated::{
-        bpf_csum_diff, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
     },
     programs::XdpContext,
 };
@@ -360,7 +361,8 @@ fn scan_name(work: &mut Work, len: u32) {
     let mut label: u64 = 0;
     let mut end: u32 = 0;
     let mut i = 0;
-    while i < MAX_NAME + 1 {
+    // A name has at most MAX_NAME bytes, its root's zero the last of them.
+    while i < MAX_NAME {
         let pos = (HEADER + i) as u32;
         i += 1;
         if pos >= len {
@@ -499,6 +501,21 @@ fn note(network: u32, which: u32) {
     }
 }
 
+/// Makes the frame `grow` bytes longer at its head, the headers moved there: for a
+/// driver that leaves little room after the frame (veth's page-pool copies end within a
+/// cache line of the packet), where every XDP frame has 256 bytes before it.
+#[inline(always)]
+fn grow_at_head(ctx: &XdpContext, grow: i32) -> bool {
+    let mut headers = [0u8; MESSAGE_OFFSET];
+    let at = headers.as_mut_ptr().cast();
+    // SAFETY: MESSAGE_OFFSET bytes into a buffer of as many, from and to the frame.
+    unsafe {
+        bpf_xdp_load_bytes(ctx.ctx, 0, at, MESSAGE_OFFSET as u32) == 0
+            && bpf_xdp_adjust_head(ctx.ctx, -grow) == 0
+            && bpf_xdp_store_bytes(ctx.ctx, 0, at, MESSAGE_OFFSET as u32) == 0
+    }
+}
+
 /// Sends the first `len` bytes of the message (in `SEGMENT`) back to the querier, from the resolver
 /// address: the frame resized, addresses and ports swapped, lengths and checksums new.
 #[inline(never)]
@@ -516,7 +533,10 @@ fn send(ctx: &XdpContext, interface: &Interface, len: u32, sent: u32, which: u32
     let frame = (ctx.data_end() - ctx.data()) as i32;
     let grow = (MESSAGE_OFFSET as u32 + len) as i32 - frame;
     // SAFETY: resizing the frame; every pointer is derived again below.
-    if grow != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, grow) } != 0 {
+    if grow != 0
+        && unsafe { bpf_xdp_adjust_tail(ctx.ctx, grow) } != 0
+        && (grow < 0 || !grow_at_head(ctx, grow))
+    {
         return dropped;
     }
     let start = ctx.data();

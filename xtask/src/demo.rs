@@ -1,7 +1,9 @@
 //! The demo: two consumer networks whose clients have the same address each reach the
-//! `orders` service through their own endpoint; the targets see only the NAT address; a
-//! `pendingAcceptance` endpoint gets no connection until the provider accepts it, then
-//! carries TCP and a UDP exchange. Everything is removed on exit or Ctrl-C.
+//! `orders` service through their own endpoint; the targets see only the NAT address;
+//! each network resolves the same private DNS name to its own endpoint (answered in XDP
+//! on its resolver address) and connects by name; a `pendingAcceptance` endpoint gets no
+//! connection until the provider accepts it, then carries TCP and a UDP exchange.
+//! Everything is removed on exit or Ctrl-C.
 
 use std::{
     net::Ipv4Addr,
@@ -16,6 +18,10 @@ use testbed::{Agent, Namespace, Server, Topology, UdpServer, addresses, ask, at,
 /// The endpoint IPs of the example config (examples/demo.yaml).
 const ORDERS_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 const BILLING_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 101);
+/// Each consumer network's resolver address, and the names the demo asks it.
+const RESOLVER: &str = "10.0.0.2";
+const PRIVATE_NAME: &str = "orders.example.internal";
+const REGIONAL_NAME: &str = "vpce-b-orders.orders.endpoints.internal";
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Where the demo's agent serves metrics, inside the node's namespace.
 const METRICS: &str = "127.0.0.1:9464";
@@ -121,6 +127,39 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
             converse(consumer, network, i)?;
         }
     }
+
+    for (consumer, network) in [
+        (&topology.consumer_a, "vpc-a"),
+        (&topology.consumer_b, "vpc-b"),
+    ] {
+        check_interrupt()?;
+        println!(
+            "\n== {network}: dig @{RESOLVER} {PRIVATE_NAME} (the service's private DNS name, answered by the node in XDP)"
+        );
+        let addresses = dig(consumer, PRIVATE_NAME)?;
+        println!("   {PRIVATE_NAME} -> {}", addresses.join(", "));
+        let Some(address) = addresses.first() else {
+            bail!("{network}: {PRIVATE_NAME} did not resolve");
+        };
+        let line = format!("hello by name from {network}");
+        let answer = ask(consumer, at(address.parse()?, 80), &line, TIMEOUT)?;
+        println!(
+            "   connected by name to {address}:80: answered by {}, which saw {}",
+            answer.target, answer.seen_from
+        );
+    }
+    check_interrupt()?;
+    println!(
+        "\n== vpc-b: dig @{RESOLVER} {REGIONAL_NAME} (one address per zone; cons-b's clients are in zone-2, so it comes first)"
+    );
+    println!(
+        "   {REGIONAL_NAME} -> {}",
+        dig(&topology.consumer_b, REGIONAL_NAME)?.join(", ")
+    );
+    println!(
+        "   the same name from vpc-a (not its endpoint): {}",
+        dig_status(&topology.consumer_a, REGIONAL_NAME)?
+    );
 
     check_interrupt()?;
     println!(
@@ -265,6 +304,37 @@ fn converse(consumer: &Namespace, network: &str, i: u32) -> Result<()> {
         addresses::CLIENT
     );
     Ok(())
+}
+
+/// The A records `name` has for a client of `consumer`, in the order given (dig, bounded
+/// by its own timeout and tries).
+fn dig(consumer: &Namespace, name: &str) -> Result<Vec<String>> {
+    let out = consumer.exec(
+        "dig",
+        &[
+            "+short",
+            "+time=2",
+            "+tries=2",
+            &format!("@{RESOLVER}"),
+            name,
+            "A",
+        ],
+    )?;
+    Ok(out.lines().map(str::to_string).collect())
+}
+
+/// The status (NOERROR, NXDOMAIN, ...) of the answer to `name`.
+fn dig_status(consumer: &Namespace, name: &str) -> Result<String> {
+    let out = consumer.exec(
+        "dig",
+        &["+time=2", "+tries=2", &format!("@{RESOLVER}"), name, "A"],
+    )?;
+    Ok(out
+        .lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or("no answer")
+        .to_string())
 }
 
 /// The agent's `/metrics`, fetched from inside the node's namespace (a bare HTTP/1.0 GET:

@@ -1,6 +1,7 @@
 //! Installs what building and testing need, skipping what is already there:
 //! Debian packages (LLVM 22 for bpf-linker, iproute2, ethtool, nftables, procps for
-//! sysctl, iputils-ping, prometheus, systemd, g++ for libFuzzer), rust-src for
+//! sysctl, iputils-ping, prometheus, systemd, g++ for libFuzzer, dnsutils, unbound, nsd),
+//! rust-src for
 //! the nightly toolchain (`-Z build-std=core` for the BPF target), bpf-linker 0.13.0
 //! linked against LLVM 22 (the LLVM of the nightly's rustc, 22.1.4, must not be newer),
 //! and cargo-fuzz 0.13.2 (the YAML config fuzzer; it builds with the nightly).
@@ -27,6 +28,11 @@ const PACKAGES: &[&str] = &[
     "systemd",
     // libfuzzer-sys compiles libFuzzer (C++).
     "g++",
+    // DNS: `dig` asks the resolver addresses, a real unbound forwards to them, nsd
+    // serves verification records and is what XDP answers are benchmarked against.
+    "dnsutils",
+    "unbound",
+    "nsd",
 ];
 const BPF_LINKER: &str = "0.13.0";
 const CARGO_FUZZ: &str = "0.13.2";

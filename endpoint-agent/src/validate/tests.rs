@@ -631,3 +631,129 @@ fn a_security_group_rule_may_name_the_protocol_of_its_ports() {
         ],
     );
 }
+
+/// BASE with a DNS section for vpc-a and `extra` appended to it.
+fn with_dns(extra: &str) -> String {
+    format!(
+        "{BASE}dns:\n  domain: endpoints.internal\n  resolvers:\n    - {{ consumer_network: vpc-a, ip: 10.0.0.2 }}\n{extra}"
+    )
+}
+
+#[test]
+fn dns_and_multi_zone_endpoints_are_accepted() {
+    let text = with_dns("").replace(
+        "    ip: 10.0.0.100\n    zone: z1\n",
+        "    addresses:\n      - { zone: z1, ip: 10.0.0.100 }\n      - { zone: z2, ip: 10.0.1.100 }\n    private_dns: true\n",
+    );
+    let text = text.replace(
+        "    load_balancers:",
+        "    private_dns_name: orders.example.com\n    load_balancers:",
+    );
+    parse("test.yaml", &text).expect("valid");
+}
+
+#[test]
+fn dns_errors() {
+    let check = |text: &str, parts: &[&str]| match parse("test.yaml", text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(invalid) => assert_names(&invalid.report, parts),
+    };
+    // The resolver address is already the endpoint's; a second one for the network.
+    check(
+        &with_dns("    - { consumer_network: vpc-a, ip: 10.0.0.100 }\n"),
+        &[
+            "dns.resolvers[1].ip",
+            "10.0.0.100 in consumer network \"vpc-a\" is already endpoint \"vpce-1\"",
+            "consumer network \"vpc-a\" has two resolver addresses",
+        ],
+    );
+    check(
+        &with_dns("").replace("domain: endpoints.internal", "domain: bad_domain.internal"),
+        &["dns.domain", "is not a DNS domain"],
+    );
+    check(
+        &with_dns("").replace(
+            "consumer_network: vpc-a, ip: 10.0.0.2",
+            "consumer_network: vpc-z, ip: 10.0.0.2",
+        ),
+        &["no interface faces consumer network \"vpc-z\""],
+    );
+    // An endpoint id that is no DNS label, when names are given.
+    check(
+        &with_dns("").replace("id: vpce-1", "id: vpce_1"),
+        &["endpoints[0].id", "DNS labels are letters, digits and '-'"],
+    );
+    // private_dns without a name, and without a dns section.
+    check(
+        &with_dns("").replace(
+            "    state: available",
+            "    private_dns: true\n    state: available",
+        ),
+        &[
+            "endpoints[0].private_dns",
+            "service \"orders\" has no private_dns_name",
+        ],
+    );
+    check(
+        &BASE.replace(
+            "    state: available",
+            "    private_dns: true\n    state: available",
+        ),
+        &["private_dns needs a dns section"],
+    );
+    // A private name inside the endpoint domain.
+    check(
+        &with_dns("")
+            .replace(
+                "    state: available",
+                "    private_dns: true\n    state: available",
+            )
+            .replace(
+                "    load_balancers:",
+                "    private_dns_name: orders.endpoints.internal\n    load_balancers:",
+            ),
+        &["lies in the endpoint domain endpoints.internal"],
+    );
+    // Addresses and the shorthand at once; two addresses in one zone; neither.
+    check(
+        &BASE.replace(
+            "    zone: z1\n    state",
+            "    zone: z1\n    addresses: [{ zone: z2, ip: 10.0.1.1 }]\n    state",
+        ),
+        &[
+            "endpoints[0].addresses",
+            "either addresses or ip and zone, not both",
+        ],
+    );
+    check(
+        &BASE.replace(
+            "    ip: 10.0.0.100\n    zone: z1\n",
+            "    addresses:\n      - { zone: z1, ip: 10.0.0.100 }\n      - { zone: z1, ip: 10.0.0.101 }\n",
+        ),
+        &["endpoints[0].addresses[1].zone", "zone \"z1\" has two addresses"],
+    );
+    check(
+        &BASE.replace("    ip: 10.0.0.100\n    zone: z1\n", ""),
+        &["an endpoint needs ip and zone (one address), or addresses"],
+    );
+    // Two endpoints whose names collide in one network: regional "a-z1" vs zonal of "a".
+    let colliding = with_dns("")
+        .replace("id: vpce-1", "id: a")
+        .replacen(
+            "endpoints:\n",
+            "endpoints:\n  - { id: a-z1, service: orders, principal: team-a, consumer_network: vpc-a, ip: 10.0.0.7, zone: z9, state: rejected }\n",
+            1,
+        );
+    check(
+        &colliding,
+        &["a-z1.orders.endpoints.internal in consumer network \"vpc-a\" is already"],
+    );
+    // A zone on a provider interface.
+    check(
+        &BASE.replace(
+            "      role: provider\n",
+            "      role: provider\n      zone: z1\n",
+        ),
+        &["node.interfaces[1].zone", "this one has none"],
+    );
+}

@@ -11,4 +11,6 @@ mod forwarding;
 mod health;
 mod isolation;
 mod lifecycle;
+mod names;
 mod operating;
+mod verification;

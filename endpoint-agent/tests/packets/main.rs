@@ -8,6 +8,7 @@ mod rig;
 
 mod classify;
 mod conntrack;
+mod dns;
 mod expire;
 mod fuzz;
 mod icmp;
