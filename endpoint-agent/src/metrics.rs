@@ -229,6 +229,24 @@ pub fn render(
         reconcile_seconds.clone(),
     );
 
+    let dns = Family::<Labels, Counter>::default();
+    registry.register(
+        "dns_queries",
+        "DNS queries each consumer network's resolver address answered, by result (answer, nxdomain, refused, malformed)",
+        dns.clone(),
+    );
+    if let Some(config) = &snapshot.config {
+        for network in crate::status::resolvers(config, &snapshot.ids, maps)? {
+            for (result, n) in network.queries {
+                dns.get_or_create(&vec![
+                    ("consumer_network", network.consumer_network.clone()),
+                    ("result", result.to_string()),
+                ])
+                .inc_by(n);
+            }
+        }
+    }
+
     let entries = Gauge::<i64>::default();
     registry.register(
         "flow_table_entries",

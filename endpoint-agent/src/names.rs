@@ -248,7 +248,11 @@ pub fn build(
                 name.addrs[i] = ip.octets();
                 name.zones[i] = zone;
             }
-            for byte in text.bytes().chain(name.addrs.iter().flatten().copied()) {
+            for byte in text
+                .bytes()
+                .chain(name.addrs.iter().flatten().copied())
+                .chain(name.zones)
+            {
                 digest = (digest ^ u32::from(byte)).wrapping_mul(0x0100_0193);
             }
             let key = NameKey {

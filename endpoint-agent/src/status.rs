@@ -263,14 +263,14 @@ pub fn read(instance: &Instance) -> Result<Status> {
     })
 }
 
-/// The DNS part of the status: per resolver address what it answered (summed over CPUs),
-/// and each private DNS name's verification.
-fn dns(config: &Config, ids: &Ids, maps: &Maps, instance: &Instance) -> Result<Option<DnsStatus>> {
+/// What each network's resolver address answered (summed over CPUs): for `status` and
+/// the metrics.
+pub fn resolvers(config: &Config, ids: &Ids, maps: &Maps) -> Result<Vec<NetworkDns>> {
+    let mut networks = Vec::new();
     let Some(settings) = &config.dns else {
-        return Ok(None);
+        return Ok(networks);
     };
     let stats = maps.per_cpu_array::<Count>(name::DNS_STATS)?;
-    let mut networks = Vec::new();
     for resolver in &settings.resolvers {
         let Some(&network) = ids.networks.get(&resolver.consumer_network) else {
             continue;
@@ -289,6 +289,16 @@ fn dns(config: &Config, ids: &Ids, maps: &Maps, instance: &Instance) -> Result<O
             queries,
         });
     }
+    Ok(networks)
+}
+
+/// The DNS part of the status: per resolver address what it answered (summed over CPUs),
+/// and each private DNS name's verification.
+fn dns(config: &Config, ids: &Ids, maps: &Maps, instance: &Instance) -> Result<Option<DnsStatus>> {
+    let Some(settings) = &config.dns else {
+        return Ok(None);
+    };
+    let networks = resolvers(config, ids, maps)?;
     let private_names = if settings.verification.is_some() {
         instance
             .read(crate::agent::VERIFICATION_FILE)?
