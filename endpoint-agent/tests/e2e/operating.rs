@@ -371,6 +371,32 @@ fn a_real_prometheus_scrapes_the_agents_metrics() {
     let grown = wait_for(node, dropped, |v| v >= before + 3.0);
     assert_eq!(grown, before + 3.0);
 
+    // What the resolver address answered, per network and result: two answers and an
+    // NXDOMAIN asked in vpc-a.
+    for name in [
+        "orders.example.internal",
+        "vpce-a-orders.orders.endpoints.internal",
+        "nothing.orders.endpoints.internal",
+    ] {
+        topology
+            .consumer_a
+            .exec("dig", &["+time=2", "+tries=1", "@10.0.0.2", name, "A"])
+            .unwrap();
+    }
+    let answers = "endpoint_agent_dns_queries_total{consumer_network=\"vpc-a\",result=\"answer\"}";
+    assert_eq!(wait_for(node, answers, |v| v >= 2.0), 2.0);
+    let nxdomain =
+        "endpoint_agent_dns_queries_total{consumer_network=\"vpc-a\",result=\"nxdomain\"}";
+    assert_eq!(wait_for(node, nxdomain, |v| v >= 1.0), 1.0);
+    assert_eq!(
+        query(
+            node,
+            "endpoint_agent_dns_queries_total{consumer_network=\"vpc-b\",result=\"answer\"}"
+        ),
+        Some(0.0),
+        "vpc-b asked nothing"
+    );
+
     // The shipped Grafana dashboard asks Prometheus only valid questions about metrics
     // the agent has (every family has series by now).
     let dashboard: serde_json::Value = serde_json::from_str(
