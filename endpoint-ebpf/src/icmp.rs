@@ -6,7 +6,7 @@
 //!   endpoint's, or a NAT address), back to its sender, quoting its IPv4 header and the
 //!   first 8 bytes after it (the ports). Never about an ICMP message.
 //! - Echo replies: a consumer may ping an endpoint that is available and whose security
-//!   groups admit the source.
+//!   groups admit the source, and its network's resolver address.
 //! - Provider-side errors about a flow (unreachable, fragmentation needed, time
 //!   exceeded, parameter problem), found by the quoted tuple, go to the flow's consumer
 //!   translated (RFC 5508): from the endpoint's address, the quoted header and ports as
@@ -23,8 +23,8 @@ use endpoint_common::{
     checksum::{Delta, Sum},
     counter,
     maps::{
-        FlowKey, Interface, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROVIDER_NETWORK, Policy, nat_scope,
-        tcp,
+        Address, FlowKey, Interface, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROVIDER_NETWORK, Policy,
+        address_kind, nat_scope, tcp,
     },
 };
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
@@ -178,11 +178,12 @@ fn write_ip_header(ip: &mut Ipv4Hdr, src: [u8; 4], dst: [u8; 4], total_len: u16)
 #[inline(never)]
 pub fn arrived(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
     let dst = packet.ip().dst_addr;
-    // An endpoint's address, whether or not it was accepted: its policy decides.
+    // An endpoint's address, whether or not it was accepted: its policy decides. The
+    // network's resolver address answers anyone in it.
     if interface.consumer()
         && let Some(address) = classify::owned(interface.network, dst)
     {
-        return echo(ctx, interface, packet, address.slot);
+        return echo(ctx, interface, packet, &address);
     }
     if interface.provider() {
         let scope = nat_scope(ctx.ingress_ifindex() as u32);
@@ -193,10 +194,11 @@ pub fn arrived(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outc
     classify::not_ours(interface)
 }
 
-/// An echo request to the endpoint at `slot`: answered if it is available and its
-/// security groups admit the source.
+/// An echo request to an endpoint's address: answered if it is available and its
+/// security groups admit the source; to the resolver address: answered.
 #[inline(always)]
-fn echo(ctx: &XdpContext, interface: &Interface, packet: &Packet, slot: u32) -> Outcome {
+fn echo(ctx: &XdpContext, interface: &Interface, packet: &Packet, address: &Address) -> Outcome {
+    let slot = address.slot;
     // SAFETY: `parse` checked the 8-byte ICMP header lies within the frame.
     let icmp = unsafe { &mut *packet.l4.cast::<Icmpv4Hdr>() };
     if icmp.type_ != ECHO_REQUEST || icmp.code != 0 {
@@ -205,12 +207,14 @@ fn echo(ctx: &XdpContext, interface: &Interface, packet: &Packet, slot: u32) -> 
     verify::addressed_to(interface, packet, slot)?;
     verify::ip_checksum(packet, slot)?;
     verify::source(interface.network, packet, slot)?;
-    let word = policy::word(slot);
-    let policy = Policy::of(word);
-    if !matches!(policy::of(policy), Admission::Open) {
-        return policy::refused(policy, slot);
+    if address.kind != address_kind::RESOLVER {
+        let word = policy::word(slot);
+        let policy = Policy::of(word);
+        if !matches!(policy::of(policy), Admission::Open) {
+            return policy::refused(policy, slot);
+        }
+        policy::security_groups(word, slot, policy::ANY_LISTENER, packet.ip().src_addr)?;
     }
-    policy::security_groups(word, slot, policy::ANY_LISTENER, packet.ip().src_addr)?;
     if !budget::icmp() {
         return Outcome::drop_for(counter::DROP_ICMP_BUDGET, slot);
     }

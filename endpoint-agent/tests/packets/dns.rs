@@ -1070,3 +1070,38 @@ fn each_network_counts_its_own_answers_nxdomains_refusals_and_malformed_queries(
         }
     });
 }
+
+/// The resolver address answers pings from anyone in its network (an operator's first
+/// check), within the ICMP budget; other ICMP to it is dropped.
+#[test]
+fn the_resolver_address_answers_pings() {
+    with_rig_for(&config(), |rig| {
+        let cons_b = rig.link("cons-b");
+        let mut request = Vec::new();
+        etherparse::PacketBuilder::ethernet2(CLIENT_MAC, cons_b.mac)
+            .ipv4(CLIENT, RESOLVER, 64)
+            .icmpv4_echo_request(9, 3)
+            .write(&mut request, b"resolver?")
+            .unwrap();
+        let out = rig.run("cons-b", &request);
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", rig.counted());
+        let mut reply = Vec::new();
+        etherparse::PacketBuilder::ethernet2(cons_b.mac, CLIENT_MAC)
+            .ipv4(RESOLVER, CLIENT, 64)
+            .icmpv4_echo_reply(9, 3)
+            .write(&mut reply, b"resolver?")
+            .unwrap();
+        assert_eq!(hex(&out.frame), hex(&reply));
+        assert_eq!(rig.counters().packets(counter::ICMP_ECHO_REPLY), 1);
+
+        // An echo reply sent to it is not taken.
+        let mut stray = Vec::new();
+        etherparse::PacketBuilder::ethernet2(CLIENT_MAC, cons_b.mac)
+            .ipv4(CLIENT, RESOLVER, 64)
+            .icmpv4_echo_reply(9, 4)
+            .write(&mut stray, b"resolver?")
+            .unwrap();
+        assert_eq!(rig.run("cons-b", &stray).action, XDP_DROP);
+        assert_eq!(rig.counters().packets(counter::DROP_ICMP), 1);
+    });
+}

@@ -26,11 +26,24 @@
 //!   its connection but what the steps before it may, the endpoints' and networks'
 //!   usage counts match what the table holds (a UDP flow is never half-open), and every
 //!   frame is counted once, under what it did (ICMP answers over the budget under
-//!   `drop_icmp_budget`).
+//!   `drop_icmp_budget`);
+//! - DNS queries to each consumer network's resolver address (well-formed and mutated:
+//!   names the network has, has not, or that are not ours, every record type and class,
+//!   EDNS, mixed case, pointers, cut short, wrong counts, responses, other opcodes) get
+//!   exactly the outcome the model gives them from the README's DNS rules: the answer
+//!   (its rcode, AA, counts, echoed ID and question, the records — A records the name's
+//!   addresses for that network, the asking interface's zone first, SOA and NS, the SOA
+//!   of negative answers owned by the zone apex, our OPT) in a frame sent back with
+//!   addresses and ports swapped, lengths and checksums right; or the drop under the
+//!   counter the model names (`drop_dns` for what cannot be answered, the verify steps'
+//!   counters before it, `drop_not_endpoint` for DNS to other addresses, the kernel on a
+//!   provider interface); the node's and each network's DNS counters add up.
 //!
 //! Every 25,000 frames the config changes, between the endpoints as configured and
 //! three of them revoked (drain, reset, security groups narrowed) with a small ICMP
 //! budget, so that revocations meet established connections and the budget runs out.
+//! The revocations take the revoked endpoints' names away, and cons-a's clients move
+//! out of their zone, so that DNS answers follow the config too.
 //!
 //! `ENDPOINT_FUZZ_FRAMES` (default 100,000) and `ENDPOINT_FUZZ_SEED` (decimal or 0x hex)
 //! set the run; `cargo xtask fuzz` runs a million. A failure names the seed, the frame
@@ -46,7 +59,10 @@ use aya::programs::{TestRun, TestRunOptions};
 use endpoint_agent::loader;
 use endpoint_common::{
     counter::{self, Count},
-    maps::{Flow, FlowKey, PROTO_TCP, PROTO_UDP, PROVIDER_NETWORK, Usage, name, tcp},
+    maps::{
+        DnsSettings, Flow, FlowKey, PROTO_TCP, PROTO_UDP, PROVIDER_NETWORK, Usage, dns_counter,
+        name, tcp,
+    },
 };
 
 use crate::rig::*;
@@ -104,10 +120,31 @@ impl Phase {
             .replace(
                 "ip: 10.0.0.100, zone: z1, state: available }\n  - { id: pending,",
                 "ip: 10.0.0.100, zone: z1, state: available, limits: { connections: 40 } }\n  - { id: pending,",
-            );
+            )
+            // DNS: cons-a's clients in z2, private names (`orders`' in both networks,
+            // `strict`'s in vpc-a only), a multi-zone endpoint, each network's resolver.
+            .replace(CONS_A_PLAIN, CONS_A_IN_Z2)
+            .replace(
+                "  - name: orders\n",
+                "  - name: orders\n    private_dns_name: Orders.Corp.Example.\n",
+            )
+            .replace(
+                "  - name: strict\n",
+                "  - name: strict\n    private_dns_name: secure.example.com\n",
+            )
+            .replace(
+                "{ id: b, service: orders,",
+                "{ id: b, private_dns: true, service: orders,",
+            )
+            .replace(
+                "{ id: strict, service: strict,",
+                "{ id: strict, private_dns: true, service: strict,",
+            )
+            + DNS_CONFIG;
         match self {
             Phase::Configured => configured,
             Phase::Revoked => configured
+                .replace(CONS_A_IN_Z2, CONS_A_PLAIN)
                 .replace(
                     "limits: { half_open_per_network: 100 }",
                     "limits: { half_open_per_network: 100, icmp_per_second: 5 }",
@@ -121,6 +158,30 @@ impl Phase {
                     "ip: 10.0.0.105, zone: z1, state: rejected,",
                 )
                 .replace("      - { cidr: 10.0.0.0/28, ports: [80] }\n", ""),
+        }
+    }
+
+    /// Its index in tables kept per phase.
+    fn index(self) -> usize {
+        match self {
+            Phase::Configured => 0,
+            Phase::Revoked => 1,
+        }
+    }
+
+    /// The zone cons-a's (`port`'s) clients are in: z2 as configured, none once revoked
+    /// (cons-b's: none).
+    fn client_zone(self, port: usize) -> Option<&'static str> {
+        (self == Phase::Configured && port == CONS_A).then_some("z2")
+    }
+
+    /// Whether an endpoint that is `available` as configured still is (its names are
+    /// there).
+    fn has(self, available: Avail) -> bool {
+        match available {
+            Avail::Always => true,
+            Avail::Configured => self == Phase::Configured,
+            Avail::Never => false,
         }
     }
 
@@ -165,6 +226,15 @@ fn random_and_mutated_frames_are_forwarded_only_as_the_model_allows() {
         ),
         (4, 1, 1),
         "{revoked}"
+    );
+    assert_eq!(
+        (
+            configured.matches("private_dns").count(),
+            configured.matches(CONS_A_IN_Z2).count(),
+            revoked.matches(CONS_A_IN_Z2).count(),
+        ),
+        (5, 1, 0),
+        "{configured}"
     );
     with_rig_for(&configured, |rig| Fuzz::new(rig, seed).run(frames));
 }
@@ -372,14 +442,28 @@ const LISTENERS: &[Listener] = &[
         proto: PROTO_UDP,
         ..web("dns-b", "vpc-b", DNS, DNS_UDP)
     },
+    // One address per zone.
+    web("multi", "vpc-a", MULTI[0], ORDERS),
+    web("multi", "vpc-a", MULTI[1], ORDERS),
+    web("multi", "vpc-a", MULTI[2], ORDERS),
 ];
 
 /// The addresses the node answers for in a consumer network: endpoints that carry
-/// traffic (never-accepted requests claim none).
+/// traffic (never-accepted requests claim none), and the network's resolver address.
 fn answered(vpc: &str) -> &'static [[u8; 4]] {
     match vpc {
-        "vpc-a" => &[ENDPOINT, NO_NEIGHBOUR, NO_ROUTE, STRICT, DNS],
-        "vpc-b" => &[ENDPOINT, GUARDED, DNS],
+        "vpc-a" => &[
+            ENDPOINT,
+            NO_NEIGHBOUR,
+            NO_ROUTE,
+            STRICT,
+            DNS,
+            MULTI[0],
+            MULTI[1],
+            MULTI[2],
+            RESOLVER_A,
+        ],
+        "vpc-b" => &[ENDPOINT, GUARDED, DNS, RESOLVER_B],
         _ => &[],
     }
 }
@@ -399,6 +483,518 @@ fn target_mac(ip: [u8; 4]) -> Option<[u8; 6]> {
 fn in_prefix(addr: [u8; 4], prefix: [u8; 4], len: u8) -> bool {
     let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
     u32::from_be_bytes(addr) & mask == u32::from_be_bytes(prefix) & mask
+}
+
+// ---------------------------------------------------------------------------------
+// DNS, as the README's "DNS names" section says, for the config written out by hand.
+
+/// What the fuzzed config adds for DNS: a multi-zone endpoint (its private name
+/// enabled) and the `dns` section, each network's resolver at an address of its own.
+const DNS_CONFIG: &str = "  - id: multi
+    service: orders
+    principal: p
+    consumer_network: vpc-a
+    private_dns: true
+    addresses:
+      - { zone: z1, ip: 10.0.0.110 }
+      - { zone: z2, ip: 10.0.0.111 }
+      - { zone: z3, ip: 10.0.0.112 }
+dns:
+  domain: endpoints.internal
+  ttl_seconds: 45
+  resolvers:
+    - { consumer_network: vpc-a, ip: 10.0.0.2 }
+    - { consumer_network: vpc-b, ip: 10.0.0.3 }
+";
+const CONS_A_PLAIN: &str = "{ name: cons-a, role: consumer, consumer_network: vpc-a }";
+const CONS_A_IN_Z2: &str = "{ name: cons-a, role: consumer, consumer_network: vpc-a, zone: z2 }";
+const DOMAIN: &str = "endpoints.internal";
+const DNS_TTL: u32 = 45;
+const RESOLVER_A: [u8; 4] = [10, 0, 0, 2];
+const RESOLVER_B: [u8; 4] = [10, 0, 0, 3];
+/// The `multi` endpoint's addresses, in z1, z2, z3.
+const MULTI: [[u8; 4]; 3] = [[10, 0, 0, 110], [10, 0, 0, 111], [10, 0, 0, 112]];
+/// Of the frames made, how many in a hundred are DNS.
+const DNS_PERCENT: usize = 8;
+
+/// Record types and classes, response codes and header bits.
+mod wire {
+    pub const A: u16 = 1;
+    pub const NS: u16 = 2;
+    pub const SOA: u16 = 6;
+    pub const MX: u16 = 15;
+    pub const TXT: u16 = 16;
+    pub const AAAA: u16 = 28;
+    pub const OPT: u16 = 41;
+    pub const IXFR: u16 = 251;
+    pub const AXFR: u16 = 252;
+    pub const ANY: u16 = 255;
+    pub const IN: u16 = 1;
+    pub const NOERROR: u8 = 0;
+    pub const FORMERR: u8 = 1;
+    pub const NXDOMAIN: u8 = 3;
+    pub const NOTIMP: u8 = 4;
+    pub const REFUSED: u8 = 5;
+    /// In the header's third byte.
+    pub const QR: u8 = 0x80;
+    pub const OPCODE: u8 = 0x78;
+    pub const AA: u8 = 0x04;
+    pub const RD: u8 = 0x01;
+    /// The payload size our OPT record announces.
+    pub const PAYLOAD: u16 = 1232;
+}
+
+/// The network a resolver address is in.
+fn resolver(vpc: &str) -> [u8; 4] {
+    match vpc {
+        "vpc-a" => RESOLVER_A,
+        _ => RESOLVER_B,
+    }
+}
+
+/// When an endpoint is available (its names exist).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Avail {
+    Always,
+    /// In the configured phase only: revoked in the other.
+    Configured,
+    Never,
+}
+
+/// An endpoint as DNS sees it.
+struct Named {
+    id: &'static str,
+    service: &'static str,
+    vpc: &'static str,
+    /// Its addresses and their zones, as listed.
+    addresses: &'static [([u8; 4], &'static str)],
+    private_dns: bool,
+    available: Avail,
+}
+
+const fn named(
+    id: &'static str,
+    service: &'static str,
+    vpc: &'static str,
+    addresses: &'static [([u8; 4], &'static str)],
+    available: Avail,
+) -> Named {
+    Named {
+        id,
+        service,
+        vpc,
+        addresses,
+        private_dns: false,
+        available,
+    }
+}
+
+const NAMED: &[Named] = &[
+    named("dns-a", "dns", "vpc-a", &[(DNS, "z1")], Avail::Always),
+    named("dns-b", "dns", "vpc-b", &[(DNS, "z1")], Avail::Always),
+    named(
+        "a",
+        "orders",
+        "vpc-a",
+        &[(ENDPOINT, "z1")],
+        Avail::Configured,
+    ),
+    Named {
+        private_dns: true,
+        ..named("b", "orders", "vpc-b", &[(ENDPOINT, "z1")], Avail::Always)
+    },
+    named(
+        "pending",
+        "orders",
+        "vpc-a",
+        &[(PENDING, "z1")],
+        Avail::Never,
+    ),
+    named(
+        "rejected",
+        "orders",
+        "vpc-b",
+        &[(PENDING, "z1")],
+        Avail::Never,
+    ),
+    named(
+        "unresolved",
+        "unresolved",
+        "vpc-a",
+        &[(NO_NEIGHBOUR, "z1")],
+        Avail::Always,
+    ),
+    named(
+        "unrouted",
+        "unrouted",
+        "vpc-a",
+        &[(NO_ROUTE, "z1")],
+        Avail::Always,
+    ),
+    named(
+        "guarded",
+        "strict",
+        "vpc-b",
+        &[(GUARDED, "z1")],
+        Avail::Always,
+    ),
+    Named {
+        private_dns: true,
+        ..named(
+            "strict",
+            "strict",
+            "vpc-a",
+            &[(STRICT, "z1")],
+            Avail::Configured,
+        )
+    },
+    Named {
+        private_dns: true,
+        ..named(
+            "multi",
+            "orders",
+            "vpc-a",
+            &[(MULTI[0], "z1"), (MULTI[1], "z2"), (MULTI[2], "z3")],
+            Avail::Always,
+        )
+    },
+];
+
+/// A service's private DNS name (lowercase: it is configured in mixed case).
+fn private_name(service: &str) -> Option<&'static str> {
+    match service {
+        "orders" => Some("orders.corp.example"),
+        "strict" => Some("secure.example.com"),
+        _ => None,
+    }
+}
+
+/// A name as labels, lowercased (DNS compares names so: RFC 4343).
+type Labels = Vec<Vec<u8>>;
+
+fn labels_of(dotted: &str) -> Labels {
+    dotted
+        .split('.')
+        .filter(|l| !l.is_empty())
+        .map(|l| l.to_ascii_lowercase().into_bytes())
+        .collect()
+}
+
+fn dotted(labels: &[Vec<u8>]) -> String {
+    let texts: Vec<String> = labels
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    texts.join(".")
+}
+
+/// A name's records in one network.
+#[derive(Clone)]
+struct Records {
+    /// A zone apex (SOA and NS).
+    apex: bool,
+    /// The labels of the apex of its zone.
+    apex_labels: usize,
+    /// Its addresses, as listed, and their zones ("": none).
+    addresses: Vec<([u8; 4], &'static str)>,
+}
+
+/// Every name `vpc`'s resolver answers in `phase` (the README's table): the domain (an
+/// apex), `ns.<domain>`, and for each available endpoint its service's name (no
+/// records), its regional name, a zonal name per address, and its service's private name
+/// (an apex of its own) if it asks for it.
+fn dns_names(vpc: &str, phase: Phase) -> BTreeMap<Labels, Records> {
+    let under = Records {
+        apex: false,
+        apex_labels: labels_of(DOMAIN).len(),
+        addresses: Vec::new(),
+    };
+    let mut names = BTreeMap::new();
+    names.insert(
+        labels_of(DOMAIN),
+        Records {
+            apex: true,
+            ..under.clone()
+        },
+    );
+    names.insert(
+        labels_of(&format!("ns.{DOMAIN}")),
+        Records {
+            addresses: vec![(resolver(vpc), "")],
+            ..under.clone()
+        },
+    );
+    for e in NAMED
+        .iter()
+        .filter(|e| e.vpc == vpc && phase.has(e.available))
+    {
+        let (id, service) = (e.id, e.service);
+        names
+            .entry(labels_of(&format!("{service}.{DOMAIN}")))
+            .or_insert_with(|| under.clone());
+        names.insert(
+            labels_of(&format!("{id}.{service}.{DOMAIN}")),
+            Records {
+                addresses: e.addresses.to_vec(),
+                ..under.clone()
+            },
+        );
+        for &(ip, zone) in e.addresses {
+            names.insert(
+                labels_of(&format!("{id}-{zone}.{service}.{DOMAIN}")),
+                Records {
+                    addresses: vec![(ip, zone)],
+                    ..under.clone()
+                },
+            );
+        }
+        if let Some(private) = private_name(service).filter(|_| e.private_dns) {
+            let labels = labels_of(private);
+            names.insert(
+                labels.clone(),
+                Records {
+                    apex: true,
+                    apex_labels: labels.len(),
+                    addresses: e.addresses.to_vec(),
+                },
+            );
+        }
+    }
+    names
+}
+
+/// Names to ask about: every name of every network and phase, those of endpoints that
+/// are never available, and others that are not ours or not there.
+fn dns_known() -> Vec<Labels> {
+    let mut known = BTreeSet::new();
+    for phase in [Phase::Configured, Phase::Revoked] {
+        for vpc in ["vpc-a", "vpc-b"] {
+            known.extend(dns_names(vpc, phase).into_keys());
+        }
+    }
+    for e in NAMED {
+        known.insert(labels_of(&format!("{}.{}.{DOMAIN}", e.id, e.service)));
+    }
+    for other in [
+        "hostmaster.endpoints.internal",
+        "multi-z4.orders.endpoints.internal",
+        "multi.strict.endpoints.internal",
+        "www.orders.corp.example",
+        "www.secure.example.com",
+        "corp.example",
+        "example.com",
+        "internal",
+        "endpoints",
+        "endpoints.internal.example.com",
+        "orders.corp.example.org",
+        "example.org",
+    ] {
+        known.insert(labels_of(other));
+    }
+    known.into_iter().collect()
+}
+
+/// What the model says becomes of a DNS frame (or of a frame to a resolver address, or
+/// to port 53 elsewhere).
+enum DnsExpect {
+    /// Answered with this message.
+    Reply(DnsReply),
+    /// Dropped, counted under `counter` (endpoint slot 0), and under `which` of the
+    /// network's DNS counters if any.
+    Drop { counter: u32, which: Option<u32> },
+    /// Handed to the kernel (on a provider interface: not the node's business).
+    Pass,
+}
+
+/// What an answer is, for the tally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum DnsKind {
+    /// NOERROR with records.
+    Answer,
+    /// NOERROR without (NODATA).
+    Nodata,
+    Nxdomain,
+    Refused,
+    Notimp,
+    Formerr,
+    Badvers,
+}
+
+/// A record the model expects in an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rdata {
+    A([u8; 4]),
+    Soa,
+    Ns,
+}
+
+/// The answer the model expects to a query.
+struct DnsReply {
+    kind: DnsKind,
+    /// The header's third and fourth bytes (flags and rcode).
+    flags: [u8; 2],
+    /// Where the question ends in the query: the answer echoes it (0: a header alone).
+    question_end: usize,
+    /// The question's name.
+    name: Labels,
+    answers: Vec<Rdata>,
+    /// The owner of the SOA in the authority section (negative answers).
+    authority: Option<Labels>,
+    /// Our OPT record, with this extended rcode.
+    opt: Option<u8>,
+    /// The node's counter and the network's DNS counter it is counted under.
+    counter: u32,
+    which: u32,
+}
+
+impl DnsReply {
+    fn counts(&self) -> [u16; 4] {
+        if self.question_end == 0 {
+            return [0; 4];
+        }
+        [
+            1,
+            self.answers.len() as u16,
+            u16::from(self.authority.is_some()),
+            u16::from(self.opt.is_some()),
+        ]
+    }
+}
+
+/// The question of a query as the README reads it: a name of plain labels (no
+/// compression pointer, no other label type) of at most 255 bytes from byte 12, then
+/// its type and class, all within the message. Its labels (lowercased) and where it ends.
+fn question_of(m: &[u8]) -> Option<(Labels, usize)> {
+    let mut at = 12;
+    let mut labels = Vec::new();
+    loop {
+        if at - 12 >= 255 {
+            return None;
+        }
+        let len = usize::from(*m.get(at)?);
+        if len == 0 {
+            break;
+        }
+        if len > 63 {
+            return None;
+        }
+        labels.push(m.get(at + 1..at + 1 + len)?.to_ascii_lowercase());
+        at += 1 + len;
+    }
+    let end = at + 5;
+    (end <= m.len()).then_some((labels, end))
+}
+
+/// A record of a message, as parsed.
+struct Parsed {
+    owner: Labels,
+    rtype: u16,
+    class: u16,
+    ttl: u32,
+    /// Where its data begins, and its length.
+    data: (usize, usize),
+}
+
+/// A DNS message, parsed strictly: every section whole and nothing after the last.
+struct Message {
+    counts: [u16; 4],
+    question_end: usize,
+    sections: [Vec<Parsed>; 3],
+}
+
+/// A name at `at` in `m` (compression pointers followed, only backwards), lowercased,
+/// and where what follows it begins.
+fn read_name(m: &[u8], at: usize) -> Result<(Labels, usize), String> {
+    let (mut labels, mut pos, mut next, mut length) = (Vec::new(), at, None, 0);
+    loop {
+        let byte = *m.get(pos).ok_or("a name runs past the end")?;
+        match byte {
+            0 => {
+                length += 1;
+                if length > 255 {
+                    return Err("a name longer than 255 bytes".into());
+                }
+                return Ok((labels, next.unwrap_or(pos + 1)));
+            }
+            1..=63 => {
+                let len = usize::from(byte);
+                let label = m
+                    .get(pos + 1..pos + 1 + len)
+                    .ok_or("a label runs past the end")?;
+                labels.push(label.to_ascii_lowercase());
+                length += 1 + len;
+                pos += 1 + len;
+            }
+            0xc0..=0xff => {
+                let low = *m.get(pos + 1).ok_or("a pointer cut short")?;
+                let to = usize::from(u16::from_be_bytes([byte & 0x3f, low]));
+                if to >= pos {
+                    return Err(format!("a pointer at {pos} to {to}: not backwards"));
+                }
+                next.get_or_insert(pos + 2);
+                pos = to;
+            }
+            _ => return Err(format!("label type {byte:#x} at {pos}")),
+        }
+    }
+}
+
+fn parse_message(m: &[u8]) -> Result<Message, String> {
+    if m.len() < 12 {
+        return Err("shorter than a header".into());
+    }
+    let count = |i: usize| u16::from_be_bytes([m[4 + 2 * i], m[5 + 2 * i]]);
+    let counts = [count(0), count(1), count(2), count(3)];
+    let mut at = 12;
+    for _ in 0..counts[0] {
+        at = read_name(m, at)?.1 + 4;
+        if at > m.len() {
+            return Err("a question cut short".into());
+        }
+    }
+    let question_end = at;
+    let mut sections: [Vec<Parsed>; 3] = Default::default();
+    for (section, &n) in sections.iter_mut().zip(&counts[1..]) {
+        for _ in 0..n {
+            let (owner, after) = read_name(m, at)?;
+            let fixed = m.get(after..after + 10).ok_or("a record cut short")?;
+            let word = |i: usize| u16::from_be_bytes([fixed[i], fixed[i + 1]]);
+            let len = usize::from(word(8));
+            if after + 10 + len > m.len() {
+                return Err("a record's data runs past the end".into());
+            }
+            section.push(Parsed {
+                owner,
+                rtype: word(0),
+                class: word(2),
+                ttl: u32::from_be_bytes(fixed[4..8].try_into().unwrap()),
+                data: (after + 10, len),
+            });
+            at = after + 10 + len;
+        }
+    }
+    if at != m.len() {
+        return Err(format!("{} bytes after the last record", m.len() - at));
+    }
+    Ok(Message {
+        counts,
+        question_end,
+        sections,
+    })
+}
+
+/// Whether the data at `data` of `m` is the name `ns.<domain>`, whole.
+fn ns_name(m: &[u8], (at, len): (usize, usize)) -> bool {
+    read_name(m, at)
+        .is_ok_and(|(name, after)| name == labels_of(&format!("ns.{DOMAIN}")) && after == at + len)
+}
+
+/// A counter's name.
+fn counter_name(which: u32) -> &'static str {
+    counter::ALL
+        .iter()
+        .find(|(c, _)| *c == which)
+        .map_or("?", |(_, name)| name)
 }
 
 // ---------------------------------------------------------------------------------
@@ -887,6 +1483,9 @@ struct Allowed {
     /// Translate this provider's ICMP error about the known connection back to its
     /// consumer.
     error: Option<(FlowKey, Conn)>,
+    /// A DNS query (or a frame to a resolver address, or for port 53 elsewhere): what
+    /// must become of it, and nothing else.
+    dns: Option<DnsExpect>,
 }
 
 /// An ICMP message the node may answer a frame with.
@@ -989,6 +1588,30 @@ struct Tally {
     udp_forward: u64,
     udp_reply: u64,
     mss_clamped: u64,
+    dns: DnsTally,
+}
+
+/// What became of DNS frames (and of the others the DNS model judged).
+#[derive(Default)]
+struct DnsTally {
+    frames: u64,
+    mutated: u64,
+    /// Answers by kind; of them, with our OPT record.
+    kinds: BTreeMap<DnsKind, u64>,
+    with_opt: u64,
+    /// Records in answers: A (and of those, answers listing more than one zone's
+    /// addresses, the asker's first), SOA and NS.
+    a_records: u64,
+    zone_first: u64,
+    soa: u64,
+    ns: u64,
+    /// Answers whose UDP checksum computed to 0 (sent as 0xFFFF).
+    zero_sum: u64,
+    /// Drops by counter, and frames handed to the kernel.
+    drops: BTreeMap<u32, u64>,
+    pass: u64,
+    /// What each consumer network's DNS counters must hold.
+    stats: [[u64; dns_counter::COUNT as usize]; 2],
 }
 
 // ---------------------------------------------------------------------------------
@@ -1011,6 +1634,13 @@ struct Fuzz<'r> {
     out: Vec<u8>,
     /// `drop_icmp_budget` per endpoint slot, as last read.
     budget_seen: BTreeMap<u32, u64>,
+    /// The names each network's resolver answers, per phase ([`Phase::index`], then
+    /// [`CONS_A`] or [`CONS_B`]).
+    names: [[BTreeMap<Labels, Records>; 2]; 2],
+    /// Names the generator asks about.
+    known: Vec<Labels>,
+    /// The zones' SOA serial (it changes with the records: read from the map).
+    serial: u32,
 }
 
 impl<'r> Fuzz<'r> {
@@ -1046,7 +1676,28 @@ impl<'r> Fuzz<'r> {
             recent: VecDeque::new(),
             out: vec![0; 4096],
             budget_seen: BTreeMap::new(),
+            names: [Phase::Configured, Phase::Revoked]
+                .map(|phase| [dns_names("vpc-a", phase), dns_names("vpc-b", phase)]),
+            known: dns_known(),
+            serial: 0,
         }
+        .with_serial()
+    }
+
+    /// The zones' SOA serial, as the agent last wrote it.
+    fn with_serial(mut self) -> Self {
+        let settings: DnsSettings = self
+            .rig
+            .pipeline
+            .maps()
+            .hash::<u32, DnsSettings>(name::DNS)
+            .unwrap()
+            .get(&0, 0)
+            .expect("DNS settings");
+        let names = [format!("ns.{DOMAIN}"), format!("hostmaster.{DOMAIN}")];
+        let at = 10 + names.iter().map(|n| 2 + n.len()).sum::<usize>();
+        self.serial = u32::from_be_bytes(settings.soa[at..at + 4].try_into().unwrap());
+        self
     }
 
     fn run(mut self, frames: u64) {
@@ -1068,6 +1719,7 @@ impl<'r> Fuzz<'r> {
                     Phase::Revoked => Phase::Configured,
                 };
                 self.rig.reconfigure(&self.phase.config());
+                self = self.with_serial();
                 self.tally.phases += 1;
                 // A change of config alone removes no connection.
                 self.sync();
@@ -1120,6 +1772,13 @@ impl<'r> Fuzz<'r> {
             let conn = self.model.flows.get(&key)?;
             Some((self.flow_entry(&key)?, self.flow_entry(&conn.reply_key())?))
         });
+        // The counter a DNS frame must be counted under, before.
+        let counted = match &allowed.dns {
+            Some(DnsExpect::Drop { counter, .. }) => Some((*counter, self.stat(*counter))),
+            Some(DnsExpect::Pass) => Some((counter::PASS, self.stat(counter::PASS))),
+            Some(DnsExpect::Reply(reply)) => Some((reply.counter, self.stat(reply.counter))),
+            _ => None,
+        };
         self.n += 1;
         let (action, len) = self.run_frame(port, frame);
         if self.recent.len() == 8 {
@@ -1156,6 +1815,9 @@ impl<'r> Fuzz<'r> {
             Some(key) => self.outcome(&ran, &allowed, key, before),
             None if ran.forwarded() => self.judge_forwarded(&ran, &allowed, false),
             None => {}
+        }
+        if let Some(dns) = &allowed.dns {
+            self.judge_dns(&ran, dns, counted);
         }
         let answered = ran.forwarded() && allowed.answer.as_ref().is_some_and(|a| a.matches(&out));
         if let (Some((key, way, may)), Some(before), true) = (about, before_about, answered) {
@@ -1264,9 +1926,18 @@ impl<'r> Fuzz<'r> {
             }
             return allowed;
         }
+        if let Some(dns) = self.unparsed_to_resolver(port, f) {
+            allowed.dns = Some(dns);
+            return allowed;
+        }
         let Some(seg) = Seg::of(f) else {
             return allowed;
         };
+        if let Some(dns) = self.dns_expect(port, f, &seg) {
+            allowed.pass = matches!(dns, DnsExpect::Pass);
+            allowed.dns = Some(dns);
+            return allowed;
+        }
         // What anything forwarded (or answered) must be: sent to this interface from a
         // unicast MAC, a right IPv4 checksum, flags a connection can carry.
         if f[0..6] != p.mac || f[6] & 1 != 0 || !ip_checksum_ok(f) || !sane_flags(&seg) {
@@ -1472,37 +2143,43 @@ impl<'r> Fuzz<'r> {
         e
     }
 
-    /// The answer to an echo request to an endpoint of the interface's network that is
-    /// available, from a source that can be a client and that its security groups (if
-    /// it has any) let reach some listener.
+    /// The answer to an echo request to the network's resolver address, or to an
+    /// endpoint of the interface's network that is available, from a source that can be a
+    /// client and that its security groups (if it has any) let reach some listener.
     fn echo_answer(&self, port: usize, f: &[u8], icmp: &Icmp) -> Option<Answer> {
         let p = self.ports[port];
         if !answered(p.vpc).contains(&icmp.dst) || icmp.kind != ECHO_REQUEST || icmp.code != 0 {
             return None;
         }
-        let of_endpoint = || {
+        // The resolver address answers anyone in its network; an endpoint's, as its
+        // state and security groups say.
+        let (slot, reachable) = if icmp.dst == resolver(p.vpc) {
+            (0, true)
+        } else {
             let endpoint = LISTENERS
                 .iter()
-                .find(|l| l.vpc == p.vpc && l.ip == icmp.dst)
-                .unwrap()
+                .find(|l| l.vpc == p.vpc && l.ip == icmp.dst)?
                 .endpoint;
-            LISTENERS.iter().filter(move |l| l.endpoint == endpoint)
+            let of_endpoint = || LISTENERS.iter().filter(move |l| l.endpoint == endpoint);
+            let listener = of_endpoint().next().unwrap();
+            let admitted = of_endpoint().all(|l| l.groups.is_none())
+                || of_endpoint().any(|l| {
+                    self.groups(l).is_some_and(|groups| {
+                        groups
+                            .iter()
+                            .any(|(prefix, len)| in_prefix(icmp.src, *prefix, *len))
+                    })
+                });
+            (
+                self.slots[listener.endpoint],
+                self.available(listener) && admitted,
+            )
         };
-        let listener = of_endpoint().next().unwrap();
-        let admitted = of_endpoint().all(|l| l.groups.is_none())
-            || of_endpoint().any(|l| {
-                self.groups(l).is_some_and(|groups| {
-                    groups
-                        .iter()
-                        .any(|(prefix, len)| in_prefix(icmp.src, *prefix, *len))
-                })
-            });
         let ok = f[0..6] == p.mac
             && f[6] & 1 == 0
             && ip_checksum_ok(f)
             && !martian(p.vpc, icmp.src, icmp.dst)
-            && self.available(listener)
-            && admitted;
+            && reachable;
         if !ok {
             return None;
         }
@@ -1525,7 +2202,7 @@ impl<'r> Fuzz<'r> {
         Some(Answer {
             kind: Own::EchoReply,
             frame: reply,
-            slot: self.slots[listener.endpoint],
+            slot,
             sure: true,
             about: None,
         })
@@ -1633,6 +2310,10 @@ impl<'r> Fuzz<'r> {
     /// or (`gone`: its connection went) the RST that cut it — exactly as the model
     /// expects it.
     fn judge_forwarded(&mut self, ran: &Ran, allowed: &Allowed, gone: bool) {
+        // Judged by `judge_dns`, whatever happened.
+        if allowed.dns.is_some() {
+            return;
+        }
         if let Some(arp) = &allowed.arp {
             if ran.out != arp.as_slice() {
                 self.fail(ran, &format!("a wrong ARP answer; expected {}", hex(arp)));
@@ -1871,6 +2552,541 @@ impl<'r> Fuzz<'r> {
                 );
             }
         }
+    }
+
+    // -- DNS ------------------------------------------------------------------------
+
+    /// `counter` of endpoint slot 0 (what no endpoint is blamed for), over all CPUs.
+    fn stat(&self, counter: u32) -> u64 {
+        self.rig
+            .pipeline
+            .maps()
+            .per_cpu_array::<Count>(name::STATS)
+            .unwrap()
+            .get(&counter::index(0, counter), 0)
+            .unwrap()
+            .iter()
+            .map(|c| c.packets)
+            .sum()
+    }
+
+    /// What the DNS model says becomes of the TCP or UDP segment `f` arriving on `port`,
+    /// if it is for port 53 or for a resolver address: a query to the network's resolver
+    /// is judged as DNS ([`Fuzz::query`]); on a consumer interface anything else that no
+    /// listener takes is not endpoint traffic; on a provider interface, what is not for
+    /// a NAT address or port is the kernel's.
+    fn dns_expect(&self, port: usize, f: &[u8], seg: &Seg) -> Option<DnsExpect> {
+        let p = self.ports[port];
+        if seg.dport != 53 && seg.dst != RESOLVER_A && seg.dst != RESOLVER_B {
+            return None;
+        }
+        if p.network == 0 {
+            let nat_port = (NAT_FIRST..=NAT_LAST).contains(&seg.dport);
+            return (seg.dst != NAT && !nat_port).then_some(DnsExpect::Pass);
+        }
+        if seg.proto == PROTO_UDP && seg.dport == 53 && seg.dst == resolver(p.vpc) {
+            return Some(self.query(port, f, seg));
+        }
+        let listener = LISTENERS.iter().any(|l| {
+            l.vpc == p.vpc && l.ip == seg.dst && l.port == seg.dport && l.proto == seg.proto
+        });
+        (!listener).then_some(DnsExpect::Drop {
+            counter: counter::DROP_NOT_ENDPOINT,
+            which: None,
+        })
+    }
+
+    /// IPv4 to a resolver address on a consumer interface that is not a whole TCP, UDP
+    /// or ICMP packet (README: what the program does not handle): another protocol is
+    /// not endpoint traffic; a truncated or inconsistent header is malformed; a fragment,
+    /// or IPv4 options, is dropped as such where the address is the network's resolver,
+    /// as not endpoint traffic elsewhere.
+    fn unparsed_to_resolver(&self, port: usize, f: &[u8]) -> Option<DnsExpect> {
+        let p = self.ports[port];
+        if p.network == 0 || f.len() < 34 || f[12..14] != [8, 0] {
+            return None;
+        }
+        let dst: [u8; 4] = f[30..34].try_into().unwrap();
+        if dst != RESOLVER_A && dst != RESOLVER_B {
+            return None;
+        }
+        let drop = |counter| {
+            Some(DnsExpect::Drop {
+                counter,
+                which: None,
+            })
+        };
+        let proto = f[23];
+        if ![1, PROTO_TCP, PROTO_UDP].contains(&proto) {
+            return drop(counter::DROP_NOT_ENDPOINT);
+        }
+        let ihl = usize::from(f[14] & 0xf) * 4;
+        let tot_len = usize::from(u16::from_be_bytes([f[16], f[17]]));
+        if f[14] >> 4 != 4 || ihl < 20 || tot_len < ihl || 14 + tot_len > f.len() {
+            return drop(counter::DROP_MALFORMED);
+        }
+        let ours = dst == resolver(p.vpc);
+        if u16::from_be_bytes([f[20], f[21]]) & 0x3fff != 0 {
+            return drop(if ours {
+                counter::DROP_FRAGMENT
+            } else {
+                counter::DROP_NOT_ENDPOINT
+            });
+        }
+        if ihl != 20 {
+            return drop(if ours {
+                counter::DROP_IP_OPTIONS
+            } else {
+                counter::DROP_NOT_ENDPOINT
+            });
+        }
+        let payload = tot_len - 20;
+        let whole = match proto {
+            PROTO_TCP => f.len() >= 54 && (20..=payload).contains(&(usize::from(f[46] >> 4) * 4)),
+            PROTO_UDP => {
+                f.len() >= 42
+                    && payload >= 8
+                    && usize::from(u16::from_be_bytes([f[38], f[39]])) == payload
+            }
+            _ => f.len() >= 42 && payload >= 8,
+        };
+        if !whole {
+            return drop(counter::DROP_MALFORMED);
+        }
+        // A whole TCP or UDP packet: see `dns_expect` (ICMP: `echo_answer`).
+        None
+    }
+
+    /// A datagram to port 53 of the resolver address of `port`'s network: checked like
+    /// endpoint traffic (sent to the interface from a unicast MAC, a right IPv4 checksum,
+    /// a source that can be a client, a right UDP checksum or none), then answered as the
+    /// README's DNS rules say — or dropped if shorter than a header or a response.
+    fn query(&self, port: usize, f: &[u8], seg: &Seg) -> DnsExpect {
+        let p = self.ports[port];
+        let drop = |counter, which| DnsExpect::Drop { counter, which };
+        if f[0..6] != p.mac || f[6] & 1 != 0 {
+            return drop(counter::DROP_NOT_FOR_US, None);
+        }
+        if !ip_checksum_ok(f) {
+            return drop(counter::DROP_BAD_CHECKSUM, None);
+        }
+        if martian(p.vpc, seg.src, seg.dst) {
+            return drop(counter::DROP_MARTIAN, None);
+        }
+        if !seg.checksum_ok(f) {
+            return drop(counter::DROP_BAD_CHECKSUM, None);
+        }
+        let m = &f[42..14 + seg.tot_len];
+        if m.len() < 12 || m[2] & wire::QR != 0 {
+            return drop(counter::DROP_DNS, Some(dns_counter::MALFORMED));
+        }
+        // Answers keep the query's opcode and RD; the rest of the flags are theirs.
+        let kept = (m[2] & (wire::OPCODE | wire::RD)) | wire::QR;
+        let header_only = |kind, code, counter, which| {
+            DnsExpect::Reply(DnsReply {
+                kind,
+                flags: [kept, code],
+                question_end: 0,
+                name: Vec::new(),
+                answers: Vec::new(),
+                authority: None,
+                opt: None,
+                counter,
+                which,
+            })
+        };
+        if m[2] & wire::OPCODE != 0 {
+            return header_only(
+                DnsKind::Notimp,
+                wire::NOTIMP,
+                counter::DNS_REFUSED,
+                dns_counter::REFUSED,
+            );
+        }
+        let count = |i: usize| u16::from_be_bytes([m[4 + 2 * i], m[5 + 2 * i]]);
+        let question = question_of(m).filter(|_| [count(0), count(1), count(2)] == [1, 0, 0]);
+        let Some((name, end)) = question else {
+            return header_only(
+                DnsKind::Formerr,
+                wire::FORMERR,
+                counter::DNS_FORMERR,
+                dns_counter::MALFORMED,
+            );
+        };
+        let qtype = u16::from_be_bytes([m[end - 4], m[end - 3]]);
+        let qclass = u16::from_be_bytes([m[end - 2], m[end - 1]]);
+        // EDNS: the one additional record is an OPT record for the root (its version in
+        // its seventh byte).
+        let edns = (count(3) == 1
+            && m.len() >= end + 11
+            && m[end] == 0
+            && m[end + 1..end + 3] == wire::OPT.to_be_bytes())
+        .then(|| m[end + 6]);
+        let reply = |kind, code, answers, authority, opt, counter, which| {
+            DnsExpect::Reply(DnsReply {
+                kind,
+                flags: [kept, code],
+                question_end: end,
+                name: name.clone(),
+                answers,
+                authority,
+                opt,
+                counter,
+                which,
+            })
+        };
+        if edns.is_some_and(|version| version > 0) {
+            // BADVERS: extended rcode 1, nothing else, not authoritative.
+            return reply(
+                DnsKind::Badvers,
+                wire::NOERROR,
+                Vec::new(),
+                None,
+                Some(1),
+                counter::DNS_FORMERR,
+                dns_counter::MALFORMED,
+            );
+        }
+        let names = &self.names[self.phase.index()][port];
+        let (kind, answers, authority) =
+            if qclass != wire::IN || qtype == wire::AXFR || qtype == wire::IXFR {
+                (DnsKind::Refused, Vec::new(), None)
+            } else if let Some(records) = names.get(&name) {
+                let answers = match qtype {
+                    wire::SOA if records.apex => vec![Rdata::Soa],
+                    wire::NS if records.apex => vec![Rdata::Ns],
+                    wire::A | wire::ANY => {
+                        let zone = self.phase.client_zone(port);
+                        let local = |z: &&str| Some(*z) == zone;
+                        let (first, rest): (Vec<([u8; 4], &str)>, Vec<_>) =
+                            records.addresses.iter().partition(|(_, z)| local(z));
+                        first
+                            .into_iter()
+                            .chain(rest)
+                            .map(|(ip, _): ([u8; 4], &str)| Rdata::A(ip))
+                            .collect()
+                    }
+                    _ => Vec::new(),
+                };
+                if answers.is_empty() {
+                    // NODATA: the SOA owned by the apex of the name's zone.
+                    let apex = name[name.len() - records.apex_labels..].to_vec();
+                    (DnsKind::Nodata, answers, Some(apex))
+                } else {
+                    (DnsKind::Answer, answers, None)
+                }
+            } else {
+                // Under one of the network's zone apexes (the longest proper suffix of at
+                // most 15 labels that is one): NXDOMAIN, its SOA owned by that apex; not
+                // ours: REFUSED.
+                let apex = (1..name.len().min(16))
+                    .rev()
+                    .map(|n| &name[name.len() - n..])
+                    .find(|suffix| names.get(*suffix).is_some_and(|r| r.apex));
+                match apex {
+                    Some(apex) => (DnsKind::Nxdomain, Vec::new(), Some(apex.to_vec())),
+                    None => (DnsKind::Refused, Vec::new(), None),
+                }
+            };
+        let (code, counter, which) = match kind {
+            DnsKind::Refused => (wire::REFUSED, counter::DNS_REFUSED, dns_counter::REFUSED),
+            DnsKind::Nxdomain => (wire::NXDOMAIN, counter::DNS_NXDOMAIN, dns_counter::NXDOMAIN),
+            _ => (wire::NOERROR, counter::DNS_ANSWER, dns_counter::ANSWER),
+        };
+        let opt = edns.map(|_| 0);
+        match reply(kind, code, answers, authority, opt, counter, which) {
+            // Authoritative, unless refused.
+            DnsExpect::Reply(mut r) if kind != DnsKind::Refused => {
+                r.flags[0] |= wire::AA;
+                DnsExpect::Reply(r)
+            }
+            other => other,
+        }
+    }
+
+    /// A frame the DNS model judged: it must have become what the model says — the
+    /// answer, or the drop (or the kernel) counted under its counter, once.
+    fn judge_dns(&mut self, ran: &Ran, expect: &DnsExpect, counted: Option<(u32, u64)>) {
+        let vpc = ran.port.min(CONS_B);
+        match expect {
+            DnsExpect::Reply(reply) => {
+                if !ran.forwarded() {
+                    self.fail(
+                        ran,
+                        &format!(
+                            "not answered; expected {:?} (flags {}, counts {:?}, answers {:?}, \
+                             authority {:?}, OPT {:?})",
+                            reply.kind,
+                            hex(&reply.flags),
+                            reply.counts(),
+                            reply.answers,
+                            reply.authority.as_deref().map(dotted),
+                            reply.opt
+                        ),
+                    );
+                }
+                self.check_bounce(ran);
+                self.check_dns_reply(ran, reply);
+                self.check_counted(ran, counted);
+                let t = &mut self.tally.dns;
+                *t.kinds.entry(reply.kind).or_default() += 1;
+                t.with_opt += u64::from(reply.opt.is_some());
+                t.stats[vpc][reply.which as usize] += 1;
+                for record in &reply.answers {
+                    match record {
+                        Rdata::A(_) => t.a_records += 1,
+                        Rdata::Soa => t.soa += 1,
+                        Rdata::Ns => t.ns += 1,
+                    }
+                }
+                let zones = self.phase.client_zone(ran.port).is_some();
+                t.zone_first += u64::from(zones && reply.answers.len() > 1);
+                let out = ran.out;
+                let zero = out[40..42] == [0xff, 0xff] && {
+                    let mut without = out.to_vec();
+                    without[40..42].fill(0);
+                    transport_sum_ok(&without, 17, 20, out.len() - 14)
+                };
+                t.zero_sum += u64::from(zero);
+            }
+            DnsExpect::Drop { counter, which } => {
+                if ran.action != XDP_DROP {
+                    self.fail(
+                        ran,
+                        &format!("not dropped (under {})", counter_name(*counter)),
+                    );
+                }
+                self.check_counted(ran, counted);
+                let t = &mut self.tally.dns;
+                *t.drops.entry(*counter).or_default() += 1;
+                if let Some(which) = which {
+                    t.stats[vpc][*which as usize] += 1;
+                }
+            }
+            DnsExpect::Pass => {
+                if ran.action != XDP_PASS {
+                    self.fail(ran, "not handed to the kernel");
+                }
+                self.check_counted(ran, counted);
+                self.tally.dns.pass += 1;
+            }
+        }
+    }
+
+    /// The frame was counted once under the counter the model names (read before it ran).
+    fn check_counted(&self, ran: &Ran, counted: Option<(u32, u64)>) {
+        let Some((counter, was)) = counted else {
+            return;
+        };
+        let now = self.stat(counter);
+        if now != was + 1 {
+            self.fail(
+                ran,
+                &format!(
+                    "counted {} times under {}, not once",
+                    now.wrapping_sub(was),
+                    counter_name(counter)
+                ),
+            );
+        }
+    }
+
+    /// The output is the answer the model expects: back out the interface to the asker,
+    /// from the address and port it asked (the rest of the IPv4 header kept but for the
+    /// lengths, DF, TTL 64), both checksums right (computed here); the message parses,
+    /// echoes the ID and the question byte for byte, has the flags, rcode and counts the
+    /// model gives, and exactly its records.
+    fn check_dns_reply(&self, ran: &Ran, reply: &DnsReply) {
+        let (f, out) = (ran.frame, ran.out);
+        let p = self.ports[ran.port];
+        let tot_len = usize::from(u16::from_be_bytes([f[16], f[17]]));
+        let query = &f[42..14 + tot_len];
+        if out.len() < 42 + 12 {
+            self.fail(ran, "an answer shorter than its headers and a DNS header");
+        }
+        let message = &out[42..];
+        let mut headers = f[6..12].to_vec();
+        headers.extend(p.mac);
+        headers.extend([8, 0, 0x45, f[15]]);
+        headers.extend(((20 + 8 + message.len()) as u16).to_be_bytes());
+        headers.extend(&f[18..20]);
+        headers.extend([DF, 0, 64, 17]);
+        headers.extend(&out[24..26]);
+        headers.extend(&f[30..34]);
+        headers.extend(&f[26..30]);
+        headers.extend(&f[36..38]);
+        headers.extend(&f[34..36]);
+        headers.extend(((8 + message.len()) as u16).to_be_bytes());
+        headers.extend(&out[40..42]);
+        if out[..42] != headers[..] {
+            self.fail(
+                ran,
+                &format!(
+                    "not the answer's headers; expected (checksums aside) {}",
+                    hex(&headers)
+                ),
+            );
+        }
+        if !ip_checksum_ok(out) {
+            self.fail(ran, "an answer with a wrong IPv4 checksum");
+        }
+        if out[40..42] == [0, 0] || !transport_sum_ok(out, 17, 20, out.len() - 14) {
+            self.fail(ran, "an answer without a right UDP checksum");
+        }
+        let parsed = match parse_message(message) {
+            Ok(parsed) => parsed,
+            Err(e) => self.fail(ran, &format!("the answer does not parse: {e}")),
+        };
+        let mut problems = Vec::new();
+        if message[0..2] != query[0..2] {
+            problems.push("the ID is not the query's".to_string());
+        }
+        if message[2..4] != reply.flags {
+            problems.push(format!(
+                "flags and rcode {}, expected {}",
+                hex(&message[2..4]),
+                hex(&reply.flags)
+            ));
+        }
+        if parsed.counts != reply.counts() {
+            problems.push(format!(
+                "counts {:?}, expected {:?}",
+                parsed.counts,
+                reply.counts()
+            ));
+        } else {
+            let end = reply.question_end;
+            if end != 0 && (parsed.question_end != end || message[12..end] != query[12..end]) {
+                problems.push("the question is not echoed byte for byte".to_string());
+            }
+            problems.extend(self.record_problems(message, &parsed, reply));
+        }
+        if !problems.is_empty() {
+            self.fail(
+                ran,
+                &format!(
+                    "not the expected DNS answer ({:?}; answers {:?}, authority {:?}, OPT \
+                     {:?}): {}",
+                    reply.kind,
+                    reply.answers,
+                    reply.authority.as_deref().map(dotted),
+                    reply.opt,
+                    problems.join("; ")
+                ),
+            );
+        }
+    }
+
+    /// How the answer's records differ from the model's (the counts agree).
+    fn record_problems(&self, m: &[u8], parsed: &Message, reply: &DnsReply) -> Vec<String> {
+        let mut problems = Vec::new();
+        let [answers, authority, additional] = &parsed.sections;
+        for (i, (rr, want)) in answers.iter().zip(&reply.answers).enumerate() {
+            let (at, len) = rr.data;
+            let data = &m[at..at + len];
+            let rtype = match want {
+                Rdata::A(_) => wire::A,
+                Rdata::Soa => wire::SOA,
+                Rdata::Ns => wire::NS,
+            };
+            if rr.owner != reply.name || rr.class != wire::IN || rr.ttl != DNS_TTL {
+                problems.push(format!(
+                    "answer {i}: owner {}, class {}, TTL {}",
+                    dotted(&rr.owner),
+                    rr.class,
+                    rr.ttl
+                ));
+            }
+            let right = rr.rtype == rtype
+                && match want {
+                    Rdata::A(ip) => data == ip,
+                    Rdata::Soa => self.soa_problem(m, rr.data).is_none(),
+                    Rdata::Ns => ns_name(m, rr.data),
+                };
+            if !right {
+                problems.push(format!(
+                    "answer {i}: type {} data {}, expected {want:?}{}",
+                    rr.rtype,
+                    hex(data),
+                    match want {
+                        Rdata::Soa => self.soa_problem(m, rr.data),
+                        _ => None,
+                    }
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default()
+                ));
+            }
+        }
+        if let (Some(owner), Some(rr)) = (&reply.authority, authority.first()) {
+            let right = rr.owner == *owner
+                && rr.rtype == wire::SOA
+                && rr.class == wire::IN
+                && rr.ttl == DNS_TTL;
+            if !right {
+                problems.push(format!(
+                    "authority: owner {} type {} class {} TTL {}, expected the SOA of {}",
+                    dotted(&rr.owner),
+                    rr.rtype,
+                    rr.class,
+                    rr.ttl,
+                    dotted(owner)
+                ));
+            }
+            if let Some(problem) = self.soa_problem(m, rr.data) {
+                problems.push(format!("authority: {problem}"));
+            }
+        }
+        if let (Some(extended), Some(rr)) = (reply.opt, additional.first()) {
+            let right = rr.owner.is_empty()
+                && rr.rtype == wire::OPT
+                && rr.class == wire::PAYLOAD
+                && rr.ttl == u32::from(extended) << 24
+                && rr.data.1 == 0;
+            if !right {
+                problems.push(format!(
+                    "OPT: owner {:?} type {} payload {} extended rcode, version and flags \
+                     {:#010x}, {} bytes of options; expected ours with extended rcode \
+                     {extended}",
+                    dotted(&rr.owner),
+                    rr.rtype,
+                    rr.class,
+                    rr.ttl,
+                    rr.data.1
+                ));
+            }
+        }
+        problems
+    }
+
+    /// What is wrong with the SOA data at `data` of `m`, if anything: every zone's is
+    /// `ns.<domain>`, `hostmaster.<domain>`, the serial, refresh 3600, retry 600, expire
+    /// 86400 and the TTL as minimum.
+    fn soa_problem(&self, m: &[u8], (at, len): (usize, usize)) -> Option<String> {
+        let names = read_name(m, at).and_then(|(mname, after)| {
+            read_name(m, after).map(|(rname, after)| (mname, rname, after))
+        });
+        let (mname, rname, after) = match names {
+            Ok(names) => names,
+            Err(e) => return Some(format!("SOA names: {e}")),
+        };
+        let values: Vec<u32> = match m.get(after..after + 20) {
+            Some(bytes) if after + 20 == at + len => bytes
+                .chunks(4)
+                .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+                .collect(),
+            _ => return Some("SOA data of another length".to_string()),
+        };
+        let right = mname == labels_of(&format!("ns.{DOMAIN}"))
+            && rname == labels_of(&format!("hostmaster.{DOMAIN}"))
+            && values == [self.serial, 3600, 600, 86400, DNS_TTL];
+        (!right).then(|| {
+            format!(
+                "SOA {} {} {values:?}, serial {} expected",
+                dotted(&mname),
+                dotted(&rname),
+                self.serial
+            )
+        })
     }
 
     // -- SYNs: opening, reopening, removing ---------------------------------------
@@ -2243,7 +3459,8 @@ impl<'r> Fuzz<'r> {
             + t.time_exceeded
             + t.frag_needed
             + t.echo
-            + t.icmp_error;
+            + t.icmp_error
+            + t.dns.kinds.values().sum::<u64>();
         let mut summary = format!(
             "packet fuzz: seed {:#x}: {} frames ({} mutated, {} random) in {seconds:.1} s \
              ({:.0}/s), {} table checks, {} config changes, {} connections expired: \
@@ -2282,6 +3499,9 @@ impl<'r> Fuzz<'r> {
             }
         }
         println!("{summary}");
+        println!("{}", self.dns_summary());
+        let d = &t.dns;
+        let kind = |k: DnsKind| d.kinds.get(&k).copied().unwrap_or(0);
         let expect = [
             ("every frame", total, self.n),
             (
@@ -2324,6 +3544,31 @@ impl<'r> Fuzz<'r> {
                 counters.packets(counter::MSS_CLAMPED),
                 t.mss_clamped,
             ),
+            (
+                "dns_answer",
+                counters.packets(counter::DNS_ANSWER),
+                kind(DnsKind::Answer) + kind(DnsKind::Nodata),
+            ),
+            (
+                "dns_nxdomain",
+                counters.packets(counter::DNS_NXDOMAIN),
+                kind(DnsKind::Nxdomain),
+            ),
+            (
+                "dns_refused",
+                counters.packets(counter::DNS_REFUSED),
+                kind(DnsKind::Refused) + kind(DnsKind::Notimp),
+            ),
+            (
+                "dns_formerr",
+                counters.packets(counter::DNS_FORMERR),
+                kind(DnsKind::Formerr) + kind(DnsKind::Badvers),
+            ),
+            (
+                "drop_dns",
+                counters.packets(counter::DROP_DNS),
+                d.drops.get(&counter::DROP_DNS).copied().unwrap_or(0),
+            ),
         ];
         for (what, counted, seen) in expect {
             assert_eq!(
@@ -2351,6 +3596,36 @@ impl<'r> Fuzz<'r> {
             ("mss_clamped", t.mss_clamped, 20_000),
             ("reset_sent", t.reset, 2 * PHASE_FRAMES),
             ("drop_icmp_budget", t.icmp_budget, 2 * PHASE_FRAMES),
+            ("DNS answer", kind(DnsKind::Answer), 20_000),
+            ("DNS NODATA", kind(DnsKind::Nodata), 20_000),
+            ("DNS NXDOMAIN", kind(DnsKind::Nxdomain), 20_000),
+            ("DNS REFUSED", kind(DnsKind::Refused), 20_000),
+            ("DNS NOTIMP", kind(DnsKind::Notimp), 20_000),
+            ("DNS FORMERR", kind(DnsKind::Formerr), 20_000),
+            ("DNS BADVERS", kind(DnsKind::Badvers), 20_000),
+            ("DNS answer with OPT", d.with_opt, 20_000),
+            ("DNS answer, the zone's address first", d.zone_first, 50_000),
+            ("DNS SOA answer", d.soa, 50_000),
+            ("DNS NS answer", d.ns, 50_000),
+            ("DNS to the kernel", d.pass, 20_000),
+            (
+                "DNS answer whose checksum computed to 0",
+                d.zero_sum,
+                20_000,
+            ),
+            (
+                "drop_dns",
+                d.drops.get(&counter::DROP_DNS).copied().unwrap_or(0),
+                20_000,
+            ),
+            (
+                "DNS drop_not_endpoint",
+                d.drops
+                    .get(&counter::DROP_NOT_ENDPOINT)
+                    .copied()
+                    .unwrap_or(0),
+                20_000,
+            ),
         ];
         for (what, n, after) in outcomes {
             assert!(
@@ -2359,6 +3634,58 @@ impl<'r> Fuzz<'r> {
                 self.seed
             );
         }
+        // Each network's DNS counters.
+        let stats = self
+            .rig
+            .pipeline
+            .maps()
+            .per_cpu_array::<Count>(name::DNS_STATS)
+            .unwrap();
+        for (p, expected) in self.ports[..2].iter().zip(d.stats) {
+            let counted: Vec<u64> = (0..dns_counter::COUNT)
+                .map(|which| {
+                    let index = p.network * dns_counter::COUNT + which;
+                    let per_cpu = stats.get(&index, 0).unwrap();
+                    per_cpu.iter().map(|c| c.packets).sum()
+                })
+                .collect();
+            assert_eq!(
+                counted,
+                expected,
+                "seed {:#x}: {}'s DNS counters ({:?})",
+                self.seed,
+                p.vpc,
+                dns_counter::NAMES
+            );
+        }
+    }
+
+    /// What became of the DNS frames.
+    fn dns_summary(&self) -> String {
+        let d = &self.tally.dns;
+        let mut summary = format!(
+            "packet fuzz: DNS: {} frames made ({} messages mutated); of them and the other \
+             frames for port 53 or a resolver address: answered",
+            d.frames, d.mutated
+        );
+        for (kind, n) in &d.kinds {
+            let _ = write!(summary, " {kind:?} {n}");
+        }
+        let _ = write!(
+            summary,
+            " ({} with OPT; records: A {}, SOA {}, NS {}; {} answers listing the asker's \
+             zone first; {} whose UDP checksum computed to 0); dropped",
+            d.with_opt, d.a_records, d.soa, d.ns, d.zone_first, d.zero_sum
+        );
+        for (c, n) in &d.drops {
+            let _ = write!(summary, " {} {n}", counter_name(*c));
+        }
+        let _ = write!(
+            summary,
+            "; to the kernel {}; per network [answer, nxdomain, refused, malformed]: vpc-a {:?}, vpc-b {:?}",
+            d.pass, d.stats[0], d.stats[1]
+        );
+        summary
     }
 
     fn reproduce(&self) -> String {
@@ -2400,8 +3727,11 @@ impl<'r> Fuzz<'r> {
     // -- frames ---------------------------------------------------------------------
 
     /// The next frame and the interface it arrives on: mostly a valid frame of some
-    /// kind, half of those mutated; a few random ones.
+    /// kind, half of those mutated; a few random ones; DNS queries.
     fn frame(&mut self) -> (usize, Vec<u8>) {
+        if self.rng.chance(DNS_PERCENT) {
+            return self.dns_frame();
+        }
         let (mut port, mut frame) = match self.rng.below(100) {
             0..22 => self.consumer_syn(),
             22..44 => self.consumer_segment(),
@@ -2435,7 +3765,9 @@ impl<'r> Fuzz<'r> {
                 0,
                 1,
             ],
-            1 => self.rng.pick(&[ENDPOINT, STRICT, GUARDED, PENDING, NAT]),
+            1 => self.rng.pick(&[
+                ENDPOINT, STRICT, GUARDED, PENDING, NAT, RESOLVER_A, RESOLVER_B,
+            ]),
             2 => self.rng.u32().to_be_bytes(),
             _ => self.rng.pick(&[
                 CLIENT,
@@ -2821,6 +4153,9 @@ impl<'r> Fuzz<'r> {
             STRICT,
             DNS,
             [10, 0, 0, 1],
+            MULTI[2],
+            RESOLVER_A,
+            RESOLVER_B,
         ]);
         let (kind, code) = if self.rng.chance(85) {
             (ECHO_REQUEST, 0)
@@ -2938,6 +4273,9 @@ impl<'r> Fuzz<'r> {
             NODE,
             T0,
             [10, 0, 0, 1],
+            MULTI[1],
+            RESOLVER_A,
+            RESOLVER_B,
         ]);
         let (mac, ip) = if self.ports[port].network != 0 {
             (CLIENT_MAC, self.client())
@@ -3004,6 +4342,463 @@ impl<'r> Fuzz<'r> {
             }
         };
         (port, frame)
+    }
+
+    /// A DNS query, mostly to the resolver address of the interface's network, now and
+    /// then to another address or port, over TCP, from a source or MAC that cannot ask,
+    /// with a checksum wrong or on a provider interface; a quarter of the messages
+    /// mutated, some frames too.
+    fn dns_frame(&mut self) -> (usize, Vec<u8>) {
+        self.tally.dns.frames += 1;
+        if self.rng.chance(2) {
+            return self.zero_sum_query();
+        }
+        let port = match self.rng.below(20) {
+            0 => self.rng.pick(&[PROV, PROV2]),
+            1..10 => CONS_A,
+            _ => CONS_B,
+        };
+        let own = match port {
+            CONS_A => RESOLVER_A,
+            CONS_B => RESOLVER_B,
+            _ => self.rng.pick(&[RESOLVER_A, RESOLVER_B]),
+        };
+        let dst = if self.rng.chance(85) {
+            own
+        } else {
+            self.rng.pick(&[
+                RESOLVER_A,
+                RESOLVER_B,
+                DNS,
+                ENDPOINT,
+                MULTI[1],
+                [10, 0, 0, 1],
+                NODE,
+            ])
+        };
+        let dport = if self.rng.chance(92) {
+            53
+        } else {
+            self.rng.pick_or(&[5353, 853, 54, 0, NAT_FIRST], Rng::u16)
+        };
+        let mut message = self.dns_message(port);
+        if self.rng.chance(25) {
+            self.tally.dns.mutated += 1;
+            self.mutate_dns(&mut message);
+        }
+        let src = match self.rng.below(20) {
+            0 => self.rng.pick(&[RESOLVER_A, RESOLVER_B, MULTI[0], DNS]),
+            1 => self.client(),
+            _ => self.rng.pick(&[
+                CLIENT,
+                [10, 0, 0, 11],
+                [10, 0, 0, 200],
+                [10, 0, 1, 1],
+                [192, 168, 7, 7],
+            ]),
+        };
+        let sport = if self.rng.chance(50) {
+            self.rng.u16()
+        } else {
+            self.rng.pick(&[53, 40053, 5353, 65535])
+        };
+        let mac_src = if self.rng.chance(96) {
+            CLIENT_MAC
+        } else {
+            self.rng
+                .pick(&[[1, 0, 0x5e, 0, 0, 1], [0xff; 6], [2, 0, 0, 0, 1, 9]])
+        };
+        let mac_dst = if self.rng.chance(96) {
+            self.ports[port].mac
+        } else {
+            self.rng.pick(&[[0xff; 6], [2, 9, 9, 9, 9, 9]])
+        };
+        let mut f = if self.rng.chance(4) {
+            // DNS over TCP (a SYN, or the message with its length).
+            let syn = self.rng.chance(50);
+            let mut payload = Vec::new();
+            if !syn {
+                payload.extend((message.len() as u16).to_be_bytes());
+                payload.extend(&message);
+            }
+            Wire {
+                mac_src,
+                mac_dst,
+                src,
+                dst,
+                sport,
+                dport,
+                ttl: 64,
+                seq: self.rng.u32(),
+                ack: self.rng.u32(),
+                flags: if syn { SYN } else { ACK | PSH },
+                window: 1024,
+                options: Vec::new(),
+                payload,
+            }
+            .frame()
+        } else {
+            Datagram {
+                mac_src,
+                mac_dst,
+                src,
+                dst,
+                sport,
+                dport,
+                ttl: self.ttl(10),
+                df: self.rng.chance(70),
+                checksum: self.rng.chance(85),
+                payload: message,
+            }
+            .frame()
+        };
+        match self.rng.below(50) {
+            // A wrong IPv4 or UDP checksum.
+            0 => f[25] ^= 1 << self.rng.below(8),
+            1 if f[23] == 17 => f[41] ^= 1 << self.rng.below(8),
+            // Bytes after the IPv4 packet (Ethernet padding).
+            2 | 3 => {
+                let n = 1 + self.rng.below(40);
+                f.extend(self.rng.bytes(n));
+            }
+            _ => {}
+        }
+        if self.rng.chance(6) {
+            self.tally.mutated += 1;
+            self.mutate(&mut f);
+        }
+        f.truncate(MAX_FRAME);
+        (port, f)
+    }
+
+    /// A query for a name that is not ours whose ID makes the REFUSED answer's UDP
+    /// checksum compute to 0 (sent as 0xFFFF): the answer is the query with other flags.
+    fn zero_sum_query(&mut self) -> (usize, Vec<u8>) {
+        let port = self.rng.pick(&[CONS_A, CONS_B]);
+        let resolver = resolver(self.ports[port].vpc);
+        let sport = self.rng.u16();
+        let flags = if self.rng.chance(50) { wire::RD } else { 0 };
+        let mut m = vec![0, 0, flags, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        let top = self.rng.pick(&["com", "org", "net"]);
+        for label in [self.label(), top.as_bytes().to_vec()] {
+            m.push(label.len() as u8);
+            m.extend(label);
+        }
+        m.extend([0, 0, 1, 0, 1]);
+        let mut answer = m.clone();
+        answer[2] |= wire::QR;
+        answer[3] = wire::REFUSED;
+        let udp_len = (8 + answer.len()) as u64;
+        let pseudo = sum(&resolver, sum(&CLIENT, 17 + udp_len));
+        let acc = sum(&answer, pseudo + 53 + u64::from(sport) + udp_len);
+        let id = 0xffff - fold(acc);
+        m[0..2].copy_from_slice(&id.to_be_bytes());
+        let datagram = Datagram {
+            mac_src: CLIENT_MAC,
+            mac_dst: self.ports[port].mac,
+            src: CLIENT,
+            dst: resolver,
+            sport,
+            dport: 53,
+            ttl: 64,
+            df: true,
+            checksum: true,
+            payload: m,
+        };
+        (port, datagram.frame())
+    }
+
+    /// A well-formed query: a random ID, RD or not (other flag bits now and then), one
+    /// question — a name from [`Fuzz::dns_name`], mostly type A and class IN — and EDNS
+    /// (OPT: payload size, DO, a cookie; now and then a version above 0) a third of the
+    /// time; now and then bytes after it.
+    fn dns_message(&mut self, port: usize) -> Vec<u8> {
+        let mut m = self.rng.u16().to_be_bytes().to_vec();
+        let mut flags = if self.rng.chance(50) { wire::RD } else { 0 };
+        if self.rng.chance(10) {
+            // TC, AA.
+            flags |= self.rng.u8() & 0x06;
+        }
+        let more = if self.rng.chance(15) {
+            self.rng.u8()
+        } else {
+            0
+        };
+        let edns = self.rng.chance(30);
+        m.extend([flags, more, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)]);
+        m.extend(self.dns_name(port));
+        let qtype = self.rng.pick_or(
+            &[
+                wire::A,
+                wire::A,
+                wire::A,
+                wire::A,
+                wire::A,
+                wire::A,
+                wire::NS,
+                wire::SOA,
+                wire::AAAA,
+                wire::NS,
+                wire::SOA,
+                wire::ANY,
+                wire::AXFR,
+                wire::IXFR,
+                wire::MX,
+                wire::TXT,
+            ],
+            Rng::u16,
+        );
+        let qclass = if self.rng.chance(90) {
+            wire::IN
+        } else {
+            self.rng.pick_or(&[3, 4, 254, 255, 0], Rng::u16)
+        };
+        m.extend(qtype.to_be_bytes());
+        m.extend(qclass.to_be_bytes());
+        if edns {
+            let payload = self.rng.pick_or(&[512, 1232, 4096, 65535, 0], Rng::u16);
+            let extended = if self.rng.chance(90) {
+                0
+            } else {
+                self.rng.u8()
+            };
+            let version = if self.rng.chance(85) {
+                0
+            } else {
+                self.rng.pick_or(&[1, 2, 255], Rng::u8)
+            };
+            let do_bit: u16 = if self.rng.chance(50) { 0x8000 } else { 0 };
+            let mut options = Vec::new();
+            if self.rng.chance(30) {
+                options.extend([0, 10, 0, 8]);
+                options.extend(self.rng.bytes(8));
+            }
+            m.push(0);
+            m.extend(wire::OPT.to_be_bytes());
+            m.extend(payload.to_be_bytes());
+            m.extend([extended, version]);
+            m.extend(do_bit.to_be_bytes());
+            m.extend((options.len() as u16).to_be_bytes());
+            m.extend(options);
+        }
+        if self.rng.chance(4) {
+            let n = self.rng.below(40);
+            m.extend(self.rng.bytes(n));
+        }
+        m
+    }
+
+    /// A question's name in wire format: mostly a name the network of `port` has, or
+    /// some network has (or had, or never had), or one under it; names under the domain
+    /// or a private name, names not ours, the root, names near the 255-byte limit, labels
+    /// of any bytes; half of them in random case (DNS 0x20).
+    fn dns_name(&mut self, port: usize) -> Vec<u8> {
+        let known = |fuzz: &mut Self| fuzz.known[fuzz.rng.below(fuzz.known.len())].clone();
+        let names = &self.names[self.phase.index()][port.min(CONS_B)];
+        // Names with addresses in more than one zone (their order depends on the
+        // asker's).
+        let zoned: Vec<&Labels> = names
+            .iter()
+            .filter(|(_, r)| r.addresses.len() > 1)
+            .map(|(name, _)| name)
+            .collect();
+        let labels: Labels = match self.rng.below(27) {
+            0..2 if !zoned.is_empty() => self.rng.pick(&zoned).clone(),
+            25 | 26 => {
+                let i = self.rng.below(names.len());
+                let name = names.keys().nth(i).unwrap().clone();
+                self.near_miss(name)
+            }
+            0..10 => {
+                let i = self.rng.below(names.len());
+                names.keys().nth(i).unwrap().clone()
+            }
+            10..15 => known(self),
+            15..18 => [vec![self.label()], known(self)].concat(),
+            18..20 => {
+                let n = 1 + self.rng.below(3);
+                let mut labels: Labels = (0..n).map(|_| self.label()).collect();
+                labels.extend(labels_of(DOMAIN));
+                labels
+            }
+            20 => {
+                let top = self
+                    .rng
+                    .pick(&["com", "org", "example", "internal", "arpa"]);
+                vec![self.label(), top.as_bytes().to_vec()]
+            }
+            21 => Vec::new(),
+            22 => self.long_name(),
+            23 => {
+                let n = 1 + self.rng.below(3);
+                let mut labels: Labels = (0..n)
+                    .map(|_| {
+                        let len = 1 + self.rng.below(20);
+                        self.rng.bytes(len)
+                    })
+                    .collect();
+                if self.rng.chance(50) {
+                    labels.extend(labels_of(DOMAIN));
+                }
+                labels
+            }
+            _ => {
+                let long: Vec<u8> = (0..63).map(|_| b'a' + self.rng.below(26) as u8).collect();
+                [vec![long], known(self)].concat()
+            }
+        };
+        let mixed = self.rng.chance(50);
+        let mut out = Vec::new();
+        for label in labels {
+            out.push(label.len() as u8);
+            for byte in label {
+                let flip = mixed && byte.is_ascii_alphabetic() && self.rng.chance(50);
+                out.push(if flip { byte ^ 0x20 } else { byte });
+            }
+        }
+        out.push(0);
+        out
+    }
+
+    /// A name that is not `name` but close to it: 0x20 flipped in a byte that is not a
+    /// letter (not a case), two labels made one with the dot inside it, a byte one off.
+    fn near_miss(&mut self, mut name: Labels) -> Labels {
+        if name.is_empty() {
+            return name;
+        }
+        let i = self.rng.below(name.len());
+        match self.rng.below(3) {
+            0 => {
+                let label = &mut name[i];
+                let others: Vec<usize> = (0..label.len())
+                    .filter(|&j| !label[j].is_ascii_alphabetic())
+                    .collect();
+                match others.as_slice() {
+                    [] => label[0] = label[0].wrapping_add(1),
+                    some => label[self.rng.pick(some)] ^= 0x20,
+                }
+            }
+            1 if i + 1 < name.len() => {
+                let next = name.remove(i + 1);
+                name[i].push(b'.');
+                name[i].extend(next);
+            }
+            _ => {
+                let label = &mut name[i];
+                let j = self.rng.below(label.len());
+                label[j] = label[j].wrapping_add(self.rng.pick(&[1, 255]));
+            }
+        }
+        name
+    }
+
+    /// A label of letters, digits and '-', mostly short.
+    fn label(&mut self) -> Vec<u8> {
+        const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-";
+        let len = if self.rng.chance(90) {
+            1 + self.rng.below(12)
+        } else {
+            1 + self.rng.below(63)
+        };
+        (0..len).map(|_| self.rng.pick(CHARS)).collect()
+    }
+
+    /// A name of about 255 bytes in wire format (exactly 255 or 256 more often than
+    /// not), under the domain or a private name mostly.
+    fn long_name(&mut self) -> Labels {
+        let total = self
+            .rng
+            .pick_or(&[255, 255, 256, 256, 254], |r| 200 + r.below(80));
+        let suffix = match self.rng.below(4) {
+            0 | 1 => labels_of(DOMAIN),
+            2 => labels_of(
+                self.rng
+                    .pick(&["orders.corp.example", "secure.example.com"]),
+            ),
+            _ => Vec::new(),
+        };
+        // Bytes left for labels before the suffix and the root.
+        let mut left = total - 1 - suffix.iter().map(|l| 1 + l.len()).sum::<usize>();
+        let mut labels = Vec::new();
+        while left >= 2 {
+            let mut len = (left - 1).min(1 + self.rng.below(63));
+            // Never leave a single byte: no label fits it.
+            if left - 1 - len == 1 {
+                len = if len > 1 { len - 1 } else { len + 1 };
+            }
+            labels.push(vec![b'x'; len]);
+            left -= 1 + len;
+        }
+        labels.extend(suffix);
+        labels
+    }
+
+    /// One to three mutations of a DNS message: cut short, a compression pointer, a
+    /// label's length, a flag bit, QR, the counts, a byte, the opcode, bytes added,
+    /// inserted or removed, the question a pointer.
+    fn mutate_dns(&mut self, m: &mut Vec<u8>) {
+        for _ in 0..1 + self.rng.below(3) {
+            let len = m.len();
+            match self.rng.below(12) {
+                0 => m.truncate(self.rng.below(len + 1)),
+                1 if len > 13 => {
+                    let at = 12 + self.rng.below(len - 13);
+                    m[at] = 0xc0 | (self.rng.u8() & self.rng.pick(&[0, 0x3f]));
+                    m[at + 1] = self.rng.pick_or(&[12, 0, 2], Rng::u8);
+                }
+                2 if len > 12 => {
+                    // A label's length byte (or the root's).
+                    let mut starts = vec![12];
+                    while let Some(&n) = m.get(*starts.last().unwrap()) {
+                        if n == 0 || n > 63 {
+                            break;
+                        }
+                        starts.push(starts.last().unwrap() + 1 + usize::from(n));
+                    }
+                    let at = self.rng.pick(&starts);
+                    if at < len {
+                        m[at] = self
+                            .rng
+                            .pick_or(&[0, 1, 62, 63, 64, 0x80, 0xc0, 0xff], Rng::u8);
+                    }
+                }
+                3 if len >= 4 => m[2 + self.rng.below(2)] ^= 1 << self.rng.below(8),
+                4 if len > 2 => m[2] |= wire::QR,
+                5 if len >= 12 => {
+                    let at = 4 + 2 * self.rng.below(4);
+                    let count = self.rng.pick_or(&[0, 1, 2, 0xffff], Rng::u16);
+                    m[at..at + 2].copy_from_slice(&count.to_be_bytes());
+                }
+                6 if len > 0 => {
+                    let at = self.rng.below(len);
+                    m[at] = self.rng.u8();
+                }
+                7 if len > 2 => {
+                    let opcode = self.rng.pick_or(&[1, 2, 4, 5, 15], Rng::u8);
+                    m[2] = (m[2] & !wire::OPCODE) | ((opcode << 3) & wire::OPCODE);
+                }
+                8 => {
+                    let n = if self.rng.chance(70) {
+                        1 + self.rng.below(64)
+                    } else {
+                        500 + self.rng.below(1000)
+                    };
+                    m.extend(self.rng.bytes(n));
+                }
+                9 if len > 12 => {
+                    let at = 12 + self.rng.below(len - 11);
+                    m.insert(at, self.rng.u8());
+                }
+                10 if len > 13 => {
+                    m.remove(12 + self.rng.below(len - 12));
+                }
+                11 if len >= 12 => {
+                    m.truncate(12);
+                    m.extend([0xc0, 0x0c, 0, 1, 0, 1]);
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Random bytes: bare, or after an Ethernet header to one of the interfaces.
@@ -3090,6 +4885,8 @@ impl<'r> Fuzz<'r> {
                         NODE,
                         T0,
                         T1,
+                        RESOLVER_A,
+                        RESOLVER_B,
                         [0; 4],
                         [127, 0, 0, 1],
                         [224, 0, 0, 1],
