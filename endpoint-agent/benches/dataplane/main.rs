@@ -1,11 +1,13 @@
-//! `cargo bench -p endpoint-agent --bench dataplane [-- --smoke] [--json FILE] [--svg FILE]`
+//! `cargo bench -p endpoint-agent --bench dataplane [-- --smoke] [--dns] [--json FILE] [--svg FILE]`
 //!
 //! The forwarder measured against its floor and against what a user would use instead,
 //! side by side in one run: Layer A, the program alone (BPF_PROG_RUN); Layer B, packets
-//! per second through namespaces; Layer C, real TCP. `--smoke`: one short round of each,
-//! with every correctness check, so the harness cannot rot. Needs root.
+//! per second through namespaces; Layer C, real TCP; and DNS answered in XDP against nsd
+//! (Layers A and B, `dns`; `--dns`: that alone). `--smoke`: one short round of each, with
+//! every correctness check, so the harness cannot rot. Needs root.
 
 mod bed;
+mod dns;
 mod pipeline;
 mod program;
 mod report;
@@ -34,10 +36,15 @@ fn main() -> Result<()> {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         ..report::Report::default()
     };
-    program::run(&mut report, OBJECT, smoke)?;
-    // Layers B and C share one topology (and one load of the object's helpers).
-    let mut object = aya::Ebpf::load(OBJECT)?;
-    pipeline::run(&mut report, &mut object, smoke)?;
+    // `--dns`: the DNS benchmarks alone.
+    if !args.iter().any(|a| a == "--dns") {
+        program::run(&mut report, OBJECT, smoke)?;
+        // Layers B and C share one topology (and one load of the object's helpers).
+        let mut object = aya::Ebpf::load(OBJECT)?;
+        pipeline::run(&mut report, &mut object, smoke)?;
+    }
+    // DNS, both layers: its own namespaces, agent and object.
+    dns::run(&mut report, OBJECT, smoke)?;
     print!("{}", report.table());
     if let Some(path) = path("--json") {
         report.write_json(&path)?;

@@ -43,6 +43,41 @@ pub struct ConnectionVariant {
     pub per_round: Vec<f64>,
 }
 
+/// Layer B: DNS queries answered per second through one way.
+#[derive(Debug, Clone, Serialize)]
+pub struct DnsVariant {
+    pub variant: String,
+    /// The query: `A` (an endpoint's name, one record) or `NXDOMAIN`.
+    pub query: String,
+    /// Answers back at the client per second (median), the generator slowed down to
+    /// about 1.25 times what the server answered under a flood.
+    pub qps: f64,
+    /// Queries the generator sent per second (median).
+    pub offered: f64,
+    /// Under the flood (the generator at full speed, first round): answers and
+    /// queries per second, and this forwarder's ratio to nsd then.
+    pub flood: (f64, f64),
+    pub flood_ratio_to_nsd: Option<f64>,
+    /// The generator's spin (rounds of an empty loop per query) that paced it.
+    pub spin: u32,
+    /// Share of the queries sent that were answered (median).
+    pub answered: f64,
+    /// This forwarder only: to nsd for the same query, round by round (median).
+    pub ratio_to_nsd: Option<f64>,
+    /// To the swap-MAC-TX echo on the same kind of path, round by round (median).
+    pub share_of_ceiling: f64,
+    /// Each CPU's busy share while measuring (median).
+    pub cpu_busy: Vec<f64>,
+    /// nsd only: its processes' CPU (1.0: one CPU), median.
+    pub server_cpu: Option<f64>,
+    /// UDP datagrams the node's kernel dropped for a full socket buffer, all rounds.
+    pub socket_drops: u64,
+    /// Answers the node could not pass back to the client (its link's ring full, or
+    /// dropped), all rounds: not counted, so not in `qps`.
+    pub answers_lost: u64,
+    pub per_round: Vec<f64>,
+}
+
 /// Layer C: one TCP measurement.
 #[derive(Debug, Clone, Serialize)]
 pub struct TcpVariant {
@@ -61,8 +96,12 @@ pub struct Report {
     pub rounds: usize,
     pub program: Vec<ProgramCase>,
     pub scaling: Vec<ProgramCase>,
+    /// Layer A, DNS: its own rounds and baselines.
+    pub dns_rounds: usize,
+    pub dns_program: Vec<ProgramCase>,
     pub pipeline: Vec<PipelineVariant>,
     pub connections: Vec<ConnectionVariant>,
+    pub dns: Vec<DnsVariant>,
     pub tcp: Vec<TcpVariant>,
     pub tcp_ratios: Vec<(String, f64)>,
 }
@@ -73,7 +112,11 @@ impl Report {
         let _ = writeln!(
             out,
             "\nLayer A — the program alone (BPF_PROG_RUN, median of {} interleaved rounds)",
-            self.rounds
+            if self.program.is_empty() {
+                self.dns_rounds
+            } else {
+                self.rounds
+            }
         );
         let _ = writeln!(
             out,
@@ -106,15 +149,34 @@ impl Report {
                 (high / low - 1.0) * 100.0
             );
         }
+        if !self.dns_program.is_empty() {
+            let _ = writeln!(
+                out,
+                "  DNS, the resolver address answered in place (median of {} interleaved rounds)",
+                self.dns_rounds
+            );
+            for c in &self.dns_program {
+                let spread = c
+                    .spread
+                    .map_or(String::new(), |s| format!("±{:.0}%", s * 100.0));
+                let _ = writeln!(
+                    out,
+                    "    {:<42} {:>9.1} {:>11.1} {:>14.2} {:>8}",
+                    c.case, c.ns, c.over_empty, c.ratio_to_swap_mac_tx, spread
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "\nLayer B — packets per second, consumer → node → provider (64-byte frames)"
         );
-        let _ = writeln!(
-            out,
-            "  {:<44} {:>9} {:>8} {:>10} {:>12}",
-            "variant", "Mpps", "loss", "x nft", "of ceiling"
-        );
+        if !self.pipeline.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {:<44} {:>9} {:>8} {:>10} {:>12}",
+                "variant", "Mpps", "loss", "x nft", "of ceiling"
+            );
+        }
         for v in &self.pipeline {
             let _ = writeln!(
                 out,
@@ -148,7 +210,81 @@ impl Report {
                 first.syns_per_round
             );
         }
-        let _ = writeln!(out, "\nLayer C — real TCP");
+        if !self.dns.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {:<44} {:>9} {:>9} {:>8} {:>7} {:>8} {:>11}",
+                "DNS answers/s (sender CPU 0, server CPU 1)",
+                "answers/s",
+                "sent/s",
+                "answered",
+                "x nsd",
+                "of echo",
+                "CPU 0/1"
+            );
+            for v in &self.dns {
+                let cpus = v
+                    .cpu_busy
+                    .iter()
+                    .map(|c| format!("{:.0}", c * 100.0))
+                    .collect::<Vec<_>>()
+                    .join("/");
+                let _ = writeln!(
+                    out,
+                    "    {:<42} {:>9.0} {:>9.0} {:>7.1}% {:>7} {:>7.0}% {:>10}%",
+                    v.variant,
+                    v.qps,
+                    v.offered,
+                    v.answered * 100.0,
+                    v.ratio_to_nsd.map_or(String::new(), |r| format!("{r:.2}")),
+                    v.share_of_ceiling * 100.0,
+                    cpus
+                );
+            }
+            let _ = writeln!(
+                out,
+                "    (sent: 1.25 times what each answered under a flood, the generator slowed \
+                 down; the flood itself, first round:)"
+            );
+            for v in &self.dns {
+                let _ = writeln!(
+                    out,
+                    "    {:<42} {:>9.0} {:>9.0} {:>8} {:>7}",
+                    format!("flood: {}", v.variant),
+                    v.flood.0,
+                    v.flood.1,
+                    "",
+                    v.flood_ratio_to_nsd
+                        .map_or(String::new(), |r| format!("{r:.2}"))
+                );
+            }
+            for v in self.dns.iter().filter(|v| v.answers_lost > 0) {
+                let _ = writeln!(
+                    out,
+                    "    ({}: {} answers lost on the way back, all rounds)",
+                    v.variant, v.answers_lost
+                );
+            }
+            for v in self.dns.iter().filter(|v| v.server_cpu.is_some()) {
+                let cpu = v.server_cpu.unwrap_or(0.0);
+                let _ = writeln!(
+                    out,
+                    "    ({}: its processes used {:.0}% of a CPU; its socket dropped {} \
+                     queries in all rounds{})",
+                    v.variant,
+                    cpu * 100.0,
+                    v.socket_drops,
+                    if cpu < 0.8 {
+                        "; less than its CPU: something else ran there, measure again"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        if !self.tcp.is_empty() {
+            let _ = writeln!(out, "\nLayer C — real TCP");
+        }
         for v in &self.tcp {
             let _ = writeln!(
                 out,
@@ -174,6 +310,7 @@ impl Report {
         let a: Vec<(String, f64)> = self
             .program
             .iter()
+            .chain(&self.dns_program)
             .map(|c| (c.case.clone(), c.ns))
             .collect();
         let b: Vec<(String, f64)> = self
@@ -185,6 +322,11 @@ impl Report {
             .connections
             .iter()
             .map(|v| (v.variant.clone(), v.per_second))
+            .collect();
+        let dns: Vec<(String, f64)> = self
+            .dns
+            .iter()
+            .map(|v| (v.variant.clone(), v.qps / 1000.0))
             .collect();
         let tcp = |unit: &str| -> Vec<(String, f64)> {
             self.tcp
@@ -208,6 +350,11 @@ impl Report {
                 "Layer B: new connections/s, SYN → SYN-ACK reflector (higher is better)",
                 connections,
                 "conn/s",
+            ),
+            (
+                "Layer B: DNS queries answered, thousands/s (higher is better)",
+                dns,
+                "k/s",
             ),
             (
                 "Layer C: TCP connections per second (higher is better)",
@@ -248,6 +395,7 @@ impl Report {
             for (name, value) in rows {
                 let bar = (width - label - 140.0) * value / max;
                 let colour = if name.contains("forwarder")
+                    || name.starts_with("DNS query")
                     || name.contains("established")
                     || name.contains("reply")
                     || name.contains("new flow")

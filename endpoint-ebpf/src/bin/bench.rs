@@ -14,13 +14,18 @@
 //! - for new connections per second through namespaces: `generate_syn` (`FRAME`, a SYN,
 //!   with a source address and port never used before in the run), `reflect` (a target
 //!   that answers every SYN with a SYN-ACK) and `count_syn_ack` (counts, on the consumer
-//!   side, the SYN-ACKs that come back as expected).
+//!   side, the SYN-ACKs that come back as expected);
+//! - for DNS: `restore_dns_pass` / `restore_dns` (as `restore_*`, for a query frame from
+//!   `DNS_FRAME`, first resized to the query's length: an answer is longer),
+//!   `generate_dns` (live-frames queries: `DNS_FRAME` with a new source port and DNS id
+//!   per frame over `FLOWS_GENERATED` ports, XDP_TX) and `count_dns` (counts, on the
+//!   client side, the answers that come back, and drops).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::bpf_redirect,
+    helpers::generated::{bpf_loop, bpf_redirect, bpf_xdp_adjust_tail, bpf_xdp_store_bytes},
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
@@ -69,6 +74,29 @@ static SYN_ACKS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 /// in the packet read in native order.
 #[map]
 static SYN_ACK_FROM: Array<[u32; 2]> = Array::with_max_entries(1, 0);
+
+/// Room for a DNS query frame in `DNS_FRAME` (the frame is shorter: an Ethernet header
+/// up to `DNS_FRAME_LEN` - 1 bytes).
+const DNS_FRAME_LEN: usize = 128;
+
+/// The DNS query frame `restore_dns*` and `generate_dns` start from: its length (a
+/// native-order u32), then the frame.
+#[map]
+static DNS_FRAME: Array<[u8; 4 + DNS_FRAME_LEN]> = Array::with_max_entries(1, 0);
+
+/// `count_dns`: answers with records (NOERROR, at least one answer), NXDOMAIN answers,
+/// and any other UDP/IPv4 frame.
+#[map]
+static DNS_ANSWERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
+
+/// `generate_dns` spins this many rounds of a loop per query (0: none), which slows it
+/// down to a chosen rate.
+#[map]
+static DNS_SPIN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Where the UDP checksum and the DNS message's id and flags are (no IP options).
+const UDP_CHECK: usize = 40;
+const DNS_ID: usize = 42;
 
 /// Sequence numbers of the generated SYNs and of the reflector's SYN-ACKs.
 const SYN_SEQ: u32 = 0x5eed_0001;
@@ -363,6 +391,147 @@ pub fn count_syn_ack(ctx: XdpContext) -> u32 {
         }
     };
     count_in(&SYN_ACKS, if expected { 0 } else { 1 });
+    xdp_action::XDP_DROP
+}
+
+/// Puts the query frame of `DNS_FRAME` in place of the packet, the packet first resized
+/// to its length (always, even by 0 bytes, so that `restore_dns_pass` costs what the
+/// restore in `restore_dns` does).
+#[inline(always)]
+fn restore_query(ctx: &XdpContext) -> bool {
+    let Some(frame) = DNS_FRAME.get_ptr_mut(0) else {
+        return false;
+    };
+    let frame = frame.cast::<u8>();
+    // SAFETY: the map value's first 4 bytes. The mask bounds the length for the
+    // verifier (below DNS_FRAME_LEN).
+    let len = unsafe { frame.cast::<u32>().read_unaligned() } & (DNS_FRAME_LEN as u32 - 1);
+    if len < 14 {
+        return false;
+    }
+    let mut have = (ctx.data_end() - ctx.data()) as i32;
+    // SAFETY: a local. Read back, the length stays a number for the verifier (not
+    // `len - data_end + data`, arithmetic on the end pointer).
+    have = unsafe { core::ptr::read_volatile(&have) };
+    // SAFETY: resizing the frame; no pointer into it is held. Then `len` (below
+    // DNS_FRAME_LEN) bytes of the map value after its length, into the frame that now
+    // has that length.
+    unsafe {
+        bpf_xdp_adjust_tail(ctx.ctx, len as i32 - have) == 0
+            && bpf_xdp_store_bytes(ctx.ctx, 0, frame.add(4).cast(), len) == 0
+    }
+}
+
+#[xdp]
+pub fn restore_dns_pass(ctx: XdpContext) -> u32 {
+    if !restore_query(&ctx) {
+        return xdp_action::XDP_ABORTED;
+    }
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn restore_dns(ctx: XdpContext) -> u32 {
+    if !restore_query(&ctx) {
+        return xdp_action::XDP_ABORTED;
+    }
+    endpoint_ebpf::handle(&ctx)
+}
+
+/// One round of `generate_dns`'s spin: nothing.
+extern "C" fn spin_once(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    0
+}
+
+/// Live-frames DNS queries: `DNS_FRAME`, each with the next source port (below
+/// `FLOWS_GENERATED` distinct ones) and a new DNS id, its UDP checksum kept right.
+///
+/// The test run's own context is resized by the restore (the frames it is given are
+/// longer than the query), which makes the kernel take the frame's length from it every
+/// time: a receiver that answered in place with a longer frame does not leave its length
+/// behind for the page's next query.
+#[xdp]
+pub fn generate_dns(ctx: XdpContext) -> u32 {
+    let flows = FLOWS_GENERATED.get(0).copied().unwrap_or(1);
+    let spin = DNS_SPIN.get(0).copied().unwrap_or(0);
+    if spin > 0 {
+        // SAFETY: a helper call with a callback that touches nothing.
+        unsafe {
+            bpf_loop(
+                spin.min(1 << 16),
+                spin_once as *mut _,
+                core::ptr::null_mut(),
+                0,
+            )
+        };
+    }
+    if !restore_query(&ctx) {
+        return xdp_action::XDP_ABORTED;
+    }
+    let start = ctx.data();
+    if start + DNS_ID + 2 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(sequence) = SEQUENCE.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: a per-CPU slot, and header bytes checked above.
+    unsafe {
+        let n = *sequence;
+        *sequence = n.wrapping_add(1);
+        let port = ((1024 + n % flows.max(1)) as u16).to_be_bytes();
+        let id = (n as u16).to_be_bytes();
+        let port_at = (start + SOURCE_PORT) as *mut [u8; 2];
+        let id_at = (start + DNS_ID) as *mut [u8; 2];
+        let check_at = (start + UDP_CHECK) as *mut [u8; 2];
+        let old = *check_at;
+        if old != [0; 2] {
+            let mut check = Delta::default()
+                .word(u16::from_ne_bytes(*port_at), u16::from_ne_bytes(port))
+                .word(u16::from_ne_bytes(*id_at), u16::from_ne_bytes(id))
+                .apply(u16::from_ne_bytes(old));
+            // 0 would mean "no checksum".
+            if check == 0 {
+                check = 0xffff;
+            }
+            *check_at = check.to_ne_bytes();
+        }
+        *port_at = port;
+        *id_at = id;
+    }
+    xdp_action::XDP_TX
+}
+
+/// Counts, and drops, the UDP/IPv4 frames that reach the client: DNS answers from port
+/// 53 with records (slot 0), NXDOMAIN answers (slot 1), anything else (slot 2). Other
+/// frames (ARP) go to the kernel.
+#[xdp]
+pub fn count_dns(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + DNS_ID + 12 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: the Ethernet, IPv4, UDP and DNS headers' bytes, checked above.
+    unsafe {
+        let ethertype = *((start + 12) as *const [u8; 2]);
+        let version_ihl = *((start + 14) as *const u8);
+        let protocol = *((start + 23) as *const u8);
+        if ethertype != [0x08, 0x00] || version_ihl != 0x45 || protocol != 17 {
+            return xdp_action::XDP_PASS;
+        }
+        let from_53 = *((start + SOURCE_PORT) as *const [u8; 2]) == [0, 53];
+        let [flags, code] = *((start + DNS_ID + 2) as *const [u8; 2]);
+        let answers = *((start + DNS_ID + 6) as *const [u8; 2]);
+        let response = from_53 && flags & 0x80 != 0;
+        let slot = if response && code & 0x0f == 0 && answers != [0; 2] {
+            0
+        } else if response && code & 0x0f == 3 {
+            1
+        } else {
+            2
+        };
+        count_in(&DNS_ANSWERS, slot);
+    }
     xdp_action::XDP_DROP
 }
 
