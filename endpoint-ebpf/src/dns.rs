@@ -63,6 +63,8 @@ const IXFR: u16 = 251;
 /// Room in `SEGMENT` for the query, its answer and what the scans find.
 #[repr(C)]
 struct Work {
+    /// Where the checksum check left the UDP header (the message follows it there).
+    udp: [u8; UdpHdr::LEN],
     message: [u8; 2 * DNS_ROOM],
     /// Per label of the question's name: the hash of the labels before it, and where it
     /// begins.
@@ -129,9 +131,14 @@ pub fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outco
     }
     let len = if size > DNS_ROOM { DNS_ROOM } else { size } as u32;
     let message = work.message.as_mut_ptr();
+    // The checksum check copied the segment here, unless there was no checksum to check.
+    // SAFETY: bytes 6..8 of the 8-byte UDP header `parse` checked.
+    let copied = unsafe { *packet.l4.add(6).cast::<[u8; 2]>() } != [0; 2];
     // SAFETY: `len` (12..=512) bytes into a buffer of 1024.
-    if unsafe { bpf_xdp_load_bytes(ctx.ctx, MESSAGE_OFFSET as u32, message.cast(), len & 0x3ff) }
-        != 0
+    if !copied
+        && unsafe {
+            bpf_xdp_load_bytes(ctx.ctx, MESSAGE_OFFSET as u32, message.cast(), len & 0x3ff)
+        } != 0
     {
         return Outcome::drop(counter::DROP_DNS);
     }
@@ -455,6 +462,7 @@ fn edns(m: &[u8; 2 * DNS_ROOM], end: usize, len: usize, additional: u16) -> Opti
 /// pointer) and whose rest is the first `len` bytes of `rest`.
 #[inline(always)]
 fn record<const N: usize>(work: &mut Work, owner: u32, rest: &[u8; N], len: u16) {
+    const { assert!(N % 8 == 0) };
     put(work, (0xc000 | owner as u16).to_be_bytes());
     let at = read(&work.at) as usize & (DNS_ROOM - 1);
     let to = work.message.as_mut_ptr();
