@@ -462,7 +462,7 @@ fn edns(m: &[u8; 2 * DNS_ROOM], end: usize, len: usize, additional: u16) -> Opti
 /// pointer) and whose rest is the first `len` bytes of `rest`.
 #[inline(always)]
 fn record<const N: usize>(work: &mut Work, owner: u32, rest: &[u8; N], len: u16) {
-    const { assert!(N % 8 == 0) };
+    const { assert!(N.is_multiple_of(8)) };
     put(work, (0xc000 | owner as u16).to_be_bytes());
     let at = read(&work.at) as usize & (DNS_ROOM - 1);
     let to = work.message.as_mut_ptr();
