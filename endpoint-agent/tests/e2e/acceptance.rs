@@ -115,7 +115,7 @@ fn accepting_a_request_rewrites_the_file_opens_the_endpoint_and_says_so() {
     assert!(said.contains("pendingAcceptance -> available"), "{said}");
     let text = bed.config_text();
     assert!(
-        text.contains("    zone: zone-1\n    state: available\n    accepted_at: \""),
+        text.contains("  - id: vpce-b-billing\n    state: available\n    accepted_at: \""),
         "{text}"
     );
     // Everything else is as it was.

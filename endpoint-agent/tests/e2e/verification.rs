@@ -103,9 +103,13 @@ impl Drop for Nsd {
 
 /// The example with a DNS section that verifies private names against nsd every second.
 fn config() -> String {
-    format!(
-        "{}\n  verification: {{ resolver: \"{NSD}\", interval_seconds: 1 }}\n",
-        example().trim_end()
+    let resolvers = "    - { consumer_network: vpc-b, ip: 10.0.0.2 }\n";
+    let example = example();
+    assert!(example.contains(resolvers), "the example's resolvers moved");
+    example.replacen(
+        resolvers,
+        &format!("{resolvers}  verification: {{ resolver: \"{NSD}\", interval_seconds: 1 }}\n"),
+        1,
     )
 }
 
