@@ -104,7 +104,7 @@ impl Agent {
             expiry: Expiry::default(),
             reconciles: Reconciles::default(),
             flow_records: false,
-            verified: verified(&verifications),
+            verified: verification::verified(&verifications),
             verifications,
         })
     }
@@ -335,7 +335,7 @@ impl Agent {
     /// Private DNS name verification changed: verified names are served, others not.
     pub fn set_verifications(&mut self, records: Vec<verification::Record>) -> Result<()> {
         self.instance.write(VERIFICATION_FILE, &records)?;
-        let now = verified(&records);
+        let now = verification::verified(&records);
         self.verifications = records;
         if now != self.verified {
             self.verified = now;
@@ -449,11 +449,3 @@ fn random_seed() -> Result<u32> {
 
 /// Where the instance keeps private DNS name verification (`status` reads it).
 pub const VERIFICATION_FILE: &str = "verification.json";
-
-fn verified(records: &[verification::Record]) -> BTreeSet<String> {
-    records
-        .iter()
-        .filter(|r| r.status == verification::Status::Verified)
-        .map(|r| r.name.clone())
-        .collect()
-}

@@ -398,7 +398,8 @@ fn same_prefix(a: &[u8; 16], b: &[u8; 16], bits: u32) -> bool {
     bits == 0 || (a ^ b) >> (128 - bits) == 0
 }
 
-fn address_key(scope: u32, addr: Addr) -> AddressKey {
+/// The `ADDRESSES` key of IPv4 address `addr` in `scope`.
+pub fn address_key(scope: u32, addr: Addr) -> AddressKey {
     AddressKey {
         scope,
         family: FAMILY_IPV4,

@@ -20,15 +20,15 @@ use std::{
 use endpoint_common::{
     dns,
     maps::{
-        Address, AddressKey, DnsSettings, FAMILY_IPV4, MAX_NAME_ADDRESSES, MAX_NS, MAX_SOA, Name,
-        NameKey, address_kind, name_flag,
+        Addr, Address, DnsSettings, MAX_NAME_ADDRESSES, MAX_NS, MAX_SOA, Name, NameKey,
+        address_kind, name_flag,
     },
 };
 
 use crate::{
     acceptance,
     config::{Config, State},
-    desired::Desired,
+    desired::{self, Desired},
     facts::Facts,
     ids::Ids,
 };
@@ -214,12 +214,7 @@ pub fn build(
         if let Some(ip) = resolvers.get(network) {
             entry.resolver = ip.octets();
             state.addresses.insert(
-                AddressKey {
-                    scope: ids.networks[network],
-                    family: FAMILY_IPV4,
-                    _pad: [0; 3],
-                    addr: endpoint_common::maps::Addr::ipv4(ip.octets()),
-                },
+                desired::address_key(ids.networks[network], Addr::ipv4(ip.octets())),
                 Address {
                     kind: address_kind::RESOLVER,
                     slot: 0,

@@ -172,16 +172,21 @@ impl Verifications {
 
     /// The names verified now.
     pub fn verified(&self) -> BTreeSet<String> {
-        self.names
-            .values()
-            .filter(|e| e.record.status == Status::Verified)
-            .map(|e| e.record.name.clone())
-            .collect()
+        verified(&self.records())
     }
 
     pub fn records(&self) -> Vec<Record> {
         self.names.values().map(|e| e.record.clone()).collect()
     }
+}
+
+/// The names `records` say are verified.
+pub fn verified(records: &[Record]) -> BTreeSet<String> {
+    records
+        .iter()
+        .filter(|r| r.status == Status::Verified)
+        .map(|r| r.name.clone())
+        .collect()
 }
 
 /// Whether `resolver` says `_endpoint-verification.<name>` holds `token`: `Ok(false)`

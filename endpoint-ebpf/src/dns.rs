@@ -25,7 +25,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use endpoint_common::{
-    checksum::Sum,
+    checksum::{Delta, Sum},
     counter,
     dns::{self, EDNS_PAYLOAD, FNV_OFFSET, MAX_APEX_LABELS, MAX_NAME, rcode, rtype},
     maps::{
@@ -121,10 +121,6 @@ pub fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outco
     // SAFETY: per-CPU room, larger than `Work` (asserted above).
     let work = unsafe { &mut *work.cast::<Work>() };
     let size = (packet.ip().tot_len() as usize).wrapping_sub(Ipv4Hdr::LEN + UdpHdr::LEN);
-    // SAFETY: the value is replaced whole on update, never changed in place.
-    if DNS.get_ptr(&0).is_none() {
-        return refused_early(network);
-    }
     if !(HEADER..=u16::MAX as usize).contains(&size) {
         note(network, dns_counter::MALFORMED);
         return Outcome::drop(counter::DROP_DNS);
@@ -325,13 +321,6 @@ fn put<const N: usize>(work: &mut Work, bytes: [u8; N]) {
             .write_unaligned(bytes)
     };
     write(&mut work.at, (at + N) as u32);
-}
-
-/// A query that arrived before the agent wrote the DNS settings.
-#[inline(always)]
-fn refused_early(network: u32) -> Outcome {
-    note(network, dns_counter::REFUSED);
-    Outcome::drop(counter::DROP_DNS)
 }
 
 /// Reads `value` back from memory, so that the verifier forgets how each path got it.
@@ -583,19 +572,24 @@ fn send(ctx: &XdpContext, interface: &Interface, len: u32, sent: u32, which: u32
         let udp = (start + L4_OFFSET) as *mut [u16; 4];
         eth.dst_addr = eth.src_addr;
         eth.src_addr = interface.mac;
+        // The header was verified: its checksum is updated, not summed again (swapping
+        // the addresses leaves the sum as it is).
         core::mem::swap(&mut ip.src_addr, &mut ip.dst_addr);
-        ip.set_tot_len((Ipv4Hdr::LEN as u32 + UdpHdr::LEN as u32 + len) as u16);
+        let total = (Ipv4Hdr::LEN as u16 + UdpHdr::LEN as u16 + len as u16).to_be_bytes();
+        let ttl = [64, ip.proto];
+        let df = [0x40, 0];
+        ip.check = Delta::default()
+            .word(u16::from_ne_bytes(ip.tot_len), u16::from_ne_bytes(total))
+            .word(
+                u16::from_ne_bytes([ip.ttl, ip.proto]),
+                u16::from_ne_bytes(ttl),
+            )
+            .word(u16::from_ne_bytes(ip.frags), u16::from_ne_bytes(df))
+            .apply(u16::from_ne_bytes(ip.check))
+            .to_ne_bytes();
+        ip.tot_len = total;
         ip.ttl = 64;
-        ip.frags = [0x40, 0];
-        ip.check = [0; 2];
-        let words = &*(ip as *const Ipv4Hdr as *const [u16; Ipv4Hdr::LEN / 2]);
-        let mut header = Sum::default();
-        let mut i = 0;
-        while i < Ipv4Hdr::LEN / 2 {
-            header = header.word(words[i]);
-            i += 1;
-        }
-        ip.check = header.finish().to_ne_bytes();
+        ip.frags = df;
         let [asker_port, resolver_port, _, _] = *udp;
         let length = ((UdpHdr::LEN as u32 + len) as u16).to_be();
         let mut check = Sum::of(sum as u32)
