@@ -55,6 +55,16 @@ pub fn zone_ids(config: &Config) -> BTreeMap<String, u8> {
         .collect()
 }
 
+/// An endpoint's regional name, lowercased (`domain` is).
+pub fn regional(id: &str, service: &str, domain: &str) -> String {
+    format!("{id}.{service}.{domain}").to_ascii_lowercase()
+}
+
+/// An endpoint's name in one zone, lowercased.
+pub fn zonal(id: &str, zone: &str, service: &str, domain: &str) -> String {
+    format!("{id}-{zone}.{service}.{domain}").to_ascii_lowercase()
+}
+
 /// A name's records before they become a map entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Records {
@@ -121,22 +131,19 @@ pub fn records(
                 .iter()
                 .map(|a| (a.ip, zones.get(&a.zone).copied().unwrap_or(0)))
                 .collect();
-            let service_name = service.name.to_ascii_lowercase();
-            let id = endpoint.id.to_ascii_lowercase();
             names
-                .entry(format!("{service_name}.{domain}"))
+                .entry(format!("{}.{domain}", service.name.to_ascii_lowercase()))
                 .or_insert_with(under);
             names.insert(
-                format!("{id}.{service_name}.{domain}"),
+                regional(&endpoint.id, &service.name, &domain),
                 Records {
                     addresses: addresses.clone(),
                     ..under()
                 },
             );
             for (address, &(ip, zone)) in endpoint.addresses().iter().zip(&addresses) {
-                let zone_name = address.zone.to_ascii_lowercase();
                 names.insert(
-                    format!("{id}-{zone_name}.{service_name}.{domain}"),
+                    zonal(&endpoint.id, &address.zone, &service.name, &domain),
                     Records {
                         addresses: vec![(ip, zone)],
                         ..under()

@@ -1003,16 +1003,13 @@ fn dns(config: &Config, networks: &BTreeSet<String>, problems: &mut Problems) {
         let id = endpoint.id.to_ascii_lowercase();
         let service_name = service.name.to_ascii_lowercase();
         let mut names = vec![(
-            format!("{id}.{service_name}.{domain}"),
+            crate::names::regional(&endpoint.id, &service.name, &domain),
             path("id"),
             "its regional name".to_string(),
         )];
         for (n, address) in endpoint.addresses().iter().enumerate() {
             names.push((
-                format!(
-                    "{id}-{}.{service_name}.{domain}",
-                    address.zone.to_ascii_lowercase()
-                ),
+                crate::names::zonal(&endpoint.id, &address.zone, &service.name, &domain),
                 path(&endpoint.address_path(n, "zone")),
                 format!("its zonal name in {:?}", address.zone),
             ));
