@@ -122,6 +122,11 @@ impl Agent {
         self.modes.keys().map(String::as_str)
     }
 
+    /// The interfaces the program is attached to, and how.
+    pub fn modes(&self) -> &Modes {
+        &self.modes
+    }
+
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
@@ -132,6 +137,11 @@ impl Agent {
 
     pub fn events(&mut self) -> Option<&mut Events> {
         self.events.as_mut()
+    }
+
+    /// Whether endpoint events are emitted here (see `Events::endpoint_events`).
+    pub fn events_emitted(&self) -> bool {
+        self.events.as_ref().is_some_and(|e| e.endpoint_events)
     }
 
     fn inputs(&self) -> Inputs<'_> {

@@ -59,6 +59,9 @@ struct AppliedLine<'a> {
     time: String,
     event: Kind,
     generation: u64,
+    /// In a fleet: the store's revision this generation applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<i64>,
     #[serde(flatten)]
     plan: Counts,
     missing_interfaces: &'a [String],
@@ -77,6 +80,12 @@ struct VerificationLine<'a> {
 
 pub struct Events {
     sink: Box<dyn Write + Send>,
+    /// Whether endpoint events (`connection_request`, `accepted`, `rejected`,
+    /// `deleted`) are emitted here: always by a lone node; in a fleet only by the node
+    /// holding the events lock, so that the fleet emits each once.
+    pub endpoint_events: bool,
+    /// In a fleet: the store's revision being applied.
+    pub revision: Option<i64>,
 }
 
 impl Events {
@@ -93,7 +102,11 @@ impl Events {
                     .with_context(|| format!("opening the event file {target}"))?,
             )
         };
-        Ok(Self { sink })
+        Ok(Self {
+            sink,
+            endpoint_events: true,
+            revision: None,
+        })
     }
 
     pub fn emit(&mut self, event: Kind, endpoint: &Endpoint, state: State) {
@@ -145,6 +158,7 @@ impl Events {
             time: now(),
             event: Kind::Applied,
             generation,
+            revision: self.revision,
             plan,
             missing_interfaces,
         });
@@ -162,6 +176,9 @@ impl Events {
 
     /// The events of going from `old` (none: nothing was applied before) to `new`.
     pub fn changes(&mut self, old: Option<&Config>, new: &Config) {
+        if !self.endpoint_events {
+            return;
+        }
         let before = old.map(effective_states).unwrap_or_default();
         let after = effective_states(new);
         for endpoint in &new.endpoints {

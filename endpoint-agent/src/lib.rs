@@ -39,5 +39,6 @@ pub mod plan;
 pub mod run;
 pub mod stats;
 pub mod status;
+pub mod store;
 pub mod validate;
 pub mod verification;

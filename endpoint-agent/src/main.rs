@@ -13,7 +13,7 @@ use endpoint_agent::{
     maps::Maps,
     pipeline::{Applied, Inputs, Pipeline},
     plan::Shown,
-    run, status, validate,
+    run, status, store, validate,
 };
 
 /// Private endpoints on your own nodes: an XDP data path kept in sync with a YAML model
@@ -62,6 +62,13 @@ enum Command {
         /// endpoint, target, NAT address and port, packets and bytes each way).
         #[arg(long, value_name = "FILE")]
         flow_log: Option<PathBuf>,
+        /// Take services, endpoints and DNS settings from a fleet's store, shared by many
+        /// nodes (the config file then holds this node's `node:` only).
+        #[arg(long, value_name = "etcd://HOST:PORT[,...]/PREFIX", requires = "node")]
+        store: Option<store::Location>,
+        /// This node's name in the fleet.
+        #[arg(long, requires = "store")]
+        node: Option<String>,
     },
     /// Check a config and report every problem with its line; change nothing.
     Validate {
@@ -74,11 +81,17 @@ enum Command {
         config: PathBuf,
     },
     /// Show the running instance: the config generation in its maps, interfaces and
-    /// attach modes, services, endpoints (states, limits, usage), counters.
+    /// attach modes, services, endpoints (states, limits, usage), counters. With
+    /// `--fleet`: every node of the store's fleet instead, what each applied, and which
+    /// are gone.
     Status {
         /// As JSON, for programs.
         #[arg(long)]
         json: bool,
+        #[arg(long, requires = "store")]
+        fleet: bool,
+        #[arg(long, value_name = "etcd://HOST:PORT[,...]/PREFIX")]
+        store: Option<store::Location>,
     },
     /// The running instance's live connections: consumer network, client, endpoint,
     /// target, NAT address and port, protocol, state and idle time, one per line.
@@ -101,20 +114,54 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Accept a pendingAcceptance endpoint: marks it available in the config file.
+    /// Accept a pendingAcceptance endpoint: marks it available in the config file, or
+    /// in the store (a transaction: of two deciding at once, one is told it lost).
     Accept {
         id: String,
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        model: Model,
     },
-    /// Reject an endpoint (pendingAcceptance, or available: a revocation) in the file.
+    /// Reject an endpoint (pendingAcceptance, or available: a revocation) in the file or
+    /// the store.
     Reject {
         id: String,
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        model: Model,
+    },
+    /// Move a model between a YAML file and a fleet's store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Remove everything an instance left: links, maps, host changes, state.
     Cleanup,
+}
+
+/// Where a command finds the model: a config file or a fleet's store.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct Model {
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[arg(long, value_name = "etcd://HOST:PORT[,...]/PREFIX")]
+    store: Option<store::Location>,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Replace the store's model with the services, endpoints and DNS settings of a
+    /// config file (its `node:` stays each node's own).
+    Import {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, value_name = "etcd://HOST:PORT[,...]/PREFIX")]
+        store: store::Location,
+    },
+    /// Print the store's model as YAML.
+    Export {
+        #[arg(long, value_name = "etcd://HOST:PORT[,...]/PREFIX")]
+        store: store::Location,
+    },
 }
 
 fn main() -> ExitCode {
@@ -151,6 +198,8 @@ fn execute(cli: Cli) -> Result<()> {
             on_exit,
             metrics,
             flow_log,
+            store,
+            node,
         } => {
             let _lock = instance.lock()?;
             tokio::runtime::Builder::new_current_thread()
@@ -163,6 +212,9 @@ fn execute(cli: Cli) -> Result<()> {
                     on_exit,
                     metrics,
                     flow_log,
+                    store: store
+                        .zip(node)
+                        .map(|(location, node)| run::Fleet { location, node }),
                 }))
         }
         Command::Validate { config } => {
@@ -185,7 +237,20 @@ fn execute(cli: Cli) -> Result<()> {
             println!("{}", plan(&instance, &source, &text)?);
             Ok(())
         }
-        Command::Status { json } => {
+        Command::Status {
+            json,
+            fleet: true,
+            store: Some(location),
+        } => {
+            let fleet = block_on(async { store::Store::connect(&location).await?.fleet().await })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&fleet)?);
+            } else {
+                print!("{fleet}");
+            }
+            Ok(())
+        }
+        Command::Status { json, .. } => {
             if json {
                 println!("{}", status::json(&instance)?);
             } else {
@@ -217,12 +282,32 @@ fn execute(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Accept { id, config } => {
-            println!("{}", connections::decide(&config, &id, Decision::Accept)?);
+        Command::Accept { id, model } => decide(model, &id, Decision::Accept),
+        Command::Reject { id, model } => decide(model, &id, Decision::Reject),
+        Command::Store {
+            command: StoreCommand::Import { config, store },
+        } => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            // What goes in must be valid as it is (on this node's facts, as `validate`).
+            validate::load(
+                &config.display().to_string(),
+                &text,
+                &Facts::of_this_node()?,
+            )?;
+            println!(
+                "{}",
+                block_on(async { store::Store::connect(&store).await?.import(&text).await })?
+            );
             Ok(())
         }
-        Command::Reject { id, config } => {
-            println!("{}", connections::decide(&config, &id, Decision::Reject)?);
+        Command::Store {
+            command: StoreCommand::Export { store },
+        } => {
+            print!(
+                "{}",
+                block_on(async { store::Store::connect(&store).await?.export().await })?
+            );
             Ok(())
         }
         Command::Cleanup => {
@@ -234,6 +319,30 @@ fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Accepts or rejects in the model's file or store.
+fn decide(model: Model, id: &str, decision: Decision) -> Result<()> {
+    let said = match (model.config, model.store) {
+        (Some(config), _) => connections::decide(&config, id, decision)?,
+        (_, Some(location)) => block_on(async {
+            store::Store::connect(&location)
+                .await?
+                .decide(id, decision)
+                .await
+        })?,
+        (None, None) => anyhow::bail!("give the model: --config FILE or --store URL"),
+    };
+    println!("{said}");
+    Ok(())
+}
+
+/// Runs a store command's future.
+fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
 }
 
 /// The plan from what the instance's maps hold (nothing, if it is not running) to the

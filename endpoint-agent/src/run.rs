@@ -35,7 +35,9 @@ use crate::{
     host::Host,
     instance::Instance,
     keys::TargetKey,
-    loader, metrics, netlink, validate,
+    loader, metrics, netlink,
+    store::{self, follow::Update},
+    validate,
     verification::{self, Verifications},
 };
 
@@ -59,7 +61,19 @@ pub struct Options {
     pub metrics: Option<std::net::SocketAddr>,
     /// Where to append connection records, if anywhere.
     pub flow_log: Option<PathBuf>,
+    /// In a fleet: the store holding the model (`config` then holds `node:` only).
+    pub store: Option<Fleet>,
 }
+
+/// A node of a fleet: where the model is, and the node's name in it.
+pub struct Fleet {
+    pub location: store::Location,
+    pub node: String,
+}
+
+/// What a fleet's node calls its composed config in messages (they name the object
+/// and line a problem came from instead).
+const STORE_SOURCE: &str = "store";
 
 /// How often the file is re-read, idle flows are looked for, and due health checks
 /// started.
@@ -75,11 +89,45 @@ const HEALTH: Duration = Duration::from_millis(250);
 const VERIFY: Duration = Duration::from_secs(1);
 
 pub async fn run(options: Options) -> Result<()> {
-    let source = options.config.display().to_string();
-    let text = read(&options.config)?;
+    let (source, text, following) = match &options.store {
+        None => (
+            options.config.display().to_string(),
+            read(&options.config)?,
+            None,
+        ),
+        Some(fleet) => {
+            let model = store::Store::connect(&fleet.location)
+                .await?
+                .model()
+                .await?;
+            let composed = compose(&options.config, &model, &fleet.location)?;
+            let following = Following {
+                location: fleet.location.clone(),
+                digest: model.digest(),
+                model: Some(model),
+                applied: composed.revision,
+                lost: None,
+            };
+            (
+                STORE_SOURCE.to_string(),
+                composed.text.clone(),
+                Some((following, composed)),
+            )
+        }
+    };
     // Nothing is loaded or attached for a config that is not valid.
-    let loaded = validate::load(&source, &text, &Facts::of_this_node()?)?;
-    let events = options.events.as_deref().map(Events::open).transpose()?;
+    let loaded =
+        validate::load(&source, &text, &Facts::of_this_node()?).map_err(|e| match &following {
+            Some((_, composed)) => anyhow::anyhow!("{}", composed.locate(STORE_SOURCE, &e.report)),
+            None => e.into(),
+        })?;
+    let mut following = following.map(|(f, _)| f);
+    let mut events = options.events.as_deref().map(Events::open).transpose()?;
+    if let (Some(events), Some(f)) = (&mut events, &following) {
+        // Endpoint events wait for the events lock.
+        events.endpoint_events = false;
+        events.revision = Some(f.applied);
+    }
     // A first start that fails leaves nothing behind; a restart that fails leaves the
     // running data path alone.
     let instance = options.instance.clone();
@@ -143,7 +191,27 @@ pub async fn run(options: Options) -> Result<()> {
     let mut health = interval(HEALTH);
     let mut checks = Checks::default();
     let (results, mut checked) = mpsc::unbounded_channel::<(TargetKey, bool, Duration)>();
-    let mut file = Watch::new(text);
+    let mut file = Watch::new(text, following.take());
+    let node_name = options
+        .store
+        .as_ref()
+        .map_or(String::new(), |f| f.node.clone());
+    // In a fleet: the model's changes, the node's status and the events lock.
+    let (updates_tx, mut updates) = mpsc::unbounded_channel();
+    let (status_tx, status_rx) = tokio::sync::watch::channel(String::new());
+    let (leader_tx, mut leader) = tokio::sync::watch::channel(false);
+    let mut presence = None;
+    if let Some(fleet) = &options.store {
+        tokio::spawn(store::follow::model(fleet.location.clone(), updates_tx));
+        presence = Some(tokio::spawn(store::follow::presence(
+            fleet.location.clone(),
+            fleet.node.clone(),
+            status_rx,
+            leader_tx,
+        )));
+    } else {
+        drop((updates_tx, status_rx, leader_tx));
+    }
     let mut verify = interval(VERIFY);
     let mut verifications = Verifications::with(agent.verifications().to_vec());
     let (verified, mut verified_rx) = mpsc::unbounded_channel::<(String, Option<bool>)>();
@@ -151,6 +219,16 @@ pub async fn run(options: Options) -> Result<()> {
         tokio::select! {
             _ = terminate.recv() => { log::info!("SIGTERM: stopping"); break }
             _ = interrupt.recv() => { log::info!("SIGINT: stopping"); break }
+            Some(update) = updates.recv() => {
+                file.follow(update);
+                file.reload(&mut agent, &options.config, true);
+            }
+            Ok(()) = leader.changed() => {
+                let holds = *leader.borrow_and_update();
+                if let Some(events) = agent.events() {
+                    events.endpoint_events = holds;
+                }
+            }
             _ = hangup.recv() => {
                 log::info!("SIGHUP: reloading {source}");
                 file.reload(&mut agent, &options.config, true);
@@ -258,6 +336,14 @@ pub async fn run(options: Options) -> Result<()> {
                 }
             }
         }
+        if let Some(following) = &file.store {
+            let status = following.status(&node_name, &agent, file.refused.as_deref());
+            status_tx.send_if_modified(|s| {
+                let changed = *s != status;
+                *s = status;
+                changed
+            });
+        }
         let version = agent.snapshot_version();
         if version != published {
             published = version;
@@ -265,6 +351,11 @@ pub async fn run(options: Options) -> Result<()> {
                 *snapshot = agent.snapshot();
             }
         }
+    }
+    if let Some(presence) = presence {
+        // The node's status goes with the agent, not at the end of its lease.
+        drop(status_tx);
+        let _ = tokio::time::timeout(Duration::from_secs(2), presence).await;
     }
     match options.on_exit {
         OnExit::Detach => {
@@ -301,6 +392,10 @@ fn read(path: &std::path::Path) -> Result<String> {
 struct Watch {
     /// The last text tried, valid or not: an invalid file is reported once.
     tried: String,
+    /// In a fleet: the model the file is composed with.
+    store: Option<Following>,
+    /// Why the last change was not applied (none once one is).
+    refused: Option<String>,
     /// A changed file (text, modification time) and when it was first read so.
     settling: Option<(String, Option<SystemTime>, Instant)>,
     /// The file (device, inode) the path led to when last read.
@@ -311,11 +406,42 @@ struct Watch {
 const SETTLE: Duration = Duration::from_secs(1);
 
 impl Watch {
-    fn new(applied: String) -> Self {
+    fn new(applied: String, store: Option<Following>) -> Self {
         Self {
             tried: applied,
+            store,
+            refused: None,
             settling: None,
             file: None,
+        }
+    }
+
+    /// Takes in what the store follower says.
+    fn follow(&mut self, update: Update) {
+        let Some(following) = &mut self.store else {
+            return;
+        };
+        match update {
+            Update::Model(model) => {
+                if following.lost.take().is_some() {
+                    log::info!(
+                        "store {}: back, at revision {}",
+                        following.location,
+                        model.revision
+                    );
+                }
+                following.model = Some(model);
+            }
+            Update::Lost(why) => {
+                if following.lost.is_none() {
+                    log::error!(
+                        "store {}: {why}; forwarding with revision {} until it is back",
+                        following.location,
+                        following.applied
+                    );
+                }
+                following.lost = Some(why);
+            }
         }
     }
 
@@ -337,6 +463,22 @@ impl Watch {
                 return;
             }
         };
+        let composed = match &self.store {
+            None => None,
+            Some(Following { model: None, .. }) => return,
+            Some(Following {
+                model: Some(model),
+                location,
+                ..
+            }) => match store::compose(&path.display().to_string(), &text, model, location) {
+                Ok(composed) => Some(composed),
+                Err(invalid) => {
+                    self.refuse(invalid.report);
+                    return;
+                }
+            },
+        };
+        let text = composed.as_ref().map_or(text, |c| c.text.clone());
         if text == self.tried && !now {
             self.settling = None;
             return;
@@ -359,11 +501,87 @@ impl Watch {
         if text == agent.applied().text {
             return;
         }
+        if let (Some(events), Some(composed)) = (agent.events(), &composed) {
+            events.revision = Some(composed.revision);
+        }
         match agent.reconcile(&text, false) {
-            Ok(()) => log::info!("reloaded: {}", agent.summary()),
-            Err(e) => log::error!("{e:#}\nkeeping the running config"),
+            Ok(()) => {
+                self.refused = None;
+                if let (Some(following), Some(composed)) = (&mut self.store, &composed) {
+                    following.applied = composed.revision;
+                    following.digest = following
+                        .model
+                        .as_ref()
+                        .map(store::Model::digest)
+                        .unwrap_or_default();
+                }
+                log::info!("reloaded: {}", agent.summary());
+            }
+            Err(e) => {
+                let report = format!("{e:#}");
+                self.refuse(match &composed {
+                    Some(composed) => composed.locate(STORE_SOURCE, &report),
+                    None => report,
+                });
+            }
         }
     }
+
+    /// Keeps the running config, and says why (once per reason).
+    fn refuse(&mut self, report: String) {
+        if self.refused.as_ref() != Some(&report) {
+            log::error!("{report}\nkeeping the running config");
+        }
+        self.refused = Some(report);
+    }
+}
+
+/// A fleet node's view of the store.
+struct Following {
+    location: store::Location,
+    /// The latest model (none until the store is first read).
+    model: Option<store::Model>,
+    /// The revision and digest of the model applied last.
+    applied: i64,
+    digest: String,
+    /// Why the store cannot be reached, while it cannot.
+    lost: Option<String>,
+}
+
+impl Following {
+    fn status(&self, node: &str, agent: &Agent, refused: Option<&str>) -> String {
+        let status = store::NodeStatus {
+            node: node.to_string(),
+            applied_revision: self.applied,
+            model: self.digest.clone(),
+            generation: agent.applied().generation,
+            refused: refused.map(str::to_string),
+            interfaces: agent
+                .modes()
+                .iter()
+                .map(|(name, mode)| (name.clone(), mode.to_string()))
+                .collect(),
+            summary: agent.summary(),
+            unhealthy_targets: agent.unhealthy().len(),
+            emits_events: agent.events_emitted(),
+        };
+        serde_json::to_string(&status).unwrap_or_default()
+    }
+}
+
+/// The config a fleet's node starts with: its file and the model.
+fn compose(
+    path: &std::path::Path,
+    model: &store::Model,
+    location: &store::Location,
+) -> Result<store::Composed> {
+    let node = read(path)?;
+    Ok(store::compose(
+        &path.display().to_string(),
+        &node,
+        model,
+        location,
+    )?)
 }
 
 /// Watches endpoints waiting for acceptance for their first packet.

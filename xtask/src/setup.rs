@@ -32,6 +32,10 @@ const PACKAGES: &[&str] = &[
     // serves verification records and is what XDP answers are benchmarked against.
     "dnsutils",
     "unbound",
+    // The fleet: a real etcd for the store tests; etcd-client compiles its gRPC
+    // definitions with protoc.
+    "etcd-server",
+    "protobuf-compiler",
     "nsd",
 ];
 const BPF_LINKER: &str = "0.13.0";

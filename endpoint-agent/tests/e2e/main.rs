@@ -7,6 +7,7 @@ mod bed;
 mod abuse;
 mod acceptance;
 mod datagrams;
+mod fleet;
 mod forwarding;
 mod health;
 mod isolation;
