@@ -4,7 +4,7 @@
 //! text, follow target health and the node's interfaces, expire flows, and take
 //! everything down.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
@@ -47,6 +47,8 @@ pub struct Agent {
     verified: BTreeSet<String>,
     /// Every private DNS name's verification (kept in the instance).
     verifications: Vec<verification::Record>,
+    /// In a zoned fleet: endpoint addresses another node answers ARP for.
+    standby: BTreeSet<(String, Ipv4Addr)>,
 }
 
 impl Agent {
@@ -90,6 +92,7 @@ impl Agent {
         };
         let verifications: Vec<verification::Record> =
             instance.read(VERIFICATION_FILE)?.unwrap_or_default();
+        let standby = instance.read(STANDBY_FILE)?.unwrap_or_default();
         Ok(Self {
             ebpf,
             pipeline: Pipeline::new(maps, applied),
@@ -106,6 +109,7 @@ impl Agent {
             flow_records: false,
             verified: verification::verified(&verifications),
             verifications,
+            standby,
         })
     }
 
@@ -151,6 +155,7 @@ impl Agent {
             unhealthy: &self.unhealthy,
             flow_records: self.flow_records,
             verified: &self.verified,
+            standby: &self.standby,
         }
     }
 
@@ -342,6 +347,16 @@ impl Agent {
         self.replan()
     }
 
+    /// A fleet's elections changed: the node answers ARP only for the addresses it holds.
+    pub fn set_standby(&mut self, standby: BTreeSet<(String, Ipv4Addr)>) -> Result<()> {
+        if standby == self.standby {
+            return Ok(());
+        }
+        self.standby = standby;
+        self.instance.write(STANDBY_FILE, &self.standby)?;
+        self.replan()
+    }
+
     /// Private DNS name verification changed: verified names are served, others not.
     pub fn set_verifications(&mut self, records: Vec<verification::Record>) -> Result<()> {
         self.instance.write(VERIFICATION_FILE, &records)?;
@@ -456,6 +471,9 @@ fn random_seed() -> Result<u32> {
     )?;
     Ok(u32::from_ne_bytes(bytes).max(1))
 }
+
+/// Where the instance keeps the addresses other nodes answer for (`plan` reads it).
+pub const STANDBY_FILE: &str = "standby.json";
 
 /// Where the instance keeps private DNS name verification (`status` reads it).
 pub const VERIFICATION_FILE: &str = "verification.json";

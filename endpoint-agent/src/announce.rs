@@ -45,7 +45,7 @@ pub fn newly_answered(plan: &Plan, contents: &Contents) -> Vec<(u32, Interface, 
 }
 
 fn answered(address: &Address) -> bool {
-    address.kind != address_kind::WAITING
+    address.kind != address_kind::WAITING && address.kind != address_kind::STANDBY
 }
 
 fn ipv4(key: &AddressKey) -> Ipv4Addr {

@@ -382,6 +382,9 @@ fn plan(instance: &Instance, source: &str, text: &str) -> Result<String> {
         // As the running agent has it.
         flow_records: applied.contents.settings.flow_records != 0,
         verified: &verified,
+        standby: &instance
+            .read(endpoint_agent::agent::STANDBY_FILE)?
+            .unwrap_or_default(),
     };
     let proposal = applied.propose(source, text, &inputs)?;
     for warning in &proposal.warnings {

@@ -3,9 +3,10 @@
 //! back if it fails half-way. The agent, `plan`, the packet tests and the benchmarks all
 //! go through it, so a new table or step is added here once.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
+use endpoint_common::maps::{Addr, address_kind};
 
 use crate::{
     apply,
@@ -56,6 +57,9 @@ pub struct Inputs<'a> {
     pub flow_records: bool,
     /// Private DNS names whose verification succeeded.
     pub verified: &'a BTreeSet<String>,
+    /// Endpoint addresses (consumer network, IP) another node of a fleet answers ARP
+    /// for: carried here, not announced.
+    pub standby: &'a BTreeSet<(String, Ipv4Addr)>,
 }
 
 /// The maps and what they hold.
@@ -158,6 +162,17 @@ impl Applied {
         let mut desired = desired::build(&config, &ids, inputs.facts, seed, inputs.unhealthy);
         desired.contents.settings.flow_records = u32::from(inputs.flow_records);
         names::build(&config, &ids, inputs.facts, inputs.verified, &mut desired);
+        for (network, ip) in inputs.standby {
+            let Some(&network) = ids.networks.get(network) else {
+                continue;
+            };
+            let key = desired::address_key(network, Addr::ipv4(ip.octets()));
+            if let Some(address) = desired.contents.addresses.get_mut(&key)
+                && address.kind == address_kind::ENDPOINT
+            {
+                address.kind = address_kind::STANDBY;
+            }
+        }
         let plan = Plan::between(&self.contents, &desired.contents);
         Proposal {
             text,

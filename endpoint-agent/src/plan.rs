@@ -563,9 +563,14 @@ impl fmt::Display for Shown<'_> {
                             Names::of(&n.networks, key.scope)
                         );
                     } else {
+                        let how = match value.kind {
+                            maps::address_kind::STANDBY => "carried (another node answers ARP)",
+                            maps::address_kind::WAITING => "waiting for acceptance",
+                            _ => "answered",
+                        };
                         let _ = write!(
                             line,
-                            "endpoint address {} answered in {}",
+                            "endpoint address {} {how} in {}",
                             ipv4(key.addr),
                             Names::of(&n.networks, key.scope)
                         );

@@ -6,7 +6,7 @@
 //! next agent).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
@@ -139,6 +139,11 @@ pub async fn run(options: Options) -> Result<()> {
             }
         })?;
     drain_program_logs(agent.ebpf_mut());
+    // A zoned fleet node new to the node answers ARP for nothing until it has won an
+    // election (never beside the node that holds an address).
+    if fresh && options.store.is_some() && loaded.config.node.zone.is_some() {
+        agent.set_standby(store::standby(&loaded.config, &BTreeSet::new()))?;
+    }
     if options.flow_log.is_some() {
         agent.record_flows();
     }
@@ -200,17 +205,23 @@ pub async fn run(options: Options) -> Result<()> {
     let (updates_tx, mut updates) = mpsc::unbounded_channel();
     let (status_tx, status_rx) = tokio::sync::watch::channel(String::new());
     let (leader_tx, mut leader) = tokio::sync::watch::channel(false);
+    let (wanted_tx, wanted_rx) = tokio::sync::watch::channel(BTreeSet::new());
+    let (held_tx, mut held) = tokio::sync::watch::channel(BTreeSet::new());
     let mut presence = None;
     if let Some(fleet) = &options.store {
         tokio::spawn(store::follow::model(fleet.location.clone(), updates_tx));
         presence = Some(tokio::spawn(store::follow::presence(
-            fleet.location.clone(),
-            fleet.node.clone(),
-            status_rx,
-            leader_tx,
+            store::follow::Presence {
+                location: fleet.location.clone(),
+                node: fleet.node.clone(),
+                status: status_rx,
+                leader: leader_tx,
+                wanted: wanted_rx,
+                held: held_tx,
+            },
         )));
     } else {
-        drop((updates_tx, status_rx, leader_tx));
+        drop((updates_tx, status_rx, leader_tx, wanted_rx, held_tx));
     }
     let mut verify = interval(VERIFY);
     let mut verifications = Verifications::with(agent.verifications().to_vec());
@@ -222,6 +233,15 @@ pub async fn run(options: Options) -> Result<()> {
             Some(update) = updates.recv() => {
                 file.follow(update);
                 file.reload(&mut agent, &options.config, true);
+            }
+            Ok(()) = held.changed() => {
+                let held = held.borrow_and_update().clone();
+                if let Some(config) = agent.applied().config.clone()
+                    && config.node.zone.is_some()
+                    && let Err(e) = agent.set_standby(store::standby(&config, &held))
+                {
+                    log::error!("answering for the addresses this node holds: {e:#}");
+                }
             }
             Ok(()) = leader.changed() => {
                 let holds = *leader.borrow_and_update();
@@ -337,7 +357,23 @@ pub async fn run(options: Options) -> Result<()> {
             }
         }
         if let Some(following) = &file.store {
-            let status = following.status(&node_name, &agent, file.refused.as_deref());
+            // A zoned node stands for its zone's addresses (as applied).
+            if let Some(config) = &agent.applied().config
+                && let Some(zone) = &config.node.zone
+            {
+                let claims = store::claims(config, zone);
+                wanted_tx.send_if_modified(|wanted| {
+                    let changed = *wanted != claims;
+                    *wanted = claims;
+                    changed
+                });
+            }
+            let status = following.status(
+                &node_name,
+                &agent,
+                file.refused.as_deref(),
+                held.borrow().clone(),
+            );
             status_tx.send_if_modified(|s| {
                 let changed = *s != status;
                 *s = status;
@@ -549,7 +585,13 @@ struct Following {
 }
 
 impl Following {
-    fn status(&self, node: &str, agent: &Agent, refused: Option<&str>) -> String {
+    fn status(
+        &self,
+        node: &str,
+        agent: &Agent,
+        refused: Option<&str>,
+        answers_for: BTreeSet<String>,
+    ) -> String {
         let status = store::NodeStatus {
             node: node.to_string(),
             applied_revision: self.applied,
@@ -564,6 +606,7 @@ impl Following {
             summary: agent.summary(),
             unhealthy_targets: agent.unhealthy().len(),
             emits_events: agent.events_emitted(),
+            answers_for,
         };
         serde_json::to_string(&status).unwrap_or_default()
     }

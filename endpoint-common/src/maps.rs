@@ -393,6 +393,9 @@ pub mod address_kind {
     pub const WAITING: u32 = 3;
     /// A consumer network's resolver address: ARP for it is answered, DNS to it too.
     pub const RESOLVER: u32 = 4;
+    /// An endpoint IP another node of its zone holds (a fleet's failover): traffic
+    /// that arrives is carried as for `ENDPOINT`, but ARP is left to the holder.
+    pub const STANDBY: u32 = 5;
 }
 
 /// `ADDRESSES` value.

@@ -52,6 +52,8 @@ pub fn answer(
             let state = Policy::of(policy::word(address.slot)).state;
             return Outcome::drop_for(counter::drop_for_state(state), address.slot);
         }
+        // Another node of the zone answers for it.
+        Some(address) if address.kind == address_kind::STANDBY => return not_ours(interface),
         Some(_) => {}
     }
     let mac = interface.mac;

@@ -99,7 +99,7 @@ pub fn source(network: u32, packet: &Packet, endpoint: u32) -> Result<(), Outcom
         || first >= 224
         || ip.src_addr == ip.dst_addr
         || classify::owned(network, ip.src_addr)
-            .is_some_and(|a| a.kind == address_kind::ENDPOINT || a.kind == address_kind::RESOLVER);
+            .is_some_and(|a| a.kind != address_kind::WAITING && a.kind != address_kind::NAT);
     if martian {
         return Err(Outcome::drop_for(counter::DROP_MARTIAN, endpoint));
     }

@@ -77,6 +77,10 @@ fn verification_interval() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct Node {
     pub interfaces: Vec<Interface>,
+    /// In a fleet: the zone this node is in. Of the nodes of a zone, one at a time
+    /// answers ARP for each of the zone's endpoint addresses (elected in the store);
+    /// the others, and nodes of other zones, carry what reaches them but stay silent.
+    pub zone: Option<String>,
     /// Ports NAT addresses use towards targets.
     #[serde(default)]
     pub nat_ports: PortRange,

@@ -11,16 +11,75 @@
 //! Neither touches the data path: while etcd is away the node forwards with what it last
 //! applied.
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 use tokio::{
     sync::{mpsc, watch},
     time::{sleep, timeout},
 };
 
 use super::{Location, Model, Store};
+
+/// One round of elections: reads every claim of the fleet at once, claims the wanted
+/// addresses nobody holds (on this node's lease, so that they go with it), lets go of
+/// those no longer wanted, and returns those it holds.
+async fn elect(
+    store: &mut Store,
+    node: &str,
+    lease: i64,
+    wanted: &BTreeSet<String>,
+) -> Result<BTreeSet<String>> {
+    let prefix = store.key("zones/");
+    let claims = store
+        .client
+        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        .await
+        .context("reading the elections")?;
+    let mut holders = BTreeMap::new();
+    for kv in claims.kvs() {
+        holders.insert(
+            kv.key_str()?.trim_start_matches(&prefix).to_string(),
+            kv.lease(),
+        );
+    }
+    let mut mine = BTreeSet::new();
+    for address in wanted {
+        let key = format!("{prefix}{address}");
+        match holders.get(address) {
+            Some(&holder) if holder == lease => {
+                mine.insert(address.clone());
+            }
+            Some(_) => {}
+            None => {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        key.as_str(),
+                        node,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )]);
+                if store.client.txn(txn).await.context("claiming")?.succeeded() {
+                    mine.insert(address.clone());
+                }
+            }
+        }
+    }
+    for (address, &holder) in &holders {
+        if holder == lease && !wanted.contains(address) {
+            store
+                .client
+                .delete(format!("{prefix}{address}"), None)
+                .await
+                .context("letting go")?;
+        }
+    }
+    Ok(mine)
+}
 
 /// How long the watch stays quiet before a change is applied.
 const QUIET: Duration = Duration::from_millis(50);
@@ -120,35 +179,51 @@ async fn follow(
     }
 }
 
-/// Keeps `node`'s status key (the latest of `status`) on a lease, and tells `leader`
-/// whether this node holds the events lock, for as long as the agent runs.
-pub async fn presence(
-    location: Location,
-    node: String,
-    mut status: watch::Receiver<String>,
-    leader: watch::Sender<bool>,
-) {
+/// A node's part in the fleet, beside its model.
+pub struct Presence {
+    pub location: Location,
+    pub node: String,
+    /// The node's status (JSON), kept in `PREFIX/nodes/<node>/status`.
+    pub status: watch::Receiver<String>,
+    /// Whether this node holds the events lock.
+    pub leader: watch::Sender<bool>,
+    /// The failover addresses (`zone/network/ip`) this node stands for ...
+    pub wanted: watch::Receiver<BTreeSet<String>>,
+    /// ... and those it holds. Kept as they are while etcd is away: the node goes on
+    /// answering for what it held (a node cut off alone may then answer beside the one
+    /// that took over, until it is back and sees it lost).
+    pub held: watch::Sender<BTreeSet<String>>,
+}
+
+/// Keeps the node's status key on a lease, the events lock and the node's elections,
+/// for as long as the agent runs.
+pub async fn presence(mut presence: Presence) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let error = present(&location, &node, &mut status, &leader)
-            .await
-            .unwrap_err();
-        leader.send_replace(false);
-        if leader.is_closed() {
+        let error = present(&mut presence).await.unwrap_err();
+        presence.leader.send_replace(false);
+        if presence.leader.is_closed() {
             return;
         }
-        log::warn!("store {location}: node status: {error:#}; trying again in {backoff:?}");
+        log::warn!(
+            "store {}: node status: {error:#}; trying again in {backoff:?}",
+            presence.location
+        );
         sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF);
     }
 }
 
-async fn present(
-    location: &Location,
-    node: &str,
-    status: &mut watch::Receiver<String>,
-    leader: &watch::Sender<bool>,
-) -> Result<()> {
+async fn present(presence: &mut Presence) -> Result<()> {
+    let Presence {
+        location,
+        node,
+        status,
+        leader,
+        wanted,
+        held,
+    } = presence;
+    let node = node.as_str();
     let mut store = Store::connect(location).await?;
     let lease = store
         .client
@@ -201,6 +276,20 @@ async fn present(
                     );
                     leader.send_replace(holds);
                 }
+                let wanted = wanted.borrow().clone();
+                let mine = elect(&mut store, node, lease, &wanted).await?;
+                held.send_if_modified(|held| {
+                    let changed = *held != mine;
+                    if changed {
+                        log::info!(
+                            "store {location}: this node answers for {} of its zone's addresses: {}",
+                            mine.len(),
+                            mine.iter().cloned().collect::<Vec<_>>().join(", ")
+                        );
+                        *held = mine;
+                    }
+                    changed
+                });
             }
             changed = status.changed() => {
                 if changed.is_err() {

@@ -13,7 +13,13 @@
 
 pub mod follow;
 
-use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+    str::FromStr,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use etcd_client::{
@@ -24,7 +30,7 @@ use serde_yaml::Value;
 
 use crate::{
     acceptance::{self, Decision},
-    config::{Endpoint, Service},
+    config::{Config, Endpoint, Service},
 };
 
 /// Where a fleet's state is: `etcd://HOST:PORT[,HOST:PORT…]/PREFIX`.
@@ -305,6 +311,8 @@ pub struct NodeStatus {
     pub unhealthy_targets: usize,
     /// Whether this node emits the fleet's endpoint events.
     pub emits_events: bool,
+    /// The failover addresses (`zone/network/ip`) it answers ARP for.
+    pub answers_for: BTreeSet<String>,
 }
 
 /// Every node the fleet has seen: what each applied, and which are gone.
@@ -350,6 +358,10 @@ impl fmt::Display for Fleet {
                     ""
                 }
             )?;
+            if !s.answers_for.is_empty() {
+                let held: Vec<&str> = s.answers_for.iter().map(String::as_str).collect();
+                writeln!(f, "    answers for {}", held.join(", "))?;
+            }
             if let Some(refused) = &s.refused {
                 for line in refused.lines() {
                     writeln!(f, "    refused: {line}")?;
@@ -358,6 +370,53 @@ impl fmt::Display for Fleet {
         }
         Ok(())
     }
+}
+
+/// The failover addresses of `zone` in `config` that a node of that zone stands for:
+/// `zone/network/ip` (the key of its election under `PREFIX/zones/`), for addresses
+/// that carry traffic.
+pub fn claims(config: &Config, zone: &str) -> BTreeSet<String> {
+    let services: BTreeMap<&str, &Service> = config
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    let mut claims = BTreeSet::new();
+    for endpoint in &config.endpoints {
+        let Some(service) = services.get(endpoint.service.as_str()) else {
+            continue;
+        };
+        if !acceptance::carries_traffic(endpoint, service) {
+            continue;
+        }
+        for address in endpoint.addresses() {
+            if address.zone == zone {
+                claims.insert(format!(
+                    "{zone}/{}/{}",
+                    endpoint.consumer_network, address.ip
+                ));
+            }
+        }
+    }
+    claims
+}
+
+/// The endpoint addresses of `config` a zoned node leaves to others: all but those it
+/// holds.
+pub fn standby(config: &Config, held: &BTreeSet<String>) -> BTreeSet<(String, Ipv4Addr)> {
+    let mut standby = BTreeSet::new();
+    for endpoint in &config.endpoints {
+        for address in endpoint.addresses() {
+            let claim = format!(
+                "{}/{}/{}",
+                address.zone, endpoint.consumer_network, address.ip
+            );
+            if !held.contains(&claim) {
+                standby.insert((endpoint.consumer_network.clone(), address.ip));
+            }
+        }
+    }
+    standby
 }
 
 /// The fleet-wide part of the desired state at one revision: object key (relative to

@@ -141,3 +141,41 @@ fn a_config_splits_into_one_object_per_key_and_composes_back() {
         assert_eq!(a, b, "{section}");
     }
 }
+
+#[test]
+fn a_zoned_node_stands_for_its_zones_addresses_that_carry_traffic_and_leaves_the_rest() {
+    let config = crate::config::parse(
+        "demo",
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/demo.yaml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    // vpce-b-billing waits for acceptance: nobody claims it.
+    assert_eq!(
+        claims(&config, "zone-1"),
+        BTreeSet::from([
+            "zone-1/vpc-a/10.0.0.100".to_string(),
+            "zone-1/vpc-b/10.0.0.100".to_string()
+        ])
+    );
+    assert_eq!(
+        claims(&config, "zone-2"),
+        BTreeSet::from(["zone-2/vpc-b/10.0.0.110".to_string()])
+    );
+    let held = BTreeSet::from(["zone-1/vpc-a/10.0.0.100".to_string()]);
+    let left = standby(&config, &held);
+    assert!(!left.contains(&("vpc-a".to_string(), "10.0.0.100".parse().unwrap())));
+    for (network, ip) in [
+        ("vpc-b", "10.0.0.100"),
+        ("vpc-b", "10.0.0.110"),
+        ("vpc-b", "10.0.0.101"),
+    ] {
+        assert!(
+            left.contains(&(network.to_string(), ip.parse().unwrap())),
+            "{network} {ip}"
+        );
+    }
+}

@@ -201,6 +201,9 @@ fn node(config: &Config, facts: &Facts, problems: &mut Problems) -> BTreeSet<Str
             "no interfaces: list at least one consumer and one provider interface".into(),
         );
     }
+    if let Some(zone) = &node.zone {
+        problems.name("node", "node.zone".into(), zone);
+    }
     for (i, interface) in node.interfaces.iter().enumerate() {
         let object = format!("interface {:?}", interface.name);
         let path = |field: &str| format!("node.interfaces[{i}].{field}");

@@ -9,7 +9,7 @@ use std::{
 };
 
 use endpoint_agent::store::{Location, Store};
-use testbed::veth;
+use testbed::{link, veth};
 
 use crate::bed::*;
 
@@ -138,7 +138,13 @@ fn node_file() -> String {
 }
 
 fn start_node(etcd: &Etcd, n: usize) -> Node {
+    start_node_with(etcd, n, &node_file(), |_| {})
+}
+
+/// A node with `file` for its own part, `prepare` run on its topology first.
+fn start_node_with(etcd: &Etcd, n: usize, file: &str, prepare: impl FnOnce(&Topology)) -> Node {
     let topology = Topology::build().unwrap();
+    prepare(&topology);
     veth(&etcd.ns, &format!("node{n}"), &topology.node, "store").unwrap();
     etcd.ns
         .ip(&[
@@ -161,7 +167,7 @@ fn start_node(etcd: &Etcd, n: usize) -> Node {
     .into_iter()
     .map(|(name, addr)| Server::start(&topology.provider, name, addr).unwrap())
     .collect();
-    let file = TempFile::new(&format!("node{n}.yaml"), &node_file());
+    let file = TempFile::new(&format!("node{n}.yaml"), file);
     let mut node = Node {
         topology,
         _servers: servers,
@@ -423,7 +429,8 @@ fn a_node_that_dies_goes_from_the_fleet_and_etcd_away_stops_no_traffic() {
 
     // kill -9: forwarding goes on (the data path is the kernel's) and the node's status
     // expires with its lease; the fleet lists it as gone.
-    nodes[1].agent.take().unwrap().kill().unwrap();
+    // (Its instance is cleaned up when the test drops it.)
+    nodes[1].agent().signal(libc::SIGKILL);
     let killed = Instant::now();
     nodes[1]
         .reaches_orders()
@@ -488,4 +495,107 @@ fn a_node_that_dies_goes_from_the_fleet_and_etcd_away_stops_no_traffic() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The client on the shared consumer LAN of the failover test.
+const LAN_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 20);
+
+#[test]
+fn two_nodes_of_a_zone_one_answers_for_an_address_and_the_other_takes_it_when_it_dies() {
+    if !root() {
+        return;
+    }
+    let etcd = Etcd::start();
+    import(&etcd, &example());
+    // One consumer LAN (a bridge) reaches both nodes: link `lan` on each, of vpc-a.
+    let lan = Namespace::new("lan").unwrap();
+    lan.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+    lan.ip(&["link", "set", "br0", "up"]).unwrap();
+    lan.ip(&["addr", "add", &format!("{LAN_CLIENT}/24"), "dev", "br0"])
+        .unwrap();
+    let mut file: serde_yaml::Value = serde_yaml::from_str(&node_file()).unwrap();
+    file["node"]["zone"] = "zone-1".into();
+    let lan_link: serde_yaml::Value = serde_yaml::from_str(
+        "{ name: lan, role: consumer, consumer_network: vpc-a, zone: zone-1 }",
+    )
+    .unwrap();
+    file["node"]["interfaces"]
+        .as_sequence_mut()
+        .unwrap()
+        .push(lan_link);
+    let file = serde_yaml::to_string(&file).unwrap();
+    let nodes: Vec<Node> = (1..=2)
+        .map(|n| {
+            start_node_with(&etcd, n, &file, |topology| {
+                let port = format!("n{n}");
+                veth(&topology.node, "lan", &lan, &port).unwrap();
+                lan.ip(&["link", "set", &port, "master", "br0"]).unwrap();
+                // NAPI on the LAN side, as for the topology's hosts (veth drops
+                // XDP_TX frames towards a peer without it).
+                lan.exec("ethtool", &["-K", &port, "tx", "off", "gro", "on"])
+                    .unwrap();
+            })
+        })
+        .collect();
+
+    // Exactly one node answers ARP for the zone's address; the fleet says which.
+    let address = "zone-1/vpc-a/10.0.0.100";
+    let holder = |fleet: &serde_json::Value| -> Option<usize> {
+        (1..=2).find(|n| {
+            fleet["nodes"][format!("node-{n}")]["answers_for"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == address))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        if let Some(n) = holder(&fleet_status(&etcd)) {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "no node holds {address}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let other = 3 - first;
+    let lan_mac = |n: usize| link::mac(&nodes[n - 1].topology.node, "lan").unwrap();
+    let answers =
+        || link::who_has(&lan, "br0", LAN_CLIENT, ORDERS, Duration::from_millis(500)).unwrap();
+    let arp_replies = |n: usize| {
+        let output = nodes[n - 1].agent().command(&["status", "--json"]).unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        counted(&status, "arp_reply")
+    };
+    assert_eq!(answers(), Some(lan_mac(first)), "the holder answers ARP");
+    assert_eq!(
+        arp_replies(other),
+        0,
+        "the other node of the zone stays silent"
+    );
+    let lan_connect = || connect(&lan, at(ORDERS, 80), Duration::from_millis(500));
+    lan_connect().expect("a connection through the holder");
+
+    // The holder's node dies: its agent is killed and its link to the LAN goes down.
+    let dead = &nodes[first - 1];
+    let died = Instant::now();
+    dead.agent().signal(libc::SIGKILL);
+    dead.topology
+        .node
+        .ip(&["link", "set", "lan", "down"])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lan_connect().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no new connection within 20 s:\n{}",
+            nodes[other - 1].agent().log()
+        );
+    }
+    let gap = died.elapsed();
+    eprintln!("fleet: failover, node death to the first new connection through the other: {gap:?}");
+    assert_eq!(
+        answers(),
+        Some(lan_mac(other)),
+        "the survivor answers ARP now"
+    );
+    let fleet = fleet_status(&etcd);
+    assert_eq!(holder(&fleet), Some(other), "{fleet:#}");
 }

@@ -2,6 +2,8 @@
 //! addresses there) gets in — everything else is dropped and counted, the node itself
 //! unreachable; on a provider interface what is not a reply is the kernel's, untouched.
 
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
 use endpoint_common::counter;
 use etherparse::PacketBuilder;
 
@@ -151,6 +153,26 @@ fn an_interface_of_both_roles_passes_the_nodes_own_traffic() {
         }
         .frame(b"");
         assert_eq!(rig.run("prov", &ssh).action, XDP_PASS);
+    });
+}
+
+#[test]
+fn a_standby_address_is_carried_but_its_arp_left_to_the_node_that_holds_it() {
+    with_rig(|rig| {
+        let standby = BTreeSet::from([("vpc-a".to_string(), Ipv4Addr::from(ENDPOINT))]);
+        rig.reconfigure_standby(CONFIG, &standby);
+        let mac = rig.link("cons-a").mac;
+        let arp = rig.run("cons-a", &arp_request(CLIENT_MAC, CLIENT, ENDPOINT));
+        assert_eq!(arp.action, XDP_DROP, "another node answers ARP for it");
+        assert_eq!(rig.counters().packets(counter::ARP_REPLY), 0);
+        // A client that still has this node's MAC for it is carried on.
+        let out = rig.run("cons-a", &syn_to(mac, ENDPOINT, 40000).frame(b""));
+        assert_eq!(out.action, XDP_REDIRECT);
+        assert_eq!(rig.connections().len(), 1);
+        // Holding it again, the node answers.
+        rig.reconfigure_standby(CONFIG, &BTreeSet::new());
+        let arp = rig.run("cons-a", &arp_request(CLIENT_MAC, CLIENT, ENDPOINT));
+        assert_eq!(arp.action, XDP_REDIRECT);
     });
 }
 

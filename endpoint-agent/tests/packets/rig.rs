@@ -5,7 +5,7 @@
 //! scratch, and run through the program with BPF_PROG_RUN as if they arrived on an
 //! interface.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use aya::{
     Ebpf,
@@ -230,6 +230,12 @@ impl Rig {
     /// Applies a config the way the agent does: through the pipeline, a plan from what
     /// the maps hold.
     pub fn reconfigure(&mut self, text: &str) {
+        self.reconfigure_standby(text, &BTreeSet::new());
+    }
+
+    /// As `reconfigure`, with `standby` endpoint addresses (network, IP) another node of
+    /// a fleet answers for.
+    pub fn reconfigure_standby(&mut self, text: &str, standby: &BTreeSet<(String, Ipv4Addr)>) {
         let unhealthy = BTreeSet::new();
         let inputs = Inputs {
             facts: &self.facts,
@@ -237,6 +243,7 @@ impl Rig {
             unhealthy: &unhealthy,
             flow_records: false,
             verified: &Default::default(),
+            standby,
         };
         let proposal = self
             .pipeline
