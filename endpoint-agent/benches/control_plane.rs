@@ -69,7 +69,7 @@ fn step(pipeline: &mut Pipeline, text: &str, facts: &Facts) -> Timings {
         unhealthy: &Default::default(),
         flow_records: false,
         verified: &Default::default(),
-        standby: &Default::default(),
+        failover: &Default::default(),
     };
     let t = Instant::now();
     let proposal = pipeline

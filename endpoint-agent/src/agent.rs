@@ -4,7 +4,7 @@
 //! text, follow target health and the node's interfaces, expire flows, and take
 //! everything down.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::collections::BTreeSet;
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
@@ -21,7 +21,7 @@ use crate::{
     keys::TargetKey,
     loader::{self, Modes},
     metrics::{Reconciles, Snapshot},
-    pipeline::{Applied, Inputs, Pipeline, Proposal},
+    pipeline::{Applied, Failover, Inputs, Pipeline, Proposal},
     plan::Shown,
     verification,
 };
@@ -47,8 +47,8 @@ pub struct Agent {
     verified: BTreeSet<String>,
     /// Every private DNS name's verification (kept in the instance).
     verifications: Vec<verification::Record>,
-    /// In a zoned fleet: endpoint addresses another node answers ARP for.
-    standby: BTreeSet<(String, Ipv4Addr)>,
+    /// In a zoned fleet: the addresses this node leaves to others.
+    failover: Failover,
 }
 
 impl Agent {
@@ -92,7 +92,7 @@ impl Agent {
         };
         let verifications: Vec<verification::Record> =
             instance.read(VERIFICATION_FILE)?.unwrap_or_default();
-        let standby = instance.read(STANDBY_FILE)?.unwrap_or_default();
+        let failover = instance.read(FAILOVER_FILE)?.unwrap_or_default();
         Ok(Self {
             ebpf,
             pipeline: Pipeline::new(maps, applied),
@@ -109,7 +109,7 @@ impl Agent {
             flow_records: false,
             verified: verification::verified(&verifications),
             verifications,
-            standby,
+            failover,
         })
     }
 
@@ -155,7 +155,7 @@ impl Agent {
             unhealthy: &self.unhealthy,
             flow_records: self.flow_records,
             verified: &self.verified,
-            standby: &self.standby,
+            failover: &self.failover,
         }
     }
 
@@ -347,13 +347,14 @@ impl Agent {
         self.replan()
     }
 
-    /// A fleet's elections changed: the node answers ARP only for the addresses it holds.
-    pub fn set_standby(&mut self, standby: BTreeSet<(String, Ipv4Addr)>) -> Result<()> {
-        if standby == self.standby {
+    /// A fleet's elections changed: the node answers ARP only for the addresses it
+    /// holds, and DNS leaves out those no live node holds.
+    pub fn set_failover(&mut self, failover: Failover) -> Result<()> {
+        if failover == self.failover {
             return Ok(());
         }
-        self.standby = standby;
-        self.instance.write(STANDBY_FILE, &self.standby)?;
+        self.failover = failover;
+        self.instance.write(FAILOVER_FILE, &self.failover)?;
         self.replan()
     }
 
@@ -472,8 +473,8 @@ fn random_seed() -> Result<u32> {
     Ok(u32::from_ne_bytes(bytes).max(1))
 }
 
-/// Where the instance keeps the addresses other nodes answer for (`plan` reads it).
-pub const STANDBY_FILE: &str = "standby.json";
+/// Where the instance keeps the addresses it leaves to other nodes (`plan` reads it).
+pub const FAILOVER_FILE: &str = "failover.json";
 
 /// Where the instance keeps private DNS name verification (`status` reads it).
 pub const VERIFICATION_FILE: &str = "verification.json";

@@ -382,8 +382,8 @@ fn plan(instance: &Instance, source: &str, text: &str) -> Result<String> {
         // As the running agent has it.
         flow_records: applied.contents.settings.flow_records != 0,
         verified: &verified,
-        standby: &instance
-            .read(endpoint_agent::agent::STANDBY_FILE)?
+        failover: &instance
+            .read(endpoint_agent::agent::FAILOVER_FILE)?
             .unwrap_or_default(),
     };
     let proposal = applied.propose(source, text, &inputs)?;

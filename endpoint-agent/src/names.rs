@@ -29,8 +29,8 @@ use crate::{
     acceptance,
     config::{Config, State},
     desired::{self, Desired},
-    facts::Facts,
     ids::Ids,
+    pipeline::Inputs,
 };
 
 /// The zone ids interfaces and names use: every zone named by a consumer interface or an
@@ -79,6 +79,7 @@ pub fn records(
     config: &Config,
     ids: &Ids,
     verified: &BTreeSet<String>,
+    unserved: &BTreeSet<(String, Ipv4Addr)>,
 ) -> BTreeMap<u32, BTreeMap<String, Records>> {
     let mut all = BTreeMap::new();
     let Some(settings) = &config.dns else {
@@ -126,8 +127,17 @@ pub fn records(
             if acceptance::effective(endpoint, service) != State::Available {
                 continue;
             }
-            let addresses: Vec<(Ipv4Addr, u8)> = endpoint
+            // In a zoned fleet, an address whose zone has no live node is left out; an
+            // endpoint with none left has no names.
+            let served: Vec<_> = endpoint
                 .addresses()
+                .into_iter()
+                .filter(|a| !unserved.contains(&(endpoint.consumer_network.clone(), a.ip)))
+                .collect();
+            if served.is_empty() {
+                continue;
+            }
+            let addresses: Vec<(Ipv4Addr, u8)> = served
                 .iter()
                 .map(|a| (a.ip, zones.get(&a.zone).copied().unwrap_or(0)))
                 .collect();
@@ -141,7 +151,7 @@ pub fn records(
                     ..under()
                 },
             );
-            for (address, &(ip, zone)) in endpoint.addresses().iter().zip(&addresses) {
+            for (address, &(ip, zone)) in served.iter().zip(&addresses) {
                 names.insert(
                     zonal(&endpoint.id, &address.zone, &service.name, &domain),
                     Records {
@@ -178,7 +188,7 @@ pub fn texts(config: &Config, ids: &Ids) -> BTreeMap<u64, String> {
         .iter()
         .filter_map(|s| s.private_dns_name.clone())
         .collect();
-    records(config, ids, &every)
+    records(config, ids, &every, &BTreeSet::new())
         .into_values()
         .flat_map(BTreeMap::into_keys)
         .map(|text| (dns::hash(&text).0, text))
@@ -187,13 +197,8 @@ pub fn texts(config: &Config, ids: &Ids) -> BTreeMap<u64, String> {
 
 /// Fills in what DNS needs of the maps for `config`: names, settings, and the resolver
 /// addresses and client zones of consumer interfaces.
-pub fn build(
-    config: &Config,
-    ids: &Ids,
-    facts: &Facts,
-    verified: &BTreeSet<String>,
-    desired: &mut Desired,
-) {
+pub fn build(config: &Config, ids: &Ids, inputs: &Inputs, desired: &mut Desired) {
+    let facts = inputs.facts;
     let state = &mut desired.contents;
     let zones = zone_ids(config);
     let resolvers: BTreeMap<&str, Ipv4Addr> = config
@@ -233,7 +238,7 @@ pub fn build(
         return;
     };
     let mut digest: u32 = 0x811c_9dc5;
-    for (network, names) in records(config, ids, verified) {
+    for (network, names) in records(config, ids, inputs.verified, &inputs.failover.unserved) {
         for (text, records) in names {
             let mut name = Name {
                 flags: if records.apex { name_flag::APEX } else { 0 },
@@ -306,7 +311,7 @@ pub fn dns_settings(domain: &str, ttl: u32, serial: u32) -> DnsSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ids::Ids, validate};
+    use crate::{facts::Facts, ids::Ids, validate};
 
     const CONFIG: &str = "
 node:
@@ -343,7 +348,7 @@ dns:
             .config;
         let ids = Ids::default().assign(&config);
         let verified = verified.iter().map(ToString::to_string).collect();
-        records(&config, &ids, &verified)
+        records(&config, &ids, &verified, &BTreeSet::new())
             .into_iter()
             .map(|(network, names)| {
                 let name = ids.networks.iter().find(|&(_, &n)| n == network).unwrap().0;
@@ -396,12 +401,13 @@ dns:
             .config;
         let ids = Ids::default().assign(&config);
         let network = ids.networks["vpc-a"];
-        let unverified = records(&config, &ids, &BTreeSet::new());
+        let unverified = records(&config, &ids, &BTreeSet::new(), &BTreeSet::new());
         assert!(!unverified[&network].contains_key("orders.example.com"));
         let verified = records(
             &config,
             &ids,
             &BTreeSet::from(["Orders.Example.com".to_string()]),
+            &BTreeSet::new(),
         );
         assert!(verified[&network].contains_key("orders.example.com"));
     }

@@ -57,9 +57,18 @@ pub struct Inputs<'a> {
     pub flow_records: bool,
     /// Private DNS names whose verification succeeded.
     pub verified: &'a BTreeSet<String>,
-    /// Endpoint addresses (consumer network, IP) another node of a fleet answers ARP
-    /// for: carried here, not announced.
-    pub standby: &'a BTreeSet<(String, Ipv4Addr)>,
+    /// In a zoned fleet: the addresses this node leaves to others.
+    pub failover: &'a Failover,
+}
+
+/// In a zoned fleet: which endpoint addresses (consumer network, IP) this node leaves to
+/// other nodes, as the elections in the store say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Failover {
+    /// Another node answers ARP for these: carried here, not announced.
+    pub standby: BTreeSet<(String, Ipv4Addr)>,
+    /// No live node of their zone holds these: left out of DNS answers.
+    pub unserved: BTreeSet<(String, Ipv4Addr)>,
 }
 
 /// The maps and what they hold.
@@ -161,8 +170,8 @@ impl Applied {
         let seed = config.node.hash_seed.unwrap_or(inputs.seed);
         let mut desired = desired::build(&config, &ids, inputs.facts, seed, inputs.unhealthy);
         desired.contents.settings.flow_records = u32::from(inputs.flow_records);
-        names::build(&config, &ids, inputs.facts, inputs.verified, &mut desired);
-        for (network, ip) in inputs.standby {
+        names::build(&config, &ids, inputs, &mut desired);
+        for (network, ip) in &inputs.failover.standby {
             let Some(&network) = ids.networks.get(network) else {
                 continue;
             };

@@ -142,7 +142,7 @@ pub async fn run(options: Options) -> Result<()> {
     // A zoned fleet node new to the node answers ARP for nothing until it has won an
     // election (never beside the node that holds an address).
     if fresh && options.store.is_some() && loaded.config.node.zone.is_some() {
-        agent.set_standby(store::standby(&loaded.config, &BTreeSet::new()))?;
+        agent.set_failover(store::failover(&loaded.config, &Default::default()))?;
     }
     if options.flow_log.is_some() {
         agent.record_flows();
@@ -206,7 +206,7 @@ pub async fn run(options: Options) -> Result<()> {
     let (status_tx, status_rx) = tokio::sync::watch::channel(String::new());
     let (leader_tx, mut leader) = tokio::sync::watch::channel(false);
     let (wanted_tx, wanted_rx) = tokio::sync::watch::channel(BTreeSet::new());
-    let (held_tx, mut held) = tokio::sync::watch::channel(BTreeSet::new());
+    let (elections_tx, mut elections) = tokio::sync::watch::channel(store::Elections::default());
     let mut presence = None;
     if let Some(fleet) = &options.store {
         tokio::spawn(store::follow::model(fleet.location.clone(), updates_tx));
@@ -217,11 +217,11 @@ pub async fn run(options: Options) -> Result<()> {
                 status: status_rx,
                 leader: leader_tx,
                 wanted: wanted_rx,
-                held: held_tx,
+                elections: elections_tx,
             },
         )));
     } else {
-        drop((updates_tx, status_rx, leader_tx, wanted_rx, held_tx));
+        drop((updates_tx, status_rx, leader_tx, wanted_rx, elections_tx));
     }
     let mut verify = interval(VERIFY);
     let mut verifications = Verifications::with(agent.verifications().to_vec());
@@ -234,11 +234,11 @@ pub async fn run(options: Options) -> Result<()> {
                 file.follow(update);
                 file.reload(&mut agent, &options.config, true);
             }
-            Ok(()) = held.changed() => {
-                let held = held.borrow_and_update().clone();
+            Ok(()) = elections.changed() => {
+                let now = elections.borrow_and_update().clone();
                 if let Some(config) = agent.applied().config.clone()
                     && config.node.zone.is_some()
-                    && let Err(e) = agent.set_standby(store::standby(&config, &held))
+                    && let Err(e) = agent.set_failover(store::failover(&config, &now))
                 {
                     log::error!("answering for the addresses this node holds: {e:#}");
                 }
@@ -372,7 +372,7 @@ pub async fn run(options: Options) -> Result<()> {
                 &node_name,
                 &agent,
                 file.refused.as_deref(),
-                held.borrow().clone(),
+                elections.borrow().mine.clone(),
             );
             status_tx.send_if_modified(|s| {
                 let changed = *s != status;

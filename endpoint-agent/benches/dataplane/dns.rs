@@ -240,7 +240,7 @@ impl Rig {
             unhealthy: &Default::default(),
             flow_records: false,
             verified: &Default::default(),
-            standby: &Default::default(),
+            failover: &Default::default(),
         };
         let proposal = pipeline.propose("bench.yaml", text, &inputs)?;
         pipeline.apply(proposal)?;

@@ -27,13 +27,13 @@ use super::{Location, Model, Store};
 
 /// One round of elections: reads every claim of the fleet at once, claims the wanted
 /// addresses nobody holds (on this node's lease, so that they go with it), lets go of
-/// those no longer wanted, and returns those it holds.
+/// those no longer wanted.
 async fn elect(
     store: &mut Store,
     node: &str,
     lease: i64,
     wanted: &BTreeSet<String>,
-) -> Result<BTreeSet<String>> {
+) -> Result<Elections> {
     let prefix = store.key("zones/");
     let claims = store
         .client
@@ -78,7 +78,13 @@ async fn elect(
                 .context("letting go")?;
         }
     }
-    Ok(mine)
+    let mut held: BTreeSet<String> = holders
+        .into_iter()
+        .filter(|(address, holder)| *holder != lease || wanted.contains(address))
+        .map(|(address, _)| address)
+        .collect();
+    held.extend(mine.iter().cloned());
+    Ok(Elections { mine, held })
 }
 
 /// How long the watch stays quiet before a change is applied.
@@ -189,10 +195,19 @@ pub struct Presence {
     pub leader: watch::Sender<bool>,
     /// The failover addresses (`zone/network/ip`) this node stands for ...
     pub wanted: watch::Receiver<BTreeSet<String>>,
-    /// ... and those it holds. Kept as they are while etcd is away: the node goes on
-    /// answering for what it held (a node cut off alone may then answer beside the one
-    /// that took over, until it is back and sees it lost).
-    pub held: watch::Sender<BTreeSet<String>>,
+    /// ... and what the elections say. Kept as they are while etcd is away: the node
+    /// goes on answering for what it held (a node cut off alone may then answer beside
+    /// the one that took over, until it is back and sees it lost).
+    pub elections: watch::Sender<Elections>,
+}
+
+/// What the elections say, as this node last read them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Elections {
+    /// The claims (`zone/network/ip`) this node holds.
+    pub mine: BTreeSet<String>,
+    /// Every claim a live node holds.
+    pub held: BTreeSet<String>,
 }
 
 /// Keeps the node's status key on a lease, the events lock and the node's elections,
@@ -221,7 +236,7 @@ async fn present(presence: &mut Presence) -> Result<()> {
         status,
         leader,
         wanted,
-        held,
+        elections,
     } = presence;
     let node = node.as_str();
     let mut store = Store::connect(location).await?;
@@ -277,17 +292,17 @@ async fn present(presence: &mut Presence) -> Result<()> {
                     leader.send_replace(holds);
                 }
                 let wanted = wanted.borrow().clone();
-                let mine = elect(&mut store, node, lease, &wanted).await?;
-                held.send_if_modified(|held| {
-                    let changed = *held != mine;
-                    if changed {
+                let now = elect(&mut store, node, lease, &wanted).await?;
+                elections.send_if_modified(|elections| {
+                    if elections.mine != now.mine {
                         log::info!(
                             "store {location}: this node answers for {} of its zone's addresses: {}",
-                            mine.len(),
-                            mine.iter().cloned().collect::<Vec<_>>().join(", ")
+                            now.mine.len(),
+                            now.mine.iter().cloned().collect::<Vec<_>>().join(", ")
                         );
-                        *held = mine;
                     }
+                    let changed = *elections != now;
+                    *elections = now;
                     changed
                 });
             }

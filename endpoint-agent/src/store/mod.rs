@@ -13,10 +13,11 @@
 
 pub mod follow;
 
+pub use follow::Elections;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
     str::FromStr,
     time::Duration,
 };
@@ -31,6 +32,7 @@ use serde_yaml::Value;
 use crate::{
     acceptance::{self, Decision},
     config::{Config, Endpoint, Service},
+    pipeline::Failover,
 };
 
 /// Where a fleet's state is: `etcd://HOST:PORT[,HOST:PORT…]/PREFIX`.
@@ -401,22 +403,26 @@ pub fn claims(config: &Config, zone: &str) -> BTreeSet<String> {
     claims
 }
 
-/// The endpoint addresses of `config` a zoned node leaves to others: all but those it
-/// holds.
-pub fn standby(config: &Config, held: &BTreeSet<String>) -> BTreeSet<(String, Ipv4Addr)> {
-    let mut standby = BTreeSet::new();
+/// What a zoned node leaves to others after `elections`: ARP for every address of
+/// `config` but those it holds, and the names of addresses no live node holds.
+pub fn failover(config: &Config, elections: &Elections) -> Failover {
+    let mut failover = Failover::default();
     for endpoint in &config.endpoints {
         for address in endpoint.addresses() {
             let claim = format!(
                 "{}/{}/{}",
                 address.zone, endpoint.consumer_network, address.ip
             );
-            if !held.contains(&claim) {
-                standby.insert((endpoint.consumer_network.clone(), address.ip));
+            let at = (endpoint.consumer_network.clone(), address.ip);
+            if !elections.mine.contains(&claim) {
+                failover.standby.insert(at.clone());
+            }
+            if !elections.held.contains(&claim) {
+                failover.unserved.insert(at);
             }
         }
     }
-    standby
+    failover
 }
 
 /// The fleet-wide part of the desired state at one revision: object key (relative to

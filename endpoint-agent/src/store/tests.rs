@@ -165,17 +165,26 @@ fn a_zoned_node_stands_for_its_zones_addresses_that_carry_traffic_and_leaves_the
         claims(&config, "zone-2"),
         BTreeSet::from(["zone-2/vpc-b/10.0.0.110".to_string()])
     );
-    let held = BTreeSet::from(["zone-1/vpc-a/10.0.0.100".to_string()]);
-    let left = standby(&config, &held);
-    assert!(!left.contains(&("vpc-a".to_string(), "10.0.0.100".parse().unwrap())));
-    for (network, ip) in [
-        ("vpc-b", "10.0.0.100"),
-        ("vpc-b", "10.0.0.110"),
-        ("vpc-b", "10.0.0.101"),
-    ] {
-        assert!(
-            left.contains(&(network.to_string(), ip.parse().unwrap())),
-            "{network} {ip}"
-        );
-    }
+    // This node holds vpc-a's zone-1 address, another node vpc-b's; nobody zone-2's.
+    let elections = Elections {
+        mine: BTreeSet::from(["zone-1/vpc-a/10.0.0.100".to_string()]),
+        held: BTreeSet::from([
+            "zone-1/vpc-a/10.0.0.100".to_string(),
+            "zone-1/vpc-b/10.0.0.100".to_string(),
+        ]),
+    };
+    let at = |network: &str, ip: &str| (network.to_string(), ip.parse().unwrap());
+    let left = failover(&config, &elections);
+    assert_eq!(
+        left.standby,
+        BTreeSet::from([
+            at("vpc-b", "10.0.0.100"),
+            at("vpc-b", "10.0.0.101"),
+            at("vpc-b", "10.0.0.110")
+        ])
+    );
+    assert_eq!(
+        left.unserved,
+        BTreeSet::from([at("vpc-b", "10.0.0.101"), at("vpc-b", "10.0.0.110")])
+    );
 }

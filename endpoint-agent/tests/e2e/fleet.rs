@@ -506,7 +506,11 @@ fn two_nodes_of_a_zone_one_answers_for_an_address_and_the_other_takes_it_when_it
         return;
     }
     let etcd = Etcd::start();
-    import(&etcd, &example());
+    // Besides the example, an endpoint of vpc-a in zone-1 and zone-2, where no node is.
+    let multi = "\n  - { id: vpce-a-multi, service: orders, principal: team-a, \
+                 consumer_network: vpc-a, state: available, accepted_at: '2026-11-28T09:00:00Z', \
+                 addresses: [{ zone: zone-1, ip: 10.0.0.120 }, { zone: zone-2, ip: 10.0.0.121 }] }\n";
+    import(&etcd, &format!("{}{multi}", example()));
     // One consumer LAN (a bridge) reaches both nodes: link `lan` on each, of vpc-a.
     let lan = Namespace::new("lan").unwrap();
     lan.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
@@ -572,6 +576,28 @@ fn two_nodes_of_a_zone_one_answers_for_an_address_and_the_other_takes_it_when_it
     );
     let lan_connect = || connect(&lan, at(ORDERS, 80), Duration::from_millis(500));
     lan_connect().expect("a connection through the holder");
+    // DNS leaves out the zone no live node is in.
+    let dig = |name: &str| {
+        lan.exec("dig", &["+short", "+tries=2", "+time=1", "@10.0.0.2", name])
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dig("vpce-a-multi.orders.endpoints.internal").trim() != "10.0.0.120" {
+        assert!(
+            Instant::now() < deadline,
+            "regional name: {:?}",
+            dig("vpce-a-multi.orders.endpoints.internal")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        dig("vpce-a-multi-zone-1.orders.endpoints.internal").trim(),
+        "10.0.0.120"
+    );
+    assert_eq!(
+        dig("vpce-a-multi-zone-2.orders.endpoints.internal").trim(),
+        ""
+    );
 
     // The holder's node dies: its agent is killed and its link to the LAN goes down.
     let dead = &nodes[first - 1];

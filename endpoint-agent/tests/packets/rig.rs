@@ -16,7 +16,7 @@ use endpoint_agent::{
     facts::{Facts, Link},
     instance::Instance,
     loader,
-    pipeline::{Applied, Inputs, Pipeline},
+    pipeline::{Applied, Failover, Inputs, Pipeline},
     stats::Counters,
 };
 use endpoint_common::{
@@ -243,7 +243,10 @@ impl Rig {
             unhealthy: &unhealthy,
             flow_records: false,
             verified: &Default::default(),
-            standby,
+            failover: &Failover {
+                standby: standby.clone(),
+                ..Failover::default()
+            },
         };
         let proposal = self
             .pipeline
