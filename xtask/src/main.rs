@@ -63,7 +63,8 @@ enum Cmd {
         asan: bool,
     },
     /// Set up, then benchmark: the data path against its baselines and the kernel's NAT
-    /// (three layers), and the control plane; writes docs/bench.{json,svg}.
+    /// (three layers), the control plane and the fleet's store; writes
+    /// docs/bench.{json,svg}.
     Bench {
         /// One short round of each, checking only that everything works.
         #[arg(long)]
@@ -299,9 +300,19 @@ fn bench(smoke: bool) -> Result<()> {
         "control_plane",
         "--",
     ]);
+    let mut fleet = cargo();
+    fleet.args([
+        "bench",
+        "--package",
+        "endpoint-agent",
+        "--bench",
+        "fleet",
+        "--",
+    ]);
     if smoke {
         dataplane.arg("--smoke");
         control.arg("--smoke");
+        fleet.arg("--smoke");
     } else {
         std::fs::create_dir_all(&docs)?;
         dataplane
@@ -311,5 +322,6 @@ fn bench(smoke: bool) -> Result<()> {
             .arg(docs.join("bench.svg"));
     }
     sh(&mut dataplane)?;
-    sh(&mut control)
+    sh(&mut control)?;
+    sh(&mut fleet)
 }
