@@ -189,6 +189,7 @@ impl Agent {
             unhealthy: self.unhealthy.clone(),
             reconciles: self.reconciles,
             census: self.expiry.census().clone(),
+            store: None,
         }
     }
 

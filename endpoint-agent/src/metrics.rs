@@ -44,6 +44,17 @@ pub struct Snapshot {
     pub reconciles: Reconciles,
     /// The flow table as the expiry scan's last whole pass found it.
     pub census: Census,
+    /// In a fleet: how following the store goes.
+    pub store: Option<StoreState>,
+}
+
+/// A fleet node's view of its store, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreState {
+    pub connected: bool,
+    pub applied_revision: i64,
+    /// The latest change was refused (the node runs an older one).
+    pub refused: bool,
 }
 
 /// How applying configs went.
@@ -296,6 +307,29 @@ pub fn render(
             .inc_by(n);
     }
     reconcile_seconds.set(snapshot.reconciles.last_seconds);
+    if let Some(store) = snapshot.store {
+        for (name, help, value) in [
+            (
+                "store_connected",
+                "1 while the fleet's store (etcd) can be reached; the node forwards either way",
+                i64::from(store.connected),
+            ),
+            (
+                "store_applied_revision",
+                "The store revision whose model this node applied",
+                store.applied_revision,
+            ),
+            (
+                "store_change_refused",
+                "1 while the store's latest change is refused here (invalid): the node runs the one before",
+                i64::from(store.refused),
+            ),
+        ] {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(value);
+            registry.register(name, help, gauge);
+        }
+    }
 
     let slots = snapshot.ids.endpoints.values().max().map_or(1, |&s| s + 1);
     let counters = Counters::read_slots(maps, slots)?;

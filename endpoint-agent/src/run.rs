@@ -159,7 +159,7 @@ pub async fn run(options: Options) -> Result<()> {
     };
     log::info!("ready: {}", agent.summary());
     let shared = metrics::Shared::default();
-    let mut published = agent.snapshot_version();
+    let mut published = (agent.snapshot_version(), None);
     if let Ok(mut snapshot) = shared.snapshot.lock() {
         *snapshot = agent.snapshot();
     }
@@ -380,11 +380,12 @@ pub async fn run(options: Options) -> Result<()> {
                 changed
             });
         }
-        let version = agent.snapshot_version();
+        let version = (agent.snapshot_version(), file.store_state());
         if version != published {
             published = version;
             if let Ok(mut snapshot) = shared.snapshot.lock() {
                 *snapshot = agent.snapshot();
+                snapshot.store = published.1;
             }
         }
     }
@@ -561,6 +562,15 @@ impl Watch {
                 });
             }
         }
+    }
+
+    /// In a fleet: how following the store goes.
+    fn store_state(&self) -> Option<metrics::StoreState> {
+        self.store.as_ref().map(|f| metrics::StoreState {
+            connected: f.lost.is_none(),
+            applied_revision: f.applied,
+            refused: self.refused.is_some(),
+        })
     }
 
     /// Keeps the running config, and says why (once per reason).

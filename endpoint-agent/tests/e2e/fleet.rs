@@ -188,7 +188,14 @@ impl Node {
                 Path::new(AGENT),
                 self.topology.node.name(),
                 &self.file.0,
-                &["--store", &store, "--node", &name],
+                &[
+                    "--store",
+                    &store,
+                    "--node",
+                    &name,
+                    "--metrics",
+                    "127.0.0.1:9464",
+                ],
             )
             .expect("agent"),
         );
@@ -467,10 +474,21 @@ fn a_node_that_dies_goes_from_the_fleet_and_etcd_away_stops_no_traffic() {
     node.agent()
         .wait_for("forwarding with revision", Duration::from_secs(5))
         .unwrap();
+    let metrics = || crate::operating::get(&node.topology.node, "127.0.0.1:9464", "/metrics");
+    assert!(
+        metrics().contains("endpoint_agent_store_connected 0"),
+        "{}",
+        metrics()
+    );
     etcd.run();
     node.agent()
         .wait_for("back, at revision", Duration::from_secs(30))
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !metrics().contains("endpoint_agent_store_connected 1") {
+        assert!(Instant::now() < deadline, "{}", metrics());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let revision = put(
         &etcd,
         "model/endpoints/vpce-a-orders",

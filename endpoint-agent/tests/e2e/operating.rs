@@ -162,7 +162,7 @@ fn try_get(ns: &Namespace, addr: &str, path: &str) -> Result<String, String> {
     }
 }
 
-fn get(ns: &Namespace, addr: &str, path: &str) -> String {
+pub fn get(ns: &Namespace, addr: &str, path: &str) -> String {
     try_get(ns, addr, path).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
 }
 
