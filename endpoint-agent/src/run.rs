@@ -89,6 +89,11 @@ const HEALTH: Duration = Duration::from_millis(250);
 const VERIFY: Duration = Duration::from_secs(1);
 
 pub async fn run(options: Options) -> Result<()> {
+    // First: a signal that arrives while the agent starts is handled once it has (the
+    // default action would kill it half-way, without a word).
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let (source, text, following) = match &options.store {
         None => (
             options.config.display().to_string(),
@@ -183,9 +188,6 @@ pub async fn run(options: Options) -> Result<()> {
         }
     }
 
-    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut watch = interval(WATCH);
     let mut expire = interval(EXPIRE);
     let mut node = interval(NODE);
@@ -433,6 +435,8 @@ struct Watch {
     store: Option<Following>,
     /// Why the last change was not applied (none once one is).
     refused: Option<String>,
+    /// In a fleet: the file as last read (composing the model costs a pass over it).
+    raw: String,
     /// A changed file (text, modification time) and when it was first read so.
     settling: Option<(String, Option<SystemTime>, Instant)>,
     /// The file (device, inode) the path led to when last read.
@@ -448,6 +452,7 @@ impl Watch {
             tried: applied,
             store,
             refused: None,
+            raw: String::new(),
             settling: None,
             file: None,
         }
@@ -500,6 +505,13 @@ impl Watch {
                 return;
             }
         };
+        let unchanged = text == self.raw;
+        if self.store.is_some() {
+            if unchanged && !now && self.settling.is_none() {
+                return;
+            }
+            self.raw = text.clone();
+        }
         let composed = match &self.store {
             None => None,
             Some(Following { model: None, .. }) => return,
