@@ -4,7 +4,7 @@
 //! model follower (`store::follow::model`), as many as nodes — watching it. Measured:
 //! the import, a node's full read, and a change's fan-out (from the put to the last
 //! follower handing the new model to its agent, its 50 ms quiet window included) over
-//! 50 changes. `--smoke`: 200 endpoints, 3 followers, 5 changes.
+//! 50 changes. `--smoke`: 200 endpoints, 3 followers, 5 changes; `--followers N`: N.
 
 use std::{
     fmt::Write as _,
@@ -91,12 +91,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() -> Result<()> {
-    let smoke = std::env::args().any(|a| a == "--smoke");
-    let (services, endpoints, followers, changes) = if smoke {
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let (services, endpoints, mut followers, changes) = if smoke {
         (20, 200, 3, 5)
     } else {
         (1_000, 10_000, 10, 50)
     };
+    // `--followers N`: how the fan-out grows with the nodes.
+    if let Some(n) = args.iter().position(|a| a == "--followers") {
+        followers = args
+            .get(n + 1)
+            .and_then(|n| n.parse().ok())
+            .context("--followers N")?;
+    }
     // A port of this run's own, clear of etcd's default.
     let port = 30_000 + (std::process::id() % 10_000) as u16 * 2;
     let _etcd = Etcd::start(port)?;

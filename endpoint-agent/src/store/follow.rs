@@ -4,9 +4,10 @@
 //!   sent once the watch has been quiet for [`QUIET`] (an import larger than one
 //!   transaction arrives in parts). A lost connection or a compacted watch is followed
 //!   by a full read (the model is small next to what a read costs etcd), with backoff.
-//! - [`presence`]: the node's status key on a lease kept alive every second, and the
-//!   fleet's events lock: the node holding `PREFIX/events` emits endpoint events, so
-//!   the fleet emits each once.
+//! - [`presence`]: the node's status key on a lease kept alive every second; the
+//!   fleet's events lock (the node holding `PREFIX/events` emits endpoint events, so
+//!   the fleet emits each once); and the zone elections: the claims are read once and
+//!   then watched, so a node claims a free address as soon as its holder's lease ends.
 //!
 //! Neither touches the data path: while etcd is away the node forwards with what it last
 //! applied.
@@ -24,68 +25,6 @@ use tokio::{
 };
 
 use super::{Location, Model, Store};
-
-/// One round of elections: reads every claim of the fleet at once, claims the wanted
-/// addresses nobody holds (on this node's lease, so that they go with it), lets go of
-/// those no longer wanted.
-async fn elect(
-    store: &mut Store,
-    node: &str,
-    lease: i64,
-    wanted: &BTreeSet<String>,
-) -> Result<Elections> {
-    let prefix = store.key("zones/");
-    let claims = store
-        .client
-        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-        .await
-        .context("reading the elections")?;
-    let mut holders = BTreeMap::new();
-    for kv in claims.kvs() {
-        holders.insert(
-            kv.key_str()?.trim_start_matches(&prefix).to_string(),
-            kv.lease(),
-        );
-    }
-    let mut mine = BTreeSet::new();
-    for address in wanted {
-        let key = format!("{prefix}{address}");
-        match holders.get(address) {
-            Some(&holder) if holder == lease => {
-                mine.insert(address.clone());
-            }
-            Some(_) => {}
-            None => {
-                let txn = Txn::new()
-                    .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(
-                        key.as_str(),
-                        node,
-                        Some(PutOptions::new().with_lease(lease)),
-                    )]);
-                if store.client.txn(txn).await.context("claiming")?.succeeded() {
-                    mine.insert(address.clone());
-                }
-            }
-        }
-    }
-    for (address, &holder) in &holders {
-        if holder == lease && !wanted.contains(address) {
-            store
-                .client
-                .delete(format!("{prefix}{address}"), None)
-                .await
-                .context("letting go")?;
-        }
-    }
-    let mut held: BTreeSet<String> = holders
-        .into_iter()
-        .filter(|(address, holder)| *holder != lease || wanted.contains(address))
-        .map(|(address, _)| address)
-        .collect();
-    held.extend(mine.iter().cloned());
-    Ok(Elections { mine, held })
-}
 
 /// How long the watch stays quiet before a change is applied.
 const QUIET: Duration = Duration::from_millis(50);
@@ -259,6 +198,29 @@ async fn present(presence: &mut Presence) -> Result<()> {
         .put(store.key(&format!("nodes/{node}/seen")), "", None)
         .await
         .context("registering the node")?;
+    // The elections' claims: read once, then followed (a claim's end is seen at once).
+    let zones = store.key("zones/");
+    let claims = store
+        .client
+        .get(zones.as_str(), Some(GetOptions::new().with_prefix()))
+        .await
+        .context("reading the elections")?;
+    let mut holders = BTreeMap::new();
+    for kv in claims.kvs() {
+        holders.insert(
+            kv.key_str()?.trim_start_matches(&zones).to_string(),
+            kv.lease(),
+        );
+    }
+    let from = claims.header().map_or(0, |h| h.revision()) + 1;
+    let mut claims = store
+        .client
+        .watch(
+            zones.as_str(),
+            Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+        )
+        .await
+        .context("watching the elections")?;
     let with_lease = || Some(PutOptions::new().with_lease(lease));
     let mut every = tokio::time::interval(Duration::from_secs(1));
     status.mark_changed();
@@ -270,41 +232,32 @@ async fn present(presence: &mut Presence) -> Result<()> {
                     Some(answer) if answer.ttl() > 0 => {}
                     _ => bail!("the node's lease expired"),
                 }
-                // The events lock: taken when free, kept while the lease lives.
-                let txn = Txn::new()
-                    .when([Compare::create_revision(events_key.as_str(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(events_key.as_str(), node, with_lease())])
-                    .or_else([TxnOp::get(events_key.as_str(), None)]);
-                let response = store.client.txn(txn).await.context("the events lock")?;
-                let holds = response.succeeded()
-                    || response.op_responses().into_iter().any(|op| match op {
-                        etcd_client::TxnOpResponse::Get(get) => get
-                            .kvs()
-                            .first()
-                            .is_some_and(|kv| kv.lease() == lease),
-                        _ => false,
-                    });
-                if *leader.borrow() != holds {
-                    log::info!(
-                        "store {location}: this node {} the fleet's endpoint events",
-                        if holds { "now emits" } else { "no longer emits" }
-                    );
-                    leader.send_replace(holds);
-                }
-                let wanted = wanted.borrow().clone();
-                let now = elect(&mut store, node, lease, &wanted).await?;
-                elections.send_if_modified(|elections| {
-                    if elections.mine != now.mine {
-                        log::info!(
-                            "store {location}: this node answers for {} of its zone's addresses: {}",
-                            now.mine.len(),
-                            now.mine.iter().cloned().collect::<Vec<_>>().join(", ")
-                        );
+                // The events lock: taken when free; held, it lasts as long as the lease.
+                if !*leader.borrow() {
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(events_key.as_str(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(events_key.as_str(), node, with_lease())]);
+                    if store.client.txn(txn).await.context("the events lock")?.succeeded() {
+                        log::info!("store {location}: this node now emits the fleet's endpoint events");
+                        leader.send_replace(true);
                     }
-                    let changed = *elections != now;
-                    *elections = now;
-                    changed
-                });
+                }
+            }
+            response = claims.message() => {
+                let Some(response) = response.context("watching the elections")? else {
+                    bail!("the elections' watch ended");
+                };
+                if response.canceled() {
+                    bail!("the elections' watch was cancelled ({})", response.cancel_reason());
+                }
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let key = kv.key_str()?.trim_start_matches(&zones).to_string();
+                    match event.event_type() {
+                        etcd_client::EventType::Put => holders.insert(key, kv.lease()),
+                        etcd_client::EventType::Delete => holders.remove(&key),
+                    };
+                }
             }
             changed = status.changed() => {
                 if changed.is_err() {
@@ -319,6 +272,73 @@ async fn present(presence: &mut Presence) -> Result<()> {
                     .await
                     .context("writing the node's status")?;
             }
+            Ok(()) = wanted.changed() => {}
+        }
+        // After anything: claim what is wanted and free, let go of what is not.
+        let wanted = wanted.borrow_and_update().clone();
+        let now = elect(&mut store, node, lease, &wanted, &mut holders).await?;
+        elections.send_if_modified(|elections| {
+            if elections.mine != now.mine {
+                log::info!(
+                    "store {location}: this node answers for {} of its zone's addresses: {}",
+                    now.mine.len(),
+                    now.mine.iter().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            let changed = *elections != now;
+            *elections = now;
+            changed
+        });
+    }
+}
+
+/// One round of elections over the claims as followed (`holders`: claim → lease):
+/// claims the wanted addresses nobody holds (on this node's lease, so that they go with
+/// it) and lets go of those no longer wanted.
+async fn elect(
+    store: &mut Store,
+    node: &str,
+    lease: i64,
+    wanted: &BTreeSet<String>,
+    holders: &mut BTreeMap<String, i64>,
+) -> Result<Elections> {
+    let prefix = store.key("zones/");
+    for address in wanted {
+        if holders.contains_key(address) {
+            continue;
+        }
+        let key = format!("{prefix}{address}");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                node,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        if store.client.txn(txn).await.context("claiming")?.succeeded() {
+            holders.insert(address.clone(), lease);
         }
     }
+    let freed: Vec<String> = holders
+        .iter()
+        .filter(|(address, holder)| **holder == lease && !wanted.contains(*address))
+        .map(|(address, _)| address.clone())
+        .collect();
+    for address in freed {
+        store
+            .client
+            .delete(format!("{prefix}{address}"), None)
+            .await
+            .context("letting go")?;
+        holders.remove(&address);
+    }
+    let mine = holders
+        .iter()
+        .filter(|(_, holder)| **holder == lease)
+        .map(|(address, _)| address.clone())
+        .collect();
+    Ok(Elections {
+        mine,
+        held: holders.keys().cloned().collect(),
+    })
 }
