@@ -143,6 +143,11 @@ impl Agent {
         self.events.as_mut()
     }
 
+    /// Flow entries (two per connection) as the expiry scan's last whole pass found them.
+    pub fn flow_entries(&self) -> u64 {
+        self.expiry.census().entries
+    }
+
     /// Whether endpoint events are emitted here (see `Events::endpoint_events`).
     pub fn events_emitted(&self) -> bool {
         self.events.as_ref().is_some_and(|e| e.endpoint_events)

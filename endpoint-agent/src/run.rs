@@ -234,6 +234,10 @@ pub async fn run(options: Options) -> Result<()> {
             _ = interrupt.recv() => { log::info!("SIGINT: stopping"); break }
             Some(update) = updates.recv() => {
                 file.follow(update);
+                // Changes that queued while the last one was applied go in together.
+                while let Ok(update) = updates.try_recv() {
+                    file.follow(update);
+                }
                 file.reload(&mut agent, &options.config, true);
             }
             Ok(()) = elections.changed() => {
@@ -626,6 +630,7 @@ impl Following {
                 .map(|(name, mode)| (name.clone(), mode.to_string()))
                 .collect(),
             summary: agent.summary(),
+            flow_entries: agent.flow_entries(),
             unhealthy_targets: agent.unhealthy().len(),
             emits_events: agent.events_emitted(),
             answers_for,

@@ -33,6 +33,16 @@ const BACKOFF: Duration = Duration::from_secs(5);
 /// A node's lease: its status key (and the events lock) go this long after it dies.
 pub const LEASE_SECONDS: i64 = 5;
 
+/// Between half and all of `wait`, at random: a fleet that lost etcd together does not
+/// come back to it all at once (each node reads the model whole on its return).
+fn jittered(wait: Duration) -> Duration {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    wait / 2 + wait.mul_f64((random % 1000) as f64 / 2000.0)
+}
+
 /// What the model follower tells the agent's loop.
 #[derive(Debug)]
 pub enum Update {
@@ -57,7 +67,7 @@ pub async fn model(location: Location, updates: mpsc::UnboundedSender<Update>) {
         } else {
             (backoff * 2).min(BACKOFF)
         };
-        sleep(backoff).await;
+        sleep(jittered(backoff)).await;
     }
 }
 
@@ -160,10 +170,10 @@ pub async fn presence(mut presence: Presence) {
             return;
         }
         log::warn!(
-            "store {}: node status: {error:#}; trying again in {backoff:?}",
+            "store {}: node status: {error:#}; trying again within {backoff:?}",
             presence.location
         );
-        sleep(backoff).await;
+        sleep(jittered(backoff)).await;
         backoff = (backoff * 2).min(BACKOFF);
     }
 }

@@ -310,6 +310,8 @@ pub struct NodeStatus {
     /// Interface → attach mode.
     pub interfaces: BTreeMap<String, String>,
     pub summary: String,
+    /// Flow entries (two per connection), as of the expiry scan's last whole pass.
+    pub flow_entries: u64,
     pub unhealthy_targets: usize,
     /// Whether this node emits the fleet's endpoint events.
     pub emits_events: bool,
@@ -348,10 +350,11 @@ impl fmt::Display for Fleet {
                 .collect();
             writeln!(
                 f,
-                "  {node:<16} applied revision {}{behind}, generation {}, {}; {} unhealthy targets; {}{}",
+                "  {node:<16} applied revision {}{behind}, generation {}, {}, {} flow entries; {} unhealthy targets; {}{}",
                 s.applied_revision,
                 s.generation,
                 s.summary,
+                s.flow_entries,
                 s.unhealthy_targets,
                 interfaces.join(" "),
                 if s.emits_events {
