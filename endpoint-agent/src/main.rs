@@ -90,7 +90,7 @@ enum Command {
         json: bool,
         #[arg(long, requires = "store")]
         fleet: bool,
-        #[arg(long, value_name = "etcd://HOST:PORT[,...]/PREFIX")]
+        #[arg(long, requires = "fleet", value_name = "etcd://HOST:PORT[,...]/PREFIX")]
         store: Option<store::Location>,
     },
     /// The running instance's live connections: consumer network, client, endpoint,
@@ -202,6 +202,18 @@ fn execute(cli: Cli) -> Result<()> {
             node,
         } => {
             let _lock = instance.lock()?;
+            if let Some(node) = &node
+                && (node.is_empty()
+                    || node.len() > 128
+                    || !node
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)))
+            {
+                anyhow::bail!(
+                    "--node {node:?}: a node's name is 1 to 128 letters, digits and - _ . : \
+                     (it names keys in the store)"
+                );
+            }
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
@@ -289,12 +301,19 @@ fn execute(cli: Cli) -> Result<()> {
         } => {
             let text = std::fs::read_to_string(&config)
                 .with_context(|| format!("reading {}", config.display()))?;
-            // What goes in must be valid as it is (on this node's facts, as `validate`).
-            validate::load(
-                &config.display().to_string(),
-                &text,
-                &Facts::of_this_node()?,
-            )?;
+            // What goes in must be valid: a whole config as `validate` checks it (on this
+            // node's facts); a model alone (as `store export` writes it) as YAML, the
+            // nodes checking the rest.
+            let name = config.display().to_string();
+            let whole = serde_yaml::from_str::<serde_yaml::Value>(&text)
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?
+                .get("node")
+                .is_some();
+            if whole {
+                validate::load(&name, &text, &Facts::of_this_node()?)?;
+            } else {
+                config::parse(&name, &format!("{text}\nnode: {{ interfaces: [] }}\n"))?;
+            }
             println!(
                 "{}",
                 block_on(async { store::Store::connect(&store).await?.import(&text).await })?

@@ -30,7 +30,7 @@ use crate::{
     config::{Config, State},
     desired::{self, Desired},
     ids::Ids,
-    pipeline::Inputs,
+    pipeline::{Failover, Inputs},
 };
 
 /// The zone ids interfaces and names use: every zone named by a consumer interface or an
@@ -79,7 +79,7 @@ pub fn records(
     config: &Config,
     ids: &Ids,
     verified: &BTreeSet<String>,
-    unserved: &BTreeSet<(String, Ipv4Addr)>,
+    failover: &Failover,
 ) -> BTreeMap<u32, BTreeMap<String, Records>> {
     let mut all = BTreeMap::new();
     let Some(settings) = &config.dns else {
@@ -132,7 +132,7 @@ pub fn records(
             let served: Vec<_> = endpoint
                 .addresses()
                 .into_iter()
-                .filter(|a| !unserved.contains(&(endpoint.consumer_network.clone(), a.ip)))
+                .filter(|a| !failover.unserved(&endpoint.consumer_network, a.ip))
                 .collect();
             if served.is_empty() {
                 continue;
@@ -188,7 +188,7 @@ pub fn texts(config: &Config, ids: &Ids) -> BTreeMap<u64, String> {
         .iter()
         .filter_map(|s| s.private_dns_name.clone())
         .collect();
-    records(config, ids, &every, &BTreeSet::new())
+    records(config, ids, &every, &Failover::default())
         .into_values()
         .flat_map(BTreeMap::into_keys)
         .map(|text| (dns::hash(&text).0, text))
@@ -238,7 +238,7 @@ pub fn build(config: &Config, ids: &Ids, inputs: &Inputs, desired: &mut Desired)
         return;
     };
     let mut digest: u32 = 0x811c_9dc5;
-    for (network, names) in records(config, ids, inputs.verified, &inputs.failover.unserved) {
+    for (network, names) in records(config, ids, inputs.verified, inputs.failover) {
         for (text, records) in names {
             let mut name = Name {
                 flags: if records.apex { name_flag::APEX } else { 0 },
@@ -348,7 +348,7 @@ dns:
             .config;
         let ids = Ids::default().assign(&config);
         let verified = verified.iter().map(ToString::to_string).collect();
-        records(&config, &ids, &verified, &BTreeSet::new())
+        records(&config, &ids, &verified, &Failover::default())
             .into_iter()
             .map(|(network, names)| {
                 let name = ids.networks.iter().find(|&(_, &n)| n == network).unwrap().0;
@@ -401,13 +401,13 @@ dns:
             .config;
         let ids = Ids::default().assign(&config);
         let network = ids.networks["vpc-a"];
-        let unverified = records(&config, &ids, &BTreeSet::new(), &BTreeSet::new());
+        let unverified = records(&config, &ids, &BTreeSet::new(), &Failover::default());
         assert!(!unverified[&network].contains_key("orders.example.com"));
         let verified = records(
             &config,
             &ids,
             &BTreeSet::from(["Orders.Example.com".to_string()]),
-            &BTreeSet::new(),
+            &Failover::default(),
         );
         assert!(verified[&network].contains_key("orders.example.com"));
     }

@@ -61,14 +61,29 @@ pub struct Inputs<'a> {
     pub failover: &'a Failover,
 }
 
-/// In a zoned fleet: which endpoint addresses (consumer network, IP) this node leaves to
-/// other nodes, as the elections in the store say.
+/// In a zoned fleet: which endpoint addresses (consumer network, IP) this node answers
+/// for, as the elections in the store say. Not zoned (a node alone, or a fleet without
+/// zones): it answers for every address.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Failover {
-    /// Another node answers ARP for these: carried here, not announced.
-    pub standby: BTreeSet<(String, Ipv4Addr)>,
-    /// No live node of their zone holds these: left out of DNS answers.
-    pub unserved: BTreeSet<(String, Ipv4Addr)>,
+    pub zoned: bool,
+    /// The addresses this node holds: ARP is answered for these alone; the others are
+    /// carried when traffic reaches them, not announced.
+    pub mine: BTreeSet<(String, Ipv4Addr)>,
+    /// The addresses some live node holds: DNS names these alone.
+    pub held: BTreeSet<(String, Ipv4Addr)>,
+}
+
+impl Failover {
+    /// Another node answers ARP for it (or none does yet).
+    pub fn standby(&self, network: &str, ip: Ipv4Addr) -> bool {
+        self.zoned && !self.mine.contains(&(network.to_string(), ip))
+    }
+
+    /// No live node holds it: left out of DNS answers.
+    pub fn unserved(&self, network: &str, ip: Ipv4Addr) -> bool {
+        self.zoned && !self.held.contains(&(network.to_string(), ip))
+    }
 }
 
 /// The maps and what they hold.
@@ -171,15 +186,23 @@ impl Applied {
         let mut desired = desired::build(&config, &ids, inputs.facts, seed, inputs.unhealthy);
         desired.contents.settings.flow_records = u32::from(inputs.flow_records);
         names::build(&config, &ids, inputs, &mut desired);
-        for (network, ip) in &inputs.failover.standby {
-            let Some(&network) = ids.networks.get(network) else {
+        for endpoint in &config.endpoints {
+            let Some(&network) = ids.networks.get(&endpoint.consumer_network) else {
                 continue;
             };
-            let key = desired::address_key(network, Addr::ipv4(ip.octets()));
-            if let Some(address) = desired.contents.addresses.get_mut(&key)
-                && address.kind == address_kind::ENDPOINT
-            {
-                address.kind = address_kind::STANDBY;
+            for address in endpoint.addresses() {
+                if !inputs
+                    .failover
+                    .standby(&endpoint.consumer_network, address.ip)
+                {
+                    continue;
+                }
+                let key = desired::address_key(network, Addr::ipv4(address.ip.octets()));
+                if let Some(address) = desired.contents.addresses.get_mut(&key)
+                    && address.kind == address_kind::ENDPOINT
+                {
+                    address.kind = address_kind::STANDBY;
+                }
             }
         }
         let plan = Plan::between(&self.contents, &desired.contents);

@@ -36,6 +36,7 @@ use crate::{
     instance::Instance,
     keys::TargetKey,
     loader, metrics, netlink,
+    pipeline::Failover,
     store::{self, follow::Update},
     validate,
     verification::{self, Verifications},
@@ -105,9 +106,16 @@ pub async fn run(options: Options) -> Result<()> {
                 .await?
                 .model()
                 .await?;
-            let composed = compose(&options.config, &model, &fleet.location)?;
+            let node = read(&options.config)?;
+            let composed = store::compose(
+                &options.config.display().to_string(),
+                &node,
+                &model,
+                &fleet.location,
+            )?;
             let following = Following {
                 location: fleet.location.clone(),
+                node,
                 digest: model.digest(),
                 model: Some(model),
                 applied: composed.revision,
@@ -147,7 +155,7 @@ pub async fn run(options: Options) -> Result<()> {
     // A zoned fleet node new to the node answers ARP for nothing until it has won an
     // election (never beside the node that holds an address).
     if fresh && options.store.is_some() && loaded.config.node.zone.is_some() {
-        agent.set_failover(store::failover(&loaded.config, &Default::default()))?;
+        agent.set_failover(store::failover(&Default::default()))?;
     }
     if options.flow_log.is_some() {
         agent.record_flows();
@@ -220,6 +228,8 @@ pub async fn run(options: Options) -> Result<()> {
                 leader: leader_tx,
                 wanted: wanted_rx,
                 elections: elections_tx,
+                instance: agent.instance().clone(),
+                keep: options.on_exit == OnExit::Keep,
             },
         )));
     } else {
@@ -238,14 +248,13 @@ pub async fn run(options: Options) -> Result<()> {
                 while let Ok(update) = updates.try_recv() {
                     file.follow(update);
                 }
-                file.reload(&mut agent, &options.config, true);
+                file.reload(&mut agent, &options.config, Trigger::Store);
             }
             Ok(()) = elections.changed() => {
                 let now = elections.borrow_and_update().clone();
-                if let Some(config) = agent.applied().config.clone()
-                    && config.node.zone.is_some()
-                    && let Err(e) = agent.set_failover(store::failover(&config, &now))
-                {
+                let zoned = agent.applied().config.as_ref().is_some_and(|c| c.node.zone.is_some());
+                let failover = if zoned { store::failover(&now) } else { Failover::default() };
+                if let Err(e) = agent.set_failover(failover) {
                     log::error!("answering for the addresses this node holds: {e:#}");
                 }
             }
@@ -257,10 +266,10 @@ pub async fn run(options: Options) -> Result<()> {
             }
             _ = hangup.recv() => {
                 log::info!("SIGHUP: reloading {source}");
-                file.reload(&mut agent, &options.config, true);
+                file.reload(&mut agent, &options.config, Trigger::Now);
             }
             _ = watch.tick() => {
-                file.reload(&mut agent, &options.config, false);
+                file.reload(&mut agent, &options.config, Trigger::Tick);
                 pending.watch(&mut agent);
             }
             _ = health.tick() => {
@@ -363,17 +372,22 @@ pub async fn run(options: Options) -> Result<()> {
             }
         }
         if let Some(following) = &file.store {
-            // A zoned node stands for its zone's addresses (as applied).
-            if let Some(config) = &agent.applied().config
-                && let Some(zone) = &config.node.zone
-            {
-                let claims = store::claims(config, zone);
-                wanted_tx.send_if_modified(|wanted| {
-                    let changed = *wanted != claims;
-                    *wanted = claims;
-                    changed
-                });
-            }
+            // A zoned node stands for its zone's addresses (as applied); a node whose
+            // zone went lets go of them.
+            let claims = match &agent.applied().config {
+                Some(config) => config
+                    .node
+                    .zone
+                    .as_ref()
+                    .map(|zone| store::claims(config, zone))
+                    .unwrap_or_default(),
+                None => BTreeSet::new(),
+            };
+            wanted_tx.send_if_modified(|wanted| {
+                let changed = *wanted != claims;
+                *wanted = claims;
+                changed
+            });
             let status = following.status(
                 &node_name,
                 &agent,
@@ -396,7 +410,23 @@ pub async fn run(options: Options) -> Result<()> {
         }
     }
     if let Some(presence) = presence {
-        // The node's status goes with the agent, not at the end of its lease.
+        if options.on_exit == OnExit::Keep
+            && let Some(config) = agent.applied().config.clone()
+            && config.node.zone.is_some()
+        {
+            // The data path stays, but answers ARP for nothing while no agent keeps its
+            // claims: the next agent takes them back on the same lease, or, if none comes
+            // before it ends, another node does — never two at once.
+            let held = elections.borrow().clone();
+            let silent = store::Elections {
+                mine: BTreeSet::new(),
+                ..held
+            };
+            if let Err(e) = agent.set_failover(store::failover(&silent)) {
+                log::error!("leaving the addresses to other nodes: {e:#}");
+            }
+        }
+        // The node's status goes with the agent (with `detach`, its claims too).
         drop(status_tx);
         let _ = tokio::time::timeout(Duration::from_secs(2), presence).await;
     }
@@ -493,29 +523,36 @@ impl Watch {
 
     /// Re-applies the file if it changed and settled (or at once, `now`). A config that
     /// fails leaves the running state exactly as it was.
-    fn reload(&mut self, agent: &mut Agent, path: &std::path::Path, now: bool) {
+    fn reload(&mut self, agent: &mut Agent, path: &std::path::Path, trigger: Trigger) {
         use std::os::unix::fs::MetadataExt as _;
-        let metadata = std::fs::metadata(path).ok();
-        let modified = metadata.as_ref().and_then(|m| m.modified().ok());
-        let file = metadata.map(|m| (m.dev(), m.ino()));
-        // Not the first look, and another file than before: it was replaced whole.
-        let replaced = self.file.is_some() && file != self.file;
-        self.file = file;
-        let now = now || replaced;
-        let text = match read(path) {
-            Ok(text) => text,
-            Err(e) => {
-                log::warn!("{e:#}; keeping the running config");
-                return;
+        let (text, now, modified) = match (trigger, &self.store) {
+            // A change of the store: the model with the file as last settled.
+            (Trigger::Store, Some(following)) => (following.node.clone(), true, None),
+            (Trigger::Store, None) => return,
+            _ => {
+                let metadata = std::fs::metadata(path).ok();
+                let modified = metadata.as_ref().and_then(|m| m.modified().ok());
+                let file = metadata.map(|m| (m.dev(), m.ino()));
+                // Not the first look, and another file than before: it was replaced whole.
+                let replaced = self.file.is_some() && file != self.file;
+                self.file = file;
+                let text = match read(path) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        log::warn!("{e:#}; keeping the running config");
+                        return;
+                    }
+                };
+                (text, trigger == Trigger::Now || replaced, modified)
             }
         };
-        let unchanged = text == self.raw;
-        if self.store.is_some() {
-            if unchanged && !now && self.settling.is_none() {
+        if self.store.is_some() && trigger != Trigger::Store {
+            if text == self.raw && !now && self.settling.is_none() {
                 return;
             }
             self.raw = text.clone();
         }
+        let node = text.clone();
         let composed = match &self.store {
             None => None,
             Some(Following { model: None, .. }) => return,
@@ -551,13 +588,24 @@ impl Watch {
         }
         self.settling = None;
         self.tried = text.clone();
+        if let Some(following) = &mut self.store {
+            following.node = node;
+        }
         if text == agent.applied().text {
             return;
         }
+        let revision = agent.events().and_then(|e| e.revision);
         if let (Some(events), Some(composed)) = (agent.events(), &composed) {
             events.revision = Some(composed.revision);
         }
-        match agent.reconcile(&text, false) {
+        let result = agent.reconcile(&text, false);
+        if result.is_err()
+            && let Some(events) = agent.events()
+        {
+            // Later `applied` events (health, elections) are of the revision that runs.
+            events.revision = revision;
+        }
+        match result {
             Ok(()) => {
                 self.refused = None;
                 if let (Some(following), Some(composed)) = (&mut self.store, &composed) {
@@ -598,9 +646,23 @@ impl Watch {
     }
 }
 
+/// What makes the agent look at its config again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// The periodic look: a changed file is applied once it settled.
+    Tick,
+    /// SIGHUP: the file at once.
+    Now,
+    /// The fleet's model changed: applied at once, with the file as last settled.
+    Store,
+}
+
 /// A fleet node's view of the store.
 struct Following {
     location: store::Location,
+    /// The node's file as last settled: what a change of the model is composed with
+    /// (a file being written is never caught half-way by a change of the store).
+    node: String,
     /// The latest model (none until the store is first read).
     model: Option<store::Model>,
     /// The revision and digest of the model applied last.
@@ -637,21 +699,6 @@ impl Following {
         };
         serde_json::to_string(&status).unwrap_or_default()
     }
-}
-
-/// The config a fleet's node starts with: its file and the model.
-fn compose(
-    path: &std::path::Path,
-    model: &store::Model,
-    location: &store::Location,
-) -> Result<store::Composed> {
-    let node = read(path)?;
-    Ok(store::compose(
-        &path.display().to_string(),
-        &node,
-        model,
-        location,
-    )?)
 }
 
 /// Watches endpoints waiting for acceptance for their first packet.

@@ -18,13 +18,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
 use tokio::{
     sync::{mpsc, watch},
     time::{sleep, timeout},
 };
 
 use super::{Location, Model, Store};
+use crate::instance::Instance;
 
 /// How long the watch stays quiet before a change is applied.
 const QUIET: Duration = Duration::from_millis(50);
@@ -114,10 +118,13 @@ async fn follow(
             }
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
-                let key = kv.key_str()?.trim_start_matches(&prefix).to_string();
+                let key = String::from_utf8_lossy(kv.key())
+                    .trim_start_matches(&prefix)
+                    .to_string();
                 match event.event_type() {
                     etcd_client::EventType::Put => {
-                        model.objects.insert(key, kv.value_str()?.to_string());
+                        let value = String::from_utf8_lossy(kv.value()).into_owned();
+                        model.objects.insert(key, value);
                     }
                     etcd_client::EventType::Delete => {
                         model.objects.remove(&key);
@@ -148,6 +155,12 @@ pub struct Presence {
     /// goes on answering for what it held (a node cut off alone may then answer beside
     /// the one that took over, until it is back and sees it lost).
     pub elections: watch::Sender<Elections>,
+    /// Where the lease's id is kept: a new connection, or the next agent of the
+    /// instance, keeps the lease (and with it the claims) while it lives.
+    pub instance: Instance,
+    /// On stop, leave the lease to run out (`--on-exit keep`: the next agent takes it
+    /// back) instead of revoking it.
+    pub keep: bool,
 }
 
 /// What the elections say, as this node last read them.
@@ -164,21 +177,59 @@ pub struct Elections {
 pub async fn presence(mut presence: Presence) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let error = present(&mut presence).await.unwrap_err();
+        let mut connected = false;
+        let Err(error) = present(&mut presence, &mut connected).await else {
+            return;
+        };
         presence.leader.send_replace(false);
-        if presence.leader.is_closed() {
+        if presence.status.has_changed().is_err() {
             return;
         }
+        // A connection that worked for a while starts the backoff again.
+        backoff = if connected {
+            Duration::from_millis(100)
+        } else {
+            (backoff * 2).min(BACKOFF)
+        };
         log::warn!(
             "store {}: node status: {error:#}; trying again within {backoff:?}",
             presence.location
         );
         sleep(jittered(backoff)).await;
-        backoff = (backoff * 2).min(BACKOFF);
     }
 }
 
-async fn present(presence: &mut Presence) -> Result<()> {
+/// Where an instance keeps its lease's id.
+const LEASE_FILE: &str = "lease.json";
+
+/// The lease of an earlier connection (or agent) if it still lives, else a new one;
+/// and its keeper (whose first answer, the lease's TTL, the client has read).
+async fn lease(
+    store: &mut Store,
+    earlier: Option<i64>,
+) -> Result<(i64, LeaseKeeper, LeaseKeepAliveStream)> {
+    // An ended lease is refused ("lease not found").
+    if let Some(id) = earlier
+        && let Ok((keeper, kept)) = store.client.lease_keep_alive(id).await
+    {
+        return Ok((id, keeper, kept));
+    }
+    let id = store
+        .client
+        .lease_grant(LEASE_SECONDS, None)
+        .await
+        .context("granting the node's lease")?
+        .id();
+    let (keeper, kept) = store
+        .client
+        .lease_keep_alive(id)
+        .await
+        .context("keeping the lease")?;
+    Ok((id, keeper, kept))
+}
+
+/// One connection's worth of presence; Ok when the agent stops.
+async fn present(presence: &mut Presence, connected: &mut bool) -> Result<()> {
     let Presence {
         location,
         node,
@@ -186,20 +237,16 @@ async fn present(presence: &mut Presence) -> Result<()> {
         leader,
         wanted,
         elections,
+        instance,
+        keep,
     } = presence;
     let node = node.as_str();
     let mut store = Store::connect(location).await?;
-    let lease = store
-        .client
-        .lease_grant(LEASE_SECONDS, None)
-        .await
-        .context("granting the node's lease")?
-        .id();
-    let (mut keeper, mut kept) = store
-        .client
-        .lease_keep_alive(lease)
-        .await
-        .context("keeping the lease")?;
+    let earlier = instance.read::<i64>(LEASE_FILE).ok().flatten();
+    let (lease, mut keeper, mut kept) = lease(&mut store, earlier).await?;
+    if Some(lease) != earlier {
+        instance.write(LEASE_FILE, &lease)?;
+    }
     let status_key = store.key(&format!("nodes/{node}/status"));
     let events_key = store.key("events");
     // A node once seen stays listed (as gone once its status expires).
@@ -234,6 +281,7 @@ async fn present(presence: &mut Presence) -> Result<()> {
     let with_lease = || Some(PutOptions::new().with_lease(lease));
     let mut every = tokio::time::interval(Duration::from_secs(1));
     status.mark_changed();
+    *connected = true;
     loop {
         tokio::select! {
             _ = every.tick() => {
@@ -243,11 +291,21 @@ async fn present(presence: &mut Presence) -> Result<()> {
                     _ => bail!("the node's lease expired"),
                 }
                 // The events lock: taken when free; held, it lasts as long as the lease.
+                // (Held already on this lease: kept from an earlier connection or agent.)
                 if !*leader.borrow() {
                     let txn = Txn::new()
                         .when([Compare::create_revision(events_key.as_str(), CompareOp::Equal, 0)])
-                        .and_then([TxnOp::put(events_key.as_str(), node, with_lease())]);
-                    if store.client.txn(txn).await.context("the events lock")?.succeeded() {
+                        .and_then([TxnOp::put(events_key.as_str(), node, with_lease())])
+                        .or_else([TxnOp::get(events_key.as_str(), None)]);
+                    let response = store.client.txn(txn).await.context("the events lock")?;
+                    let holds = response.succeeded()
+                        || response.op_responses().into_iter().any(|op| match op {
+                            etcd_client::TxnOpResponse::Get(get) => {
+                                get.kvs().first().is_some_and(|kv| kv.lease() == lease)
+                            }
+                            _ => false,
+                        });
+                    if holds {
                         log::info!("store {location}: this node now emits the fleet's endpoint events");
                         leader.send_replace(true);
                     }
@@ -271,9 +329,15 @@ async fn present(presence: &mut Presence) -> Result<()> {
             }
             changed = status.changed() => {
                 if changed.is_err() {
-                    // The agent is stopping: its status goes now, not at the lease's end.
-                    let _ = store.client.lease_revoke(lease).await;
-                    bail!("stopping");
+                    // The agent is stopping: its status (and its claims) go now, not at
+                    // the lease's end — unless the data path stays for the next agent.
+                    if *keep {
+                        let _ = store.client.delete(status_key.as_str(), None).await;
+                    } else {
+                        let _ = store.client.lease_revoke(lease).await;
+                        let _ = instance.write(LEASE_FILE, &0i64);
+                    }
+                    return Ok(());
                 }
                 let json = status.borrow_and_update().clone();
                 store
@@ -335,11 +399,12 @@ async fn elect(
         .map(|(address, _)| address.clone())
         .collect();
     for address in freed {
-        store
-            .client
-            .delete(format!("{prefix}{address}"), None)
-            .await
-            .context("letting go")?;
+        // Only while it is still this lease's: never another node's claim.
+        let key = format!("{prefix}{address}");
+        let txn = Txn::new()
+            .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        store.client.txn(txn).await.context("letting go")?;
         holders.remove(&address);
     }
     let mine = holders

@@ -18,6 +18,7 @@ pub use follow::Elections;
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
+    net::Ipv4Addr,
     str::FromStr,
     time::Duration,
 };
@@ -136,8 +137,11 @@ impl Store {
         let revision = response.header().map_or(0, |h| h.revision());
         let mut objects = BTreeMap::new();
         for kv in response.kvs() {
-            let key = kv.key_str()?.trim_start_matches(&prefix).to_string();
-            objects.insert(key, kv.value_str()?.to_string());
+            // Not UTF-8: kept as read, for `compose` to report with its key.
+            let key = String::from_utf8_lossy(kv.key())
+                .trim_start_matches(&prefix)
+                .to_string();
+            objects.insert(key, String::from_utf8_lossy(kv.value()).into_owned());
         }
         Ok(Model { revision, objects })
     }
@@ -282,7 +286,7 @@ impl Store {
             });
             bail!(
                 "conflict: endpoint {id:?} changed while deciding (revision {revision}, now {}); \
-                 nothing was written: look again with `connections` and decide on what it is now",
+                 nothing was written: look again (`store export`) and decide on what it is now",
                 now.map_or("deleted".into(), |r| r.to_string())
             );
         }
@@ -296,7 +300,10 @@ impl Store {
 }
 
 /// What a node says of itself in `PREFIX/nodes/<node>/status` (`status --fleet`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+// Fields a node of another version does not write are defaulted, not a node taken for
+// gone.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct NodeStatus {
     pub node: String,
     /// The store revision applied.
@@ -332,7 +339,7 @@ pub struct Fleet {
 
 impl fmt::Display for Fleet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}: model at revision {}", self.location, self.revision)?;
+        writeln!(f, "{}: store at revision {}", self.location, self.revision)?;
         for (node, status) in &self.nodes {
             let Some(s) = status else {
                 writeln!(f, "  {node:<16} gone (its lease expired)")?;
@@ -377,9 +384,28 @@ impl fmt::Display for Fleet {
     }
 }
 
-/// The failover addresses of `zone` in `config` that a node of that zone stands for:
-/// `zone/network/ip` (the key of its election under `PREFIX/zones/`), for addresses
-/// that carry traffic.
+/// The election key (under `PREFIX/zones/`) of an endpoint address:
+/// `zone/network/ip`, a `/` inside a name written `%2F` (names never hold `%`).
+pub fn claim(zone: &str, network: &str, ip: Ipv4Addr) -> String {
+    format!(
+        "{}/{}/{ip}",
+        zone.replace('/', "%2F"),
+        network.replace('/', "%2F")
+    )
+}
+
+/// The (consumer network, IP) of a claim, if it is one.
+fn claimed(claim: &str) -> Option<(String, Ipv4Addr)> {
+    let mut parts = claim.split('/');
+    let (_zone, network, ip) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((network.replace("%2F", "/"), ip.parse().ok()?))
+}
+
+/// The failover addresses of `zone` in `config` that a node of that zone stands for
+/// (those that carry traffic), as claims.
 pub fn claims(config: &Config, zone: &str) -> BTreeSet<String> {
     let services: BTreeMap<&str, &Service> = config
         .services
@@ -396,36 +422,22 @@ pub fn claims(config: &Config, zone: &str) -> BTreeSet<String> {
         }
         for address in endpoint.addresses() {
             if address.zone == zone {
-                claims.insert(format!(
-                    "{zone}/{}/{}",
-                    endpoint.consumer_network, address.ip
-                ));
+                claims.insert(claim(zone, &endpoint.consumer_network, address.ip));
             }
         }
     }
     claims
 }
 
-/// What a zoned node leaves to others after `elections`: ARP for every address of
-/// `config` but those it holds, and the names of addresses no live node holds.
-pub fn failover(config: &Config, elections: &Elections) -> Failover {
-    let mut failover = Failover::default();
-    for endpoint in &config.endpoints {
-        for address in endpoint.addresses() {
-            let claim = format!(
-                "{}/{}/{}",
-                address.zone, endpoint.consumer_network, address.ip
-            );
-            let at = (endpoint.consumer_network.clone(), address.ip);
-            if !elections.mine.contains(&claim) {
-                failover.standby.insert(at.clone());
-            }
-            if !elections.held.contains(&claim) {
-                failover.unserved.insert(at);
-            }
-        }
+/// What a zoned node answers for after `elections`: ARP for the addresses it holds,
+/// DNS for those any live node holds; every other address, however new, is left alone.
+pub fn failover(elections: &Elections) -> Failover {
+    let addresses = |claims: &BTreeSet<String>| claims.iter().filter_map(|c| claimed(c)).collect();
+    Failover {
+        zoned: true,
+        mine: addresses(&elections.mine),
+        held: addresses(&elections.held),
     }
-    failover
 }
 
 /// The fleet-wide part of the desired state at one revision: object key (relative to

@@ -173,18 +173,24 @@ fn a_zoned_node_stands_for_its_zones_addresses_that_carry_traffic_and_leaves_the
             "zone-1/vpc-b/10.0.0.100".to_string(),
         ]),
     };
-    let at = |network: &str, ip: &str| (network.to_string(), ip.parse().unwrap());
-    let left = failover(&config, &elections);
+    let left = failover(&elections);
+    let ip = |ip: &str| ip.parse().unwrap();
+    assert!(!left.standby("vpc-a", ip("10.0.0.100")));
+    assert!(left.standby("vpc-b", ip("10.0.0.100")));
+    assert!(!left.unserved("vpc-b", ip("10.0.0.100")));
+    // An address no election has seen yet (new since) is neither answered nor named.
+    assert!(left.standby("vpc-b", ip("10.0.0.110")) && left.unserved("vpc-b", ip("10.0.0.110")));
+    assert!(left.standby("vpc-c", ip("10.9.9.9")) && left.unserved("vpc-c", ip("10.9.9.9")));
+}
+
+#[test]
+fn claims_keep_names_with_slashes_apart() {
+    let a = claim("z/1", "team-a/vpc", "10.0.0.1".parse().unwrap());
+    assert_eq!(a, "z%2F1/team-a%2Fvpc/10.0.0.1");
     assert_eq!(
-        left.standby,
-        BTreeSet::from([
-            at("vpc-b", "10.0.0.100"),
-            at("vpc-b", "10.0.0.101"),
-            at("vpc-b", "10.0.0.110")
-        ])
+        claimed(&a),
+        Some(("team-a/vpc".to_string(), "10.0.0.1".parse().unwrap()))
     );
-    assert_eq!(
-        left.unserved,
-        BTreeSet::from([at("vpc-b", "10.0.0.101"), at("vpc-b", "10.0.0.110")])
-    );
+    assert_eq!(claimed("z/1/vpc/10.0.0.1"), None);
+    assert_eq!(claimed("z/vpc/not-an-ip"), None);
 }

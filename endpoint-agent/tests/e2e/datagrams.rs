@@ -64,7 +64,12 @@ fn a_udp_service_answers_both_overlapping_networks_at_once_without_crossing() {
         );
     });
     let status = bed.status();
-    assert!(counted_for(&status, "vpce-a-billing", "forward_new") >= 50);
+    // Each ask is a socket of its own; one that drew a port an earlier ask used
+    // (about 4 % of runs, among 28,000 ephemeral ports) is that flow again.
+    let forwarded = counted_for(&status, "vpce-a-billing", "forward_new")
+        + counted_for(&status, "vpce-a-billing", "forward");
+    assert!(forwarded >= 50, "{forwarded}");
+    assert!(counted_for(&status, "vpce-a-billing", "forward_new") >= 1);
     assert!(counted_for(&status, "vpce-b-billing", "reply") >= 50);
 }
 

@@ -283,6 +283,12 @@ fn a_fleet_applies_one_model_refuses_bad_changes_everywhere_and_decides_once() {
     }
     let etcd = Etcd::start();
     import(&etcd, &example());
+    // What `store export` prints imports again as it is (a model with no `node:`).
+    let exported = etcd.command(&["store", "export"]);
+    assert!(exported.status.success());
+    let exported = String::from_utf8(exported.stdout).unwrap();
+    assert!(exported.contains("vpce-b-billing") && !exported.contains("node:"));
+    import(&etcd, &exported);
     let nodes: Vec<Node> = (1..=3).map(|n| start_node(&etcd, n)).collect();
     for node in &nodes {
         node.reaches_orders()
@@ -430,7 +436,11 @@ fn a_node_that_dies_goes_from_the_fleet_and_etcd_away_stops_no_traffic() {
     let live = |fleet: &serde_json::Value, n: usize| !fleet["nodes"][format!("node-{n}")].is_null();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !(live(&fleet_status(&etcd), 1) && live(&fleet_status(&etcd), 2)) {
-        assert!(Instant::now() < deadline, "nodes never listed");
+        assert!(
+            Instant::now() < deadline,
+            "nodes never listed:\n{}",
+            nodes[0].agent().log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -592,6 +602,24 @@ fn two_nodes_of_a_zone_one_answers_for_an_address_and_the_other_takes_it_when_it
         0,
         "the other node of the zone stays silent"
     );
+    // An address added later in a zone without nodes: nobody answers for it.
+    let revision = put(
+        &etcd,
+        "model/endpoints/vpce-a-late",
+        "{ id: vpce-a-late, service: orders, principal: team-a, consumer_network: vpc-a, \
+         ip: 10.0.0.122, zone: zone-2, state: available, accepted_at: '2026-11-28T09:00:00Z' }"
+            .to_string(),
+    );
+    for node in &nodes {
+        assert!(node.wait_revision(revision, Duration::from_secs(10)));
+    }
+    let late = Ipv4Addr::new(10, 0, 0, 122);
+    assert_eq!(
+        link::who_has(&lan, "br0", LAN_CLIENT, late, Duration::from_millis(500)).unwrap(),
+        None,
+        "an address of a zone without nodes is nobody's"
+    );
+    assert_eq!(arp_replies(other), 0);
     let lan_connect = || connect(&lan, at(ORDERS, 80), Duration::from_millis(500));
     lan_connect().expect("a connection through the holder");
     // DNS leaves out the zone no live node is in.

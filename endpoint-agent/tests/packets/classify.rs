@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
+use endpoint_agent::pipeline::Failover;
 use endpoint_common::counter;
 use etherparse::PacketBuilder;
 
@@ -159,8 +160,14 @@ fn an_interface_of_both_roles_passes_the_nodes_own_traffic() {
 #[test]
 fn a_standby_address_is_carried_but_its_arp_left_to_the_node_that_holds_it() {
     with_rig(|rig| {
-        let standby = BTreeSet::from([("vpc-a".to_string(), Ipv4Addr::from(ENDPOINT))]);
-        rig.reconfigure_standby(CONFIG, &standby);
+        // A zoned fleet's node that holds vpc-a's 10.0.0.100 elsewhere, not here.
+        let elsewhere = BTreeSet::from([("vpc-a".to_string(), Ipv4Addr::from(ENDPOINT))]);
+        let standby = Failover {
+            zoned: true,
+            mine: BTreeSet::new(),
+            held: elsewhere.clone(),
+        };
+        rig.reconfigure_failover(CONFIG, &standby);
         let mac = rig.link("cons-a").mac;
         let arp = rig.run("cons-a", &arp_request(CLIENT_MAC, CLIENT, ENDPOINT));
         assert_eq!(arp.action, XDP_DROP, "another node answers ARP for it");
@@ -169,8 +176,12 @@ fn a_standby_address_is_carried_but_its_arp_left_to_the_node_that_holds_it() {
         let out = rig.run("cons-a", &syn_to(mac, ENDPOINT, 40000).frame(b""));
         assert_eq!(out.action, XDP_REDIRECT);
         assert_eq!(rig.connections().len(), 1);
-        // Holding it again, the node answers.
-        rig.reconfigure_standby(CONFIG, &BTreeSet::new());
+        // Holding it, the node answers.
+        let held = Failover {
+            mine: elsewhere,
+            ..standby
+        };
+        rig.reconfigure_failover(CONFIG, &held);
         let arp = rig.run("cons-a", &arp_request(CLIENT_MAC, CLIENT, ENDPOINT));
         assert_eq!(arp.action, XDP_REDIRECT);
     });

@@ -5,7 +5,7 @@
 //! scratch, and run through the program with BPF_PROG_RUN as if they arrived on an
 //! interface.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::collections::BTreeSet;
 
 use aya::{
     Ebpf,
@@ -230,12 +230,11 @@ impl Rig {
     /// Applies a config the way the agent does: through the pipeline, a plan from what
     /// the maps hold.
     pub fn reconfigure(&mut self, text: &str) {
-        self.reconfigure_standby(text, &BTreeSet::new());
+        self.reconfigure_failover(text, &Failover::default());
     }
 
-    /// As `reconfigure`, with `standby` endpoint addresses (network, IP) another node of
-    /// a fleet answers for.
-    pub fn reconfigure_standby(&mut self, text: &str, standby: &BTreeSet<(String, Ipv4Addr)>) {
+    /// As `reconfigure`, as a node of a zoned fleet that holds what `failover` says.
+    pub fn reconfigure_failover(&mut self, text: &str, failover: &Failover) {
         let unhealthy = BTreeSet::new();
         let inputs = Inputs {
             facts: &self.facts,
@@ -243,10 +242,7 @@ impl Rig {
             unhealthy: &unhealthy,
             flow_records: false,
             verified: &Default::default(),
-            failover: &Failover {
-                standby: standby.clone(),
-                ..Failover::default()
-            },
+            failover,
         };
         let proposal = self
             .pipeline
