@@ -178,6 +178,13 @@ impl Agent {
         self.stop_with(libc::SIGKILL).map(drop)
     }
 
+    /// SIGTERM to an agent run with `--on-exit keep`: it leaves its data path for the
+    /// next agent of the instance (which cleans up in the end).
+    pub fn stop_keeping(mut self) -> Result<ExitStatus> {
+        self.cleanup = false;
+        self.stop()
+    }
+
     /// Sends `signal` without waiting (SIGHUP: reload).
     pub fn signal(&self, signal: i32) {
         // SAFETY: a signal to the child we started, by its pid.

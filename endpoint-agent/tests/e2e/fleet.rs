@@ -127,6 +127,8 @@ struct Node {
     _servers: Vec<Server>,
     agent: Option<Agent>,
     file: TempFile,
+    /// More arguments for its agent.
+    extra: Vec<String>,
 }
 
 /// The example's `node:` part: what each node keeps in its own file.
@@ -138,11 +140,17 @@ fn node_file() -> String {
 }
 
 fn start_node(etcd: &Etcd, n: usize) -> Node {
-    start_node_with(etcd, n, &node_file(), |_| {})
+    start_node_with(etcd, n, &node_file(), &[], |_| {})
 }
 
 /// A node with `file` for its own part, `prepare` run on its topology first.
-fn start_node_with(etcd: &Etcd, n: usize, file: &str, prepare: impl FnOnce(&Topology)) -> Node {
+fn start_node_with(
+    etcd: &Etcd,
+    n: usize,
+    file: &str,
+    extra: &[&str],
+    prepare: impl FnOnce(&Topology),
+) -> Node {
     let topology = Topology::build().unwrap();
     prepare(&topology);
     veth(&etcd.ns, &format!("node{n}"), &topology.node, "store").unwrap();
@@ -173,6 +181,7 @@ fn start_node_with(etcd: &Etcd, n: usize, file: &str, prepare: impl FnOnce(&Topo
         _servers: servers,
         agent: None,
         file,
+        extra: extra.iter().map(|a| a.to_string()).collect(),
     };
     node.start(n);
     node
@@ -182,20 +191,22 @@ impl Node {
     fn start(&mut self, n: usize) {
         let store = format!("etcd://198.18.{n}.1:{PORT}/fleet");
         let name = format!("node-{n}");
+        let mut args = vec![
+            "--store",
+            &store,
+            "--node",
+            &name,
+            "--metrics",
+            "127.0.0.1:9464",
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
         self.agent = Some(
             Agent::start(
                 &self.topology.node,
                 Path::new(AGENT),
                 self.topology.node.name(),
                 &self.file.0,
-                &[
-                    "--store",
-                    &store,
-                    "--node",
-                    &name,
-                    "--metrics",
-                    "127.0.0.1:9464",
-                ],
+                &args,
             )
             .expect("agent"),
         );
@@ -528,18 +539,9 @@ fn a_node_that_dies_goes_from_the_fleet_and_etcd_away_stops_no_traffic() {
 /// The client on the shared consumer LAN of the failover test.
 const LAN_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 20);
 
-#[test]
-fn two_nodes_of_a_zone_one_answers_for_an_address_and_the_other_takes_it_when_it_dies() {
-    if !root() {
-        return;
-    }
-    let etcd = Etcd::start();
-    // Besides the example, an endpoint of vpc-a in zone-1 and zone-2, where no node is.
-    let multi = "\n  - { id: vpce-a-multi, service: orders, principal: team-a, \
-                 consumer_network: vpc-a, state: available, accepted_at: '2026-11-28T09:00:00Z', \
-                 addresses: [{ zone: zone-1, ip: 10.0.0.120 }, { zone: zone-2, ip: 10.0.0.121 }] }\n";
-    import(&etcd, &format!("{}{multi}", example()));
-    // One consumer LAN (a bridge) reaches both nodes: link `lan` on each, of vpc-a.
+/// Two zone-1 nodes whose `lan` links (of vpc-a) share one consumer LAN, a bridge with
+/// the client on it; `extra`: more arguments for their agents.
+fn zone_on_a_lan(etcd: &Etcd, extra: &[&str]) -> (Namespace, Vec<Node>) {
     let lan = Namespace::new("lan").unwrap();
     lan.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
     lan.ip(&["link", "set", "br0", "up"]).unwrap();
@@ -556,9 +558,9 @@ fn two_nodes_of_a_zone_one_answers_for_an_address_and_the_other_takes_it_when_it
         .unwrap()
         .push(lan_link);
     let file = serde_yaml::to_string(&file).unwrap();
-    let nodes: Vec<Node> = (1..=2)
+    let nodes = (1..=2)
         .map(|n| {
-            start_node_with(&etcd, n, &file, |topology| {
+            start_node_with(etcd, n, &file, extra, |topology| {
                 let port = format!("n{n}");
                 veth(&topology.node, "lan", &lan, &port).unwrap();
                 lan.ip(&["link", "set", &port, "master", "br0"]).unwrap();
@@ -569,24 +571,45 @@ fn two_nodes_of_a_zone_one_answers_for_an_address_and_the_other_takes_it_when_it
             })
         })
         .collect();
+    (lan, nodes)
+}
 
-    // Exactly one node answers ARP for the zone's address; the fleet says which.
-    let address = "zone-1/vpc-a/10.0.0.100";
-    let holder = |fleet: &serde_json::Value| -> Option<usize> {
-        (1..=2).find(|n| {
-            fleet["nodes"][format!("node-{n}")]["answers_for"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x == address))
-        })
-    };
+/// The node (1 or 2) the fleet says answers for `address`.
+fn holder(fleet: &serde_json::Value, address: &str) -> Option<usize> {
+    (1..=2).find(|n| {
+        fleet["nodes"][format!("node-{n}")]["answers_for"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == address))
+    })
+}
+
+/// Waits (10 s) until some node answers for `address`.
+fn holder_of(etcd: &Etcd, address: &str) -> usize {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let first = loop {
-        if let Some(n) = holder(&fleet_status(&etcd)) {
-            break n;
+    loop {
+        if let Some(n) = holder(&fleet_status(etcd), address) {
+            return n;
         }
         assert!(Instant::now() < deadline, "no node holds {address}");
         std::thread::sleep(Duration::from_millis(100));
-    };
+    }
+}
+
+#[test]
+fn two_nodes_of_a_zone_one_answers_for_an_address_and_the_other_takes_it_when_it_dies() {
+    if !root() {
+        return;
+    }
+    let etcd = Etcd::start();
+    // Besides the example, an endpoint of vpc-a in zone-1 and zone-2, where no node is.
+    let multi = "\n  - { id: vpce-a-multi, service: orders, principal: team-a, \
+                 consumer_network: vpc-a, state: available, accepted_at: '2026-11-28T09:00:00Z', \
+                 addresses: [{ zone: zone-1, ip: 10.0.0.120 }, { zone: zone-2, ip: 10.0.0.121 }] }\n";
+    import(&etcd, &format!("{}{multi}", example()));
+    let (lan, nodes) = zone_on_a_lan(&etcd, &[]);
+    // Exactly one node answers ARP for the zone's address; the fleet says which.
+    let address = "zone-1/vpc-a/10.0.0.100";
+    let first = holder_of(&etcd, address);
     let other = 3 - first;
     let lan_mac = |n: usize| link::mac(&nodes[n - 1].topology.node, "lan").unwrap();
     let answers =
@@ -669,5 +692,45 @@ fn two_nodes_of_a_zone_one_answers_for_an_address_and_the_other_takes_it_when_it
         "the survivor answers ARP now"
     );
     let fleet = fleet_status(&etcd);
-    assert_eq!(holder(&fleet), Some(other), "{fleet:#}");
+    assert_eq!(holder(&fleet, address), Some(other), "{fleet:#}");
+}
+
+#[test]
+fn an_upgrade_of_a_zone_nodes_agent_keeps_its_addresses_and_connections() {
+    if !root() {
+        return;
+    }
+    let etcd = Etcd::start();
+    import(&etcd, &example());
+    let (lan, mut nodes) = zone_on_a_lan(&etcd, &["--on-exit", "keep"]);
+    let address = "zone-1/vpc-a/10.0.0.100";
+    let first = holder_of(&etcd, address);
+    let mut stream = connect(&lan, at(ORDERS, 80), WAIT).unwrap();
+    let before = exchange(&mut stream, "before").unwrap();
+
+    // The holder's agent stops, leaving the data path (`keep`), and a new one starts: it
+    // takes the same lease back, and with it the address, before the other node can.
+    let n = first;
+    nodes[n - 1].agent.take().unwrap().stop_keeping().unwrap();
+    nodes[n - 1].start(n);
+    let after = exchange(&mut stream, "after").unwrap();
+    assert_eq!(
+        (after.target, after.seen_from),
+        (before.target, before.seen_from),
+        "the connection went on through the same node"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(holder(&fleet_status(&etcd), address), Some(first));
+    let mac = link::mac(&nodes[first - 1].topology.node, "lan").unwrap();
+    assert_eq!(
+        link::who_has(&lan, "br0", LAN_CLIENT, ORDERS, Duration::from_millis(500)).unwrap(),
+        Some(mac)
+    );
+    // The other node never answered for it.
+    let output = nodes[2 - first]
+        .agent()
+        .command(&["status", "--json"])
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(counted(&status, "arp_reply"), 0);
 }
