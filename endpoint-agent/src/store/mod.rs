@@ -107,7 +107,10 @@ impl Store {
             .with_timeout(TIMEOUT)
             // etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time)
             // by closing the connection.
-            .with_keep_alive(Duration::from_secs(10), TIMEOUT);
+            .with_keep_alive(Duration::from_secs(10), TIMEOUT)
+            // A member cut off from its cluster fails calls and watches instead of
+            // serving what it last knew in silence.
+            .with_require_leader(true);
         let client = Client::connect(&location.endpoints, Some(options))
             .await
             .with_context(|| format!("connecting to {location}"))?;

@@ -691,8 +691,12 @@ fn two_nodes_of_a_zone_one_answers_for_an_address_and_the_other_takes_it_when_it
         Some(lan_mac(other)),
         "the survivor answers ARP now"
     );
-    let fleet = fleet_status(&etcd);
-    assert_eq!(holder(&fleet, address), Some(other), "{fleet:#}");
+    // The survivor's status says so (it is written just after the address is taken).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while holder(&fleet_status(&etcd), address) != Some(other) {
+        assert!(Instant::now() < deadline, "{:#}", fleet_status(&etcd));
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -719,8 +723,13 @@ fn an_upgrade_of_a_zone_nodes_agent_keeps_its_addresses_and_connections() {
         (before.target, before.seen_from),
         "the connection went on through the same node"
     );
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(holder(&fleet_status(&etcd), address), Some(first));
+    // The new agent says it holds the address (its status is written once it ran a
+    // round of elections on the lease it took back).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while holder(&fleet_status(&etcd), address) != Some(first) {
+        assert!(Instant::now() < deadline, "{:#}", fleet_status(&etcd));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mac = link::mac(&nodes[first - 1].topology.node, "lan").unwrap();
     assert_eq!(
         link::who_has(&lan, "br0", LAN_CLIENT, ORDERS, Duration::from_millis(500)).unwrap(),
