@@ -14,6 +14,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    convert::Infallible,
     time::Duration,
 };
 
@@ -61,7 +62,7 @@ pub async fn model(location: Location, updates: mpsc::UnboundedSender<Update>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut sent = false;
-        let error = follow(&location, &updates, &mut sent).await.unwrap_err();
+        let Err(error) = follow(&location, &updates, &mut sent).await;
         if updates.send(Update::Lost(format!("{error:#}"))).is_err() {
             return;
         }
@@ -80,7 +81,7 @@ async fn follow(
     location: &Location,
     updates: &mpsc::UnboundedSender<Update>,
     sent: &mut bool,
-) -> Result<()> {
+) -> Result<Infallible> {
     let mut store = Store::connect(location).await?;
     let mut model = store.model().await?;
     let prefix = store.model_prefix();

@@ -44,6 +44,29 @@ pub struct Bed {
     pub config: TempFile,
 }
 
+/// A directory removed (with what is in it) on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A new, empty directory of this test's, named after `kind`.
+    pub fn new(kind: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "endpoint-e2e-{kind}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A file removed on drop.
 pub struct TempFile(pub PathBuf);
 
@@ -73,14 +96,7 @@ pub fn bed_with(config: &str) -> Bed {
 pub fn bed_prepared(config: &str, prepare: impl FnOnce(&Topology)) -> Bed {
     let topology = Topology::build().expect("topology");
     prepare(&topology);
-    let servers = [
-        ("orders-1", at(addresses::TARGETS[0], 8080)),
-        ("orders-2", at(addresses::TARGETS[1], 8080)),
-        ("billing", at(addresses::TARGETS[0], 9090)),
-    ]
-    .into_iter()
-    .map(|(name, addr)| Server::start(&topology.provider, name, addr).unwrap())
-    .collect();
+    let servers = example_servers(&topology);
     let config = TempFile::new("config.yaml", config);
     let agent = start_agent(&topology, &config);
     Bed {
@@ -89,6 +105,18 @@ pub fn bed_prepared(config: &str, prepare: impl FnOnce(&Topology)) -> Bed {
         topology,
         config,
     }
+}
+
+/// The example's targets, serving on the topology's provider host.
+pub fn example_servers(topology: &Topology) -> Vec<Server> {
+    [
+        ("orders-1", at(addresses::TARGETS[0], 8080)),
+        ("orders-2", at(addresses::TARGETS[1], 8080)),
+        ("billing", at(addresses::TARGETS[0], 9090)),
+    ]
+    .into_iter()
+    .map(|(name, addr)| Server::start(&topology.provider, name, addr).unwrap())
+    .collect()
 }
 
 pub fn start_agent(topology: &Topology, config: &TempFile) -> Agent {

@@ -22,14 +22,6 @@ struct Etcd {
     data: TempDir,
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 impl Etcd {
     fn start() -> Self {
         let ns = Namespace::new("etcd").unwrap();
@@ -167,14 +159,7 @@ fn start_node_with(
         .node
         .ip(&["addr", "add", &format!("198.18.{n}.2/24"), "dev", "store"])
         .unwrap();
-    let servers = [
-        ("orders-1", at(addresses::TARGETS[0], 8080)),
-        ("orders-2", at(addresses::TARGETS[1], 8080)),
-        ("billing", at(addresses::TARGETS[0], 9090)),
-    ]
-    .into_iter()
-    .map(|(name, addr)| Server::start(&topology.provider, name, addr).unwrap())
-    .collect();
+    let servers = example_servers(&topology);
     let file = TempFile::new(&format!("node{n}.yaml"), file);
     let mut node = Node {
         topology,
@@ -583,14 +568,21 @@ fn holder(fleet: &serde_json::Value, address: &str) -> Option<usize> {
     })
 }
 
-/// Waits (10 s) until some node answers for `address`.
-fn holder_of(etcd: &Etcd, address: &str) -> usize {
+/// Waits (10 s) until a node — node `which` if given — says it answers for `address`
+/// (its status is written just after it took the address); returns which.
+fn holder_of(etcd: &Etcd, address: &str, which: Option<usize>) -> usize {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(n) = holder(&fleet_status(etcd), address) {
+        let fleet = fleet_status(etcd);
+        if let Some(n) = holder(&fleet, address)
+            && which.is_none_or(|w| w == n)
+        {
             return n;
         }
-        assert!(Instant::now() < deadline, "no node holds {address}");
+        assert!(
+            Instant::now() < deadline,
+            "{address} not held as expected: {fleet:#}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -609,7 +601,7 @@ fn two_nodes_of_a_zone_one_answers_for_an_address_and_the_other_takes_it_when_it
     let (lan, nodes) = zone_on_a_lan(&etcd, &[]);
     // Exactly one node answers ARP for the zone's address; the fleet says which.
     let address = "zone-1/vpc-a/10.0.0.100";
-    let first = holder_of(&etcd, address);
+    let first = holder_of(&etcd, address, None);
     let other = 3 - first;
     let lan_mac = |n: usize| link::mac(&nodes[n - 1].topology.node, "lan").unwrap();
     let answers =
@@ -691,12 +683,7 @@ fn two_nodes_of_a_zone_one_answers_for_an_address_and_the_other_takes_it_when_it
         Some(lan_mac(other)),
         "the survivor answers ARP now"
     );
-    // The survivor's status says so (it is written just after the address is taken).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while holder(&fleet_status(&etcd), address) != Some(other) {
-        assert!(Instant::now() < deadline, "{:#}", fleet_status(&etcd));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    holder_of(&etcd, address, Some(other));
 }
 
 #[test]
@@ -708,7 +695,7 @@ fn an_upgrade_of_a_zone_nodes_agent_keeps_its_addresses_and_connections() {
     import(&etcd, &example());
     let (lan, mut nodes) = zone_on_a_lan(&etcd, &["--on-exit", "keep"]);
     let address = "zone-1/vpc-a/10.0.0.100";
-    let first = holder_of(&etcd, address);
+    let first = holder_of(&etcd, address, None);
     let mut stream = connect(&lan, at(ORDERS, 80), WAIT).unwrap();
     let before = exchange(&mut stream, "before").unwrap();
 
@@ -723,13 +710,8 @@ fn an_upgrade_of_a_zone_nodes_agent_keeps_its_addresses_and_connections() {
         (before.target, before.seen_from),
         "the connection went on through the same node"
     );
-    // The new agent says it holds the address (its status is written once it ran a
-    // round of elections on the lease it took back).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while holder(&fleet_status(&etcd), address) != Some(first) {
-        assert!(Instant::now() < deadline, "{:#}", fleet_status(&etcd));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The new agent holds the address, on the lease it took back.
+    holder_of(&etcd, address, Some(first));
     let mac = link::mac(&nodes[first - 1].topology.node, "lan").unwrap();
     assert_eq!(
         link::who_has(&lan, "br0", LAN_CLIENT, ORDERS, Duration::from_millis(500)).unwrap(),

@@ -373,28 +373,6 @@ fn two_overlapping_networks_asking_the_same_name_of_the_same_resolver_get_their_
     eprintln!("eight queries answered in {:?}", started.elapsed());
 }
 
-/// A directory of the test's (unbound's files, a resolv.conf), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(kind: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "endpoint-e2e-{kind}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A real `unbound` listening on 127.0.0.1:53 inside a namespace, configured with
 /// `UNBOUND_CONF`; stopped by its pid (SIGTERM) at `stop` or on drop.
 struct Unbound {

@@ -209,14 +209,6 @@ struct Prometheus {
     _dir: TempDir,
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 impl Prometheus {
     fn start(ns: &Namespace) -> Self {
         let dir = TempDir(std::env::temp_dir().join(format!(
