@@ -129,7 +129,7 @@ pub fn build(
         hash_seed: seed,
         nat_port_min: node.nat_ports.first,
         nat_port_max: node.nat_ports.last,
-        nat_count: nat.len() as u32,
+        nat_ipv4: nat.len() as u16,
         half_open_per_network: node.limits.half_open_per_network,
         resets_per_second: node.limits.resets_per_second,
         icmp_per_second: node.limits.icmp_per_second,

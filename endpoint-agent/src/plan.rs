@@ -508,7 +508,7 @@ impl fmt::Display for Shown<'_> {
                         );
                     }
                     let addresses = |s: &Settings| -> Vec<String> {
-                        s.nat[..s.nat_count as usize]
+                        s.nat[..usize::from(s.nat_ipv4 + s.nat_ipv6)]
                             .iter()
                             .map(|a| {
                                 format!(

@@ -16,6 +16,7 @@ pub const LAYOUT: u32 = 5;
 
 /// Address family codes.
 pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
 
 /// IP protocol numbers used in keys.
 pub const PROTO_ICMP: u8 = 1;
@@ -45,10 +46,66 @@ impl Addr {
         }
     }
 
+    /// An IPv6 address from the sixteen bytes in the packet.
+    #[inline(always)]
+    pub const fn ipv6(octets: [u8; 16]) -> Self {
+        let mut words_be = [0; 4];
+        let mut i = 0;
+        while i < 4 {
+            words_be[i] = u32::from_ne_bytes([
+                octets[4 * i],
+                octets[4 * i + 1],
+                octets[4 * i + 2],
+                octets[4 * i + 3],
+            ]);
+            i += 1;
+        }
+        Self { words_be }
+    }
+
     /// The IPv4 address as it appears in the packet.
     #[inline(always)]
     pub const fn ipv4_be(self) -> u32 {
         self.words_be[0]
+    }
+
+    /// The sixteen bytes as they appear in the packet (IPv4: the first four).
+    #[inline(always)]
+    pub const fn octets(self) -> [u8; 16] {
+        let mut octets = [0; 16];
+        let mut i = 0;
+        while i < 16 {
+            octets[i] = self.words_be[i / 4].to_ne_bytes()[i % 4];
+            i += 1;
+        }
+        octets
+    }
+
+    /// The address as `family` ([`FAMILY_IPV4`] or [`FAMILY_IPV6`]) reads it.
+    pub fn ip(self, family: u8) -> core::net::IpAddr {
+        let octets = self.octets();
+        if family == FAMILY_IPV6 {
+            core::net::IpAddr::from(octets)
+        } else {
+            core::net::IpAddr::from([octets[0], octets[1], octets[2], octets[3]])
+        }
+    }
+
+    /// The family code of `ip`.
+    pub const fn family_of(ip: core::net::IpAddr) -> u8 {
+        match ip {
+            core::net::IpAddr::V4(_) => FAMILY_IPV4,
+            core::net::IpAddr::V6(_) => FAMILY_IPV6,
+        }
+    }
+}
+
+impl From<core::net::IpAddr> for Addr {
+    fn from(ip: core::net::IpAddr) -> Self {
+        match ip {
+            core::net::IpAddr::V4(ip) => Self::ipv4(ip.octets()),
+            core::net::IpAddr::V6(ip) => Self::ipv6(ip.octets()),
+        }
     }
 }
 
@@ -435,8 +492,10 @@ pub struct Settings {
     /// NAT ports are taken from `nat_port_min..=nat_port_max` (host order).
     pub nat_port_min: u16,
     pub nat_port_max: u16,
-    /// How many of `nat` are in use.
-    pub nat_count: u32,
+    /// How many of `nat` are in use: the first `nat_ipv4` are IPv4 addresses, the
+    /// next `nat_ipv6` IPv6 (a flow is translated to one of its target's family).
+    pub nat_ipv4: u16,
+    pub nat_ipv6: u16,
     /// Connections in their handshake at once, per consumer network.
     pub half_open_per_network: u32,
     /// RST answers each CPU may send per second.
@@ -463,7 +522,8 @@ impl Default for Settings {
             hash_seed: 0,
             nat_port_min: 0,
             nat_port_max: 0,
-            nat_count: 0,
+            nat_ipv4: 0,
+            nat_ipv6: 0,
             half_open_per_network: 0,
             resets_per_second: 0,
             icmp_per_second: 0,

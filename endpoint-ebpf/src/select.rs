@@ -3,7 +3,7 @@
 
 use endpoint_common::{
     counter, hash,
-    maps::{FlowKey, MAX_NAT_ADDRESSES, NO_TARGET, Scratch, Settings},
+    maps::{FAMILY_IPV6, FlowKey, MAX_NAT_ADDRESSES, NO_TARGET, Scratch, Settings},
 };
 
 use crate::{
@@ -42,13 +42,18 @@ pub fn choose(
     }
 
     let exhausted = Outcome::drop_for(counter::DROP_NAT_EXHAUSTED, slot);
-    let count = settings.nat_count;
-    if count == 0 || count > MAX_NAT_ADDRESSES as u32 {
+    // The target's family's NAT addresses: IPv4 ones first, then IPv6.
+    let (first, count) = if target.family == FAMILY_IPV6 {
+        (settings.nat_ipv4 as usize, settings.nat_ipv6 as u64)
+    } else {
+        (0, settings.nat_ipv4 as u64)
+    };
+    if count == 0 || first >= MAX_NAT_ADDRESSES {
         return Err(exhausted);
     }
     // `hash * count / 2^32` spreads like `hash % count`, and the verifier can follow
     // its bounds (it cannot a remainder's): the index is below `count`.
-    let index = ((hash as u64 * count as u64) >> 32) as usize;
+    let index = first + ((hash as u64 * count) >> 32) as usize;
     let nat = settings.nat.get(index).ok_or(exhausted)?;
     scratch.hash = hash;
     scratch.target_index = target_index;
