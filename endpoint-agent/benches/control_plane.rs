@@ -14,7 +14,7 @@ use endpoint_agent::{
     loader, metrics,
     pipeline::{Applied, Inputs, Pipeline},
 };
-use endpoint_common::maps::{Flow, FlowKey, PROTO_TCP, name};
+use endpoint_common::maps::{Addr, FAMILY_IPV4, Flow, FlowKey, PROTO_TCP, name};
 use testbed::{Namespace, veth};
 
 fn config_text(services: usize, endpoints: usize) -> String {
@@ -161,9 +161,9 @@ fn main() {
                     .expect("FLOWS");
                 for i in 0..2 * flows {
                     let key = FlowKey {
-                        src_be: 0x0a00_0000u32 + i,
+                        src: Addr::ipv4((0x0a00_0000u32 + i).to_ne_bytes()),
                         dst_port_be: 80,
-                        scope: FlowKey::scope(1 + i % 2, PROTO_TCP),
+                        scope: FlowKey::scope(1 + i % 2, FAMILY_IPV4, PROTO_TCP),
                         ..FlowKey::default()
                     };
                     let flow = Flow {

@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
@@ -16,14 +16,16 @@ use aya::{
     maps::MapData,
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use endpoint_common::maps::{Flow, FlowKey, PROTO_UDP, PROVIDER_NETWORK, Policy, name, tcp};
+use endpoint_common::maps::{
+    EXPIRE_KEYS, Flow, FlowKey, PROTO_UDP, PROVIDER_NETWORK, Policy, name, tcp,
+};
 
 use crate::{desired::Contents, maps::Maps};
 
 /// Rounds a full pass over the table takes (about as many seconds).
 pub const PASS: u32 = 30;
-/// Keys one run of the program takes (see the data path's `expire::MAX_KEYS`).
-const KEYS_PER_RUN: usize = 200;
+/// Keys one run of the program takes.
+const KEYS_PER_RUN: usize = EXPIRE_KEYS as usize;
 /// The program's frame header (see the data path's `expire::Header`).
 const HEADER: usize = 16;
 /// Runs over the queues in one round, at most (a thousand runs remove up to 256,000
@@ -64,7 +66,7 @@ pub struct Census {
     pub entries: u64,
     /// (NAT address, target, protocol) → NAT ports held (connections and TIME_WAIT
     /// reservations).
-    pub nat_ports: BTreeMap<(Ipv4Addr, SocketAddrV4, u8), u64>,
+    pub nat_ports: BTreeMap<(IpAddr, SocketAddr, u8), u64>,
 }
 
 impl Census {
@@ -74,11 +76,8 @@ impl Census {
             .iter()
             .filter(|(k, _)| k.network() == PROVIDER_NETWORK)
         {
-            let nat = Ipv4Addr::from(key.dst_be.to_ne_bytes());
-            let target = SocketAddrV4::new(
-                Ipv4Addr::from(key.src_be.to_ne_bytes()),
-                u16::from_be(key.src_port_be),
-            );
+            let nat = key.dst.ip(key.family());
+            let target = key.src.socket(key.family(), key.src_port_be);
             *self
                 .nat_ports
                 .entry((nat, target, key.proto()))
@@ -298,7 +297,7 @@ pub fn read_all<K: Pod, V: Pod>(map: &MapData) -> Result<Vec<(K, V)>> {
 
 #[cfg(test)]
 mod tests {
-    use endpoint_common::maps::{Limits, PROTO_TCP};
+    use endpoint_common::maps::{FAMILY_IPV4, Limits, PROTO_TCP};
 
     use super::*;
 
@@ -328,7 +327,7 @@ mod tests {
         for network in [1, PROVIDER_NETWORK] {
             let idle_at = |proto, now| {
                 let key = FlowKey {
-                    scope: FlowKey::scope(network, proto),
+                    scope: FlowKey::scope(network, FAMILY_IPV4, proto),
                     ..FlowKey::default()
                 };
                 idle(&key, &flow, &contents, now)

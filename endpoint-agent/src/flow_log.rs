@@ -3,12 +3,7 @@
 //! file as a JSON line — what VPC Flow Logs give PrivateLink users. A record the ring
 //! has no room for is lost and counted (`flow_record_dropped`), never the packet.
 
-use std::{
-    io::Write,
-    net::{Ipv4Addr, SocketAddrV4},
-    path::Path,
-    time::SystemTime,
-};
+use std::{io::Write, net::SocketAddr, path::Path, time::SystemTime};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -36,11 +31,11 @@ struct Line<'a> {
     event: &'static str,
     network: &'a str,
     protocol: &'static str,
-    client: SocketAddrV4,
+    client: SocketAddr,
     endpoint: &'a str,
-    endpoint_address: SocketAddrV4,
-    target: SocketAddrV4,
-    nat: SocketAddrV4,
+    endpoint_address: SocketAddr,
+    target: SocketAddr,
+    nat: SocketAddr,
     /// Ended connections: how long they lived.
     #[serde(skip_serializing_if = "Option::is_none")]
     duration_seconds: Option<f64>,
@@ -99,9 +94,6 @@ fn line<'a>(record: &FlowRecord, ids: &'a Ids) -> Line<'a> {
             .find(|(_, v)| **v == id)
             .map_or("?", |(n, _)| n.as_str())
     };
-    let socket = |addr_be: u32, port_be: u16| {
-        SocketAddrV4::new(Ipv4Addr::from(addr_be.to_ne_bytes()), u16::from_be(port_be))
-    };
     let key = &record.key;
     let ended = record.kind == record::ENDED;
     Line {
@@ -113,11 +105,11 @@ fn line<'a>(record: &FlowRecord, ids: &'a Ids) -> Line<'a> {
         } else {
             "tcp"
         },
-        client: socket(key.src_be, key.src_port_be),
+        client: key.src.socket(key.family(), key.src_port_be),
         endpoint: named(record.slot, &ids.endpoints),
-        endpoint_address: socket(key.dst_be, key.dst_port_be),
-        target: socket(record.target_be, record.target_port_be),
-        nat: socket(record.nat_be, record.nat_port_be),
+        endpoint_address: key.dst.socket(key.family(), key.dst_port_be),
+        target: record.target.socket(record.family, record.target_port_be),
+        nat: record.nat.socket(record.family, record.nat_port_be),
         duration_seconds: ended.then(|| record.at_ns.saturating_sub(record.opened_ns) as f64 / 1e9),
         packets: Ways {
             consumer_to_target: record.forward_packets,

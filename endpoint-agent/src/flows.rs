@@ -3,11 +3,7 @@
 //! one line per connection (its consumer-to-target entry), never the whole table in
 //! memory.
 
-use std::{
-    collections::BTreeMap,
-    io::Write,
-    net::{Ipv4Addr, SocketAddrV4},
-};
+use std::{collections::BTreeMap, io::Write, net::SocketAddr};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::HashMap;
@@ -26,7 +22,7 @@ use crate::{
 pub struct Filter {
     pub endpoint: Option<String>,
     pub network: Option<String>,
-    pub target: Option<SocketAddrV4>,
+    pub target: Option<SocketAddr>,
 }
 
 /// One connection.
@@ -34,13 +30,13 @@ pub struct Filter {
 pub struct Row<'a> {
     pub network: &'a str,
     pub protocol: &'static str,
-    pub client: SocketAddrV4,
+    pub client: SocketAddr,
     pub endpoint: &'a str,
     /// The endpoint's address and port the client talks to.
-    pub endpoint_address: SocketAddrV4,
-    pub target: SocketAddrV4,
+    pub endpoint_address: SocketAddr,
+    pub target: SocketAddr,
     /// The address and port the target sees the connection come from.
-    pub nat: SocketAddrV4,
+    pub nat: SocketAddr,
     /// `opening`, `established` or `closing` (TCP); `open` (UDP).
     pub state: &'static str,
     /// Seconds since a packet last used either direction.
@@ -131,7 +127,7 @@ pub fn write(
             {
                 continue;
             }
-            let target = socket(flow.dst_be, flow.dst_port_be);
+            let target = flow.dst.socket(flow.family, flow.dst_port_be);
             if filter.target.is_some_and(|t| t != target) {
                 continue;
             }
@@ -150,11 +146,11 @@ pub fn write(
                 } else {
                     "tcp"
                 },
-                client: socket(key.src_be, key.src_port_be),
+                client: key.src.socket(key.family(), key.src_port_be),
                 endpoint: endpoints.get(&flow.slot).copied().unwrap_or("?"),
-                endpoint_address: socket(key.dst_be, key.dst_port_be),
+                endpoint_address: key.dst.socket(key.family(), key.dst_port_be),
                 target,
-                nat: socket(flow.src_be, flow.src_port_be),
+                nat: flow.src.socket(flow.family, flow.src_port_be),
                 state: state(key, flow),
                 idle_seconds: now.saturating_sub(seen),
             };
@@ -183,10 +179,6 @@ pub fn write(
             None => return Ok(shown),
         }
     }
-}
-
-fn socket(addr_be: u32, port_be: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(addr_be.to_ne_bytes()), u16::from_be(port_be))
 }
 
 fn state(key: &FlowKey, flow: &Flow) -> &'static str {

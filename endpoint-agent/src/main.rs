@@ -104,7 +104,7 @@ enum Command {
         network: Option<String>,
         /// Only those to this target (IP:PORT).
         #[arg(long)]
-        target: Option<std::net::SocketAddrV4>,
+        target: Option<std::net::SocketAddr>,
         /// As JSON lines, for programs.
         #[arg(long)]
         json: bool,

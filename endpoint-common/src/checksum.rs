@@ -24,6 +24,13 @@ impl Delta {
             .word((old >> 16) as u16, (new >> 16) as u16)
     }
 
+    /// Changes the kernel summed: `bpf_csum_diff` of the old bytes and the new.
+    #[inline(always)]
+    #[must_use]
+    pub const fn summed(self, partial: u32) -> Self {
+        Self(fold(self.0) as u32 + fold(partial) as u32)
+    }
+
     /// The checksum `check` updated by this delta.
     #[inline(always)]
     #[must_use]

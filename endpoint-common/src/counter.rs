@@ -35,6 +35,9 @@ counters! {
     PASS = "pass",
     /// An ARP request for an endpoint or NAT address, answered.
     ARP_REPLY = "arp_reply",
+    /// An IPv6 neighbour solicitation for an endpoint or NAT address, answered with an
+    /// advertisement.
+    NEIGHBOUR_ADVERT = "neighbour_advert",
     /// A SYN (or a UDP datagram) to an available endpoint that opened a flow.
     FORWARD_NEW = "forward_new",
     /// A packet of an established flow, consumer to target.
@@ -79,12 +82,14 @@ counters! {
     /// Endpoint traffic not sent to the interface's own MAC (broadcast, multicast,
     /// another host's), or from a multicast MAC.
     DROP_NOT_FOR_US = "drop_not_for_us",
-    /// Truncated or invalid Ethernet, IPv4, TCP, UDP or ICMP header.
+    /// Truncated or invalid Ethernet, IPv4, IPv6, TCP, UDP or ICMP header.
     DROP_MALFORMED = "drop_malformed",
     /// IPv4 options on traffic to one of our addresses (not supported).
     DROP_IP_OPTIONS = "drop_ip_options",
     /// An IPv4 fragment to one of our addresses (not supported).
     DROP_FRAGMENT = "drop_fragment",
+    /// An IPv6 packet with an extension header to one of our addresses (not supported).
+    DROP_IPV6_EXTENSION = "drop_ipv6_extension",
     /// A wrong IPv4 header checksum, or a wrong TCP or UDP checksum on a packet that
     /// would open a flow.
     DROP_BAD_CHECKSUM = "drop_bad_checksum",

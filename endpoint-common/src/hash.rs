@@ -45,7 +45,12 @@ pub const fn words<const N: usize>(w: &[u32; N], seed: u32) -> u32 {
 #[inline(always)]
 pub const fn flow(key: &FlowKey, seed: u32) -> u32 {
     let ports = (key.src_port_be as u32) | ((key.dst_port_be as u32) << 16);
-    words(&[key.src_be, key.dst_be, ports, key.proto() as u32], seed)
+    let (s, d) = (key.src.words_be, key.dst.words_be);
+    let kind = (key.family() as u32) << 8 | key.proto() as u32;
+    words(
+        &[s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], ports, kind],
+        seed,
+    )
 }
 
 /// A second, independent hash of the same connection that also covers its consumer
@@ -58,6 +63,7 @@ pub const fn nat(flow_hash: u32, network: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maps::FAMILY_IPV4;
 
     /// A straightforward byte-wise MurmurHash3_x86_32 (whole 4-byte blocks only).
     fn reference(bytes: &[u8], seed: u32) -> u32 {
@@ -110,12 +116,12 @@ mod tests {
     #[test]
     fn network_only_affects_nat_hash() {
         let a = FlowKey {
-            scope: FlowKey::scope(1, 6),
+            scope: FlowKey::scope(1, FAMILY_IPV4, 6),
             src_port_be: 5,
             ..FlowKey::default()
         };
         let b = FlowKey {
-            scope: FlowKey::scope(2, 6),
+            scope: FlowKey::scope(2, FAMILY_IPV4, 6),
             ..a
         };
         assert_eq!(flow(&a, 3), flow(&b, 3));

@@ -12,7 +12,7 @@
 
 /// The version of this layout: bumped whenever a map's kind, key or value changes, so
 /// that an agent never adopts maps pinned by one with another layout.
-pub const LAYOUT: u32 = 5;
+pub const LAYOUT: u32 = 6;
 
 /// Address family codes.
 pub const FAMILY_IPV4: u8 = 4;
@@ -49,18 +49,10 @@ impl Addr {
     /// An IPv6 address from the sixteen bytes in the packet.
     #[inline(always)]
     pub const fn ipv6(octets: [u8; 16]) -> Self {
-        let mut words_be = [0; 4];
-        let mut i = 0;
-        while i < 4 {
-            words_be[i] = u32::from_ne_bytes([
-                octets[4 * i],
-                octets[4 * i + 1],
-                octets[4 * i + 2],
-                octets[4 * i + 3],
-            ]);
-            i += 1;
+        // SAFETY: sixteen bytes either way; any bit pattern is a valid u32.
+        Self {
+            words_be: unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(octets) },
         }
-        Self { words_be }
     }
 
     /// The IPv4 address as it appears in the packet.
@@ -72,13 +64,8 @@ impl Addr {
     /// The sixteen bytes as they appear in the packet (IPv4: the first four).
     #[inline(always)]
     pub const fn octets(self) -> [u8; 16] {
-        let mut octets = [0; 16];
-        let mut i = 0;
-        while i < 16 {
-            octets[i] = self.words_be[i / 4].to_ne_bytes()[i % 4];
-            i += 1;
-        }
-        octets
+        // SAFETY: sixteen bytes either way.
+        unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(self.words_be) }
     }
 
     /// The address as `family` ([`FAMILY_IPV4`] or [`FAMILY_IPV6`]) reads it.
@@ -89,6 +76,11 @@ impl Addr {
         } else {
             core::net::IpAddr::from([octets[0], octets[1], octets[2], octets[3]])
         }
+    }
+
+    /// The address and a port as in the packet, as a socket address.
+    pub fn socket(self, family: u8, port_be: u16) -> core::net::SocketAddr {
+        core::net::SocketAddr::new(self.ip(family), u16::from_be(port_be))
     }
 
     /// The family code of `ip`.
@@ -158,6 +150,7 @@ pub mod name {
     pub const HANDSHAKES: &str = "HANDSHAKES";
     pub const CLOSINGS: &str = "CLOSINGS";
     pub const SCRATCH: &str = "SCRATCH";
+    pub const FLOW_KEY: &str = "FLOW_KEY";
     pub const SEGMENT: &str = "SEGMENT";
     pub const BUDGETS: &str = "BUDGETS";
     pub const STATS: &str = "STATS";
@@ -195,6 +188,7 @@ pub const MAPS: &[Map] = &[
         ..map::<(), Pending>(name::CLOSINGS, kind::QUEUE, false)
     },
     map::<u32, Scratch>(name::SCRATCH, kind::PERCPU_ARRAY, false),
+    map::<u32, FlowKey>(name::FLOW_KEY, kind::PERCPU_ARRAY, false),
     map::<u32, Segment>(name::SEGMENT, kind::PERCPU_ARRAY, false),
     map::<u32, Budget>(name::BUDGETS, kind::PERCPU_ARRAY, false),
     map::<u32, crate::counter::Count>(name::STATS, kind::PERCPU_ARRAY, false),
@@ -550,30 +544,36 @@ pub struct Target {
 /// A `RINGS` slot that holds no target.
 pub const NO_TARGET: u32 = u32::MAX;
 
-/// `FLOWS` key: one direction of an IPv4 flow (TCP or UDP), as it arrives (16 bytes, so the
-/// per-packet hash is short). Consumer-to-target keys carry the consumer network in
-/// `scope`, so equal addresses in two consumer networks never meet; target-to-consumer
-/// keys carry [`PROVIDER_NETWORK`].
+/// `FLOWS` key: one direction of a flow (TCP or UDP, IPv4 or IPv6), as it arrives.
+/// Consumer-to-target keys carry the consumer network in `scope`, so equal addresses in
+/// two consumer networks never meet; target-to-consumer keys carry
+/// [`PROVIDER_NETWORK`]. The family is in `scope` too: an IPv4 address and an IPv6 one
+/// whose first word is the same are different keys.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FlowKey {
-    pub src_be: u32,
-    pub dst_be: u32,
+    pub src: Addr,
+    pub dst: Addr,
     pub src_port_be: u16,
     pub dst_port_be: u16,
-    /// `network << 8 | protocol`.
+    /// `network << 16 | family << 8 | protocol` (networks are below `1 << 14`).
     pub scope: u32,
 }
 
 impl FlowKey {
     #[inline(always)]
-    pub const fn scope(network: u32, proto: u8) -> u32 {
-        network << 8 | proto as u32
+    pub const fn scope(network: u32, family: u8, proto: u8) -> u32 {
+        network << 16 | (family as u32) << 8 | proto as u32
     }
 
     #[inline(always)]
     pub const fn network(&self) -> u32 {
-        self.scope >> 8
+        self.scope >> 16
+    }
+
+    #[inline(always)]
+    pub const fn family(&self) -> u8 {
+        (self.scope >> 8) as u8
     }
 
     #[inline(always)]
@@ -598,9 +598,9 @@ pub struct Flow {
     /// Consumer-to-target entry: [`tcp`] bits, changed atomically (a UDP flow has only
     /// [`tcp::ACTIVE`]). Reply entry: only [`tcp::RESERVED`].
     pub tcp: u64,
-    /// The packet's new source and destination.
-    pub src_be: u32,
-    pub dst_be: u32,
+    /// The packet's new source and destination (of `family`).
+    pub src: Addr,
+    pub dst: Addr,
     pub src_port_be: u16,
     pub dst_port_be: u16,
     /// Egress interface. Replies: the consumer interface the flow came in on (a route
@@ -632,7 +632,9 @@ pub struct Flow {
     pub listener: u8,
     /// The flow's protocol (`PROTO_TCP`, `PROTO_UDP`), as in its keys.
     pub proto: u8,
-    pub _pad: [u8; 5],
+    /// The family of `src` and `dst`.
+    pub family: u8,
+    pub _pad: [u8; 4],
     /// What this direction carried (whole frames), added to atomically.
     pub packets: u64,
     pub bytes: u64,
@@ -643,11 +645,11 @@ impl Flow {
     #[inline(always)]
     pub const fn reply_key(&self) -> FlowKey {
         FlowKey {
-            src_be: self.dst_be,
-            dst_be: self.src_be,
+            src: self.dst,
+            dst: self.src,
             src_port_be: self.dst_port_be,
             dst_port_be: self.src_port_be,
-            scope: FlowKey::scope(PROVIDER_NETWORK, self.proto),
+            scope: FlowKey::scope(PROVIDER_NETWORK, self.family, self.proto),
         }
     }
 }
@@ -699,6 +701,10 @@ pub struct Pending {
     pub since_ns: u64,
 }
 
+/// Flow keys one run of the `expire` program looks at, at most: with its 16-byte header
+/// they fit in the page a test run's frame may fill.
+pub const EXPIRE_KEYS: u32 = 80;
+
 /// `RECORDS` (a ring buffer the agent reads) items: a connection opened or ended, for
 /// connection logs.
 #[repr(C)]
@@ -709,13 +715,15 @@ pub struct FlowRecord {
     pub network: u32,
     /// The consumer-to-target key: client and endpoint address and port, protocol.
     pub key: FlowKey,
-    /// What the target sees (NAT address and port) and the target.
-    pub nat_be: u32,
-    pub target_be: u32,
+    /// What the target sees (NAT address and port) and the target, of `family`.
+    pub nat: Addr,
+    pub target: Addr,
     pub nat_port_be: u16,
     pub target_port_be: u16,
     /// The endpoint's slot.
     pub slot: u32,
+    pub family: u8,
+    pub _pad: [u8; 7],
     pub opened_ns: u64,
     /// When it opened or ended (monotonic ns).
     pub at_ns: u64,
@@ -747,6 +755,8 @@ pub struct Scratch {
     pub nat: NatAddress,
     pub hash: u32,
     pub target_index: u32,
+    /// The new connection's handshake, queued.
+    pub pending: Pending,
 }
 
 /// Longest TCP segment or UDP datagram (header and payload) whose checksum is verified
@@ -877,10 +887,10 @@ const _: () = {
     assert!(size_of::<NatAddress>() == 24);
     assert!(size_of::<Settings>() == 44 + 24 * MAX_NAT_ADDRESSES);
     assert!(size_of::<Target>() == 20);
-    assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<Flow>() == 112);
-    assert!(size_of::<FlowRecord>() == 88);
-    assert!(size_of::<Pending>() == 32);
+    assert!(size_of::<FlowKey>() == 40);
+    assert!(size_of::<Flow>() == 136);
+    assert!(size_of::<FlowRecord>() == 144);
+    assert!(size_of::<Pending>() == 56);
     assert!(size_of::<Budget>() == 12);
     assert!(size_of::<crate::counter::Count>() == 16);
 };

@@ -7,7 +7,7 @@
 use aya_ebpf::programs::XdpContext;
 use endpoint_common::{
     counter,
-    maps::{Interface, Policy, address_kind},
+    maps::{Addr, FAMILY_IPV4, Interface, Policy, address_kind},
 };
 use network_types::{arp::ArpHdr, eth::EthHdr};
 
@@ -45,7 +45,7 @@ pub fn answer(
         return not_ours(interface);
     }
     let wanted = arp.tpa;
-    match classify::ours(ctx, interface, wanted) {
+    match classify::ours(ctx, interface, FAMILY_IPV4, Addr::ipv4(wanted)) {
         None => return not_ours(interface),
         // Not answered, but the endpoint request got traffic (`pending_traffic`).
         Some(address) if address.kind == address_kind::WAITING => {

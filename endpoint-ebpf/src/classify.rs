@@ -8,8 +8,8 @@ use aya_ebpf::programs::XdpContext;
 use endpoint_common::{
     counter,
     maps::{
-        Addr, Address, AddressKey, EndpointKey, EndpointRef, FAMILY_IPV4, Interface, Settings,
-        address_kind, nat_scope, ports_index,
+        Addr, Address, AddressKey, EndpointKey, EndpointRef, Interface, Settings, address_kind,
+        nat_scope, ports_index,
     },
 };
 
@@ -38,7 +38,7 @@ pub fn endpoint_port(interface: &Interface, packet: &Packet) -> bool {
         return false;
     }
     let port = u16::from_be(packet.dst_port_be()) as usize;
-    match PORTS.get(ports_index(interface.network, packet.proto)) {
+    match PORTS.get(ports_index(interface.network, packet.proto())) {
         Some(bitmap) => bitmap[port / 64] & (1 << (port % 64)) != 0,
         None => false,
     }
@@ -49,25 +49,26 @@ pub fn endpoint_port(interface: &Interface, packet: &Packet) -> bool {
 pub fn endpoint(network: u32, packet: &Packet) -> Option<EndpointRef> {
     let key = EndpointKey {
         network,
-        addr: Addr::ipv4(packet.ip().dst_addr),
+        addr: packet.dst(),
         port_be: packet.dst_port_be(),
-        proto: packet.proto,
-        family: FAMILY_IPV4,
+        proto: packet.proto(),
+        family: packet.family(),
     };
     // SAFETY: map values are replaced whole on update.
     ENDPOINTS.get_ptr(&key).map(|endpoint| unsafe { *endpoint })
 }
 
-/// What `addr` is to us in `scope` (a consumer network, or [`nat_scope`]), if ours.
+/// What `addr` (of `family`) is to us in `scope` (a consumer network, or
+/// [`nat_scope`]), if ours.
 #[inline(always)]
-pub fn owned(scope: u32, addr: [u8; 4]) -> Option<Address> {
+pub fn owned(scope: u32, family: u8, addr: Addr) -> Option<Address> {
     let mut key = core::mem::MaybeUninit::<AddressKey>::uninit();
     mem::zero(key.as_mut_ptr());
     // SAFETY: zeroed just above (padding included: the key is hashed whole).
     let key = unsafe { key.assume_init_mut() };
     key.scope = scope;
-    key.family = FAMILY_IPV4;
-    key.addr = Addr::ipv4(addr);
+    key.family = family;
+    key.addr = addr;
     // SAFETY: as in `endpoint`.
     ADDRESSES.get_ptr(&*key).map(|address| unsafe { *address })
 }
@@ -75,15 +76,15 @@ pub fn owned(scope: u32, addr: [u8; 4]) -> Option<Address> {
 /// What `addr` is to us where the packet arrived: an address of the interface's
 /// consumer network, or a NAT address of the interface.
 #[inline(always)]
-pub fn ours(ctx: &XdpContext, interface: &Interface, addr: [u8; 4]) -> Option<Address> {
+pub fn ours(ctx: &XdpContext, interface: &Interface, family: u8, addr: Addr) -> Option<Address> {
     let consumer = if interface.consumer() {
-        owned(interface.network, addr)
+        owned(interface.network, family, addr)
     } else {
         None
     };
     consumer.or_else(|| {
         if interface.provider() {
-            owned(nat_scope(ctx.ingress_ifindex() as u32), addr)
+            owned(nat_scope(ctx.ingress_ifindex() as u32), family, addr)
         } else {
             None
         }
@@ -92,8 +93,8 @@ pub fn ours(ctx: &XdpContext, interface: &Interface, addr: [u8; 4]) -> Option<Ad
 
 /// Whether `addr` is an address the node answers for where the packet arrived.
 #[inline(always)]
-pub fn answered(ctx: &XdpContext, interface: &Interface, addr: [u8; 4]) -> bool {
-    ours(ctx, interface, addr).is_some_and(|a| a.kind != address_kind::WAITING)
+pub fn answered(ctx: &XdpContext, interface: &Interface, family: u8, addr: Addr) -> bool {
+    ours(ctx, interface, family, addr).is_some_and(|a| a.kind != address_kind::WAITING)
 }
 
 /// Whether a provider-side packet's destination port is a NAT port (a reply can only go
@@ -124,10 +125,16 @@ pub fn not_ours(interface: &Interface) -> Outcome {
     }
 }
 
-/// IPv4 we cannot handle: dropped (and counted) when it is for us.
+/// IP we cannot handle: dropped (and counted) when it is for us.
 #[inline(always)]
-pub fn unsupported(ctx: &XdpContext, interface: &Interface, dst: [u8; 4], counter: u32) -> Outcome {
-    if answered(ctx, interface, dst) {
+pub fn unsupported(
+    ctx: &XdpContext,
+    interface: &Interface,
+    family: u8,
+    dst: Addr,
+    counter: u32,
+) -> Outcome {
+    if answered(ctx, interface, family, dst) {
         Outcome::drop(counter)
     } else {
         not_ours(interface)

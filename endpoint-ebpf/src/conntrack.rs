@@ -22,7 +22,7 @@ use endpoint_common::{
 
 use crate::{
     atomic, limits,
-    maps::{CLOSINGS, FLOWS, HANDSHAKES, SCRATCH},
+    maps::{CLOSINGS, FLOW_KEY, FLOWS, HANDSHAKES, SCRATCH},
     outcome::Outcome,
     parse::Packet,
     record,
@@ -32,24 +32,46 @@ use crate::{
 /// quarter of the ports towards a target in use, all 16 are taken once in 4 billion).
 const NAT_PORT_ATTEMPTS: u32 = 16;
 
-/// The key of a consumer-side packet in `network`.
+/// The key of a consumer-side packet in `network`, kept per CPU for the packet's
+/// journey ([`packet_key`]).
 #[inline(always)]
-pub fn forward_key(network: u32, packet: &Packet) -> FlowKey {
-    let ip = packet.ip();
-    let (src_port_be, dst_port_be) = packet.ports_be();
-    FlowKey {
-        src_be: u32::from_ne_bytes(ip.src_addr),
-        dst_be: u32::from_ne_bytes(ip.dst_addr),
-        src_port_be,
-        dst_port_be,
-        scope: FlowKey::scope(network, packet.proto),
+pub fn forward_key(network: u32, packet: &Packet) -> Option<&'static FlowKey> {
+    let key = FLOW_KEY.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
+    unsafe {
+        write_key(key, network, packet);
+        Some(&*key)
     }
+}
+
+/// The key [`forward_key`] made for the packet at hand.
+#[inline(always)]
+pub fn packet_key() -> Option<&'static FlowKey> {
+    // SAFETY: as above.
+    FLOW_KEY.get_ptr(0).map(|key| unsafe { &*key })
 }
 
 /// The key of a provider-side packet.
 #[inline(always)]
 pub fn arriving_reply_key(packet: &Packet) -> FlowKey {
-    forward_key(PROVIDER_NETWORK, packet)
+    let mut key = FlowKey::default();
+    write_key(&mut key, PROVIDER_NETWORK, packet);
+    key
+}
+
+/// Writes the key of `packet` in `network` field by field (a whole struct would be
+/// built on the stack first).
+#[inline(always)]
+fn write_key(key: *mut FlowKey, network: u32, packet: &Packet) {
+    let (src_port_be, dst_port_be) = packet.ports_be();
+    // SAFETY: the caller's key.
+    unsafe {
+        (*key).src = packet.src();
+        (*key).dst = packet.dst();
+        (*key).src_port_be = src_port_be;
+        (*key).dst_port_be = dst_port_be;
+        (*key).scope = FlowKey::scope(network, packet.family(), packet.proto());
+    }
 }
 
 /// The key replies of the consumer-to-target entry `forward` arrive with.
@@ -62,11 +84,11 @@ pub fn reply_key(forward: &Flow) -> FlowKey {
 #[inline(always)]
 pub fn forward_key_of(reply: &Flow) -> FlowKey {
     FlowKey {
-        src_be: reply.dst_be,
-        dst_be: reply.src_be,
+        src: reply.dst,
+        dst: reply.src,
         src_port_be: reply.dst_port_be,
         dst_port_be: reply.src_port_be,
-        scope: FlowKey::scope(reply.network, reply.proto),
+        scope: FlowKey::scope(reply.network, reply.family, reply.proto),
     }
 }
 
@@ -200,6 +222,7 @@ pub fn open(key: &FlowKey, settings: &Settings) -> Result<(), Outcome> {
         reply,
         reply_key,
         hash,
+        pending,
         ..
     } = unsafe { &mut *scratch };
     let slot = forward.slot;
@@ -227,14 +250,12 @@ pub fn open(key: &FlowKey, settings: &Settings) -> Result<(), Outcome> {
                     limits::release(&raw mut *forward);
                     return Err(Outcome::drop_for(counter::DROP_NO_FLOW, slot));
                 }
-                let pending = Pending {
-                    key: *key,
-                    opened_ns: forward.opened_ns,
-                    since_ns: forward.opened_ns,
-                };
+                pending.key = *key;
+                pending.opened_ns = forward.opened_ns;
+                pending.since_ns = forward.opened_ns;
                 // The queue's capacity bounds the handshakes of all networks together
                 // (UDP has none: its flows go when idle).
-                if key.proto() == PROTO_TCP && HANDSHAKES.push(&pending, 0).is_err() {
+                if key.proto() == PROTO_TCP && HANDSHAKES.push(&*pending, 0).is_err() {
                     if let Some(entry) = lookup(key) {
                         remove(key, &entry, false);
                     }

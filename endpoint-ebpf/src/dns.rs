@@ -101,10 +101,12 @@ const _: () = assert!(size_of::<Work>() <= size_of::<endpoint_common::maps::Segm
 #[inline(always)]
 pub fn for_resolver(interface: &Interface, packet: &Packet) -> bool {
     interface.consumer()
-        && packet.proto == PROTO_UDP
+        && packet.proto() == PROTO_UDP
         && packet.dst_port_be() == PORT.to_be()
         && interface.resolver != [0; 4]
-        && packet.ip().dst_addr == interface.resolver
+        // The resolver address is IPv4.
+        && !packet.is_ipv6()
+        && packet.ipv4().dst_addr == interface.resolver
 }
 
 /// Answers a query to the resolver address, in place, back out the interface it came in.
@@ -120,7 +122,7 @@ pub fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outco
     };
     // SAFETY: per-CPU room, larger than `Work` (asserted above).
     let work = unsafe { &mut *work.cast::<Work>() };
-    let size = (packet.ip().tot_len() as usize).wrapping_sub(Ipv4Hdr::LEN + UdpHdr::LEN);
+    let size = (packet.ipv4().tot_len() as usize).wrapping_sub(Ipv4Hdr::LEN + UdpHdr::LEN);
     if !(HEADER..=u16::MAX as usize).contains(&size) {
         note(network, dns_counter::MALFORMED);
         return Outcome::drop(counter::DROP_DNS);

@@ -14,7 +14,9 @@
 //! path stamps flows with), so that its tests can run ahead of the clock.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use endpoint_common::maps::{FlowKey, PROTO_UDP, PROVIDER_NETWORK, Pending, Policy, Settings, tcp};
+use endpoint_common::maps::{
+    EXPIRE_KEYS, FlowKey, PROTO_UDP, PROVIDER_NETWORK, Pending, Policy, Settings, tcp,
+};
 
 use crate::{
     classify, conntrack,
@@ -33,8 +35,6 @@ pub struct Header {
     pub removed: u32,
 }
 
-/// Keys one run looks at, at most (they fit in one page with the header).
-pub const MAX_KEYS: u32 = 200;
 /// Queue items one run looks at, at most, per queue.
 const MAX_QUEUED: u32 = 128;
 const NS: u64 = 1_000_000_000;
@@ -53,7 +53,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let mut removed = handshakes(now_ns, settings) + closings(now_ns, settings);
     let now = now_ns / NS;
     let mut i = 0;
-    while i < MAX_KEYS && i < count {
+    while i < EXPIRE_KEYS && i < count {
         let at = start + size_of::<Header>() + i as usize * size_of::<FlowKey>();
         if at + size_of::<FlowKey>() > ctx.data_end() {
             break;

@@ -16,13 +16,14 @@ use aya_ebpf::{
 };
 use endpoint_common::{
     counter,
-    maps::{Flow, Interface, bounce},
+    maps::{Addr, Flow, Interface, bounce},
 };
 use network_types::eth::EthHdr;
 
 use crate::{icmp, maps::INTERFACES, mem, outcome::Outcome, parse::Packet};
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -76,7 +77,7 @@ impl Route {
 /// told (or it is dropped).
 #[inline(always)]
 pub fn fits(ctx: &XdpContext, packet: &Packet, mtu: u32, slot: u32) -> Result<(), Outcome> {
-    if mtu != 0 && packet.ip().tot_len() as u32 > mtu {
+    if mtu != 0 && packet.ip_len() > mtu {
         return Err(icmp::too_big(ctx, packet, mtu, slot));
     }
     Ok(())
@@ -85,19 +86,19 @@ pub fn fits(ctx: &XdpContext, packet: &Packet, mtu: u32, slot: u32) -> Result<()
 /// A router does not forward a packet whose TTL would reach zero: it tells the sender.
 #[inline(always)]
 pub fn check_ttl(ctx: &XdpContext, packet: &Packet, slot: u32) -> Result<(), Outcome> {
-    if packet.ip().ttl > 1 {
+    if packet.hop_limit() > 1 {
         Ok(())
     } else {
         Err(icmp::time_exceeded(ctx, packet, slot))
     }
 }
 
-/// Where a packet towards a target goes: its new source and destination (IPv4, as in
-/// the packet), the interface the route is looked up from (the NAT address's), and
-/// the endpoint slot it is counted for.
-pub struct Hop {
-    pub src_be: u32,
-    pub dst_be: u32,
+/// Where a packet towards a target goes: its new source and destination (of the
+/// packet's family), the interface the route is looked up from (the NAT address's),
+/// and the endpoint slot it is counted for.
+pub struct Hop<'a> {
+    pub src: &'a Addr,
+    pub dst: &'a Addr,
     pub via: u32,
     pub slot: u32,
     /// Set by [`route`] when the packet is too big for the route: its MTU.
@@ -108,18 +109,23 @@ pub struct Hop {
 /// big for it is dropped with the route's MTU in `hop` (see [`unroutable`]).
 #[inline(never)]
 pub fn route(ctx: &XdpContext, packet: &Packet, hop: &mut Hop) -> Result<Route, Outcome> {
-    let ip = packet.ip();
     let mut request = core::mem::MaybeUninit::<FibParams>::uninit();
     mem::zero(request.as_mut_ptr());
     // SAFETY: zeroed just above; an all-zero `bpf_fib_lookup` is a valid (empty) request.
     let params = unsafe { request.assume_init_mut() };
-    params.family = AF_INET;
-    params.l4_protocol = ip.proto;
-    params.__bindgen_anon_1.tot_len = ip.tot_len();
-    params.__bindgen_anon_2.tos = ip.tos;
+    params.l4_protocol = packet.proto();
+    params.__bindgen_anon_1.tot_len = packet.ip_len() as u16;
     params.ifindex = hop.via;
-    params.__bindgen_anon_3.ipv4_src = hop.src_be;
-    params.__bindgen_anon_4.ipv4_dst = hop.dst_be;
+    if packet.is_ipv6() {
+        params.family = AF_INET6;
+        params.__bindgen_anon_3.ipv6_src = hop.src.words_be;
+        params.__bindgen_anon_4.ipv6_dst = hop.dst.words_be;
+    } else {
+        params.family = AF_INET;
+        params.__bindgen_anon_2.tos = packet.ipv4().tos;
+        params.__bindgen_anon_3.ipv4_src = hop.src.ipv4_be();
+        params.__bindgen_anon_4.ipv4_dst = hop.dst.ipv4_be();
+    }
     // SAFETY: the helper reads and writes only `params`.
     let rc = unsafe {
         bpf_fib_lookup(

@@ -23,8 +23,8 @@ use endpoint_common::{
     checksum::{Delta, Sum},
     counter,
     maps::{
-        Address, FlowKey, Interface, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROVIDER_NETWORK, Policy,
-        address_kind, nat_scope, tcp,
+        Addr, Address, FAMILY_IPV4, FlowKey, Interface, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+        PROVIDER_NETWORK, Policy, address_kind, nat_scope, tcp,
     },
 };
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
@@ -60,7 +60,11 @@ const GROWTH: usize = Ipv4Hdr::LEN + Icmpv4Hdr::LEN;
 /// (fragmentation needed); without, it is dropped — the node does not fragment.
 #[inline(never)]
 pub fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u32, slot: u32) -> Outcome {
-    if packet.proto == PROTO_ICMP || u16::from_be_bytes(packet.ip().frags) & DF == 0 {
+    // IPv6: packet too big is not sent yet.
+    if packet.is_ipv6()
+        || packet.proto() == PROTO_ICMP
+        || u16::from_be_bytes(packet.ipv4().frags) & DF == 0
+    {
         return Outcome::drop_for(counter::DROP_FIB_FRAG_NEEDED, slot);
     }
     let next_hop = if mtu > 0xffff { 0xffff } else { mtu };
@@ -76,7 +80,8 @@ pub fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u32, slot: u32) -> Outcom
 /// A packet whose TTL runs out here: its sender is told (time exceeded in transit).
 #[inline(never)]
 pub fn time_exceeded(ctx: &XdpContext, packet: &Packet, slot: u32) -> Outcome {
-    if packet.proto == PROTO_ICMP {
+    // IPv6: time exceeded is not sent yet.
+    if packet.is_ipv6() || packet.proto() == PROTO_ICMP {
         return Outcome::drop_for(counter::DROP_TTL_EXPIRED, slot);
     }
     error(
@@ -177,17 +182,17 @@ fn write_ip_header(ip: &mut Ipv4Hdr, src: [u8; 4], dst: [u8; 4], total_len: u16)
 /// error about a flow; anything else of ours is dropped, the rest is not ours.
 #[inline(never)]
 pub fn arrived(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
-    let dst = packet.ip().dst_addr;
+    let dst = packet.dst();
     // An endpoint's address, whether or not it was accepted: its policy decides. The
     // network's resolver address answers anyone in it.
     if interface.consumer()
-        && let Some(address) = classify::owned(interface.network, dst)
+        && let Some(address) = classify::owned(interface.network, FAMILY_IPV4, dst)
     {
         return echo(ctx, interface, packet, &address);
     }
     if interface.provider() {
         let scope = nat_scope(ctx.ingress_ifindex() as u32);
-        if classify::owned(scope, dst).is_some() {
+        if classify::owned(scope, FAMILY_IPV4, dst).is_some() {
             return from_provider(ctx, interface, packet);
         }
     }
@@ -213,13 +218,13 @@ fn echo(ctx: &XdpContext, interface: &Interface, packet: &Packet, address: &Addr
         if !matches!(policy::of(policy), Admission::Open) {
             return policy::refused(policy, slot);
         }
-        policy::security_groups(word, slot, policy::ANY_LISTENER, packet.ip().src_addr)?;
+        policy::security_groups(word, slot, policy::ANY_LISTENER, packet)?;
     }
     if !budget::icmp() {
         return Outcome::drop_for(counter::DROP_ICMP_BUDGET, slot);
     }
     // SAFETY: as above, and `parse` checked the IPv4 and Ethernet headers.
-    let (eth, ip) = unsafe { (&mut *packet.eth, &mut *packet.ip) };
+    let (eth, ip) = unsafe { (&mut *packet.eth, &mut *packet.ip.cast::<Ipv4Hdr>()) };
     eth.dst_addr = eth.src_addr;
     eth.src_addr = interface.mac;
     // Swapping the addresses leaves the sums as they are; the TTL and type change.
@@ -256,7 +261,7 @@ fn from_provider(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Ou
     }
     let start = ctx.data();
     if start + ERROR_LEN > ctx.data_end()
-        || packet.ip().tot_len() < (ERROR_LEN - EthHdr::LEN) as u16
+        || packet.ipv4().tot_len() < (ERROR_LEN - EthHdr::LEN) as u16
     {
         return refused;
     }
@@ -273,15 +278,15 @@ fn from_provider(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Ou
     }
     // The quote is what the flow sent towards the target: its reply entry is keyed by
     // the other way round. It must have been sent from the address the error goes to.
-    if quoted.src_addr != packet.ip().dst_addr {
+    if quoted.src_addr != packet.ipv4().dst_addr {
         return refused;
     }
     let key = FlowKey {
-        src_be: u32::from_ne_bytes(quoted.dst_addr),
-        dst_be: u32::from_ne_bytes(quoted.src_addr),
+        src: Addr::ipv4(quoted.dst_addr),
+        dst: Addr::ipv4(quoted.src_addr),
         src_port_be: u16::from_ne_bytes(ports[1]),
         dst_port_be: u16::from_ne_bytes(ports[0]),
-        scope: FlowKey::scope(PROVIDER_NETWORK, proto),
+        scope: FlowKey::scope(PROVIDER_NETWORK, FAMILY_IPV4, proto),
     };
     let Some(reply) = conntrack::lookup(&key) else {
         return refused;
@@ -295,7 +300,7 @@ fn from_provider(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Ou
     }
     verify::addressed_to(interface, packet, slot)?;
     verify::ip_checksum(packet, slot)?;
-    if packet.ip().ttl <= 1 {
+    if packet.hop_limit() <= 1 {
         return Outcome::drop_for(counter::DROP_TTL_EXPIRED, slot);
     }
     if policy::word(slot) != reply.policy && policy::recheck_reply(&reply).is_err() {
@@ -304,7 +309,7 @@ fn from_provider(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Ou
     let (route, _) = Route::back(&reply)?;
 
     // The consumer sees the error come from the endpoint, about the packet it sent.
-    let (consumer, endpoint) = (reply.dst_be, reply.src_be);
+    let (consumer, endpoint) = (reply.dst.ipv4_be(), reply.src.ipv4_be());
     let (consumer_port, endpoint_port) = (reply.dst_port_be, reply.src_port_be);
     let (old_sport, old_dport) = (u16::from_ne_bytes(ports[0]), u16::from_ne_bytes(ports[1]));
     let addresses = Delta::default()
@@ -331,7 +336,12 @@ fn from_provider(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Ou
         ports[3] = new.to_ne_bytes();
     }
     // SAFETY: `parse` checked the ICMP and IPv4 headers.
-    let (icmp, ip) = unsafe { (&mut *packet.l4.cast::<Icmpv4Hdr>(), &mut *packet.ip) };
+    let (icmp, ip) = unsafe {
+        (
+            &mut *packet.l4.cast::<Icmpv4Hdr>(),
+            &mut *packet.ip.cast::<Ipv4Hdr>(),
+        )
+    };
     icmp.check = message.apply(u16::from_ne_bytes(icmp.check)).to_ne_bytes();
     let old_ttl = u16::from_ne_bytes([ip.ttl, ip.proto]);
     let new_ttl = u16::from_ne_bytes([ip.ttl - 1, ip.proto]);

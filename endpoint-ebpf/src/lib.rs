@@ -35,6 +35,7 @@ mod limits;
 mod maps;
 mod mem;
 mod nat;
+mod neighbour;
 mod outcome;
 mod parse;
 mod policy;
@@ -88,7 +89,12 @@ fn journey(ctx: &XdpContext) -> Outcome {
             classify::not_ours(&interface)
         }
         Frame::Icmp(packet) => icmp::arrived(ctx, &interface, &packet),
-        Frame::Unsupported { dst, counter } => classify::unsupported(ctx, &interface, dst, counter),
+        Frame::Solicitation(packet) => neighbour::advertise(ctx, &interface, &packet),
+        Frame::Unsupported {
+            dst,
+            family,
+            counter,
+        } => classify::unsupported(ctx, &interface, family, dst, counter),
         Frame::Other => classify::not_ours(&interface),
     }
 }
@@ -96,18 +102,20 @@ fn journey(ctx: &XdpContext) -> Outcome {
 /// A packet from a consumer to a port an endpoint of its network listens on (its own
 /// BPF function, as are the heavier steps: the whole call chain's stack must fit in 512
 /// bytes).
-#[inline(never)]
+#[inline(always)]
 fn consumer_to_target(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
-    let key = conntrack::forward_key(interface.network, packet);
-    let Some(flow) = conntrack::lookup(&key) else {
-        return open(ctx, interface, packet, &key);
+    let Some(key) = conntrack::forward_key(interface.network, packet) else {
+        return Outcome::drop(counter::DROP_NO_FLOW);
+    };
+    let Some(flow) = conntrack::lookup(key) else {
+        return open(ctx, interface, packet, key);
     };
     // A new connection on the tuple of a closed one: that one goes (its NAT port stays
     // reserved while the target may hold it in TIME_WAIT).
     let state = flow.tcp();
     if packet.is_tcp() && verify::flags(packet) & (SYN | ACK) == SYN && bits::closed(state) {
-        conntrack::remove(&key, &flow, state & bits::TARGET_CLOSED_FIRST != 0);
-        return open(ctx, interface, packet, &key);
+        conntrack::remove(key, &flow, state & bits::TARGET_CLOSED_FIRST != 0);
+        return open(ctx, interface, packet, key);
     }
     forward(ctx, interface, packet, &flow)
 }
@@ -115,10 +123,12 @@ fn consumer_to_target(ctx: &XdpContext, interface: &Interface, packet: &Packet) 
 /// A consumer's packet on an existing flow.
 #[inline(never)]
 fn forward(ctx: &XdpContext, interface: &Interface, packet: &Packet, flow: &Entry) -> Outcome {
-    // Made again rather than passed: with the result pointer, a fifth argument would
-    // not fit in the five registers a BPF call has.
-    let key = &conntrack::forward_key(interface.network, packet);
     let slot = flow.slot;
+    // Not passed: with the result pointer, a fifth argument would not fit in the five
+    // registers a BPF call has.
+    let Some(key) = conntrack::packet_key() else {
+        return Outcome::drop_for(counter::DROP_NO_FLOW, slot);
+    };
     verify::addressed_to(interface, packet, slot)?;
     verify::ip_checksum(packet, slot)?;
     let flags = verify::tcp_flags(packet, slot)?;
@@ -129,7 +139,7 @@ fn forward(ctx: &XdpContext, interface: &Interface, packet: &Packet, flow: &Entr
     // Judged again when the endpoint's policy changed, and for every SYN: a SYN on an
     // existing flow must be admitted like a new one.
     if syn || policy::word(slot) != flow.policy {
-        match policy::recheck(flow, packet.ip().src_addr, syn) {
+        match policy::recheck(flow, packet, syn) {
             Ok(word) => flow.admitted(word),
             Err(refusal) => {
                 if refusal.removes() {
@@ -152,8 +162,8 @@ fn forward(ctx: &XdpContext, interface: &Interface, packet: &Packet, flow: &Entr
         // changed); in between, the flow's kept result is used.
         Touch::Fresh => {
             let mut hop = Hop {
-                src_be: flow.src_be,
-                dst_be: flow.dst_be,
+                src: &flow.src,
+                dst: &flow.dst,
                 via: flow.via,
                 slot,
                 mtu: 0,
@@ -183,7 +193,7 @@ fn forward(ctx: &XdpContext, interface: &Interface, packet: &Packet, flow: &Entr
 #[inline(never)]
 fn clamp_syn(ctx: &XdpContext, interface: &Interface, packet: &Packet, egress: u32, slot: u32) {
     let egress_mtu = maps::INTERFACES.get(egress).map_or(0, |egress| egress.mtu);
-    let limit = tcp::mss_limit([interface.mtu, egress_mtu], slot);
+    let limit = tcp::mss_limit(packet, [interface.mtu, egress_mtu], slot);
     tcp::clamp(ctx, packet, limit, slot);
 }
 
@@ -239,8 +249,7 @@ fn open(ctx: &XdpContext, interface: &Interface, packet: &Packet, key: &FlowKey)
     if flags & ACK != 0 {
         return Outcome::drop_for(counter::DROP_BAD_FLAGS, slot);
     }
-    let source = packet.ip().src_addr;
-    policy::security_groups(word, slot, endpoint.listener as u8, source)?;
+    policy::security_groups(word, slot, endpoint.listener as u8, packet)?;
     verify::source(interface.network, packet, slot)?;
     verify::transport_checksum(ctx, packet, slot)?;
     forward::check_ttl(ctx, packet, slot)?;
@@ -257,15 +266,19 @@ fn open(ctx: &XdpContext, interface: &Interface, packet: &Packet, key: &FlowKey)
     scratch.forward.policy = word;
     scratch.forward.listener = endpoint.listener as u8;
     limits::reserve(&raw mut scratch.forward, settings)?;
-    if let Err(outcome) = select::choose(endpoint.ring, key, settings, scratch) {
+    // A ring holds targets of its endpoint address's family only (the agent builds
+    // them so): translating between families is not done.
+    if let Err(outcome) = select::choose(endpoint.ring, key, settings, scratch)
+        .and_then(|()| select::same_family(scratch, packet.family()))
+    {
         limits::release(&raw mut scratch.forward);
         return outcome;
     }
     // The route is decided before any state exists: a SYN that cannot be forwarded
     // leaves nothing behind, and its retransmission tries again.
     let mut hop = Hop {
-        src_be: scratch.nat.addr.ipv4_be(),
-        dst_be: scratch.target.addr.ipv4_be(),
+        src: &scratch.nat.addr,
+        dst: &scratch.target.addr,
         via: scratch.nat.ifindex,
         slot,
         mtu: 0,
@@ -303,7 +316,8 @@ fn begin(
     forward.opened_ns = now;
     forward.last_seen_s = now / 1_000_000_000;
     forward.network = interface.network;
-    forward.proto = packet.proto;
+    forward.proto = packet.proto();
+    forward.family = packet.family();
     forward.tcp = 0;
     forward.ack = 0;
     forward.window = 0;
@@ -324,9 +338,10 @@ fn begin(
     reply.opened_ns = now;
     reply.last_seen_s = forward.last_seen_s;
     reply.network = interface.network;
-    reply.proto = packet.proto;
-    reply.src_be = key.dst_be;
-    reply.dst_be = key.src_be;
+    reply.proto = packet.proto();
+    reply.family = packet.family();
+    reply.src = key.dst;
+    reply.dst = key.src;
     reply.src_port_be = key.dst_port_be;
     reply.dst_port_be = key.src_port_be;
     reply.ifindex = ctx.ingress_ifindex() as u32;
@@ -355,8 +370,9 @@ fn translate(scratch: &mut Scratch, route: &Route) {
         target_index,
         ..
     } = scratch;
-    forward.src_be = nat.addr.ipv4_be();
-    forward.dst_be = target.addr.ipv4_be();
+    forward.src = nat.addr;
+    forward.dst = target.addr;
+    forward.family = target.family;
     forward.dst_port_be = target.port_be;
     forward.ifindex = route.ifindex;
     forward.mac_src = route.mac_src;
@@ -369,11 +385,15 @@ fn translate(scratch: &mut Scratch, route: &Route) {
     reply.target = *target_index;
     // Replies must come back the way the flow leaves.
     reply.via = route.ifindex;
-    reply_key.src_be = forward.dst_be;
-    reply_key.dst_be = forward.src_be;
+    reply_key.src = forward.dst;
+    reply_key.dst = forward.src;
     reply_key.src_port_be = target.port_be;
     reply_key.dst_port_be = 0;
-    reply_key.scope = FlowKey::scope(endpoint_common::maps::PROVIDER_NETWORK, forward.proto);
+    reply_key.scope = FlowKey::scope(
+        endpoint_common::maps::PROVIDER_NETWORK,
+        forward.family,
+        forward.proto,
+    );
 }
 
 /// A provider-side packet to a NAT port: a reply of a flow, or nothing of ours to
@@ -385,7 +405,7 @@ fn target_to_consumer(ctx: &XdpContext, interface: &Interface, packet: &Packet) 
         // To a NAT address and port but no flow: the provider side can never open
         // anything towards a consumer.
         let scope = nat_scope(ctx.ingress_ifindex() as u32);
-        if classify::owned(scope, packet.ip().dst_addr).is_some() {
+        if classify::owned(scope, packet.family(), packet.dst()).is_some() {
             return Outcome::drop(counter::DROP_REPLY_NO_FLOW);
         }
         return classify::not_ours(interface);
@@ -432,7 +452,7 @@ fn target_to_consumer(ctx: &XdpContext, interface: &Interface, packet: &Packet) 
         tcp::clamp(
             ctx,
             packet,
-            tcp::mss_limit([interface.mtu, mtu], slot),
+            tcp::mss_limit(packet, [interface.mtu, mtu], slot),
             slot,
         );
     }

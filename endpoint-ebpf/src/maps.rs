@@ -87,6 +87,11 @@ pub static CLOSINGS: Queue<Pending> = Queue::with_max_entries(1 << 15, 0);
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU room for the flow key of the consumer's packet at hand (40 bytes the
+/// stack cannot spare twice along the call chain).
+#[map]
+pub static FLOW_KEY: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU room for a segment whose checksum is verified.
 #[map]
 pub static SEGMENT: PerCpuArray<Segment> = PerCpuArray::with_max_entries(1, 0);

@@ -10,13 +10,14 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use endpoint_common::{
     counter,
-    maps::{FAMILY_IPV4, Flow, Policy, SourcePrefix, policy_flag, state},
+    maps::{Flow, Policy, SourcePrefix, policy_flag, state},
 };
 
 use crate::{
     maps::{POLICIES, SECURITY_GROUPS},
     mem,
     outcome::Outcome,
+    parse::Packet,
 };
 
 /// What an endpoint's policy lets a packet do.
@@ -81,27 +82,27 @@ pub fn refused(policy: Policy, slot: u32) -> Outcome {
 /// Any listener of an endpoint (an echo request is for the endpoint as a whole).
 pub const ANY_LISTENER: u8 = u8::MAX;
 
-/// Drops sources outside the endpoint's security groups (when it has any) for the
-/// listener `listener`, or for every one of them ([`ANY_LISTENER`]).
+/// Drops `packet` if its source is outside the endpoint's security groups (when it has
+/// any) for the listener `listener`, or for every one of them ([`ANY_LISTENER`]).
 #[inline(always)]
-pub fn security_groups(word: u64, slot: u32, listener: u8, source: [u8; 4]) -> Result<(), Outcome> {
+pub fn security_groups(word: u64, slot: u32, listener: u8, packet: &Packet) -> Result<(), Outcome> {
     if Policy::of(word).flags & policy_flag::SECURITY_GROUPS == 0 {
         return Ok(());
     }
-    check_security_groups(slot, listener, source)
+    check_security_groups(slot, listener, packet)
 }
 
 // Its own BPF function, to keep the caller's stack frame small.
 #[inline(never)]
-fn check_security_groups(slot: u32, listener: u8, source: [u8; 4]) -> Result<(), Outcome> {
+fn check_security_groups(slot: u32, listener: u8, packet: &Packet) -> Result<(), Outcome> {
     let mut key = core::mem::MaybeUninit::<Key<SourcePrefix>>::uninit();
     mem::zero(key.as_mut_ptr());
     // SAFETY: zeroed just above (padding and the address's unused bytes included).
     let key = unsafe { key.assume_init_mut() };
-    key.prefix_len = SourcePrefix::FIXED_BITS + 32;
+    key.prefix_len = SourcePrefix::FIXED_BITS + if packet.is_ipv6() { 128 } else { 32 };
     key.data.slot = slot;
-    key.data.family = FAMILY_IPV4;
-    key.data.addr[..4].copy_from_slice(&source);
+    key.data.family = packet.family();
+    key.data.addr = packet.src().octets();
     match SECURITY_GROUPS.get(&*key) {
         Some(group) if listener == ANY_LISTENER && group.ports != 0 => Ok(()),
         Some(group) if group.ports & (1 << (listener & 31)) != 0 => Ok(()),
@@ -127,10 +128,10 @@ impl Refusal {
     }
 }
 
-/// The policy word a consumer-to-target flow `flow` keeps — its endpoint's now — if a
-/// packet from `source` may still use it (`syn`: it would open the connection again).
+/// The policy word a consumer-to-target flow `flow` keeps — its endpoint's now — if
+/// `packet` may still use it (`syn`: it would open the connection again).
 #[inline(never)]
-pub fn recheck(flow: &Flow, source: [u8; 4], syn: bool) -> Result<u64, Refusal> {
+pub fn recheck(flow: &Flow, packet: &Packet, syn: bool) -> Result<u64, Refusal> {
     let now = word(flow.slot);
     match admission(flow.policy, now) {
         Admission::Open => {}
@@ -144,7 +145,7 @@ pub fn recheck(flow: &Flow, source: [u8; 4], syn: bool) -> Result<u64, Refusal> 
         Admission::Gone => return Err(Refusal::Cut(Outcome::drop(counter::DROP_FLOW_GONE))),
     }
     // A source the groups no longer admit loses its flow.
-    security_groups(now, flow.slot, flow.listener, source).map_err(Refusal::Cut)?;
+    security_groups(now, flow.slot, flow.listener, packet).map_err(Refusal::Cut)?;
     Ok(now)
 }
 

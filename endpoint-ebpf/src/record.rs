@@ -39,11 +39,13 @@ fn write(kind: u32, key: &FlowKey, forward: &Flow, reply: Option<&Flow>) {
         (*at).kind = kind;
         (*at).network = forward.network;
         (*at).key = *key;
-        (*at).nat_be = forward.src_be;
-        (*at).target_be = forward.dst_be;
+        (*at).nat = forward.src;
+        (*at).target = forward.dst;
         (*at).nat_port_be = forward.src_port_be;
         (*at).target_port_be = forward.dst_port_be;
         (*at).slot = forward.slot;
+        (*at).family = forward.family;
+        (*at)._pad = [0; 7];
         (*at).opened_ns = forward.opened_ns;
         (*at).at_ns = conntrack::now_ns();
         (*at).forward_packets = forward.packets;

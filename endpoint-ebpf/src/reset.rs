@@ -4,20 +4,28 @@
 //! segments of an existing flow are answered, within a per-CPU budget. The frame is cut
 //! to bare headers and both checksums are computed from scratch over them.
 
-use aya_ebpf::{helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext};
-use endpoint_common::{checksum::Sum, counter, maps::Interface};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
+use aya_ebpf::{
+    helpers::generated::{bpf_csum_diff, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use endpoint_common::{
+    checksum::Sum,
+    counter,
+    maps::{Interface, PROTO_TCP},
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
 
-use crate::{budget, forward, outcome::Outcome, parse::Packet};
-
-const RST_LEN: usize = EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN;
+use crate::{budget, forward, outcome::Outcome, parse::Packet, verify};
 
 // Its own BPF function: its stack frame is not added to its siblings' (the
 // program's whole call chain must fit in 512 bytes).
 #[inline(never)]
 pub fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet, slot: u32) -> Outcome {
-    // SAFETY: `parse` checked the headers lie within the frame.
-    let (eth, ip, tcp) = (packet.eth(), packet.ip(), packet.tcp());
+    let tcp = packet.tcp();
     let drop = Outcome::drop_for(counter::DROP_FLOW_GONE, slot);
     if tcp.rst() != 0 {
         // Never answer a reset with a reset.
@@ -26,59 +34,47 @@ pub fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet, slot: u3
     if !budget::reset() {
         return Outcome::drop_for(counter::DROP_RESET_BUDGET, slot);
     }
-    let payload = ip.tot_len() as u32 - Ipv4Hdr::LEN as u32 - tcp.doff() as u32 * 4;
+    let payload = verify::payload_len(packet);
     let (seq, ack, with_ack) = if tcp.ack() != 0 {
         (u32::from_be_bytes(tcp.ack_seq), 0, false)
     } else {
         let consumed = payload + tcp.syn() as u32 + tcp.fin() as u32;
         (0, u32::from_be_bytes(tcp.seq).wrapping_add(consumed), true)
     };
-    let mac_src = eth.src_addr;
-    let (addr_src, addr_dst) = (ip.src_addr, ip.dst_addr);
-    let (port_src, port_dst) = (tcp.source, tcp.dest);
+    let ipv6 = packet.is_ipv6();
+    let ip_len = packet.ip_header_len();
+    let rst_len = EthHdr::LEN + ip_len + TcpHdr::LEN;
 
-    let excess = (ctx.data_end() - ctx.data()) as i32 - RST_LEN as i32;
+    // The headers stay where they are: cut what follows them, then turn them round.
+    // A plain number (LLVM would otherwise subtract `rst_len` from the end pointer,
+    // which the verifier forbids).
+    let frame_len = core::hint::black_box(ctx.data_end() - ctx.data());
+    let excess = frame_len as i32 - rst_len as i32;
     // SAFETY: shrinking the frame; the pointers are re-derived below.
     if excess > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -excess) } != 0 {
         return drop;
     }
     let start = ctx.data();
-    if start + RST_LEN > ctx.data_end() {
+    // The IPv6 frame is the longer: checked whole, whichever is built.
+    if start + EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN > ctx.data_end()
+        || (ipv6 && start + EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN > ctx.data_end())
+    {
         return drop;
     }
     // SAFETY: checked just above.
-    let (eth, ip, tcp) = unsafe {
-        (
-            &mut *(start as *mut EthHdr),
-            &mut *((start + EthHdr::LEN) as *mut Ipv4Hdr),
-            &mut *((start + EthHdr::LEN + Ipv4Hdr::LEN) as *mut TcpHdr),
-        )
-    };
+    let eth = unsafe { &mut *(start as *mut EthHdr) };
+    eth.dst_addr = eth.src_addr;
     eth.src_addr = interface.mac;
-    eth.dst_addr = mac_src;
-
-    ip.vihl = 0x45;
-    ip.tos = 0;
-    ip.set_tot_len((Ipv4Hdr::LEN + TcpHdr::LEN) as u16);
-    ip.id = [0; 2];
-    ip.frags = 0x4000u16.to_be_bytes(); // don't fragment
-    ip.ttl = 64;
-    ip.src_addr = addr_dst;
-    ip.dst_addr = addr_src;
-    ip.check = [0; 2];
-    ip.check = Sum::default()
-        .word(u16::from_ne_bytes([ip.vihl, ip.tos]))
-        .word(u16::from_ne_bytes(ip.tot_len))
-        .word(u16::from_ne_bytes(ip.id))
-        .word(u16::from_ne_bytes(ip.frags))
-        .word(u16::from_ne_bytes([ip.ttl, ip.proto]))
-        .dword(u32::from_ne_bytes(ip.src_addr))
-        .dword(u32::from_ne_bytes(ip.dst_addr))
-        .finish()
-        .to_ne_bytes();
-
-    tcp.source = port_dst;
-    tcp.dest = port_src;
+    // The addresses, turned round, are what the pseudo-header sums.
+    // SAFETY: as above.
+    let addresses = if ipv6 {
+        ipv6_header(unsafe { &mut *((start + EthHdr::LEN) as *mut Ipv6Hdr) })
+    } else {
+        ipv4_header(unsafe { &mut *((start + EthHdr::LEN) as *mut Ipv4Hdr) })
+    };
+    // SAFETY: as above.
+    let tcp = unsafe { &mut *((start + EthHdr::LEN + ip_len) as *mut TcpHdr) };
+    (tcp.source, tcp.dest) = (tcp.dest, tcp.source);
     tcp.seq = seq.to_be_bytes();
     tcp.ack_seq = ack.to_be_bytes();
     // Data offset 5 (no options), RST, and ACK when answering a segment without one.
@@ -88,12 +84,8 @@ pub fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet, slot: u3
     unsafe { *((tcp as *mut TcpHdr as *mut u8).add(12) as *mut [u8; 2]) = flags_word };
     tcp.window = [0; 2];
     tcp.urg_ptr = [0; 2];
-    tcp.check = [0; 2];
-    tcp.check = Sum::default()
-        // Pseudo-header: addresses, protocol, TCP length.
-        .dword(u32::from_ne_bytes(ip.src_addr))
-        .dword(u32::from_ne_bytes(ip.dst_addr))
-        .word(u16::from_ne_bytes([0, ip.proto]))
+    tcp.check = addresses
+        .word(u16::from_ne_bytes([0, PROTO_TCP]))
         .word((TcpHdr::LEN as u16).to_be())
         .word(u16::from_ne_bytes(tcp.source))
         .word(u16::from_ne_bytes(tcp.dest))
@@ -104,4 +96,57 @@ pub fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet, slot: u3
         .to_ne_bytes();
 
     Outcome::new(forward::bounce(ctx, interface), counter::RESET_SENT, slot)
+}
+
+/// Turns the IPv4 header round into the RST's; returns the sum of its addresses.
+#[inline(always)]
+fn ipv4_header(ip: &mut Ipv4Hdr) -> Sum {
+    (ip.src_addr, ip.dst_addr) = (ip.dst_addr, ip.src_addr);
+    ip.vihl = 0x45;
+    ip.tos = 0;
+    ip.set_tot_len((Ipv4Hdr::LEN + TcpHdr::LEN) as u16);
+    ip.id = [0; 2];
+    ip.frags = 0x4000u16.to_be_bytes(); // don't fragment
+    ip.ttl = 64;
+    let addresses = Sum::default()
+        .dword(u32::from_ne_bytes(ip.src_addr))
+        .dword(u32::from_ne_bytes(ip.dst_addr));
+    ip.check = addresses
+        .word(u16::from_ne_bytes([ip.vihl, ip.tos]))
+        .word(u16::from_ne_bytes(ip.tot_len))
+        .word(u16::from_ne_bytes(ip.frags))
+        .word(u16::from_ne_bytes([ip.ttl, ip.proto]))
+        .finish()
+        .to_ne_bytes();
+    addresses
+}
+
+/// Turns the IPv6 header round into the RST's; returns the sum of its addresses.
+#[inline(always)]
+fn ipv6_header(ip: &mut Ipv6Hdr) -> Sum {
+    // Word by word: a 16-byte temporary would sit on the stack.
+    let (src, dst) = (
+        ip.src_addr.as_mut_ptr().cast::<[u8; 4]>(),
+        ip.dst_addr.as_mut_ptr().cast::<[u8; 4]>(),
+    );
+    let mut i = 0;
+    while i < 4 {
+        // SAFETY: word `i` of each 16-byte address.
+        unsafe { core::ptr::swap(src.add(i), dst.add(i)) };
+        i += 1;
+    }
+    ip.vcf = [0x60, 0, 0, 0];
+    ip.payload_len = (TcpHdr::LEN as u16).to_be_bytes();
+    ip.hop_limit = 64;
+    // SAFETY: the 32 bytes of both addresses, side by side in the checked header.
+    let sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            ip.src_addr.as_mut_ptr().cast(),
+            32,
+            0,
+        )
+    };
+    Sum::of(sum as u32)
 }

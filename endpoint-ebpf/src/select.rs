@@ -61,3 +61,15 @@ pub fn choose(
     scratch.nat = *nat;
     Ok(())
 }
+
+/// Whether the chosen target is of `family`, the consumer's.
+#[inline(always)]
+pub fn same_family(scratch: &Scratch, family: u8) -> Result<(), Outcome> {
+    if scratch.target.family != family {
+        return Err(Outcome::drop_for(
+            counter::DROP_NO_TARGET,
+            scratch.forward.slot,
+        ));
+    }
+    Ok(())
+}

@@ -22,7 +22,7 @@ use crate::{
     limits,
     maps::{LIMITS, SEGMENT},
     outcome::Outcome,
-    parse::{L4_OFFSET, Packet},
+    parse::Packet,
     stats,
     verify::{self, ACK, FIN, RST, SYN},
 };
@@ -245,7 +245,7 @@ pub fn clamp_mss(ctx: &XdpContext, packet: &Packet, limit: u32) -> bool {
     if unsafe {
         bpf_xdp_store_bytes(
             ctx.ctx,
-            (L4_OFFSET + offset) as u32,
+            (packet.l4_offset() + offset) as u32,
             new.as_ptr() as *mut _,
             2,
         )
@@ -271,15 +271,16 @@ pub fn clamp_mss(ctx: &XdpContext, packet: &Packet, limit: u32) -> bool {
     true
 }
 
-/// The MSS a SYN or SYN-ACK of endpoint `slot` may announce between interfaces with
-/// MTUs `mtus` (0: unknown): what fits both, and the service's `mss`.
+/// The MSS `packet`, a SYN or SYN-ACK of endpoint `slot`, may announce between
+/// interfaces with MTUs `mtus` (0: unknown): what fits both, and the service's `mss`.
 #[inline(always)]
-pub fn mss_limit(mtus: [u32; 2], slot: u32) -> u32 {
+pub fn mss_limit(packet: &Packet, mtus: [u32; 2], slot: u32) -> u32 {
     let mut limit = LIMITS.get(slot).map_or(0, |l| l.mss as u32);
+    // The IP and TCP headers without options.
+    let headers = packet.ip_header_len() as u32 + 20;
     for mtu in mtus {
-        // IPv4 and TCP headers without options.
-        if mtu > 40 && (limit == 0 || mtu - 40 < limit) {
-            limit = mtu - 40;
+        if mtu > headers && (limit == 0 || mtu - headers < limit) {
+            limit = mtu - headers;
         }
     }
     limit
@@ -323,7 +324,7 @@ fn option(ctx: &XdpContext, packet: &Packet, (kind, len): (u8, usize)) -> Option
     let copied = unsafe {
         bpf_xdp_load_bytes(
             ctx.ctx,
-            (L4_OFFSET + 20) as u32,
+            (packet.l4_offset() + 20) as u32,
             options.cast(),
             (length & 0x3f) as u32,
         )

@@ -10,16 +10,11 @@ use aya_ebpf::{
 use endpoint_common::{
     checksum::Sum,
     counter,
-    maps::{Interface, MAX_SEGMENT, PROTO_UDP, SEGMENT_ROOM, address_kind},
+    maps::{Addr, Interface, MAX_SEGMENT, PROTO_UDP, SEGMENT_ROOM, address_kind},
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
-use crate::{
-    classify,
-    maps::SEGMENT,
-    outcome::Outcome,
-    parse::{L4_OFFSET, Packet},
-};
+use crate::{classify, maps::SEGMENT, outcome::Outcome, parse::Packet};
 
 /// TCP flags.
 pub const FIN: u8 = 0x01;
@@ -40,8 +35,12 @@ pub fn addressed_to(interface: &Interface, packet: &Packet, endpoint: u32) -> Re
 }
 
 /// The IPv4 header's checksum is right (it is updated, not recomputed, on the way).
+/// IPv6 has none.
 #[inline(always)]
 pub fn ip_checksum(packet: &Packet, endpoint: u32) -> Result<(), Outcome> {
+    if packet.is_ipv6() {
+        return Ok(());
+    }
     // SAFETY: `parse` checked the 20-byte header lies within the frame.
     let words = unsafe { &*(packet.ip as *const [u16; Ipv4Hdr::LEN / 2]) };
     let mut sum = Sum::default();
@@ -88,17 +87,25 @@ fn sane_flags(flags: u8, endpoint: u32) -> Result<(), Outcome> {
 }
 
 /// A source that can be a client of an endpoint in `network`: not unspecified,
-/// loopback, multicast, broadcast or reserved, not the destination itself, and not an
-/// address the node answers for in that network (replies would go to it).
+/// loopback, multicast, broadcast or reserved (IPv6: not link-local or IPv4-mapped
+/// either), not the destination itself, and not an address the node answers for in
+/// that network (replies would go to it).
 #[inline(always)]
 pub fn source(network: u32, packet: &Packet, endpoint: u32) -> Result<(), Outcome> {
-    let ip = packet.ip();
-    let first = ip.src_addr[0];
-    let martian = first == 0
-        || first == 127
-        || first >= 224
-        || ip.src_addr == ip.dst_addr
-        || classify::owned(network, ip.src_addr)
+    let src = packet.src();
+    let martian = if packet.is_ipv6() {
+        let [w0, w1, w2, w3] = src.words_be;
+        let first = u32::from_be(w0);
+        let unspecified_or_loopback = w0 == 0 && w1 == 0 && w2 == 0 && u32::from_be(w3) <= 1;
+        let mapped = w0 == 0 && w1 == 0 && u32::from_be(w2) == 0xffff;
+        unspecified_or_loopback || mapped || first >> 24 == 0xff || first >> 22 == 0x3fa
+    } else {
+        let first = src.octets()[0];
+        first == 0 || first == 127 || first >= 224
+    };
+    let martian = martian
+        || src == packet.dst()
+        || classify::owned(network, packet.family(), src)
             .is_some_and(|a| a.kind != address_kind::WAITING && a.kind != address_kind::NAT);
     if martian {
         return Err(Outcome::drop_for(counter::DROP_MARTIAN, endpoint));
@@ -113,15 +120,15 @@ pub fn source(network: u32, packet: &Packet, endpoint: u32) -> Result<(), Outcom
 // Its own BPF function: the copy and the sums are one step.
 #[inline(never)]
 pub fn transport_checksum(ctx: &XdpContext, packet: &Packet, slot: u32) -> Result<(), Outcome> {
-    let ip = packet.ip();
-    if packet.proto == PROTO_UDP {
+    let bad = Outcome::drop_for(counter::DROP_BAD_CHECKSUM, slot);
+    if packet.proto() == PROTO_UDP {
         // SAFETY: bytes 6..8 of the 8-byte UDP header `parse` checked.
         if unsafe { *packet.l4.add(6).cast::<[u8; 2]>() } == [0; 2] {
-            return Ok(());
+            // IPv6 requires a UDP checksum (RFC 8200).
+            return if packet.is_ipv6() { Err(bad) } else { Ok(()) };
         }
     }
-    let bad = Outcome::drop_for(counter::DROP_BAD_CHECKSUM, slot);
-    let length = (ip.tot_len() as usize).wrapping_sub(Ipv4Hdr::LEN);
+    let length = packet.l4_len() as usize;
     if length > MAX_SEGMENT {
         return Err(bad);
     }
@@ -133,7 +140,8 @@ pub fn transport_checksum(ctx: &XdpContext, packet: &Packet, slot: u32) -> Resul
     // SAFETY: the helper copies `length` (≤ MAX_SEGMENT) bytes into the buffer, which
     // holds SEGMENT_ROOM + 4.
     if length == 0
-        || unsafe { bpf_xdp_load_bytes(ctx.ctx, L4_OFFSET as u32, buffer.cast(), length) } != 0
+        || unsafe { bpf_xdp_load_bytes(ctx.ctx, packet.l4_offset() as u32, buffer.cast(), length) }
+            != 0
     {
         return Err(bad);
     }
@@ -146,11 +154,7 @@ pub fn transport_checksum(ctx: &XdpContext, packet: &Packet, slot: u32) -> Resul
     };
     // SAFETY: the buffer holds SEGMENT_ROOM + 4 bytes.
     unsafe { buffer.add(end).cast::<[u8; 4]>().write_unaligned([0; 4]) };
-    let pseudo = Sum::default()
-        .dword(u32::from_ne_bytes(ip.src_addr))
-        .dword(u32::from_ne_bytes(ip.dst_addr))
-        .word(u16::from_ne_bytes([0, ip.proto]))
-        .word((length as u16).to_be());
+    let pseudo = pseudo_header(packet.src(), packet.dst(), packet.proto(), length);
     let mut sum = pseudo.partial() as i64;
     let mut chunk = 0;
     while chunk < MAX_SEGMENT / CSUM_CHUNK + 1 {
@@ -184,6 +188,24 @@ pub fn transport_checksum(ctx: &XdpContext, packet: &Packet, slot: u32) -> Resul
     Ok(())
 }
 
+/// The sum of the pseudo-header a TCP, UDP or ICMPv6 checksum covers: the addresses
+/// (IPv4 ones have only their first word), the protocol and the segment's `length`.
+#[inline(always)]
+pub fn pseudo_header(src: Addr, dst: Addr, proto: u8, length: u32) -> Sum {
+    let (s, d) = (src.words_be, dst.words_be);
+    Sum::default()
+        .dword(s[0])
+        .dword(s[1])
+        .dword(s[2])
+        .dword(s[3])
+        .dword(d[0])
+        .dword(d[1])
+        .dword(d[2])
+        .dword(d[3])
+        .word(u16::from_ne_bytes([0, proto]))
+        .dword(length.to_be())
+}
+
 /// The most bytes one `bpf_csum_diff` call sums.
 const CSUM_CHUNK: usize = 512;
 
@@ -196,5 +218,5 @@ pub fn tcp_header_len(packet: &Packet) -> usize {
 /// The segment's payload length in bytes.
 #[inline(always)]
 pub fn payload_len(packet: &Packet) -> u32 {
-    packet.ip().tot_len() as u32 - Ipv4Hdr::LEN as u32 - tcp_header_len(packet) as u32
+    packet.l4_len() - tcp_header_len(packet) as u32
 }

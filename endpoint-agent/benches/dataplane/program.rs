@@ -22,7 +22,7 @@ use endpoint_agent::{
 };
 use endpoint_common::{
     counter::{self, Count},
-    maps::{Flow, FlowKey, PROTO_TCP, name, tcp},
+    maps::{Addr, FAMILY_IPV4, Flow, FlowKey, PROTO_TCP, name, tcp},
 };
 use etherparse::{PacketBuilder, PacketHeaders};
 use testbed::{Namespace, veth};
@@ -207,11 +207,11 @@ impl Rig {
             .hash_mut::<FlowKey, Flow>(name::FLOWS)?;
         for i in 0..n {
             let key = FlowKey {
-                src_be: u32::from_ne_bytes((0x0c00_0000 + i).to_be_bytes()),
-                dst_be: u32::from_ne_bytes(ENDPOINT),
+                src: Addr::ipv4((0x0c00_0000 + i).to_be_bytes()),
+                dst: Addr::ipv4(ENDPOINT),
                 src_port_be: (i as u16).to_be(),
                 dst_port_be: 80u16.to_be(),
-                scope: FlowKey::scope(7, PROTO_TCP),
+                scope: FlowKey::scope(7, FAMILY_IPV4, PROTO_TCP),
             };
             let flow = Flow {
                 tcp: tcp::ESTABLISHED,

@@ -60,8 +60,8 @@ use endpoint_agent::loader;
 use endpoint_common::{
     counter::{self, Count},
     maps::{
-        DnsSettings, Flow, FlowKey, PROTO_TCP, PROTO_UDP, PROVIDER_NETWORK, Usage, dns_counter,
-        name, tcp,
+        Addr, DnsSettings, FAMILY_IPV4, Flow, FlowKey, PROTO_TCP, PROTO_UDP, PROVIDER_NETWORK,
+        Usage, dns_counter, name, tcp,
     },
 };
 
@@ -1291,11 +1291,11 @@ impl Seg {
     /// The key it arrives with in `network`.
     fn key(&self, network: u32) -> FlowKey {
         FlowKey {
-            src_be: u32::from_ne_bytes(self.src),
-            dst_be: u32::from_ne_bytes(self.dst),
+            src: Addr::ipv4(self.src),
+            dst: Addr::ipv4(self.dst),
             src_port_be: self.sport.to_be(),
             dst_port_be: self.dport.to_be(),
-            scope: FlowKey::scope(network, self.proto),
+            scope: FlowKey::scope(network, FAMILY_IPV4, self.proto),
         }
     }
 
@@ -1408,27 +1408,27 @@ impl Conn {
     /// The key its replies arrive with.
     fn reply_key(&self) -> FlowKey {
         FlowKey {
-            src_be: u32::from_ne_bytes(self.target),
-            dst_be: u32::from_ne_bytes(NAT),
+            src: Addr::ipv4(self.target),
+            dst: Addr::ipv4(NAT),
             src_port_be: self.target_port.to_be(),
             dst_port_be: self.nat_port.to_be(),
-            scope: FlowKey::scope(PROVIDER_NETWORK, self.proto),
+            scope: FlowKey::scope(PROVIDER_NETWORK, FAMILY_IPV4, self.proto),
         }
     }
 }
 
 fn reply_key_of(forward: &Flow) -> FlowKey {
     FlowKey {
-        src_be: forward.dst_be,
-        dst_be: forward.src_be,
+        src: forward.dst,
+        dst: forward.src,
         src_port_be: forward.dst_port_be,
         dst_port_be: forward.src_port_be,
-        scope: FlowKey::scope(PROVIDER_NETWORK, forward.proto),
+        scope: FlowKey::scope(PROVIDER_NETWORK, FAMILY_IPV4, forward.proto),
     }
 }
 
-fn addr(word_be: u32) -> [u8; 4] {
-    word_be.to_ne_bytes()
+fn addr(addr: Addr) -> [u8; 4] {
+    addr.ipv4_be().to_ne_bytes()
 }
 
 #[derive(Default)]
@@ -2223,11 +2223,11 @@ impl<'r> Fuzz<'r> {
             return None;
         }
         let quoted = FlowKey {
-            src_be: u32::from_ne_bytes(f[58..62].try_into().unwrap()),
-            dst_be: u32::from_ne_bytes(NAT),
+            src: Addr::ipv4(f[58..62].try_into().unwrap()),
+            dst: Addr::ipv4(NAT),
             src_port_be: u16::from_ne_bytes([f[64], f[65]]),
             dst_port_be: u16::from_ne_bytes([f[62], f[63]]),
-            scope: FlowKey::scope(PROVIDER_NETWORK, proto),
+            scope: FlowKey::scope(PROVIDER_NETWORK, FAMILY_IPV4, proto),
         };
         let key = *self.model.replies.get(&quoted)?;
         let conn = self.model.flows[&key];
@@ -2410,8 +2410,8 @@ impl<'r> Fuzz<'r> {
             Way::ToConsumer => (
                 self.ports[conn.port].mac,
                 conn.client_mac,
-                addr(key.dst_be),
-                addr(key.src_be),
+                addr(key.dst),
+                addr(key.src),
                 u16::from_be(key.dst_port_be),
                 u16::from_be(key.src_port_be),
             ),
@@ -2490,7 +2490,7 @@ impl<'r> Fuzz<'r> {
         if ran.action != XDP_REDIRECT {
             self.fail(ran, "must leave through another interface (a redirect)");
         }
-        let (consumer, endpoint) = (addr(key.src_be), addr(key.dst_be));
+        let (consumer, endpoint) = (addr(key.src), addr(key.dst));
         let mut expected = f.to_vec();
         expected[0..6].copy_from_slice(&conn.client_mac);
         expected[6..12].copy_from_slice(&self.ports[conn.port].mac);
@@ -3106,11 +3106,11 @@ impl<'r> Fuzz<'r> {
             return None;
         }
         let key = |network| FlowKey {
-            src_be: u32::from_ne_bytes(f[26..30].try_into().unwrap()),
-            dst_be: u32::from_ne_bytes(f[30..34].try_into().unwrap()),
+            src: Addr::ipv4(f[26..30].try_into().unwrap()),
+            dst: Addr::ipv4(f[30..34].try_into().unwrap()),
             src_port_be: u16::from_ne_bytes([f[34], f[35]]),
             dst_port_be: u16::from_ne_bytes([f[36], f[37]]),
-            scope: FlowKey::scope(network, proto),
+            scope: FlowKey::scope(network, FAMILY_IPV4, proto),
         };
         if p.network == 0 {
             return self.model.replies.get(&key(PROVIDER_NETWORK)).copied();
@@ -3206,11 +3206,11 @@ impl<'r> Fuzz<'r> {
         if !ran.forwarded() {
             self.fail(ran, "a SYN opened a connection but was not forwarded");
         }
-        let target = (addr(flow.dst_be), u16::from_be(flow.dst_port_be));
+        let target = (addr(flow.dst), u16::from_be(flow.dst_port_be));
         let nat_port = u16::from_be(flow.src_port_be);
         let slot = self.slots[listener.endpoint];
         let reply_key = reply_key_of(&flow);
-        let problem = if addr(flow.src_be) != NAT {
+        let problem = if addr(flow.src) != NAT {
             Some("not from the NAT address")
         } else if !listener.targets.contains(&target) {
             Some("to a target that is not the listener's")
@@ -3235,7 +3235,7 @@ impl<'r> Fuzz<'r> {
         let way_back = reply.is_some_and(|r| {
             r.tcp & tcp::RESERVED == 0
                 && r.proto == key.proto()
-                && (r.src_be, r.dst_be) == (key.dst_be, key.src_be)
+                && (r.src, r.dst) == (key.dst, key.src)
                 && (r.src_port_be, r.dst_port_be) == (key.dst_port_be, key.src_port_be)
                 && r.network == key.network()
                 && r.slot == slot
@@ -3932,7 +3932,7 @@ impl<'r> Fuzz<'r> {
         };
         let ttl = self.ttl(10);
         if conn.proto == PROTO_UDP {
-            let (src, dst) = (addr(key.src_be), addr(key.dst_be));
+            let (src, dst) = (addr(key.src), addr(key.dst));
             let (sport, dport) = (u16::from_be(key.src_port_be), u16::from_be(key.dst_port_be));
             // Now and then one whose translation's checksum computes to 0 (sent as
             // 0xFFFF).
@@ -3988,8 +3988,8 @@ impl<'r> Fuzz<'r> {
         let wire = Wire {
             mac_src: conn.client_mac,
             mac_dst: self.ports[conn.port].mac,
-            src: addr(key.src_be),
-            dst: addr(key.dst_be),
+            src: addr(key.src),
+            dst: addr(key.dst),
             sport: u16::from_be(key.src_port_be),
             dport: u16::from_be(key.dst_port_be),
             ttl,
@@ -4022,8 +4022,8 @@ impl<'r> Fuzz<'r> {
                 let len = 2 * (1 + self.rng.below(16));
                 zero_sum_payload(
                     &mut self.rng,
-                    (addr(key.dst_be), u16::from_be(key.dst_port_be)),
-                    (addr(key.src_be), u16::from_be(key.src_port_be)),
+                    (addr(key.dst), u16::from_be(key.dst_port_be)),
+                    (addr(key.src), u16::from_be(key.src_port_be)),
                     len,
                 )
             } else {

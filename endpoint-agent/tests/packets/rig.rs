@@ -522,11 +522,11 @@ impl Segment {
 /// The key a consumer segment arrives with, in `network`.
 pub fn flow_key(network: u32, s: &Segment) -> FlowKey {
     FlowKey {
-        src_be: u32::from_ne_bytes(s.src),
-        dst_be: u32::from_ne_bytes(s.dst),
+        src: Addr::ipv4(s.src),
+        dst: Addr::ipv4(s.dst),
         src_port_be: s.sport.to_be(),
         dst_port_be: s.dport.to_be(),
-        scope: FlowKey::scope(network, PROTO_TCP),
+        scope: FlowKey::scope(network, FAMILY_IPV4, PROTO_TCP),
     }
 }
 
@@ -600,11 +600,11 @@ impl Datagram {
     /// The key it arrives with, in `network`.
     pub fn key(&self, network: u32) -> FlowKey {
         FlowKey {
-            src_be: u32::from_ne_bytes(self.src),
-            dst_be: u32::from_ne_bytes(self.dst),
+            src: Addr::ipv4(self.src),
+            dst: Addr::ipv4(self.dst),
             src_port_be: self.sport.to_be(),
             dst_port_be: self.dport.to_be(),
-            scope: FlowKey::scope(network, PROTO_UDP),
+            scope: FlowKey::scope(network, FAMILY_IPV4, PROTO_UDP),
         }
     }
 }
