@@ -15,7 +15,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::Path,
     process::Command,
 };
@@ -31,7 +31,7 @@ pub struct Host {
     /// Sysctl file the agent keeps → the value it had when the agent first looked.
     sysctls: BTreeMap<String, String>,
     /// Managed neighbour entries the agent made: (address, device).
-    neighbours: BTreeSet<(Ipv4Addr, String)>,
+    neighbours: BTreeSet<(IpAddr, String)>,
 }
 
 const FILE: &str = "host.json";
@@ -69,7 +69,7 @@ impl Host {
                 self.set_sysctl(path, value)?;
             }
         }
-        let wanted: BTreeSet<(Ipv4Addr, String)> =
+        let wanted: BTreeSet<(IpAddr, String)> =
             targets(config).into_iter().filter_map(next_hop).collect();
         for (address, dev) in wanted.difference(&self.neighbours.clone()) {
             self.keep_resolved(*address, dev)?;
@@ -124,7 +124,7 @@ impl Host {
     }
 
     /// Makes the kernel keep the neighbour `address` on `dev` resolved.
-    fn keep_resolved(&mut self, address: Ipv4Addr, dev: &str) -> Result<()> {
+    fn keep_resolved(&mut self, address: IpAddr, dev: &str) -> Result<()> {
         let existing = ip(&["neigh", "show", &address.to_string(), "dev", dev])?;
         if existing.contains("PERMANENT") {
             return Ok(());
@@ -143,7 +143,7 @@ impl Host {
     }
 }
 
-fn targets(config: &Config) -> BTreeSet<Ipv4Addr> {
+fn targets(config: &Config) -> BTreeSet<IpAddr> {
     config
         .services
         .iter()
@@ -155,7 +155,7 @@ fn targets(config: &Config) -> BTreeSet<Ipv4Addr> {
 }
 
 /// The next hop (and device) towards `target`, if the node has a route there.
-fn next_hop(target: Ipv4Addr) -> Option<(Ipv4Addr, String)> {
+fn next_hop(target: IpAddr) -> Option<(IpAddr, String)> {
     let Ok(route) = ip(&["-o", "route", "get", &target.to_string()]) else {
         log::warn!("target {target}: no route from this node; its flows will be dropped");
         return None;
@@ -175,7 +175,7 @@ fn next_hop(target: Ipv4Addr) -> Option<(Ipv4Addr, String)> {
     Some((hop, dev.to_string()))
 }
 
-fn forget(address: Ipv4Addr, dev: &str) {
+fn forget(address: IpAddr, dev: &str) {
     if let Err(e) = ip(&["neigh", "del", &address.to_string(), "dev", dev]) {
         log::warn!("removing neighbour {address} on {dev}: {e:#}");
     }
