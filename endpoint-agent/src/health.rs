@@ -144,10 +144,14 @@ pub async fn probe(addr: SocketAddr, spec: &HealthCheck) -> bool {
         if spec.protocol != HealthProtocol::Http {
             return Some(true);
         }
+        // An IPv6 host is written in brackets (RFC 3986).
+        let host = match addr {
+            SocketAddr::V4(addr) => addr.ip().to_string(),
+            SocketAddr::V6(addr) => format!("[{}]", addr.ip()),
+        };
         let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: endpoint-agent\r\nConnection: close\r\n\r\n",
+            "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: endpoint-agent\r\nConnection: close\r\n\r\n",
             spec.path,
-            addr.ip()
         );
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut head = [0u8; 64];
@@ -278,6 +282,7 @@ services:
     #[tokio::test]
     async fn probes_tell_open_from_closed_and_check_http_status() {
         probes_on("127.0.0.1:0", "Host: 127.0.0.1\r\n").await;
+        probes_on("[::1]:0", "Host: [::1]\r\n").await;
     }
 
     /// Checks a server on `loopback` that wants `host` in HTTP requests.
