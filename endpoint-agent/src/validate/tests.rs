@@ -66,10 +66,13 @@ fn assert_names(report: &str, parts: &[&str]) {
 }
 
 #[test]
-fn base_and_shipped_example_are_valid() {
+fn base_and_shipped_examples_are_valid() {
     parse("test.yaml", BASE).expect("BASE is valid");
     let example = include_str!("../../../examples/demo.yaml");
     let loaded = parse("demo.yaml", example).expect("the shipped example is valid");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let example = include_str!("../../../examples/dual-stack.yaml");
+    let loaded = parse("dual-stack.yaml", example).expect("the dual-stack example is valid");
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
 }
 
