@@ -4,10 +4,12 @@
 //! instead of the consumer's next connections failing with "no route to host" until its
 //! kernel tries again. Linux updates an existing entry from a gratuitous ARP whatever
 //! `arp_accept` says, and creates none: nothing is claimed that nobody asked for.
+//! IPv6 addresses are not announced yet (that would be an unsolicited neighbour
+//! advertisement).
 
 use std::{collections::BTreeMap, io, net::Ipv4Addr};
 
-use endpoint_common::maps::{Address, AddressKey, Interface, address_kind, nat_scope};
+use endpoint_common::maps::{Address, AddressKey, FAMILY_IPV4, Interface, address_kind, nat_scope};
 
 use crate::{
     desired::Contents,
@@ -52,19 +54,23 @@ fn ipv4(key: &AddressKey) -> Ipv4Addr {
     Ipv4Addr::from(key.addr.ipv4_be().to_ne_bytes())
 }
 
-/// The interfaces where `key`'s address is answered.
+/// The interfaces where `key`'s address is answered by ARP (none for IPv6).
 fn on<'a>(
     key: &'a AddressKey,
     interfaces: &'a BTreeMap<u32, Interface>,
 ) -> impl Iterator<Item = (u32, Interface)> + 'a {
-    interfaces.iter().filter_map(move |(&ifindex, interface)| {
-        let here = if key.scope == nat_scope(ifindex) {
-            interface.provider()
-        } else {
-            interface.consumer() && interface.network == key.scope
-        };
-        here.then_some((ifindex, *interface))
-    })
+    let arp = key.family == FAMILY_IPV4;
+    interfaces
+        .iter()
+        .filter(move |_| arp)
+        .filter_map(move |(&ifindex, interface)| {
+            let here = if key.scope == nat_scope(ifindex) {
+                interface.provider()
+            } else {
+                interface.consumer() && interface.network == key.scope
+            };
+            here.then_some((ifindex, *interface))
+        })
 }
 
 /// Sends one gratuitous ARP request (sender and target both `address`) out `ifindex`.
@@ -106,5 +112,48 @@ pub fn announce(ifindex: u32, mac: [u8; 6], address: Ipv4Addr) -> io::Result<()>
         };
         libc::close(fd);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::newly_answered;
+    use crate::{
+        desired,
+        facts::{Facts, Link},
+        ids::Ids,
+        plan::Plan,
+        validate,
+    };
+
+    #[test]
+    fn only_ipv4_addresses_are_announced() {
+        let text = "node:\n  interfaces:\n    - { name: cons-a, role: consumer, consumer_network: vpc-a }\n    - { name: prov, role: provider, nat_addresses: [172.16.0.100, fd00:16::100] }\nservices:\n  - name: s\n    acceptance_required: false\n    allowed_principals: [p]\n    load_balancers: [{ name: lb, zone: z, listeners: [{ port: 80, targets: [{ ip: 172.16.0.10, port: 80 }, { ip: fd00:16::10, port: 80 }] }] }]\nendpoints:\n  - { id: e, service: s, principal: p, consumer_network: vpc-a, addresses: [{ zone: z, ip: 10.0.0.1 }, { zone: z, ip: fd00:a::1 }] }\n";
+        let config = validate::load("t", text, &Facts::default())
+            .expect("valid")
+            .config;
+        let link = |ifindex| Link {
+            ifindex,
+            mac: [2, 0, 0, 0, 0, 1],
+            veth: false,
+            mtu: 1500,
+        };
+        let facts = Facts {
+            links: [("cons-a".into(), link(2)), ("prov".into(), link(3))].into(),
+            ..Facts::default()
+        };
+        let ids = Ids::default().assign(&config);
+        let contents = desired::build(&config, &ids, &facts, 7, &BTreeSet::new()).contents;
+        let plan = Plan::between(&Default::default(), &contents);
+        let announced: BTreeSet<(u32, String)> = newly_answered(&plan, &contents)
+            .into_iter()
+            .map(|(ifindex, _, ip)| (ifindex, ip.to_string()))
+            .collect();
+        assert_eq!(
+            announced,
+            BTreeSet::from([(2, "10.0.0.1".into()), (3, "172.16.0.100".into())])
+        );
     }
 }

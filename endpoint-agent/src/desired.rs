@@ -2,7 +2,10 @@
 //! to use, the node's facts and the targets found unhealthy. Pure, so host tests build
 //! it too. Interfaces the node does not have (yet) are left out and reported.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use endpoint_common::{
     maglev,
@@ -106,16 +109,15 @@ pub fn build(
                 ..Interface::default()
             },
         );
-        for &addr in &interface.nat_addresses {
-            let addr = Addr::ipv4(addr.octets());
+        for &ip in &interface.nat_addresses {
             nat.push(NatAddress {
-                addr,
+                addr: Addr::from(ip),
                 ifindex: link.ifindex,
-                family: FAMILY_IPV4,
+                family: Addr::family_of(ip),
                 _pad: [0; 3],
             });
             state.addresses.insert(
-                address_key(nat_scope(link.ifindex), addr),
+                address_key(nat_scope(link.ifindex), ip),
                 Address {
                     kind: address_kind::NAT,
                     slot: 0,
@@ -124,12 +126,17 @@ pub fn build(
         }
     }
 
+    // The data path takes a flow's NAT address from its target's family's part of the
+    // list: the IPv4 ones first, then the IPv6 ones (each in file order).
+    nat.sort_by_key(|a| a.family != FAMILY_IPV4);
+    let nat_ipv4 = nat.iter().filter(|a| a.family == FAMILY_IPV4).count();
     state.settings = Settings {
         ring_size: node.tables.ring_size,
         hash_seed: seed,
         nat_port_min: node.nat_ports.first,
         nat_port_max: node.nat_ports.last,
-        nat_ipv4: nat.len() as u16,
+        nat_ipv4: nat_ipv4 as u16,
+        nat_ipv6: (nat.len() - nat_ipv4) as u16,
         half_open_per_network: node.limits.half_open_per_network,
         resets_per_second: node.limits.resets_per_second,
         icmp_per_second: node.limits.icmp_per_second,
@@ -146,9 +153,9 @@ pub fn build(
         state.targets.insert(
             ids.targets[&key],
             Target {
-                addr: Addr::ipv4(target.ip.octets()),
+                addr: Addr::from(target.ip),
                 port_be: target.port.to_be(),
-                family: FAMILY_IPV4,
+                family: Addr::family_of(target.ip),
                 _pad: 0,
             },
         );
@@ -164,7 +171,7 @@ pub fn build(
         let (endpoint, service, lb) = (placed.endpoint, placed.service, placed.load_balancer);
         let slot = ids.endpoints[&endpoint.id];
         let network = ids.networks[&endpoint.consumer_network];
-        let addr = Addr::ipv4(placed.address.ip.octets());
+        let ip = placed.address.ip;
         for listener in placed.listeners() {
             let ring = ids.rings[&listener.ring];
             state.rings.entry(ring).or_insert_with(|| {
@@ -172,6 +179,7 @@ pub fn build(
                     listener.listener,
                     lb,
                     &placed.address.zone,
+                    Addr::family_of(ip),
                     &listener.key,
                     &rings,
                 )
@@ -180,10 +188,10 @@ pub fn build(
             state.endpoints.insert(
                 EndpointKey {
                     network,
-                    addr,
+                    addr: Addr::from(ip),
                     port_be: listener.listener.port.to_be(),
                     proto,
-                    family: FAMILY_IPV4,
+                    family: Addr::family_of(ip),
                 },
                 EndpointRef {
                     slot,
@@ -205,7 +213,7 @@ pub fn build(
         };
         state
             .addresses
-            .insert(address_key(network, addr), Address { kind, slot });
+            .insert(address_key(network, ip), Address { kind, slot });
     }
     let services: BTreeMap<&str, &Service> = config
         .services
@@ -226,14 +234,13 @@ pub fn build(
                 .filter(|(_, (port, _))| rule.ports.as_ref().is_none_or(|p| p.contains(port)))
                 .filter(|(_, (_, protocol))| rule.protocol.is_none_or(|p| p == *protocol))
                 .fold(0u32, |mask, (i, _)| mask | 1 << i);
-            let mut key_addr = [0u8; 16];
-            key_addr[..4].copy_from_slice(&rule.cidr.network().octets());
+            let network = rule.cidr.network();
             let key = (
                 SourcePrefix::FIXED_BITS + u32::from(rule.cidr.prefix_len()),
                 SourcePrefix {
                     slot,
-                    family: FAMILY_IPV4,
-                    addr: key_addr,
+                    family: Addr::family_of(network),
+                    addr: Addr::from(network).octets(),
                     _pad: [0; 3],
                 },
             );
@@ -275,6 +282,10 @@ fn revision(groups: &BTreeMap<PrefixKey, SecurityGroup>) -> u32 {
         }
     };
     for ((length, prefix), group) in groups {
+        // IPv4 entries digest as before IPv6 (their revisions stay across the upgrade).
+        if prefix.family != FAMILY_IPV4 {
+            eat(&[prefix.family]);
+        }
         eat(&length.to_le_bytes());
         eat(&prefix.addr);
         eat(&group.ports.to_le_bytes());
@@ -313,13 +324,14 @@ struct Rings<'a> {
     seed: u32,
 }
 
-/// The Maglev ring of `listener` for endpoints in `zone`: healthy targets of the zone,
-/// or of every zone as `cross_zone` says; when none is healthy it fails open (as an NLB
-/// does) and uses them all rather than none.
+/// The Maglev ring of `listener` for endpoint addresses of `family` in `zone`: healthy
+/// targets of that family in the zone, or in every zone as `cross_zone` says; when none
+/// is healthy it fails open (as an NLB does) and uses them all rather than none.
 fn ring_slots(
     listener: &Listener,
     lb: &LoadBalancer,
     zone: &str,
+    family: u8,
     key: &ListenerKey,
     rings: &Rings,
 ) -> Vec<u32> {
@@ -332,6 +344,7 @@ fn ring_slots(
     let named: Vec<(TargetKey, &crate::config::Target)> = listener
         .targets
         .iter()
+        .filter(|t| Addr::family_of(t.ip) == family)
         .map(|t| (key.target(t), t))
         .collect();
     let in_zone = |t: &crate::config::Target| t.zone.as_deref().unwrap_or(&lb.zone) == zone;
@@ -358,7 +371,7 @@ fn ring_slots(
     let members: Vec<maglev::Member> = chosen
         .iter()
         .map(|(_, t)| maglev::Member {
-            identity: (u64::from(u32::from(t.ip)) << 16) | u64::from(t.port),
+            identity: identity(t.ip, t.port),
             weight: t.weight,
         })
         .collect();
@@ -371,6 +384,23 @@ fn ring_slots(
         .collect()
 }
 
+/// A target's identity in its rings, which decides its slot preferences: the same on
+/// every node.
+fn identity(ip: IpAddr, port: u16) -> u64 {
+    match ip {
+        // As before IPv6, so that IPv4 rings stay as they were.
+        IpAddr::V4(ip) => (u64::from(u32::from(ip)) << 16) | u64::from(port),
+        // 144 bits do not fit: FNV-1a over the address and port.
+        IpAddr::V6(ip) => ip
+            .octets()
+            .into_iter()
+            .chain(port.to_be_bytes())
+            .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+            }),
+    }
+}
+
 /// An LPM lookup returns only the longest matching prefix, but a source may use the
 /// ports of every rule that contains it: give each prefix the ports of the wider
 /// prefixes of the same endpoint around it.
@@ -379,6 +409,7 @@ fn widen_security_groups(groups: &mut BTreeMap<PrefixKey, SecurityGroup>) {
     for ((len, prefix), group) in groups.iter_mut() {
         for ((wider_len, wider), ports) in &rules {
             if wider.slot == prefix.slot
+                && wider.family == prefix.family
                 && wider_len < len
                 && same_prefix(
                     &wider.addr,
@@ -398,18 +429,20 @@ fn same_prefix(a: &[u8; 16], b: &[u8; 16], bits: u32) -> bool {
     bits == 0 || (a ^ b) >> (128 - bits) == 0
 }
 
-/// The `ADDRESSES` key of IPv4 address `addr` in `scope`.
-pub fn address_key(scope: u32, addr: Addr) -> AddressKey {
+/// The `ADDRESSES` key of `ip` in `scope`.
+pub fn address_key(scope: u32, ip: IpAddr) -> AddressKey {
     AddressKey {
         scope,
-        family: FAMILY_IPV4,
+        family: Addr::family_of(ip),
         _pad: [0; 3],
-        addr,
+        addr: Addr::from(ip),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use endpoint_common::maps::FAMILY_IPV6;
+
     use super::*;
     use crate::{
         facts::{Facts, Link},
@@ -480,6 +513,20 @@ endpoints:
         assert_eq!(placed, ["a1", "b1", "a2", "a1", "a2", "a1"]);
     }
 
+    #[test]
+    fn a_dual_stack_endpoints_two_addresses_in_a_zone_take_one_turn() {
+        let text = ZONED.replace("CROSS", "on_failure").replace(
+            "ip: 10.0.0.1, zone: za }",
+            "addresses: [{ zone: za, ip: 10.0.0.1 }, { zone: za, ip: fd00:a::1 }] }",
+        );
+        let config = config::parse("t", &text).expect("YAML");
+        let placed: Vec<&str> = placement::place(&config)
+            .iter()
+            .map(|p| p.load_balancer.name.as_str())
+            .collect();
+        assert_eq!(placed, ["a1", "a1", "b1", "a2", "a1", "a2", "a1"]);
+    }
+
     /// The targets (addresses) e1's ring (a1, zone za) uses, given unhealthy targets.
     fn e1_targets(cross: &str, unhealthy: &[&str]) -> BTreeSet<String> {
         let config = config(cross);
@@ -499,15 +546,12 @@ endpoints:
             })
             .collect();
         let state = build(&config, &ids, &facts(), 7, &unhealthy).contents;
-        let ring = ids.rings[&a1.ring("za")];
+        let ring = ids.rings[&a1.ring("za", FAMILY_IPV4)];
         state.rings[&ring]
             .iter()
             .map(|index| {
                 let target = state.targets[index];
-                format!(
-                    "{}",
-                    std::net::Ipv4Addr::from(target.addr.ipv4_be().to_ne_bytes())
-                )
+                target.addr.ip(target.family).to_string()
             })
             .collect()
     }
@@ -599,5 +643,152 @@ endpoints:
             (350, 60, 1400)
         );
         assert_eq!(state.settings.icmp_per_second, 50);
+    }
+
+    const DUAL: &str = "
+node:
+  interfaces:
+    - { name: cons, role: consumer, consumer_network: vpc }
+    - { name: prov, role: provider, nat_addresses: [fd00:16::100, 172.16.0.100, fd00:16::101, 172.16.0.101] }
+services:
+  - name: s
+    acceptance_required: false
+    allowed_principals: [p]
+    load_balancers:
+      - name: lb
+        zone: z
+        listeners:
+          - port: 80
+            targets:
+              - { ip: 172.16.0.10, port: 80 }
+              - { ip: fd00:16::10, port: 80 }
+              - { ip: 172.16.0.11, port: 80 }
+              - { ip: fd00:16::11, port: 80 }
+          - { port: 443, targets: [{ ip: 172.16.0.10, port: 443 }, { ip: fd00:16::10, port: 443 }] }
+endpoints:
+  - id: e1
+    service: s
+    principal: p
+    consumer_network: vpc
+    addresses: [{ zone: z, ip: 10.0.0.1 }, { zone: z, ip: fd00:a::1 }]
+    security_groups: RULES
+";
+
+    fn dual(rules: &str) -> (Ids, Contents) {
+        let config = validate::load("t", &DUAL.replace("RULES", rules), &Facts::default())
+            .expect("valid")
+            .config;
+        let ids = Ids::default().assign(&config);
+        let state = build(&config, &ids, &facts(), 7, &BTreeSet::new()).contents;
+        (ids, state)
+    }
+
+    #[test]
+    fn a_dual_stack_endpoint_has_a_key_per_family_each_with_a_ring_of_its_family() {
+        let (ids, state) = dual("[{ cidr: 0.0.0.0/0 }]");
+        let network = ids.networks["vpc"];
+        let ring_of = |ip: &str| {
+            let ip: IpAddr = ip.parse().unwrap();
+            let key = EndpointKey {
+                network,
+                addr: Addr::from(ip),
+                port_be: 80u16.to_be(),
+                proto: maps::PROTO_TCP,
+                family: Addr::family_of(ip),
+            };
+            let endpoint = state
+                .endpoints
+                .get(&key)
+                .expect("a key of the address's family");
+            assert_eq!(endpoint.slot, ids.endpoints["e1"], "one endpoint");
+            let targets: BTreeSet<String> = state.rings[&endpoint.ring]
+                .iter()
+                .map(|index| {
+                    let target = state.targets[index];
+                    target.addr.ip(target.family).to_string()
+                })
+                .collect();
+            (endpoint.ring, targets)
+        };
+        let (ring4, targets4) = ring_of("10.0.0.1");
+        let (ring6, targets6) = ring_of("fd00:a::1");
+        assert_ne!(ring4, ring6);
+        assert_eq!(
+            targets4,
+            BTreeSet::from(["172.16.0.10".into(), "172.16.0.11".into()])
+        );
+        assert_eq!(
+            targets6,
+            BTreeSet::from(["fd00:16::10".into(), "fd00:16::11".into()])
+        );
+        // Two ports, two families: four rings; both addresses are answered.
+        assert_eq!(state.endpoints.len(), 4);
+        assert_eq!(state.rings.len(), 4);
+        let six = address_key(network, "fd00:a::1".parse().unwrap());
+        assert_eq!(six.family, FAMILY_IPV6);
+        assert_eq!(state.addresses[&six].kind, address_kind::ENDPOINT);
+    }
+
+    #[test]
+    fn nat_addresses_are_ipv4_first_and_counted_per_family() {
+        let (_, state) = dual("[{ cidr: 0.0.0.0/0 }]");
+        let settings = state.settings;
+        assert_eq!((settings.nat_ipv4, settings.nat_ipv6), (2, 2));
+        let nat: Vec<String> = settings.nat[..4]
+            .iter()
+            .map(|a| {
+                assert_eq!(a.ifindex, 3);
+                a.addr.ip(a.family).to_string()
+            })
+            .collect();
+        assert_eq!(
+            nat,
+            [
+                "172.16.0.100",
+                "172.16.0.101",
+                "fd00:16::100",
+                "fd00:16::101"
+            ]
+        );
+        assert_eq!(settings.nat[4], NatAddress::default());
+    }
+
+    #[test]
+    fn security_group_prefixes_carry_their_family_and_widen_only_within_it() {
+        let (ids, state) =
+            dual("[{ cidr: 0.0.0.0/0, ports: [443] }, { cidr: \"fd00:a::/64\", ports: [80] }]");
+        let slot = ids.endpoints["e1"];
+        let groups: Vec<(u32, u8, IpAddr, u32)> = state
+            .security_groups
+            .iter()
+            .map(|((len, prefix), group)| {
+                assert_eq!(prefix.slot, slot);
+                let addr = Addr::ipv6(prefix.addr).ip(prefix.family);
+                (*len, prefix.family, addr, group.ports)
+            })
+            .collect();
+        // Listeners 80 and 443 are bits 0 and 1: the IPv4 /0 does not widen the IPv6 /64.
+        assert_eq!(
+            groups,
+            [
+                (40, FAMILY_IPV4, "0.0.0.0".parse().unwrap(), 0b10),
+                (104, FAMILY_IPV6, "fd00:a::".parse().unwrap(), 0b01),
+            ]
+        );
+        // Everything of one family or the other is two revisions.
+        let policy = |rules: &str| Policy::of(dual(rules).1.policies[&slot]);
+        assert_ne!(
+            policy("[{ cidr: 0.0.0.0/0 }]").revision,
+            policy("[{ cidr: \"::/0\" }]").revision
+        );
+    }
+
+    #[test]
+    fn ring_identities_are_those_of_before_for_ipv4_and_use_every_bit_of_ipv6() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(identity(ip("172.16.0.10"), 80), (0xac10_000a << 16) | 80);
+        assert_ne!(identity(ip("fd00::1"), 80), identity(ip("fd01::1"), 80));
+        assert_ne!(identity(ip("fd00::1"), 80), identity(ip("fd00::2"), 80));
+        assert_ne!(identity(ip("fd00::1"), 80), identity(ip("fd00::1"), 81));
     }
 }

@@ -134,7 +134,7 @@ impl Events {
             load_balancer: &transition.target.listener.load_balancer,
             port: transition.target.listener.port,
             protocol: transition.target.listener.protocol.name(),
-            target: format!("{}:{}", transition.target.ip, transition.target.port),
+            target: transition.target.addr().to_string(),
         });
     }
 

@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{SocketAddr, SocketAddrV4},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -22,7 +22,7 @@ use crate::{
 };
 
 struct Check {
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     spec: HealthCheck,
     healthy: bool,
     /// Consecutive results that disagree with `healthy`.
@@ -35,7 +35,7 @@ struct Check {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub target: TargetKey,
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     pub healthy: bool,
 }
 
@@ -60,7 +60,7 @@ impl Checks {
                         let port = lb.health_check.port.unwrap_or(target.port);
                         wanted.insert(
                             key.target(target),
-                            (SocketAddrV4::new(target.ip, port), lb.health_check.clone()),
+                            (SocketAddr::new(target.ip, port), lb.health_check.clone()),
                         );
                     }
                 }
@@ -97,7 +97,7 @@ impl Checks {
     }
 
     /// Checks that are due now (each is then in flight until its result is recorded).
-    pub fn due(&mut self, now: Instant) -> Vec<(TargetKey, SocketAddrV4, HealthCheck)> {
+    pub fn due(&mut self, now: Instant) -> Vec<(TargetKey, SocketAddr, HealthCheck)> {
         let mut due = Vec::new();
         for (name, check) in &mut self.targets {
             if !check.in_flight && check.next <= now {
@@ -136,18 +136,22 @@ impl Checks {
     }
 }
 
-/// One check of `addr`, bounded by the spec's timeout.
-pub async fn probe(addr: SocketAddrV4, spec: &HealthCheck) -> bool {
+/// One check of `addr` (either family), bounded by the spec's timeout.
+pub async fn probe(addr: SocketAddr, spec: &HealthCheck) -> bool {
     let limit = Duration::from_secs(spec.timeout_seconds.into());
     let attempt = async {
-        let mut stream = TcpStream::connect(SocketAddr::V4(addr)).await.ok()?;
+        let mut stream = TcpStream::connect(addr).await.ok()?;
         if spec.protocol != HealthProtocol::Http {
             return Some(true);
         }
+        // An IPv6 host is written in brackets (RFC 3986).
+        let host = match addr {
+            SocketAddr::V4(addr) => addr.ip().to_string(),
+            SocketAddr::V6(addr) => format!("[{}]", addr.ip()),
+        };
         let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: endpoint-agent\r\nConnection: close\r\n\r\n",
+            "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: endpoint-agent\r\nConnection: close\r\n\r\n",
             spec.path,
-            addr.ip()
         );
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut head = [0u8; 64];
@@ -248,7 +252,7 @@ services:
         .unwrap();
         let mut checks = Checks::default();
         checks.sync(&config);
-        let checked: Vec<(Protocol, SocketAddrV4)> = checks
+        let checked: Vec<(Protocol, SocketAddr)> = checks
             .targets
             .iter()
             .map(|(key, check)| (key.listener.protocol, check.addr))
@@ -277,16 +281,21 @@ services:
 
     #[tokio::test]
     async fn probes_tell_open_from_closed_and_check_http_status() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let SocketAddr::V4(open) = listener.local_addr().unwrap() else {
-            unreachable!()
-        };
+        probes_on("127.0.0.1:0", "Host: 127.0.0.1\r\n").await;
+        probes_on("[::1]:0", "Host: [::1]\r\n").await;
+    }
+
+    /// Checks a server on `loopback` that wants `host` in HTTP requests.
+    async fn probes_on(loopback: &str, host: &'static str) {
+        let listener = tokio::net::TcpListener::bind(loopback).await.unwrap();
+        let open = listener.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
                 let (mut s, _) = listener.accept().await.unwrap();
                 let mut buf = [0u8; 256];
                 let n = s.read(&mut buf).await.unwrap_or(0);
-                let status = if String::from_utf8_lossy(&buf[..n]).contains("/ok") {
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let status = if request.contains("/ok") && request.contains(host) {
                     "200 OK"
                 } else {
                     "503 No"
@@ -301,13 +310,10 @@ services:
             ..HealthCheck::default()
         };
         assert!(probe(open, &tcp).await);
-        let closed = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let std::net::SocketAddr::V4(a) = l.local_addr().unwrap() else {
-                unreachable!()
-            };
-            a
-        };
+        let closed = std::net::TcpListener::bind(loopback)
+            .unwrap()
+            .local_addr()
+            .unwrap();
         assert!(!probe(closed, &tcp).await);
         let http = |path: &str| HealthCheck {
             protocol: HealthProtocol::Http,

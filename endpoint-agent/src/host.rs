@@ -2,20 +2,22 @@
 //! directory so that it is undone even after the agent was killed (`cleanup`), and
 //! checked again every few seconds (other software may change it back).
 //!
-//! - `forwarding`: on for provider interfaces (the route lookup towards targets is made
-//!   from there and the kernel refuses it otherwise).
+//! - `forwarding`: on for provider interfaces, IPv4 and IPv6 (the route lookup towards
+//!   targets is made from there and the kernel refuses it otherwise), with IPv6 router
+//!   advertisements still taken where they were.
 //! - Consumer-only interfaces keep the kernel out, behind the program (which already
 //!   drops whatever is not endpoint traffic): no forwarding (IPv4 or IPv6, whatever
 //!   `net.ipv4.ip_forward` says), no IPv6 at all (no link-local address a consumer
-//!   could reach the node's own services on, no router advertisements taken), and no
-//!   ARP answers from the kernel for the node's own addresses.
-//! - Managed neighbour entries (Linux 5.16+) for each target's next hop: the kernel keeps
-//!   them resolved without traffic, so the XDP route lookup finds the MAC from the first
-//!   SYN on (it cannot trigger ARP itself).
+//!   could reach the node's own services on, no router advertisements taken; the
+//!   program answers neighbour solicitations for IPv6 endpoints itself), and no ARP
+//!   answers from the kernel for the node's own addresses.
+//! - Managed neighbour entries (Linux 5.16+) for each target's next hop, IPv4 or IPv6:
+//!   the kernel keeps them resolved without traffic, so the XDP route lookup finds the
+//!   MAC from the first SYN on (it cannot trigger ARP or neighbour discovery itself).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::Path,
     process::Command,
 };
@@ -31,7 +33,7 @@ pub struct Host {
     /// Sysctl file the agent keeps → the value it had when the agent first looked.
     sysctls: BTreeMap<String, String>,
     /// Managed neighbour entries the agent made: (address, device).
-    neighbours: BTreeSet<(Ipv4Addr, String)>,
+    neighbours: BTreeSet<(IpAddr, String)>,
 }
 
 const FILE: &str = "host.json";
@@ -50,8 +52,22 @@ impl Host {
                 // Not on the node (yet): nothing to set.
                 continue;
             }
+            if interface.role.provider() {
+                // IPv6 forwarding makes the kernel drop the router advertisements
+                // `accept_ra` 1 takes (the interface's own IPv6 addresses and default
+                // route would run out): 2 keeps taking them.
+                let ra = format!("/proc/sys/net/ipv6/conf/{name}/accept_ra");
+                if self.sysctls.contains_key(&ra)
+                    || std::fs::read_to_string(&ra).is_ok_and(|v| v.trim() == "1")
+                {
+                    self.set_sysctl(ra, "2")?;
+                }
+            }
             let settings: &[(&str, &str)] = if interface.role.provider() {
-                &[("net/ipv4/conf/{}/forwarding", "1")]
+                &[
+                    ("net/ipv4/conf/{}/forwarding", "1"),
+                    ("net/ipv6/conf/{}/forwarding", "1"),
+                ]
             } else {
                 &[
                     ("net/ipv4/conf/{}/forwarding", "0"),
@@ -69,7 +85,7 @@ impl Host {
                 self.set_sysctl(path, value)?;
             }
         }
-        let wanted: BTreeSet<(Ipv4Addr, String)> =
+        let wanted: BTreeSet<(IpAddr, String)> =
             targets(config).into_iter().filter_map(next_hop).collect();
         for (address, dev) in wanted.difference(&self.neighbours.clone()) {
             self.keep_resolved(*address, dev)?;
@@ -124,7 +140,7 @@ impl Host {
     }
 
     /// Makes the kernel keep the neighbour `address` on `dev` resolved.
-    fn keep_resolved(&mut self, address: Ipv4Addr, dev: &str) -> Result<()> {
+    fn keep_resolved(&mut self, address: IpAddr, dev: &str) -> Result<()> {
         let existing = ip(&["neigh", "show", &address.to_string(), "dev", dev])?;
         if existing.contains("PERMANENT") {
             return Ok(());
@@ -143,7 +159,7 @@ impl Host {
     }
 }
 
-fn targets(config: &Config) -> BTreeSet<Ipv4Addr> {
+fn targets(config: &Config) -> BTreeSet<IpAddr> {
     config
         .services
         .iter()
@@ -155,11 +171,17 @@ fn targets(config: &Config) -> BTreeSet<Ipv4Addr> {
 }
 
 /// The next hop (and device) towards `target`, if the node has a route there.
-fn next_hop(target: Ipv4Addr) -> Option<(Ipv4Addr, String)> {
+fn next_hop(target: IpAddr) -> Option<(IpAddr, String)> {
     let Ok(route) = ip(&["-o", "route", "get", &target.to_string()]) else {
         log::warn!("target {target}: no route from this node; its flows will be dropped");
         return None;
     };
+    hop(target, &route)
+}
+
+/// The next hop in `ip route get`'s answer for `target` (either family: an IPv6 next
+/// hop is often a link-local address).
+fn hop(target: IpAddr, route: &str) -> Option<(IpAddr, String)> {
     let words: Vec<&str> = route.split_whitespace().collect();
     let after = |word| {
         words
@@ -175,7 +197,7 @@ fn next_hop(target: Ipv4Addr) -> Option<(Ipv4Addr, String)> {
     Some((hop, dev.to_string()))
 }
 
-fn forget(address: Ipv4Addr, dev: &str) {
+fn forget(address: IpAddr, dev: &str) {
     if let Err(e) = ip(&["neigh", "del", &address.to_string(), "dev", dev]) {
         log::warn!("removing neighbour {address} on {dev}: {e:#}");
     }
@@ -195,4 +217,44 @@ fn ip(args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hop;
+
+    #[test]
+    fn next_hops_of_either_family_come_from_route_get() {
+        let hop = |target: &str, route: &str| {
+            hop(target.parse().unwrap(), route).map(|(ip, dev)| format!("{ip} {dev}"))
+        };
+        assert_eq!(
+            hop(
+                "172.16.0.10",
+                "172.16.0.10 dev prov src 172.16.0.1 uid 0 \\    cache "
+            ),
+            Some("172.16.0.10 prov".into())
+        );
+        assert_eq!(
+            hop(
+                "2001:db8:16::10",
+                "2001:db8:16::10 from :: via fe80::1 dev prov proto ra src 2001:db8:16::1 metric 1024 pref medium"
+            ),
+            Some("fe80::1 prov".into())
+        );
+        assert_eq!(
+            hop(
+                "2001:db8:16::10",
+                "2001:db8:16::10 from :: dev prov proto kernel src 2001:db8:16::1 metric 256 pref medium"
+            ),
+            Some("2001:db8:16::10 prov".into())
+        );
+        assert_eq!(
+            hop(
+                "2001:db8:16::1",
+                "local 2001:db8:16::1 dev lo table local proto kernel src 2001:db8:16::1 metric 0 pref medium"
+            ),
+            None
+        );
+    }
 }

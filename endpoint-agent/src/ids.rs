@@ -252,6 +252,27 @@ mod tests {
         assert_eq!(third.endpoints["a"], first.endpoints["a"]);
     }
 
+    /// Ids an agent kept before IPv6 (rings without a family) are IPv4 rings: an
+    /// upgraded agent keeps their numbers.
+    #[test]
+    fn ids_kept_before_ipv6_keep_their_rings_and_targets() {
+        let config = crate::config::parse(
+            "t",
+            "node: { interfaces: [] }\nservices:\n  - { name: s, load_balancers: [{ name: lb, zone: z, listeners: [{ port: 80, targets: [{ ip: 10.0.0.1, port: 80 }] }] }] }\nendpoints:\n  - { id: e, service: s, principal: p, consumer_network: n, ip: 10.1.0.1, zone: z }\n",
+        )
+        .unwrap();
+        let listener = r#"{"service":"s","load_balancer":"lb","port":80,"protocol":"tcp"}"#;
+        let kept = format!(
+            r#"{{"networks":{{"n":1}},"endpoints":{{"e":1}},"uids":{{"e":1}},"next_uid":2,
+            "rings":[[{{"listener":{listener},"zone":"z"}},7]],
+            "targets":[[{{"listener":{listener},"ip":"10.0.0.1","port":80}},9]]}}"#
+        );
+        let kept: Ids = serde_json::from_str(&kept).unwrap();
+        let ids = kept.assign(&config);
+        assert_eq!(ids.rings.values().collect::<Vec<_>>(), [&7]);
+        assert_eq!(ids.targets.values().collect::<Vec<_>>(), [&9]);
+    }
+
     #[test]
     fn inserting_a_network_that_sorts_first_moves_nobody() {
         let first = keep(&BTreeMap::new(), names(&["vpc-b"]), 1);

@@ -2,11 +2,16 @@
 //! never joined into strings: service `a/b` with load balancer `c` and service `a` with
 //! load balancer `b/c` are different listeners whatever characters names may hold.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Listener, LoadBalancer, Protocol, Service, Target};
+use endpoint_common::maps::FAMILY_IPV4;
+
+use crate::config::{Listener, LoadBalancer, Protocol, Service, Target, family_name};
 
 /// A listener: a port and protocol of a load balancer of a service (a port may have a
 /// TCP and a UDP listener).
@@ -39,28 +44,45 @@ impl ListenerKey {
         }
     }
 
-    /// This listener's ring for endpoints in `zone`.
-    pub fn ring(&self, zone: &str) -> RingKey {
+    /// This listener's ring for endpoint addresses of `family` in `zone`.
+    pub fn ring(&self, zone: &str, family: u8) -> RingKey {
         RingKey {
             listener: self.clone(),
             zone: zone.to_string(),
+            family,
         }
     }
 }
 
-/// A Maglev ring: the targets of one listener that endpoints in one zone use.
+/// A Maglev ring: the targets of one listener that endpoint addresses of one family in
+/// one zone use (an address's flows go to targets of its own family).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RingKey {
     pub listener: ListenerKey,
     pub zone: String,
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`; absent in ids kept by agents from before IPv6:
+    /// those rings were all IPv4 (and keep their numbers).
+    #[serde(default = "ipv4")]
+    pub family: u8,
+}
+
+fn ipv4() -> u8 {
+    FAMILY_IPV4
 }
 
 /// A target of one listener (the same address under two listeners is two targets).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TargetKey {
     pub listener: ListenerKey,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
+}
+
+impl TargetKey {
+    /// The target's address and port (`[2001:db8::1]:80` for IPv6).
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
 }
 
 impl fmt::Display for ListenerKey {
@@ -75,13 +97,19 @@ impl fmt::Display for ListenerKey {
 
 impl fmt::Display for RingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} zone {:?}", self.listener, self.zone)
+        write!(
+            f,
+            "{} zone {:?} {}",
+            self.listener,
+            self.zone,
+            family_name(self.family)
+        )
     }
 }
 
 impl fmt::Display for TargetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{} of {}", self.ip, self.port, self.listener)
+        write!(f, "{} of {}", self.addr(), self.listener)
     }
 }
 

@@ -381,7 +381,7 @@ pub fn render(
                     "listener",
                     format!("{}/{}", key.listener.port, key.listener.protocol),
                 ),
-                ("target", format!("{}:{}", key.ip, key.port)),
+                ("target", key.addr().to_string()),
             ];
             let up = !snapshot.unhealthy.contains(&key);
             healthy.get_or_create(&labels).set(i64::from(up));

@@ -11,23 +11,25 @@
 //!   enables `private_dns` (once verified, if verification is configured).
 //!
 //! A network sees only its own endpoints' names, and only while they are available.
+//! Names have A records only: an endpoint's IPv6 addresses are left out (AAAA records are
+//! later work), so a name whose addresses are all IPv6 exists with no records.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use endpoint_common::{
     dns,
     maps::{
-        Addr, Address, DnsSettings, MAX_NAME_ADDRESSES, MAX_NS, MAX_SOA, Name, NameKey,
-        address_kind, name_flag,
+        Address, DnsSettings, MAX_NAME_ADDRESSES, MAX_NS, MAX_SOA, Name, NameKey, address_kind,
+        name_flag,
     },
 };
 
 use crate::{
     acceptance,
-    config::{Config, State},
+    config::{Config, EndpointAddress, State},
     desired::{self, Desired},
     ids::Ids,
     pipeline::{Failover, Inputs},
@@ -97,6 +99,10 @@ pub fn records(
         let Some(&network) = ids.networks.get(&resolver.consumer_network) else {
             continue;
         };
+        // Validation refuses IPv6 resolver addresses (DNS is answered over IPv4).
+        let IpAddr::V4(resolver_ip) = resolver.ip else {
+            continue;
+        };
         let names: &mut BTreeMap<String, Records> = all.entry(network).or_default();
         // A name in the domain's zone.
         let under = || Records {
@@ -113,7 +119,7 @@ pub fn records(
         names.insert(
             format!("ns.{domain}"),
             Records {
-                addresses: vec![(resolver.ip, 0)],
+                addresses: vec![(resolver_ip, 0)],
                 ..under()
             },
         );
@@ -137,10 +143,12 @@ pub fn records(
             if served.is_empty() {
                 continue;
             }
-            let addresses: Vec<(Ipv4Addr, u8)> = served
-                .iter()
-                .map(|a| (a.ip, zones.get(&a.zone).copied().unwrap_or(0)))
-                .collect();
+            // An A record, for an IPv4 address.
+            let record = |a: &EndpointAddress| match a.ip {
+                IpAddr::V4(ip) => Some((ip, zones.get(&a.zone).copied().unwrap_or(0))),
+                IpAddr::V6(_) => None,
+            };
+            let addresses: Vec<(Ipv4Addr, u8)> = served.iter().filter_map(record).collect();
             names
                 .entry(format!("{}.{domain}", service.name.to_ascii_lowercase()))
                 .or_insert_with(under);
@@ -151,14 +159,13 @@ pub fn records(
                     ..under()
                 },
             );
-            for (address, &(ip, zone)) in served.iter().zip(&addresses) {
-                names.insert(
-                    zonal(&endpoint.id, &address.zone, &service.name, &domain),
-                    Records {
-                        addresses: vec![(ip, zone)],
-                        ..under()
-                    },
-                );
+            // A dual-stack zone's two addresses share the zonal name.
+            for address in &served {
+                names
+                    .entry(zonal(&endpoint.id, &address.zone, &service.name, &domain))
+                    .or_insert_with(under)
+                    .addresses
+                    .extend(record(address));
             }
             if let Some(private) = &service.private_dns_name
                 && endpoint.private_dns
@@ -201,11 +208,15 @@ pub fn build(config: &Config, ids: &Ids, inputs: &Inputs, desired: &mut Desired)
     let facts = inputs.facts;
     let state = &mut desired.contents;
     let zones = zone_ids(config);
+    // IPv4 only: validation refuses the others.
     let resolvers: BTreeMap<&str, Ipv4Addr> = config
         .dns
         .iter()
         .flat_map(|d| &d.resolvers)
-        .map(|r| (r.consumer_network.as_str(), r.ip))
+        .filter_map(|r| match r.ip {
+            IpAddr::V4(ip) => Some((r.consumer_network.as_str(), ip)),
+            IpAddr::V6(_) => None,
+        })
         .collect();
     for interface in &config.node.interfaces {
         let (Some(link), Some(network)) = (
@@ -226,7 +237,7 @@ pub fn build(config: &Config, ids: &Ids, inputs: &Inputs, desired: &mut Desired)
         if let Some(ip) = resolvers.get(network) {
             entry.resolver = ip.octets();
             state.addresses.insert(
-                desired::address_key(ids.networks[network], Addr::ipv4(ip.octets())),
+                desired::address_key(ids.networks[network], IpAddr::V4(*ip)),
                 Address {
                     kind: address_kind::RESOLVER,
                     slot: 0,
@@ -429,5 +440,40 @@ dns:
         );
         let ns = &settings.ns[..settings.ns_len as usize];
         assert_eq!(&ns[..4], &[0, 2, 0, 1]);
+    }
+
+    #[test]
+    fn ipv6_addresses_stay_out_of_a_records() {
+        let text = CONFIG
+            .replace(
+                "nat_addresses: [172.16.0.100]",
+                "nat_addresses: [172.16.0.100, fd00:16::100]",
+            )
+            .replace(
+                "targets: [{ ip: 172.16.0.10, port: 80 }]",
+                "targets: [{ ip: 172.16.0.10, port: 80 }, { ip: fd00:16::10, port: 80 }]",
+            )
+            .replace(
+                "{ zone: z2, ip: 10.0.0.2 }]",
+                "{ zone: z2, ip: 10.0.0.2 }, { zone: z2, ip: fd00:a::2 }, { zone: z3, ip: fd00:a::3 }]",
+            );
+        let config = validate::load("t", &text, &Facts::default())
+            .expect("valid")
+            .config;
+        let ids = Ids::default().assign(&config);
+        let zones = zone_ids(&config);
+        let a =
+            &records(&config, &ids, &BTreeSet::new(), &Failover::default())[&ids.networks["vpc-a"]];
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            a["e1.orders.endpoints.internal"].addresses,
+            [(ip("10.0.0.1"), zones["z1"]), (ip("10.0.0.2"), zones["z2"])]
+        );
+        // z2 is dual-stack: its IPv4 address; z3 has only an IPv6 one: no records.
+        assert_eq!(
+            a["e1-z2.orders.endpoints.internal"].addresses,
+            [(ip("10.0.0.2"), zones["z2"])]
+        );
+        assert!(a["e1-z3.orders.endpoints.internal"].addresses.is_empty());
     }
 }

@@ -3,10 +3,10 @@
 //! back if it fails half-way. The agent, `plan`, the packet tests and the benchmarks all
 //! go through it, so a new table or step is added here once.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use anyhow::{Context as _, Result};
-use endpoint_common::maps::{Addr, address_kind};
+use endpoint_common::maps::address_kind;
 
 use crate::{
     apply,
@@ -61,27 +61,27 @@ pub struct Inputs<'a> {
     pub failover: &'a Failover,
 }
 
-/// In a zoned fleet: which endpoint addresses (consumer network, IP) this node answers
-/// for, as the elections in the store say. Not zoned (a node alone, or a fleet without
-/// zones): it answers for every address.
+/// In a zoned fleet: which endpoint addresses (consumer network, IP of either family)
+/// this node answers for, as the elections in the store say. Not zoned (a node alone,
+/// or a fleet without zones): it answers for every address.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Failover {
     pub zoned: bool,
     /// The addresses this node holds: ARP is answered for these alone; the others are
     /// carried when traffic reaches them, not announced.
-    pub mine: BTreeSet<(String, Ipv4Addr)>,
+    pub mine: BTreeSet<(String, IpAddr)>,
     /// The addresses some live node holds: DNS names these alone.
-    pub held: BTreeSet<(String, Ipv4Addr)>,
+    pub held: BTreeSet<(String, IpAddr)>,
 }
 
 impl Failover {
     /// Another node answers ARP for it (or none does yet).
-    pub fn standby(&self, network: &str, ip: Ipv4Addr) -> bool {
+    pub fn standby(&self, network: &str, ip: IpAddr) -> bool {
         self.zoned && !self.mine.contains(&(network.to_string(), ip))
     }
 
     /// No live node holds it: left out of DNS answers.
-    pub fn unserved(&self, network: &str, ip: Ipv4Addr) -> bool {
+    pub fn unserved(&self, network: &str, ip: IpAddr) -> bool {
         self.zoned && !self.held.contains(&(network.to_string(), ip))
     }
 }
@@ -197,7 +197,7 @@ impl Applied {
                 {
                     continue;
                 }
-                let key = desired::address_key(network, Addr::ipv4(address.ip.octets()));
+                let key = desired::address_key(network, address.ip);
                 if let Some(address) = desired.contents.addresses.get_mut(&key)
                     && address.kind == address_kind::ENDPOINT
                 {

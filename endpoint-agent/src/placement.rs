@@ -1,11 +1,14 @@
 //! Placement: each address of an endpoint is placed on one of its service's load
 //! balancers in the address's zone (any zone if none is there), taking turns across the
-//! service's endpoint addresses of that zone in file order, so that every node places
-//! alike. From that follow the rings: one per listener of a load balancer and zone of
-//! the addresses placed on it. Validation counts them, ids number them and the desired state fills them from
-//! this one enumeration.
+//! service's endpoints of that zone in file order, so that every node places alike (a
+//! dual-stack endpoint's two addresses in a zone take one turn: one load balancer). From
+//! that follow the rings: one per listener of a load balancer, zone and family of the
+//! addresses placed on it. Validation counts them, ids number them and the desired state
+//! fills them from this one enumeration.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use endpoint_common::maps::Addr;
 
 use crate::{
     config::{Config, Endpoint, EndpointAddress, Listener, LoadBalancer, Protocol, Service},
@@ -35,7 +38,7 @@ impl<'a> Placed<'a> {
     pub fn listeners(&self) -> impl Iterator<Item = PlacedListener<'a>> + '_ {
         self.load_balancer.listeners.iter().map(|listener| {
             let key = ListenerKey::of(self.service, self.load_balancer, listener);
-            let ring = key.ring(&self.address.zone);
+            let ring = key.ring(&self.address.zone, Addr::family_of(self.address.ip));
             let index = listener_index(self.service, listener.port, listener.protocol);
             PlacedListener {
                 index,
@@ -79,7 +82,18 @@ pub fn place(config: &Config) -> Vec<Placed<'_>> {
         let Some(&service) = services.get(endpoint.service.as_str()) else {
             continue;
         };
+        // This endpoint's load balancer in each zone so far.
+        let mut chosen: BTreeMap<String, &LoadBalancer> = BTreeMap::new();
         for address in endpoint.addresses() {
+            if let Some(&load_balancer) = chosen.get(&address.zone) {
+                placed.push(Placed {
+                    endpoint,
+                    address,
+                    service,
+                    load_balancer,
+                });
+                continue;
+            }
             let local: Vec<&LoadBalancer> = service
                 .load_balancers
                 .iter()
@@ -98,6 +112,7 @@ pub fn place(config: &Config) -> Vec<Placed<'_>> {
                 .or_default();
             let load_balancer = candidates[*turn % candidates.len()];
             *turn += 1;
+            chosen.insert(address.zone.clone(), load_balancer);
             placed.push(Placed {
                 endpoint,
                 address,

@@ -13,6 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::{self, Write as _},
+    net::SocketAddr,
 };
 
 use endpoint_common::maps::{
@@ -410,11 +411,10 @@ impl fmt::Display for Shown<'_> {
                     let (key, value, _, _) = parts(op);
                     let _ = write!(
                         line,
-                        "endpoint {} listens at {} {}:{}/{} (ring {})",
+                        "endpoint {} listens at {} {}/{} (ring {})",
                         Names::of(&n.endpoints, value.slot),
                         Names::of(&n.networks, key.network),
-                        ipv4(key.addr),
-                        u16::from_be(key.port_be),
+                        SocketAddr::new(key.addr.ip(key.family), u16::from_be(key.port_be)),
                         Protocol::of(key.proto).map_or("?", Protocol::name),
                         Names::of(&n.rings, value.ring)
                     );
@@ -474,10 +474,9 @@ impl fmt::Display for Shown<'_> {
                     let (index, value, _, _) = parts(op);
                     let _ = write!(
                         line,
-                        "target {} ({}:{})",
+                        "target {} ({})",
                         Names::of(&n.targets, *index),
-                        ipv4(value.addr),
-                        u16::from_be(value.port_be)
+                        SocketAddr::new(value.addr.ip(value.family), u16::from_be(value.port_be))
                     );
                 }
                 Change::Ring {
@@ -513,7 +512,7 @@ impl fmt::Display for Shown<'_> {
                             .map(|a| {
                                 format!(
                                     "{} on {}",
-                                    ipv4(a.addr),
+                                    a.addr.ip(a.family),
                                     Names::of(&n.interfaces, a.ifindex)
                                 )
                             })
@@ -552,14 +551,14 @@ impl fmt::Display for Shown<'_> {
                         let _ = write!(
                             line,
                             "NAT address {} answered on {}",
-                            ipv4(key.addr),
+                            key.addr.ip(key.family),
                             Names::of(&n.interfaces, key.scope & !maps::nat_scope(0))
                         );
                     } else if value.kind == maps::address_kind::RESOLVER {
                         let _ = write!(
                             line,
                             "resolver address {} answered in {}",
-                            ipv4(key.addr),
+                            key.addr.ip(key.family),
                             Names::of(&n.networks, key.scope)
                         );
                     } else {
@@ -571,20 +570,19 @@ impl fmt::Display for Shown<'_> {
                         let _ = write!(
                             line,
                             "endpoint address {} {how} in {}",
-                            ipv4(key.addr),
+                            key.addr.ip(key.family),
                             Names::of(&n.networks, key.scope)
                         );
                     }
                 }
                 Change::SecurityGroup(op) => {
                     let ((len, prefix), value, _, _) = parts(op);
-                    let mut addr = [0u8; 4];
-                    addr.copy_from_slice(&prefix.addr[..4]);
                     let _ = write!(
                         line,
                         "security group of endpoint {}: {}/{} may use listener(s) {:#b}",
                         Names::of(&n.endpoints, prefix.slot),
-                        std::net::Ipv4Addr::from(addr),
+                        // The key's sixteen bytes, read as its family says.
+                        maps::Addr::ipv6(prefix.addr).ip(prefix.family),
                         len - SourcePrefix::FIXED_BITS,
                         value.ports
                     );
@@ -652,10 +650,6 @@ fn state_name(code: u8) -> &'static str {
         .into_iter()
         .find(|s| s.code() == code)
         .map_or("unknown", State::name)
-}
-
-fn ipv4(addr: maps::Addr) -> std::net::Ipv4Addr {
-    std::net::Ipv4Addr::from(addr.ipv4_be().to_ne_bytes())
 }
 
 #[cfg(test)]
@@ -933,5 +927,32 @@ mod tests {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect()
         );
+    }
+
+    #[test]
+    fn ipv6_addresses_are_shown_as_ipv6() {
+        let text = "node:\n  interfaces:\n    - { name: cons-a, role: consumer, consumer_network: vpc-a }\n    - { name: prov, role: provider, nat_addresses: [172.16.0.100, fd00:16::100] }\nservices:\n  - name: s1\n    acceptance_required: false\n    allowed_principals: [p]\n    load_balancers: [{ name: lb, zone: z, listeners: [{ port: 80, targets: [{ ip: fd00:16::10, port: 9000 }] }] }]\nendpoints:\n  - { id: e1, service: s1, principal: p, consumer_network: vpc-a, ip: fd00:a::1, zone: z, security_groups: [{ cidr: \"fd00:a::/64\" }] }\n";
+        let config = validate::load("t", text, &Facts::default())
+            .expect("valid")
+            .config;
+        let ids = Ids::default().assign(&config);
+        let plan = Plan::between(&Contents::default(), &build(&config, &ids));
+        let interfaces = [("prov".to_string(), 4)].into();
+        let shown = Shown {
+            plan: &plan,
+            names: &Names::new(&ids, &interfaces),
+        }
+        .to_string();
+        for line in [
+            "endpoint e1 listens at vpc-a [fd00:a::1]:80/tcp",
+            "target ",
+            "([fd00:16::10]:9000)",
+            "NAT addresses [] -> [172.16.0.100 on prov, fd00:16::100 on prov]",
+            "NAT address fd00:16::100 answered on prov",
+            "endpoint address fd00:a::1 answered in vpc-a",
+            "security group of endpoint e1: fd00:a::/64 may use",
+        ] {
+            assert!(shown.contains(line), "{line:?} missing from:\n{shown}");
+        }
     }
 }

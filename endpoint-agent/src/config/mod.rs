@@ -4,7 +4,7 @@
 
 mod lines;
 
-use std::{fmt, net::Ipv4Addr};
+use std::{fmt, net::IpAddr};
 
 use serde::Deserialize;
 
@@ -53,7 +53,8 @@ fn dns_ttl() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct Resolver {
     pub consumer_network: String,
-    pub ip: Ipv4Addr,
+    /// IPv4 only for now (validation says so): the data path answers DNS over IPv4.
+    pub ip: IpAddr,
 }
 
 /// How private DNS names are verified: a TXT record `_endpoint-verification.<name>`
@@ -181,9 +182,10 @@ pub struct Interface {
     pub role: Role,
     /// For `consumer` and `both`: the consumer network (VPC) behind this interface.
     pub consumer_network: Option<String>,
-    /// For `provider` and `both`: addresses targets see connections come from.
+    /// For `provider` and `both`: addresses targets see connections come from (a
+    /// target is reached from one of its own family).
     #[serde(default)]
-    pub nat_addresses: Vec<Ipv4Addr>,
+    pub nat_addresses: Vec<IpAddr>,
     /// For `consumer` and `both`: the zone its clients are in (DNS answers list an
     /// endpoint's address in that zone first).
     pub zone: Option<String>,
@@ -442,7 +444,7 @@ impl fmt::Display for Protocol {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     #[serde(default = "one")]
     pub weight: u32,
@@ -454,7 +456,8 @@ fn one() -> u32 {
     1
 }
 
-/// An interface endpoint: IP addresses in a consumer network, one per zone, that reach a
+/// An interface endpoint: IP addresses in a consumer network, one per zone and family
+/// (a dual-stack endpoint has an IPv4 and an IPv6 address in a zone), that reach a
 /// service.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -464,9 +467,9 @@ pub struct Endpoint {
     pub principal: String,
     pub consumer_network: String,
     /// One address: `ip` and `zone` (shorthand for one entry of `addresses`) ...
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<IpAddr>,
     pub zone: Option<String>,
-    /// ... or one per zone.
+    /// ... or one per zone and family.
     #[serde(default)]
     pub addresses: Vec<EndpointAddress>,
     /// Whether the service's `private_dns_name` resolves to this endpoint in its network.
@@ -490,7 +493,7 @@ pub struct Endpoint {
 #[serde(deny_unknown_fields)]
 pub struct EndpointAddress {
     pub zone: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
 }
 
 impl Endpoint {
@@ -528,12 +531,23 @@ impl Endpoint {
     }
 }
 
+/// How messages name an address family ([`endpoint_common::maps::FAMILY_IPV4`] or
+/// `FAMILY_IPV6`).
+pub fn family_name(family: u8) -> &'static str {
+    if family == endpoint_common::maps::FAMILY_IPV6 {
+        "IPv6"
+    } else {
+        "IPv4"
+    }
+}
+
 /// Sources (a CIDR) and listener ports (all if absent) allowed to use an endpoint; a
 /// port allows its TCP and its UDP listener unless `protocol` names one.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupRule {
-    pub cidr: ipnet::Ipv4Net,
+    /// Of either family; it matches sources of its own.
+    pub cidr: ipnet::IpNet,
     pub ports: Option<Vec<u16>>,
     pub protocol: Option<Protocol>,
 }

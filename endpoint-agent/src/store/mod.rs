@@ -18,7 +18,7 @@ pub use follow::Elections;
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::IpAddr,
     str::FromStr,
     time::Duration,
 };
@@ -387,9 +387,10 @@ impl fmt::Display for Fleet {
     }
 }
 
-/// The election key (under `PREFIX/zones/`) of an endpoint address:
-/// `zone/network/ip`, a `/` inside a name written `%2F` (names never hold `%`).
-pub fn claim(zone: &str, network: &str, ip: Ipv4Addr) -> String {
+/// The election key (under `PREFIX/zones/`) of an endpoint address of either family:
+/// `zone/network/ip`, a `/` inside a name written `%2F` (names never hold `%`; IPv6
+/// addresses no `/`).
+pub fn claim(zone: &str, network: &str, ip: IpAddr) -> String {
     format!(
         "{}/{}/{ip}",
         zone.replace('/', "%2F"),
@@ -398,7 +399,7 @@ pub fn claim(zone: &str, network: &str, ip: Ipv4Addr) -> String {
 }
 
 /// The (consumer network, IP) of a claim, if it is one.
-fn claimed(claim: &str) -> Option<(String, Ipv4Addr)> {
+fn claimed(claim: &str) -> Option<(String, IpAddr)> {
     let mut parts = claim.split('/');
     let (_zone, network, ip) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {

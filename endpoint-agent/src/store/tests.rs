@@ -194,3 +194,32 @@ fn claims_keep_names_with_slashes_apart() {
     assert_eq!(claimed("z/1/vpc/10.0.0.1"), None);
     assert_eq!(claimed("z/vpc/not-an-ip"), None);
 }
+
+#[test]
+fn a_zones_ipv6_addresses_are_elected_like_its_ipv4_ones() {
+    let config = crate::validate::load(
+        "t",
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/dual-stack.yaml"
+        ))
+        .unwrap(),
+        &crate::facts::Facts::default(),
+    )
+    .expect("valid")
+    .config;
+    let zone = claims(&config, "zone-1");
+    let six = "zone-1/vpc-a/fd00:a::100".to_string();
+    assert!(
+        zone.contains(&six) && zone.contains("zone-1/vpc-a/10.0.0.100"),
+        "{zone:?}"
+    );
+    let ip = "fd00:a::100".parse().unwrap();
+    assert_eq!(claimed(&six), Some(("vpc-a".to_string(), ip)));
+    let elections = Elections {
+        mine: BTreeSet::new(),
+        held: BTreeSet::from([six]),
+    };
+    let left = failover(&elections);
+    assert!(left.standby("vpc-a", ip) && !left.unserved("vpc-a", ip));
+}

@@ -5,17 +5,17 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     path::Path,
 };
 
 use endpoint_common::{
     dns::MAX_APEX_LABELS,
-    maps::{MAX_IFINDEX, MAX_NAME_ADDRESSES},
+    maps::{Addr, MAX_IFINDEX, MAX_NAME_ADDRESSES},
 };
 
 use crate::{
-    config::{self, Config, HealthProtocol, Invalid, Lines, Protocol, State},
+    config::{self, Config, HealthProtocol, Invalid, Lines, Protocol, State, family_name},
     facts::Facts,
     placement,
 };
@@ -174,9 +174,35 @@ impl Problems {
     }
 }
 
-/// A usable unicast host address.
-fn unicast(ip: Ipv4Addr) -> bool {
-    !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
+/// Why `ip` is not a usable unicast host address, if it is not. IPv6: global or
+/// unique-local only (a link-local address means nothing off its link, and an
+/// IPv4-mapped one is IPv4 traffic in disguise).
+fn not_unicast(ip: IpAddr) -> Option<String> {
+    let usable = match ip {
+        IpAddr::V4(ip) => {
+            !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
+        }
+        IpAddr::V6(ip) => {
+            !(ip.is_unspecified()
+                || ip.is_loopback()
+                || ip.is_multicast()
+                || ip.is_unicast_link_local()
+                || ip.to_ipv4_mapped().is_some())
+        }
+    };
+    match (usable, ip) {
+        (true, _) => None,
+        (false, IpAddr::V4(_)) => Some(format!("{ip} is not a unicast host address")),
+        (false, IpAddr::V6(_)) => Some(format!(
+            "{ip} is not a unicast host address (IPv6: global or unique-local, not \
+             link-local or IPv4-mapped)"
+        )),
+    }
+}
+
+/// "IPv4" or "IPv6", as messages name `ip`'s family.
+fn family(ip: IpAddr) -> &'static str {
+    family_name(Addr::family_of(ip))
 }
 
 fn list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
@@ -260,12 +286,8 @@ fn node(config: &Config, facts: &Facts, problems: &mut Problems) -> BTreeSet<Str
             );
         }
         for (j, &addr) in interface.nat_addresses.iter().enumerate() {
-            if !unicast(addr) {
-                problems.error(
-                    &object,
-                    path(&format!("nat_addresses[{j}]")),
-                    format!("{addr} is not a unicast host address"),
-                );
+            if let Some(why) = not_unicast(addr) {
+                problems.error(&object, path(&format!("nat_addresses[{j}]")), why);
             }
             if !nat_addresses.insert(addr) {
                 problems.error(
@@ -320,7 +342,7 @@ fn node(config: &Config, facts: &Facts, problems: &mut Problems) -> BTreeSet<Str
     if ports.first <= last && first <= ports.last {
         for (i, interface) in node.interfaces.iter().enumerate() {
             for (j, &addr) in interface.nat_addresses.iter().enumerate() {
-                if facts.local_addresses.contains(&IpAddr::V4(addr)) {
+                if facts.local_addresses.contains(&addr) {
                     problems.error(
                         &format!("interface {:?}", interface.name),
                         format!("node.interfaces[{i}].nat_addresses[{j}]"),
@@ -341,6 +363,14 @@ fn node(config: &Config, facts: &Facts, problems: &mut Problems) -> BTreeSet<Str
 }
 
 fn services(config: &Config, problems: &mut Problems) {
+    // A target is reached from a NAT address of its own family.
+    let nat_families: BTreeSet<&str> = config
+        .node
+        .interfaces
+        .iter()
+        .flat_map(|i| &i.nat_addresses)
+        .map(|&ip| family(ip))
+        .collect();
     let mut names = BTreeSet::new();
     for (s, service) in config.services.iter().enumerate() {
         let object = format!("service {:?}", service.name);
@@ -542,11 +572,20 @@ fn services(config: &Config, problems: &mut Problems) {
                 let mut seen = BTreeSet::new();
                 for (t, target) in listener.targets.iter().enumerate() {
                     let field = |f: &str| format!("{}[{t}].{f}", path("targets"));
-                    if !unicast(target.ip) {
+                    if let Some(why) = not_unicast(target.ip) {
+                        problems.error(&lb_object, field("ip"), why);
+                    }
+                    // No NAT address at all is reported once, for the node.
+                    let f = family(target.ip);
+                    if !nat_families.is_empty() && !nat_families.contains(f) {
                         problems.error(
                             &lb_object,
                             field("ip"),
-                            format!("{} is not a unicast host address", target.ip),
+                            format!(
+                                "{f} target {}, but the node has no {f} NAT address to reach \
+                                 it from: give a provider interface one in nat_addresses",
+                                target.ip
+                            ),
                         );
                     }
                     if target.port == 0 {
@@ -570,7 +609,10 @@ fn services(config: &Config, problems: &mut Problems) {
                         problems.error(
                             &lb_object,
                             field("ip"),
-                            format!("target {}:{} listed twice", target.ip, target.port),
+                            format!(
+                                "target {} listed twice",
+                                std::net::SocketAddr::new(target.ip, target.port)
+                            ),
                         );
                     }
                 }
@@ -615,7 +657,7 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
         .collect();
     let mut ids = BTreeSet::new();
     // (network, ip) → endpoint id that has it.
-    let mut bound: BTreeMap<(&str, Ipv4Addr), &str> = BTreeMap::new();
+    let mut bound: BTreeMap<(&str, IpAddr), &str> = BTreeMap::new();
     for (e, endpoint) in config.endpoints.iter().enumerate() {
         let object = format!("endpoint {:?}", endpoint.id);
         let path = |field: &str| format!("endpoints[{e}].{field}");
@@ -631,33 +673,43 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
             _ => problems.error(
                 &object,
                 path("ip"),
-                "an endpoint needs ip and zone (one address), or addresses (one per zone)".into(),
+                "an endpoint needs ip and zone (one address), or addresses (one per zone and \
+                 family)"
+                    .into(),
             ),
         }
-        if addresses.len() > MAX_NAME_ADDRESSES {
-            problems.error(
-                &object,
-                path("addresses"),
-                format!(
-                    "{} addresses; an endpoint has at most {MAX_NAME_ADDRESSES} (one per zone)",
-                    addresses.len()
-                ),
-            );
-        }
-        let mut zones = BTreeSet::new();
+        // A zone has one address per family (a dual-stack endpoint: an IPv4 and an IPv6
+        // one), which its zonal name answers.
+        let mut zoned = BTreeSet::new();
         for (n, address) in addresses.iter().enumerate() {
             problems.name(
                 &object,
                 path(&endpoint.address_path(n, "zone")),
                 &address.zone,
             );
-            if !zones.insert(address.zone.as_str()) {
+            let f = family(address.ip);
+            if !zoned.insert((address.zone.as_str(), f)) {
                 problems.error(
                     &object,
                     path(&endpoint.address_path(n, "zone")),
-                    format!("zone {:?} has two addresses: one per zone", address.zone),
+                    format!(
+                        "zone {:?} has two {f} addresses: one per zone and family",
+                        address.zone
+                    ),
                 );
             }
+        }
+        let zones: BTreeSet<&str> = zoned.iter().map(|(zone, _)| *zone).collect();
+        if zones.len() > MAX_NAME_ADDRESSES {
+            problems.error(
+                &object,
+                path("addresses"),
+                format!(
+                    "addresses in {} zones; an endpoint has addresses in at most \
+                     {MAX_NAME_ADDRESSES} zones (one per zone and family)",
+                    zones.len()
+                ),
+            );
         }
         if let Some(why) = bad_principal(&endpoint.principal) {
             problems.error(&object, path("principal"), why);
@@ -679,12 +731,8 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
         for (n, address) in addresses.iter().enumerate() {
             let ip = address.ip;
             let at = path(&endpoint.address_path(n, "ip"));
-            if !unicast(ip) {
-                problems.error(
-                    &object,
-                    at.clone(),
-                    format!("{ip} is not a unicast host address"),
-                );
+            if let Some(why) = not_unicast(ip) {
+                problems.error(&object, at.clone(), why);
             }
             // On an interface of both roles one address cannot be an endpoint and a NAT
             // address: both are answered there.
@@ -730,6 +778,41 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
             );
             continue;
         };
+        // An address's flows go to targets of its family: every listener it may be
+        // placed on needs one (an empty listener is warned about on its own).
+        for (n, address) in addresses.iter().enumerate() {
+            let f = family(address.ip);
+            let lacking: Vec<String> = service
+                .load_balancers
+                .iter()
+                .flat_map(|lb| {
+                    lb.listeners
+                        .iter()
+                        .filter(|l| !l.targets.is_empty())
+                        .filter(move |l| !l.targets.iter().any(|t| family(t.ip) == f))
+                        .map(move |l| format!("{}/{} of {:?}", l.port, l.protocol, lb.name))
+                })
+                .collect();
+            if lacking.is_empty() {
+                continue;
+            }
+            let translation = if address.ip.is_ipv6() {
+                "IPv6 to IPv4 translation is not supported yet"
+            } else {
+                "IPv4 to IPv6 translation is not supported"
+            };
+            problems.error(
+                &object,
+                path(&endpoint.address_path(n, "ip")),
+                format!(
+                    "{f} address {} of an endpoint whose service {:?} has no {f} targets on \
+                     listener(s) {} ({translation})",
+                    address.ip,
+                    service.name,
+                    lacking.join(", ")
+                ),
+            );
+        }
         let allowed = crate::acceptance::allowed(service, &endpoint.principal);
         if !allowed && endpoint.state == Some(State::Available) {
             problems.error(
@@ -788,8 +871,21 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
                 ),
             );
         }
+        let families: BTreeSet<&str> = addresses.iter().map(|a| family(a.ip)).collect();
         for (r, rule) in rules.iter().enumerate() {
             let field = |f: &str| format!("endpoints[{e}].security_groups[{r}].{f}");
+            let f = family(rule.cidr.addr());
+            if !families.is_empty() && !families.contains(f) {
+                problems.error(
+                    &object,
+                    field("cidr"),
+                    format!(
+                        "{} is an {f} CIDR, but the endpoint has no {f} address: the rule \
+                         could never match",
+                        rule.cidr
+                    ),
+                );
+            }
             if rule.cidr != rule.cidr.trunc() {
                 problems.error(
                     &object,
@@ -931,7 +1027,7 @@ fn dns(config: &Config, networks: &BTreeSet<String>, problems: &mut Problems) {
         );
     }
     // Addresses the node already answers for, per network.
-    let mut taken: BTreeMap<(&str, Ipv4Addr), String> = BTreeMap::new();
+    let mut taken: BTreeMap<(&str, IpAddr), String> = BTreeMap::new();
     for endpoint in &config.endpoints {
         for address in endpoint.addresses() {
             taken.insert(
@@ -971,12 +1067,18 @@ fn dns(config: &Config, networks: &BTreeSet<String>, problems: &mut Problems) {
                 format!("consumer network {network:?} has two resolver addresses"),
             );
         }
-        if !unicast(resolver.ip) {
+        if resolver.ip.is_ipv6() {
             problems.error(
                 object,
                 path("ip"),
-                format!("{} is not a unicast host address", resolver.ip),
+                format!(
+                    "{}: IPv6 resolver addresses are not supported yet (the node answers DNS \
+                     over IPv4): give an IPv4 address",
+                    resolver.ip
+                ),
             );
+        } else if let Some(why) = not_unicast(resolver.ip) {
+            problems.error(object, path("ip"), why);
         }
         if let Some(other) = taken.get(&(network, resolver.ip)) {
             problems.error(
@@ -1145,7 +1247,8 @@ fn tables(config: &Config, problems: &mut Problems) {
         "rings",
         placement::rings(config).len(),
         tables.rings,
-        "rings (one per listener of a load balancer and zone of the endpoints placed on it)",
+        "rings (one per listener of a load balancer, zone and family of the endpoint \
+         addresses placed on it)",
     );
     if tables.flows < 2 {
         problems.error(
@@ -1166,24 +1269,31 @@ fn tables(config: &Config, problems: &mut Problems) {
             ),
         );
     }
-    let nat_addresses: usize = config
-        .node
-        .interfaces
-        .iter()
-        .map(|i| i.nat_addresses.len())
-        .sum();
+    // Each target has the ports of every NAT address of its family to itself.
+    let nat_addresses = |f: &str| {
+        config
+            .node
+            .interfaces
+            .iter()
+            .flat_map(|i| &i.nat_addresses)
+            .filter(|&&ip| family(ip) == f)
+            .count() as u64
+    };
     let ports = config.node.nat_ports;
-    let per_target =
-        (ports.last as u64 + 1).saturating_sub(ports.first as u64) * nat_addresses as u64;
-    let capacity = per_target * targets.max(1) as u64;
-    if per_target > 0 && capacity < tables.flows as u64 / 2 {
+    let width = (ports.last as u64 + 1).saturating_sub(ports.first as u64);
+    let capacity: u64 = listeners
+        .iter()
+        .flat_map(|l| &l.targets)
+        .map(|t| width * nat_addresses(family(t.ip)))
+        .sum();
+    if capacity > 0 && capacity < tables.flows as u64 / 2 {
         problems.warning(
             "node",
             "node.nat_ports".into(),
             format!(
-                "NAT ports run out at {capacity} connections ({per_target} NAT address:port \
-                 pairs per target), before the flow table's {}: widen nat_ports, add NAT \
-                 addresses or shrink tables.flows",
+                "NAT ports run out at {capacity} connections ({width} ports per NAT address \
+                 and target), before the flow table's {}: widen nat_ports, add NAT addresses \
+                 or shrink tables.flows",
                 tables.flows / 2
             ),
         );

@@ -66,10 +66,13 @@ fn assert_names(report: &str, parts: &[&str]) {
 }
 
 #[test]
-fn base_and_shipped_example_are_valid() {
+fn base_and_shipped_examples_are_valid() {
     parse("test.yaml", BASE).expect("BASE is valid");
     let example = include_str!("../../../examples/demo.yaml");
     let loaded = parse("demo.yaml", example).expect("the shipped example is valid");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let example = include_str!("../../../examples/dual-stack.yaml");
+    let loaded = parse("dual-stack.yaml", example).expect("the dual-stack example is valid");
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
 }
 
@@ -321,7 +324,7 @@ fn table_errors() {
 }
 
 #[test]
-fn rings_are_counted_per_listener_and_zone_of_the_endpoints_placed_on_it() {
+fn rings_are_counted_per_listener_zone_and_family_of_the_addresses_placed_on_it() {
     // One listener, endpoints in two zones (z2 has no load balancer: placed on z1's),
     // so two rings: `rings: 1` does not fit, with the line of `tables` and the number.
     let second = "  - { id: vpce-2, service: orders, principal: team-a, consumer_network: vpc-a, ip: 10.0.0.101, zone: z2 }\n";
@@ -335,11 +338,15 @@ fn rings_are_counted_per_listener_and_zone_of_the_endpoints_placed_on_it() {
         &report,
         &[
             &format!("test.yaml:{line}: error: node (node.tables.rings)"),
-            "2 rings (one per listener of a load balancer and zone of the endpoints placed on it) do not fit in tables.rings = 1",
+            "2 rings (one per listener of a load balancer, zone and family of the endpoint addresses placed on it) do not fit in tables.rings = 1",
         ],
     );
     let two = text.replace("rings: 1", "rings: 2");
     parse("test.yaml", &two).expect("two rings fit");
+    // A dual-stack endpoint in one zone: a ring per family.
+    let dual = dual_stack().replace("services:", "  tables: { rings: 1 }\nservices:");
+    let report = parse("test.yaml", &dual).unwrap_err().report;
+    assert_names(&report, &["2 rings (one per listener"]);
 }
 
 #[test]
@@ -730,7 +737,10 @@ fn dns_errors() {
             "    ip: 10.0.0.100\n    zone: z1\n",
             "    addresses:\n      - { zone: z1, ip: 10.0.0.100 }\n      - { zone: z1, ip: 10.0.0.101 }\n",
         ),
-        &["endpoints[0].addresses[1].zone", "zone \"z1\" has two addresses"],
+        &[
+            "endpoints[0].addresses[1].zone",
+            "zone \"z1\" has two IPv4 addresses: one per zone and family",
+        ],
     );
     check(
         &BASE.replace("    ip: 10.0.0.100\n    zone: z1\n", ""),
@@ -755,5 +765,296 @@ fn dns_errors() {
             "      role: provider\n      zone: z1\n",
         ),
         &["node.interfaces[1].zone", "this one has none"],
+    );
+}
+
+/// BASE dual-stack: an IPv6 NAT address and target, and the endpoint has an IPv4 and an
+/// IPv6 address in z1.
+fn dual_stack() -> String {
+    let text = BASE
+        .replace(
+            "nat_addresses: [172.16.0.100]",
+            "nat_addresses: [172.16.0.100, fd00:16::100]",
+        )
+        .replace(
+            "              - { ip: 172.16.0.11, port: 8080 }\n",
+            "              - { ip: 172.16.0.11, port: 8080 }\n              - { ip: fd00:16::10, port: 8080 }\n",
+        )
+        .replace(
+            "    ip: 10.0.0.100\n    zone: z1\n",
+            "    addresses:\n      - { zone: z1, ip: 10.0.0.100 }\n      - { zone: z1, ip: fd00:a::100 }\n",
+        );
+    assert_eq!(text.matches("fd00").count(), 3);
+    text
+}
+
+/// The 1-based line of the first line of `text` containing `needle`.
+fn line_in(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).expect(needle) + 1
+}
+
+#[test]
+fn dual_stack_endpoints_ipv6_targets_and_nat_addresses_are_accepted() {
+    let text = dual_stack().replace(
+        "    accepted_at:",
+        "    security_groups:\n      - { cidr: 10.0.0.0/24 }\n      - { cidr: \"fd00:a::/64\", ports: [80] }\n    accepted_at:",
+    );
+    let loaded = parse("test.yaml", &text).expect("dual-stack");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let addresses = loaded.config.endpoints[0].addresses();
+    assert_eq!(
+        addresses
+            .iter()
+            .map(|a| (a.zone.as_str(), a.ip.to_string()))
+            .collect::<Vec<_>>(),
+        [("z1", "10.0.0.100".into()), ("z1", "fd00:a::100".into())]
+    );
+    // The shorthand takes an IPv6 address too.
+    let single = text.replace(
+        "    addresses:\n      - { zone: z1, ip: 10.0.0.100 }\n      - { zone: z1, ip: fd00:a::100 }\n",
+        "    ip: fd00:a::100\n    zone: z1\n",
+    );
+    let single = single.replace("      - { cidr: 10.0.0.0/24 }\n", "");
+    parse("test.yaml", &single).expect("an IPv6-only endpoint");
+}
+
+#[test]
+fn an_endpoint_has_one_address_per_zone_and_family() {
+    let text = dual_stack().replace(
+        "      - { zone: z1, ip: fd00:a::100 }\n",
+        "      - { zone: z1, ip: fd00:a::100 }\n      - { zone: z1, ip: fd00:a::101 }\n",
+    );
+    let report = parse("test.yaml", &text).unwrap_err().report;
+    assert_names(
+        &report,
+        &[
+            &format!("test.yaml:{}:", line_in(&text, "fd00:a::101")),
+            "endpoints[0].addresses[2].zone",
+            "zone \"z1\" has two IPv6 addresses: one per zone and family",
+            "1 error(s)",
+        ],
+    );
+}
+
+#[test]
+fn ipv6_addresses_are_global_or_unique_local_unicast() {
+    for bad in [
+        "\"::\"",
+        "\"::1\"",
+        "ff02::1",
+        "fe80::1",
+        "\"::ffff:10.0.0.1\"",
+    ] {
+        let shown = bad.trim_matches('"');
+        let unicast = format!(
+            "{shown} is not a unicast host address (IPv6: global or unique-local, not \
+             link-local or IPv4-mapped)"
+        );
+        let text = dual_stack().replace("ip: fd00:a::100", &format!("ip: {bad}"));
+        let report = parse("test.yaml", &text).unwrap_err().report;
+        assert_names(&report, &["endpoints[0].addresses[1].ip", &unicast]);
+        let text = dual_stack().replace("ip: fd00:16::10,", &format!("ip: {bad},"));
+        let report = parse("test.yaml", &text).unwrap_err().report;
+        assert_names(&report, &["targets[2].ip", &unicast]);
+        let text = dual_stack().replace("fd00:16::100]", &format!("{bad}]"));
+        let report = parse("test.yaml", &text).unwrap_err().report;
+        assert_names(&report, &["nat_addresses[1]", &unicast]);
+    }
+    let global = dual_stack()
+        .replace("fd00:16::", "2001:db8:16::")
+        .replace("fd00:a::", "2001:db8:a::");
+    parse("test.yaml", &global).expect("global addresses");
+}
+
+#[test]
+fn an_endpoint_address_needs_targets_of_its_family_in_every_listener() {
+    // IPv6 endpoint address, IPv4 targets only: no 6-to-4 translation yet.
+    let text = BASE.replace("ip: 10.0.0.100", "ip: fd00:a::100");
+    let report = parse("test.yaml", &text).unwrap_err().report;
+    assert_names(
+        &report,
+        &[
+            &format!("test.yaml:{}:", line_in(&text, "fd00:a::100")),
+            "endpoint \"vpce-1\" (endpoints[0].ip)",
+            "IPv6 address fd00:a::100 of an endpoint whose service \"orders\" has no IPv6 \
+             targets on listener(s) 80/tcp of \"nlb-1\" (IPv6 to IPv4 translation is not \
+             supported yet)",
+            "1 error(s)",
+        ],
+    );
+    // IPv4 endpoint address, IPv6 targets only.
+    let text = BASE
+        .replace("[172.16.0.100]", "[fd00:16::100]")
+        .replace("ip: 172.16.0.10,", "ip: fd00:16::10,")
+        .replace("ip: 172.16.0.11,", "ip: fd00:16::11,");
+    let report = parse("test.yaml", &text).unwrap_err().report;
+    assert_names(
+        &report,
+        &[
+            "endpoints[0].ip",
+            "IPv4 address 10.0.0.100 of an endpoint whose service \"orders\" has no IPv4 \
+             targets on listener(s) 80/tcp of \"nlb-1\" (IPv4 to IPv6 translation is not \
+             supported)",
+        ],
+    );
+    // Every listener counts: a UDP one with IPv4 targets only fails the IPv6 address.
+    let text = dual_stack()
+        .replace(
+            "        listeners:\n",
+            "        health_check: { port: 8080 }\n        listeners:\n",
+        )
+        .replace(
+            "endpoints:",
+            "          - { port: 53, protocol: udp, targets: [{ ip: 172.16.0.10, port: 53 }] }\nendpoints:",
+        );
+    let report = parse("test.yaml", &text).unwrap_err().report;
+    assert_names(
+        &report,
+        &[
+            "endpoints[0].addresses[1].ip",
+            "no IPv6 targets on listener(s) 53/udp of \"nlb-1\"",
+            "1 error(s)",
+        ],
+    );
+}
+
+#[test]
+fn a_target_needs_a_nat_address_of_its_family() {
+    let text = dual_stack().replace(", fd00:16::100]", "]");
+    let report = parse("test.yaml", &text).unwrap_err().report;
+    assert_names(
+        &report,
+        &[
+            &format!("test.yaml:{}:", line_in(&text, "fd00:16::10")),
+            "load balancer \"nlb-1\" of service \"orders\" (services[0].load_balancers[0].listeners[0].targets[2].ip)",
+            "IPv6 target fd00:16::10, but the node has no IPv6 NAT address to reach it from",
+            "1 error(s)",
+        ],
+    );
+}
+
+#[test]
+fn ipv6_addresses_are_told_apart_and_found_twice_like_ipv4_ones() {
+    // Two spellings of one address.
+    let text = dual_stack().replace("fd00:16::100]", "fd00:16::100, \"fd00:16:0::100\"]");
+    let report = parse("test.yaml", &text).unwrap_err().report;
+    assert_names(&report, &["NAT address fd00:16::100 is listed twice"]);
+    let text = dual_stack().replace(
+        "              - { ip: fd00:16::10, port: 8080 }\n",
+        "              - { ip: fd00:16::10, port: 8080 }\n              - { ip: \"fd00:16:0::10\", port: 8080 }\n",
+    );
+    let report = parse("test.yaml", &text).unwrap_err().report;
+    assert_names(&report, &["target [fd00:16::10]:8080 listed twice"]);
+    // Two endpoints with one IPv6 address in a network.
+    let second = "  - { id: vpce-2, service: orders, principal: team-a, consumer_network: vpc-a, ip: fd00:a::100, zone: z1 }\n";
+    let text = dual_stack() + second;
+    let report = parse("test.yaml", &text).unwrap_err().report;
+    assert_names(
+        &report,
+        &["fd00:a::100 in consumer network \"vpc-a\" is already endpoint \"vpce-1\""],
+    );
+    // An endpoint address that is a NAT address of an interface of both roles.
+    let both = dual_stack()
+        .replace(
+            "    - name: prov\n      role: provider\n      nat_addresses: [172.16.0.100, fd00:16::100]\n",
+            "",
+        )
+        .replace(
+            "      role: consumer\n      consumer_network: vpc-a",
+            "      role: both\n      consumer_network: vpc-a\n      nat_addresses: [172.16.0.100, fd00:a::100]",
+        );
+    let report = parse("test.yaml", &both).unwrap_err().report;
+    assert_names(
+        &report,
+        &["fd00:a::100 is also a NAT address of interface \"cons-a\""],
+    );
+    // An IPv6 NAT address of the node itself, with NAT ports over the kernel's.
+    let own = Facts {
+        local_addresses: ["fd00:16::100".parse::<IpAddr>().unwrap()].into(),
+        ..Facts::default()
+    };
+    let wide = dual_stack().replace(
+        "services:",
+        "  nat_ports: { first: 1024, last: 40000 }\nservices:",
+    );
+    let report = load("test.yaml", &wide, &own).unwrap_err().report;
+    assert_names(
+        &report,
+        &[
+            "nat_addresses[1]",
+            "fd00:16::100 is an address of this node",
+        ],
+    );
+}
+
+#[test]
+fn a_security_group_cidr_needs_an_endpoint_address_of_its_family() {
+    let rule = |cidr: &str| {
+        BASE.replace(
+            "    accepted_at:",
+            &format!("    security_groups: [{{ cidr: \"{cidr}\" }}]\n    accepted_at:"),
+        )
+    };
+    let report = parse("test.yaml", &rule("fd00:a::/64")).unwrap_err().report;
+    assert_names(
+        &report,
+        &[
+            "endpoints[0].security_groups[0].cidr",
+            "fd00:a::/64 is an IPv6 CIDR, but the endpoint has no IPv6 address: the rule \
+             could never match",
+        ],
+    );
+    let text = dual_stack()
+        .replace("      - { zone: z1, ip: 10.0.0.100 }\n", "")
+        .replace(
+            "    accepted_at:",
+            "    security_groups: [{ cidr: 10.0.0.0/24 }]\n    accepted_at:",
+        );
+    let report = parse("test.yaml", &text).unwrap_err().report;
+    assert_names(
+        &report,
+        &["10.0.0.0/24 is an IPv4 CIDR, but the endpoint has no IPv4 address"],
+    );
+    let text = dual_stack().replace(
+        "    accepted_at:",
+        "    security_groups: [{ cidr: \"fd00:a::1/64\" }]\n    accepted_at:",
+    );
+    let report = parse("test.yaml", &text).unwrap_err().report;
+    assert_names(
+        &report,
+        &["fd00:a::1/64 has host bits set; did you mean fd00:a::/64?"],
+    );
+}
+
+#[test]
+fn resolver_addresses_are_ipv4_only_for_now() {
+    let text = with_dns("").replace("ip: 10.0.0.2", "ip: fd00:a::2");
+    let report = parse("test.yaml", &text).unwrap_err().report;
+    assert_names(
+        &report,
+        &[
+            "dns (dns.resolvers[0].ip)",
+            "fd00:a::2: IPv6 resolver addresses are not supported yet",
+            "1 error(s)",
+        ],
+    );
+}
+
+#[test]
+fn nat_ports_run_out_per_target_over_the_nat_addresses_of_its_family() {
+    // 100 ports, two IPv4 targets and one IPv6 target; one IPv4 NAT address and three
+    // IPv6 ones: 2 x 100 + 1 x 300 pairs.
+    let text = dual_stack()
+        .replace("fd00:16::100]", "fd00:16::100, fd00:16::101, fd00:16::102]")
+        .replace(
+            "services:",
+            "  nat_ports: { first: 1024, last: 1123 }\nservices:",
+        );
+    let warnings = parse("test.yaml", &text).expect("valid").warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("NAT ports run out at 500 connections")),
+        "{warnings:?}"
     );
 }
