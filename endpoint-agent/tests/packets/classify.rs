@@ -161,7 +161,7 @@ fn an_interface_of_both_roles_passes_the_nodes_own_traffic() {
 fn a_standby_address_is_carried_but_its_arp_left_to_the_node_that_holds_it() {
     with_rig(|rig| {
         // A zoned fleet's node that holds vpc-a's 10.0.0.100 elsewhere, not here.
-        let elsewhere = BTreeSet::from([("vpc-a".to_string(), Ipv4Addr::from(ENDPOINT))]);
+        let elsewhere = BTreeSet::from([("vpc-a".to_string(), Ipv4Addr::from(ENDPOINT).into())]);
         let standby = Failover {
             zoned: true,
             mine: BTreeSet::new(),
