@@ -12,6 +12,7 @@ mod dns;
 mod expire;
 mod fuzz;
 mod icmp;
+mod ipv6;
 mod limits;
 mod mss;
 mod policy;
