@@ -5,7 +5,10 @@
 //! behind a wrapper that first copies the pristine frame back; the wrapper's own cost
 //! (`restore_pass` − `empty`, measured in the same rounds) is subtracted.
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, Result, ensure};
 use aya::{
@@ -37,6 +40,19 @@ const TARGETS: [([u8; 4], [u8; 6]); 2] = [
 const CLIENT: [u8; 4] = [10, 0, 0, 10];
 const ENDPOINT: [u8; 4] = [10, 0, 0, 100];
 const NAT: [u8; 4] = [172, 16, 0, 100];
+/// The same in IPv6: the measured endpoint is dual-stack.
+const CLIENT6: [u8; 16] = fd00(0xa, 0x10);
+const ENDPOINT6: [u8; 16] = fd00(0xa, 0x100);
+const NAT6: [u8; 16] = fd00(0x16, 0x100);
+const TARGETS6: [([u8; 16], [u8; 6]); 2] = [
+    (fd00(0x16, 0x10), [2, 0, 0, 0, 0, 0x10]),
+    (fd00(0x16, 0x11), [2, 0, 0, 0, 0, 0x11]),
+];
+
+/// `fd00:<subnet>::<host>`.
+const fn fd00(subnet: u16, host: u16) -> [u8; 16] {
+    Ipv6Addr::new(0xfd00, subnet, 0, 0, 0, 0, 0, host).octets()
+}
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -60,7 +76,7 @@ fn config_text(endpoints: usize, flows: u32) -> String {
         "node:
   interfaces:
     - {{ name: cons-a, role: consumer, consumer_network: vpc-a }}
-    - {{ name: prov, role: provider, nat_addresses: [172.16.0.100] }}
+    - {{ name: prov, role: provider, nat_addresses: [172.16.0.100, 'fd00:16::100'] }}
   tables: {{ endpoints: {}, flows: {flows}, handshakes: 65536 }}
   limits: {{ half_open_per_network: 1000000 }}
 services:
@@ -74,20 +90,29 @@ services:
         health_check: {{ protocol: none }}
         listeners:
           - port: 80
-            targets: [{{ ip: 172.16.0.10, port: 8080 }}, {{ ip: 172.16.0.11, port: 8080 }}]
+            targets:
+              - {{ ip: 172.16.0.10, port: 8080 }}
+              - {{ ip: 172.16.0.11, port: 8080 }}
+              - {{ ip: 'fd00:16::10', port: 8080 }}
+              - {{ ip: 'fd00:16::11', port: 8080 }}
           - port: 53
             protocol: udp
-            targets: [{{ ip: 172.16.0.10, port: 5353 }}, {{ ip: 172.16.0.11, port: 5353 }}]
+            targets:
+              - {{ ip: 172.16.0.10, port: 5353 }}
+              - {{ ip: 172.16.0.11, port: 5353 }}
+              - {{ ip: 'fd00:16::10', port: 5353 }}
 endpoints:
 ",
         endpoints.next_power_of_two().max(4096)
     );
-    for e in 0..endpoints {
-        let ip = if e == 0 {
-            Ipv4Addr::from(ENDPOINT)
-        } else {
-            Ipv4Addr::from(0x0b00_0000 + e as u32)
-        };
+    let (ip, ip6) = (Ipv4Addr::from(ENDPOINT), Ipv6Addr::from(ENDPOINT6));
+    let _ = writeln!(
+        y,
+        "  - {{ id: e0, service: s, principal: p, consumer_network: vpc-a, \
+         addresses: [{{ zone: z, ip: {ip} }}, {{ zone: z, ip: '{ip6}' }}] }}"
+    );
+    for e in 1..endpoints {
+        let ip = Ipv4Addr::from(0x0b00_0000 + e as u32);
         let _ = writeln!(
             y,
             "  - {{ id: e{e}, service: s, principal: p, consumer_network: vpc-a, ip: {ip}, zone: z }}"
@@ -275,6 +300,10 @@ fn datagram(
 struct Frames {
     forward: Vec<u8>,
     reply: Vec<u8>,
+    /// IPv6 (74 bytes: the wrapper restores the first 64; only the TCP checksum
+    /// beyond is rewritten, and an established flow's path does not read it).
+    forward6: Vec<u8>,
+    reply6: Vec<u8>,
     udp_forward: Vec<u8>,
     udp_reply: Vec<u8>,
     new_flow: Vec<u8>,
@@ -440,15 +469,114 @@ fn check(rig: &mut Rig) -> Result<Frames> {
         verdict == XDP_TX && out[..6] == forward[6..12],
         "swap-MAC-TX baseline"
     );
+    let (forward6, reply6) = check_ipv6(rig)?;
     Ok(Frames {
         forward,
         reply,
+        forward6,
+        reply6,
         udp_forward,
         udp_reply,
         new_flow: syn,
         pass_through,
         malformed,
     })
+}
+
+/// A TCP/IPv6 frame without payload.
+fn frame6(
+    mac: ([u8; 6], [u8; 6]),
+    ip: ([u8; 16], [u8; 16]),
+    ports: (u16, u16),
+    syn: bool,
+    (seq, ack): (u32, Option<u32>),
+) -> Vec<u8> {
+    let mut builder = PacketBuilder::ethernet2(mac.0, mac.1)
+        .ipv6(ip.0, ip.1, 64)
+        .tcp(ports.0, ports.1, seq, 4096);
+    if syn {
+        builder = builder.syn();
+    }
+    if let Some(ack) = ack {
+        builder = builder.ack(ack);
+    }
+    let mut out = Vec::new();
+    builder.write(&mut out, b"").expect("frame");
+    out
+}
+
+/// An IPv6 connection's handshake, each output checked (addresses, checksum); returns
+/// its established frames both ways.
+fn check_ipv6(rig: &mut Rig) -> Result<(Vec<u8>, Vec<u8>)> {
+    let (cons, prov) = (rig.cons, rig.prov);
+    let tcp_of = |out: &[u8]| -> Result<(etherparse::Ipv6Header, etherparse::TcpHeader)> {
+        let headers = PacketHeaders::from_ethernet_slice(out)?;
+        let (
+            Some(etherparse::NetHeaders::Ipv6(ip, _)),
+            Some(etherparse::TransportHeader::Tcp(tcp)),
+        ) = (headers.net, headers.transport)
+        else {
+            anyhow::bail!("not TCP/IPv6")
+        };
+        ensure!(
+            tcp.checksum == tcp.calc_checksum_ipv6(&ip, headers.payload.slice())?,
+            "TCP/IPv6 checksum"
+        );
+        Ok((ip, tcp))
+    };
+    let syn = frame6(
+        (CLIENT_MAC, cons.1),
+        (CLIENT6, ENDPOINT6),
+        (40000, 80),
+        true,
+        (CLIENT_ISN, None),
+    );
+    let (verdict, out, _) = rig.run("restore_endpoint", &syn, cons.0, 1)?;
+    ensure!(verdict == XDP_REDIRECT, "IPv6 SYN: verdict {verdict}");
+    let (ip, tcp) = tcp_of(&out)?;
+    let (target, target_mac) = *TARGETS6
+        .iter()
+        .find(|(t, _)| *t == ip.destination)
+        .context("IPv6 SYN: not an IPv6 target")?;
+    ensure!(ip.source == NAT6, "IPv6 SYN: not from the NAT address");
+    let nat_port = tcp.source_port;
+    let syn_ack = frame6(
+        (target_mac, prov.1),
+        (target, NAT6),
+        (8080, nat_port),
+        true,
+        (TARGET_ISN, Some(CLIENT_ISN + 1)),
+    );
+    let (verdict, out, _) = rig.run("restore_endpoint", &syn_ack, prov.0, 1)?;
+    ensure!(verdict == XDP_REDIRECT, "IPv6 SYN-ACK: verdict {verdict}");
+    let (ip, _) = tcp_of(&out)?;
+    ensure!(
+        (ip.source, ip.destination) == (ENDPOINT6, CLIENT6),
+        "IPv6 SYN-ACK: addresses"
+    );
+    let forward = frame6(
+        (CLIENT_MAC, cons.1),
+        (CLIENT6, ENDPOINT6),
+        (40000, 80),
+        false,
+        (CLIENT_ISN + 1, Some(TARGET_ISN + 1)),
+    );
+    let (verdict, out, _) = rig.run("restore_endpoint", &forward, cons.0, 1)?;
+    ensure!(
+        verdict == XDP_REDIRECT,
+        "IPv6 established: verdict {verdict}"
+    );
+    tcp_of(&out)?;
+    let reply = frame6(
+        (target_mac, prov.1),
+        (target, NAT6),
+        (8080, nat_port),
+        false,
+        (TARGET_ISN + 1, Some(CLIENT_ISN + 1)),
+    );
+    let (verdict, _, _) = rig.run("restore_endpoint", &reply, prov.0, 1)?;
+    ensure!(verdict == XDP_REDIRECT, "IPv6 reply: verdict {verdict}");
+    Ok((forward, reply))
 }
 
 /// Medians over interleaved rounds of each (name, program, frame, ifindex).
@@ -485,6 +613,25 @@ fn program_namespace(label: &str) -> Result<Namespace> {
         ns.neighbour(ip.into(), mac, "prov")?;
     }
     ns.sysctl("net.ipv4.conf.prov.forwarding", "1")?;
+    ns.sysctl("net.ipv6.conf.prov.disable_ipv6", "0")?;
+    ns.sysctl("net.ipv6.conf.prov.forwarding", "1")?;
+    ns.ip(&["-6", "addr", "add", "fd00:16::1/64", "dev", "prov", "nodad"])?;
+    for (ip, mac) in TARGETS6 {
+        let mac = mac.map(|b| format!("{b:02x}")).join(":");
+        let ip = Ipv6Addr::from(ip).to_string();
+        ns.ip(&[
+            "-6",
+            "neigh",
+            "replace",
+            &ip,
+            "lladdr",
+            &mac,
+            "dev",
+            "prov",
+            "nud",
+            "permanent",
+        ])?;
+    }
     Ok(ns)
 }
 
@@ -496,7 +643,7 @@ pub fn run(report: &mut Report, object: &[u8], smoke: bool) -> Result<()> {
         let mut rig = Rig::load(object, &config_text(1, 1 << 17))?;
         let f = check(&mut rig)?;
         let (cons, prov) = (rig.cons.0, rig.prov.0);
-        let cases: [(&str, &str, &[u8], u32); 10] = [
+        let cases: [(&str, &str, &[u8], u32); 12] = [
             ("baseline: empty XDP_PASS", "empty", &f.forward, cons),
             ("baseline: swap MACs + XDP_TX", "swap_tx", &f.forward, cons),
             (
@@ -515,6 +662,18 @@ pub fn run(report: &mut Report, object: &[u8], smoke: bool) -> Result<()> {
                 "reply, target to consumer",
                 "restore_endpoint",
                 &f.reply,
+                prov,
+            ),
+            (
+                "established IPv6 flow, consumer to target",
+                "restore_endpoint",
+                &f.forward6,
+                cons,
+            ),
+            (
+                "IPv6 reply, target to consumer",
+                "restore_endpoint",
+                &f.reply6,
                 prov,
             ),
             (
