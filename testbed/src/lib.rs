@@ -15,8 +15,8 @@ mod udp;
 pub use agent::Agent;
 pub use netns::{Namespace, sweep, veth};
 pub use tcp::{
-    Answer, Knock, Server, accept_until, ask, at, connect, connect_from, connect_to, exchange,
-    link_index,
+    Answer, Knock, Server, accept_until, ask, ask_any, at, connect, connect_any, connect_from,
+    connect_to, exchange, exchange_any, link_index,
 };
 pub use topology::{Topology, addresses};
 pub use udp::{UdpServer, udp_ask, udp_socket};

@@ -1,9 +1,9 @@
 //! The link layer seen from inside a namespace, through packet sockets: a link's MAC,
-//! ARP requests with their answers, and TCP segments captured off a link (both
-//! directions), for tests that must see what crossed the wire.
+//! ARP requests and IPv6 neighbour solicitations with their answers, and TCP segments
+//! captured off a link (both directions), for tests that must see what crossed the wire.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
@@ -15,6 +15,10 @@ use crate::Namespace;
 const ETH_P_ALL: u16 = 0x0003;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ICMPV6: u8 = 58;
+const NEIGHBOUR_SOLICITATION: u8 = 135;
+const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
 
 /// The MAC address of `dev` in `ns`.
 pub fn mac(ns: &Namespace, dev: &str) -> Result<[u8; 6]> {
@@ -159,6 +163,93 @@ pub fn who_has(
         }
     }
     Ok(None)
+}
+
+/// Asks on `dev` in `ns`, as `from`, who has `ip` (one IPv6 neighbour solicitation to
+/// its solicited-node multicast address, with our MAC as source link-layer address), and
+/// waits up to `wait` for the advertisement: the MAC it gives (its target link-layer
+/// address option, else the frame's source), or none.
+pub fn solicit(
+    ns: &Namespace,
+    dev: &str,
+    from: Ipv6Addr,
+    ip: Ipv6Addr,
+    wait: Duration,
+) -> Result<Option<[u8; 6]>> {
+    let own = mac(ns, dev)?;
+    let socket = PacketSocket::open(ns, dev, ETH_P_IPV6)?;
+    let target = ip.octets();
+    let group = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(target[13]),
+        u16::from_be_bytes([target[14], target[15]]),
+    );
+    // Type, code, checksum, reserved; the target; the source link-layer address option.
+    let mut message = vec![NEIGHBOUR_SOLICITATION, 0, 0, 0, 0, 0, 0, 0];
+    message.extend_from_slice(&target);
+    message.extend_from_slice(&[1, 1]);
+    message.extend_from_slice(&own);
+    let sum = icmpv6_checksum(from, group, &message);
+    message[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = Vec::with_capacity(14 + 40 + message.len());
+    frame.extend_from_slice(&[0x33, 0x33, 0xff, target[13], target[14], target[15]]);
+    frame.extend_from_slice(&own);
+    frame.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+    frame.extend_from_slice(&[0x60, 0, 0, 0]);
+    frame.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&[ICMPV6, 255]);
+    frame.extend_from_slice(&from.octets());
+    frame.extend_from_slice(&group.octets());
+    frame.extend_from_slice(&message);
+    socket.send(&frame)?;
+    let deadline = Instant::now() + wait;
+    while let Some(frame) = socket.receive(deadline) {
+        // An advertisement of `ip`, to us.
+        if frame.len() < 14 + 40 + 24
+            || frame[12..14] != ETH_P_IPV6.to_be_bytes()
+            || frame[0..6] != own
+            || frame[14 + 6] != ICMPV6
+            || frame[54] != NEIGHBOUR_ADVERTISEMENT
+            || frame[62..78] != target
+        {
+            continue;
+        }
+        let mut answer = [0u8; 6];
+        let option = &frame[78..];
+        if option.len() >= 8 && option[0..2] == [2, 1] {
+            answer.copy_from_slice(&option[2..8]);
+        } else {
+            answer.copy_from_slice(&frame[6..12]);
+        }
+        return Ok(Some(answer));
+    }
+    Ok(None)
+}
+
+/// The ICMPv6 checksum of `message` (its checksum field zero) from `src` to `dst`.
+fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, message: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(40 + message.len() + 1);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, ICMPV6]);
+    pseudo.extend_from_slice(message);
+    if pseudo.len() % 2 == 1 {
+        pseudo.push(0);
+    }
+    let mut sum: u32 = pseudo
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// A TCP segment seen on a link.

@@ -20,9 +20,11 @@ use crate::Namespace;
 /// A target: answers each line with `<name> <peer ip:port> <line>`, and records every
 /// peer that sent one (health checks that only connect are not peers). An HTTP request
 /// line (`GET /…`) gets the server's health status instead, for HTTP health checks.
-pub struct Server {
+/// `A` is the type of its address: IPv4 ([`Server::start`]) or either family
+/// ([`Server::start_any`]).
+pub struct Server<A = SocketAddrV4> {
     pub name: String,
-    pub addr: SocketAddrV4,
+    pub addr: A,
     peers: Arc<Mutex<Vec<SocketAddr>>>,
     health: Arc<Mutex<u16>>,
     stop: Arc<AtomicBool>,
@@ -31,8 +33,22 @@ pub struct Server {
 
 impl Server {
     pub fn start(ns: &Namespace, name: &str, addr: SocketAddrV4) -> Result<Self> {
+        Self::listen(ns, name, addr)
+    }
+}
+
+impl Server<SocketAddr> {
+    /// A target on an address of either family (`[fd00:16::10]:8080`).
+    pub fn start_any(ns: &Namespace, name: &str, addr: SocketAddr) -> Result<Self> {
+        Self::listen(ns, name, addr)
+    }
+}
+
+impl<A: Into<SocketAddr> + Copy + std::fmt::Display + Send> Server<A> {
+    fn listen(ns: &Namespace, name: &str, addr: A) -> Result<Self> {
+        let at: SocketAddr = addr.into();
         let listener = ns
-            .enter(move || TcpListener::bind(addr))?
+            .enter(move || TcpListener::bind(at))?
             .with_context(|| format!("binding {addr} in {}", ns.name()))?;
         listener.set_nonblocking(true)?;
         let peers = Arc::new(Mutex::new(Vec::new()));
@@ -56,7 +72,9 @@ impl Server {
             thread: Some(thread),
         })
     }
+}
 
+impl<A> Server<A> {
     /// Every peer address that sent a line so far.
     pub fn peers(&self) -> Vec<SocketAddr> {
         self.peers.lock().unwrap().clone()
@@ -76,7 +94,7 @@ impl Server {
     }
 }
 
-impl Drop for Server {
+impl<A> Drop for Server<A> {
     fn drop(&mut self) {
         self.stop();
     }
@@ -149,13 +167,14 @@ fn answer(stream: TcpStream, shared: &Shared, peer: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// What a target answered.
+/// What a target answered. `A` is the type of the address it saw: IPv4 ([`exchange`]) or
+/// either family ([`exchange_any`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub struct Answer<A = SocketAddrV4> {
     /// The server's name.
     pub target: String,
     /// The address the server saw the connection come from.
-    pub seen_from: SocketAddrV4,
+    pub seen_from: A,
     pub echo: String,
 }
 
@@ -171,10 +190,25 @@ pub fn connect_from(
     to: SocketAddrV4,
     timeout: Duration,
 ) -> Result<TcpStream> {
+    connect_any(ns, port, to.into(), timeout)
+}
+
+/// Opens a connection from inside `ns` to an address of either family, from source port
+/// `port` (0: any).
+pub fn connect_any(
+    ns: &Namespace,
+    port: u16,
+    to: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream> {
     let open = move || -> std::io::Result<TcpStream> {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
-        socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
+        let any: SocketAddr = match to {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, port).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, port).into(),
+        };
+        socket.bind(&any.into())?;
         socket.connect_timeout(&to.into(), timeout)?;
         Ok(socket.into())
     };
@@ -188,6 +222,19 @@ pub fn connect_from(
 
 /// Sends one line on an open connection and reads the answer.
 pub fn exchange(stream: &mut TcpStream, line: &str) -> Result<Answer> {
+    exchange_as(stream, line)
+}
+
+/// As [`exchange`], the address the target saw of either family.
+pub fn exchange_any(stream: &mut TcpStream, line: &str) -> Result<Answer<SocketAddr>> {
+    exchange_as(stream, line)
+}
+
+fn exchange_as<A>(stream: &mut TcpStream, line: &str) -> Result<Answer<A>>
+where
+    A: std::str::FromStr,
+    A::Err: std::error::Error + Send + Sync + 'static,
+{
     stream.write_all(format!("{line}\n").as_bytes())?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut reply = String::new();
@@ -211,6 +258,19 @@ pub fn exchange(stream: &mut TcpStream, line: &str) -> Result<Answer> {
 pub fn ask(ns: &Namespace, to: SocketAddrV4, line: &str, timeout: Duration) -> Result<Answer> {
     let mut stream = connect(ns, to, timeout)?;
     let answer = exchange(&mut stream, line)?;
+    let _ = stream.shutdown(Shutdown::Both);
+    Ok(answer)
+}
+
+/// As [`ask`], to an address of either family.
+pub fn ask_any(
+    ns: &Namespace,
+    to: SocketAddr,
+    line: &str,
+    timeout: Duration,
+) -> Result<Answer<SocketAddr>> {
+    let mut stream = connect_any(ns, 0, to, timeout)?;
+    let answer = exchange_any(&mut stream, line)?;
     let _ = stream.shutdown(Shutdown::Both);
     Ok(answer)
 }

@@ -28,6 +28,23 @@ pub mod addresses {
     pub const TARGETS: [Ipv4Addr; 2] =
         [Ipv4Addr::new(172, 16, 0, 10), Ipv4Addr::new(172, 16, 0, 11)];
     pub const PROVIDER_PREFIX: u8 = 24;
+
+    /// The same hosts' IPv6 addresses, given by [`Topology::add_ipv6`](crate::Topology::add_ipv6).
+    pub mod v6 {
+        use std::net::Ipv6Addr;
+
+        /// The client host in each consumer network (the same in both).
+        pub const CLIENT: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xa, 0, 0, 0, 0, 0, 0x10);
+        pub const CONSUMER_PREFIX: u8 = 64;
+        /// The node's own address on the provider network.
+        pub const NODE_PROVIDER: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x16, 0, 0, 0, 0, 0, 1);
+        /// The provider hosts' addresses: one target server each.
+        pub const TARGETS: [Ipv6Addr; 2] = [
+            Ipv6Addr::new(0xfd00, 0x16, 0, 0, 0, 0, 0, 0x10),
+            Ipv6Addr::new(0xfd00, 0x16, 0, 0, 0, 0, 0, 0x11),
+        ];
+        pub const PROVIDER_PREFIX: u8 = 64;
+    }
 }
 
 pub struct Topology {
@@ -85,6 +102,35 @@ impl Topology {
         }
         host_side(&t.provider)?;
         Ok(topology)
+    }
+
+    /// Gives the hosts their IPv6 addresses too ([`addresses::v6`]): the clients, the
+    /// node on the provider link, the provider hosts. Each is usable at once (`nodad`:
+    /// no duplicate address detection to wait for). The node's consumer links get none
+    /// (the agent turns IPv6 off there; the program answers for endpoint addresses).
+    pub fn add_ipv6(&self) -> Result<()> {
+        use addresses::v6::*;
+        let add = |ns: &Namespace, address: String, dev: &str| {
+            ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0")?;
+            ns.ip(&["-6", "addr", "add", &address, "dev", dev, "nodad"])
+                .map(drop)
+        };
+        for consumer in [&self.consumer_a, &self.consumer_b] {
+            add(consumer, format!("{CLIENT}/{CONSUMER_PREFIX}"), "eth0")?;
+        }
+        add(
+            &self.node,
+            format!("{NODE_PROVIDER}/{PROVIDER_PREFIX}"),
+            Self::PROVIDER_LINK,
+        )?;
+        for target in TARGETS {
+            add(
+                &self.provider,
+                format!("{target}/{PROVIDER_PREFIX}"),
+                "eth0",
+            )?;
+        }
+        Ok(())
     }
 }
 
