@@ -10,6 +10,7 @@ mod datagrams;
 mod fleet;
 mod forwarding;
 mod health;
+mod ipv6;
 mod isolation;
 mod lifecycle;
 mod names;
