@@ -16,7 +16,7 @@
 //! What the node sends of its own comes out of a per-CPU budget (`icmp_per_second`).
 
 use aya_ebpf::{
-    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    helpers::generated::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use endpoint_common::{
@@ -27,14 +27,18 @@ use endpoint_common::{
         PROVIDER_NETWORK, Policy, address_kind, nat_scope, tcp,
     },
 };
-use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
+use network_types::{
+    eth::EthHdr,
+    icmp::Icmpv4Hdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 
 use crate::{
     budget, classify, conntrack,
     forward::{self, Route},
     maps::INTERFACES,
     outcome::Outcome,
-    parse::Packet,
+    parse::{PROTO_ICMPV6, Packet},
     policy::{self, Admission},
     verify,
 };
@@ -57,14 +61,20 @@ const ERROR_LEN: usize = QUOTED_OFFSET + QUOTED;
 const GROWTH: usize = Ipv4Hdr::LEN + Icmpv4Hdr::LEN;
 
 /// A packet too big for the egress MTU `mtu`: with DF set, its sender is told
-/// (fragmentation needed); without, it is dropped — the node does not fragment.
-#[inline(never)]
+/// (fragmentation needed); without, it is dropped — the node does not fragment. IPv6
+/// is never fragmented on the way: its sender is always told (packet too big).
+#[inline(always)]
 pub fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u32, slot: u32) -> Outcome {
-    // IPv6: packet too big is not sent yet.
-    if packet.is_ipv6()
-        || packet.proto() == PROTO_ICMP
-        || u16::from_be_bytes(packet.ipv4().frags) & DF == 0
-    {
+    if packet.is_ipv6() {
+        return error6(
+            ctx,
+            V6_PACKET_TOO_BIG,
+            mtu,
+            counter::ICMP_FRAG_NEEDED_SENT,
+            slot,
+        );
+    }
+    if packet.proto() == PROTO_ICMP || u16::from_be_bytes(packet.ipv4().frags) & DF == 0 {
         return Outcome::drop_for(counter::DROP_FIB_FRAG_NEEDED, slot);
     }
     let next_hop = if mtu > 0xffff { 0xffff } else { mtu };
@@ -78,10 +88,18 @@ pub fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u32, slot: u32) -> Outcom
 }
 
 /// A packet whose TTL runs out here: its sender is told (time exceeded in transit).
-#[inline(never)]
+#[inline(always)]
 pub fn time_exceeded(ctx: &XdpContext, packet: &Packet, slot: u32) -> Outcome {
-    // IPv6: time exceeded is not sent yet.
-    if packet.is_ipv6() || packet.proto() == PROTO_ICMP {
+    if packet.is_ipv6() {
+        return error6(
+            ctx,
+            V6_TIME_EXCEEDED,
+            0,
+            counter::ICMP_TIME_EXCEEDED_SENT,
+            slot,
+        );
+    }
+    if packet.proto() == PROTO_ICMP {
         return Outcome::drop_for(counter::DROP_TTL_EXPIRED, slot);
     }
     error(
@@ -95,7 +113,7 @@ pub fn time_exceeded(ctx: &XdpContext, packet: &Packet, slot: u32) -> Outcome {
 
 /// Turns the frame into the ICMP error `kind` (type and code) about it, with `info`
 /// in the header's last two bytes (the next-hop MTU), sent back to its sender.
-#[inline(always)]
+#[inline(never)]
 fn error(ctx: &XdpContext, kind: u16, info: u32, sent: u32, slot: u32) -> Outcome {
     let dropped = Outcome::drop_for(counter::DROP_ICMP_BUDGET, slot);
     let Some(interface) = INTERFACES.get(ctx.ingress_ifindex() as u32) else {
@@ -151,6 +169,84 @@ fn error(ctx: &XdpContext, kind: u16, info: u32, sent: u32, slot: u32) -> Outcom
             i += 1;
         }
         icmp.check = sum.finish().to_ne_bytes();
+    }
+    Outcome::new(forward::bounce(ctx, interface), sent, slot)
+}
+
+/// ICMPv6 errors (type and code) the node sends.
+const V6_PACKET_TOO_BIG: u16 = 2 << 8;
+const V6_TIME_EXCEEDED: u16 = 3 << 8;
+/// What an ICMPv6 error quotes: the IPv6 header and 8 bytes after it (the ports) —
+/// less than RFC 4443 allows, all a receiver needs to find its socket.
+const QUOTED6: usize = Ipv6Hdr::LEN + 8;
+const QUOTED6_OFFSET: usize = EthHdr::LEN + Ipv6Hdr::LEN + 8;
+const ERROR6_LEN: usize = QUOTED6_OFFSET + QUOTED6;
+const GROWTH6: usize = Ipv6Hdr::LEN + 8;
+/// The ICMPv6 message: its header and the quote.
+const MESSAGE6_LEN: usize = 8 + QUOTED6;
+
+/// As [`error`], for IPv6: the ICMPv6 error `kind` with `info` in the header's last
+/// four bytes (the MTU), from the address the packet was sent to.
+#[inline(never)]
+fn error6(ctx: &XdpContext, kind: u16, info: u32, sent: u32, slot: u32) -> Outcome {
+    let dropped = Outcome::drop_for(counter::DROP_ICMP_BUDGET, slot);
+    let Some(interface) = INTERFACES.get(ctx.ingress_ifindex() as u32) else {
+        return dropped;
+    };
+    if !budget::icmp() {
+        return dropped;
+    }
+    let frame_len = core::hint::black_box(ctx.data_end() - ctx.data());
+    let excess = frame_len as i32 - (EthHdr::LEN + QUOTED6) as i32;
+    // SAFETY: resizing the frame; every pointer is derived again below.
+    if excess < 0
+        || (excess > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -excess) } != 0)
+        || unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GROWTH6 as i32)) } != 0
+    {
+        return dropped;
+    }
+    let start = ctx.data();
+    if start + ERROR6_LEN > ctx.data_end() {
+        return dropped;
+    }
+    // SAFETY: all within the ERROR6_LEN bytes checked just above; the old Ethernet
+    // header (at GROWTH6) is read before the new headers overwrite it.
+    unsafe {
+        let sender_mac = (*((start + GROWTH6) as *const EthHdr)).src_addr;
+        let quoted = &*((start + QUOTED6_OFFSET) as *const Ipv6Hdr);
+        let eth = &mut *(start as *mut EthHdr);
+        eth.dst_addr = sender_mac;
+        eth.src_addr = interface.mac;
+        eth.ether_type = network_types::eth::EtherType::Ipv6 as u16;
+        let ip = &mut *((start + EthHdr::LEN) as *mut Ipv6Hdr);
+        ip.vcf = [0x60, 0, 0, 0];
+        ip.payload_len = (MESSAGE6_LEN as u16).to_be_bytes();
+        ip.next_hdr = PROTO_ICMPV6;
+        ip.hop_limit = 64;
+        ip.src_addr = quoted.dst_addr;
+        ip.dst_addr = quoted.src_addr;
+        let message = &mut *((start + EthHdr::LEN + Ipv6Hdr::LEN) as *mut [u8; 8]);
+        let kind = kind.to_be_bytes();
+        *message = [kind[0], kind[1], 0, 0, 0, 0, 0, 0];
+        message[4..8].copy_from_slice(&info.to_be_bytes());
+        // The pseudo-header's addresses, side by side in the new header.
+        let addresses = bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            ip.src_addr.as_mut_ptr().cast(),
+            32,
+            0,
+        );
+        let mut sum = Sum::of(addresses as u32)
+            .word(u16::from_ne_bytes([0, PROTO_ICMPV6]))
+            .dword((MESSAGE6_LEN as u32).to_be());
+        let words = &*((start + EthHdr::LEN + Ipv6Hdr::LEN) as *const [u16; MESSAGE6_LEN / 2]);
+        let mut i = 0;
+        while i < MESSAGE6_LEN / 2 {
+            sum = sum.word(words[i]);
+            i += 1;
+        }
+        message[2..4].copy_from_slice(&sum.finish().to_ne_bytes());
     }
     Outcome::new(forward::bounce(ctx, interface), sent, slot)
 }

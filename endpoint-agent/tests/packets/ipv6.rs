@@ -466,3 +466,85 @@ fn ipv6_martians_extension_headers_and_udp_without_a_checksum_are_dropped() {
         );
     });
 }
+
+/// The ICMPv6 error a node sends about `frame` (IPv6) arriving from the client on an
+/// interface with `mac`: `kind`, `info` (the MTU), from the address `frame` went to,
+/// quoting its IPv6 header and 8 bytes.
+fn icmpv6_error_about(frame: &[u8], mac: [u8; 6], kind: u8, info: u32) -> Vec<u8> {
+    let mut message = vec![kind, 0, 0, 0];
+    message.extend(info.to_be_bytes());
+    message.extend(&frame[14..14 + 48]);
+    let (src, dst) = (&frame[38..54], &frame[22..38]);
+    let mut pseudo = Vec::new();
+    pseudo.extend(src);
+    pseudo.extend(dst);
+    pseudo.extend((message.len() as u32).to_be_bytes());
+    pseudo.extend([0, 0, 0, 58]);
+    pseudo.extend(&message);
+    let check = !(sum(&pseudo) as u16);
+    message[2..4].copy_from_slice(&check.to_be_bytes());
+    let mut out = frame[6..12].to_vec();
+    out.extend(mac);
+    out.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+    out.extend((message.len() as u16).to_be_bytes());
+    out.extend([58, 64]);
+    out.extend(src);
+    out.extend(dst);
+    out.extend(message);
+    out
+}
+
+#[test]
+fn a_hop_limit_that_runs_out_or_a_packet_too_big_is_told_to_its_ipv6_sender() {
+    with_rig6(|rig| {
+        let cons_a = rig.link("cons-a").mac;
+        let mut syn = tcp6(
+            (CLIENT_MAC, cons_a),
+            CLIENT6,
+            ENDPOINT6,
+            (40000, 80),
+            CLIENT_ISN,
+            None,
+            true,
+        );
+        syn[21] = 1;
+        let out = rig.run("cons-a", &syn);
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", rig.counted());
+        assert_eq!(out.frame, icmpv6_error_about(&syn, cons_a, 3, 0));
+        assert_eq!(rig.count("a", counter::ICMP_TIME_EXCEEDED_SENT), 1);
+        assert!(rig.flows().is_empty(), "the SYN opened nothing");
+
+        // An established connection's segment longer than the provider link's 1500.
+        syn[21] = 64;
+        let out = rig.run("cons-a", &syn);
+        let (ip, tcp) = parse6(&out.frame);
+        let target = TARGETS6.iter().find(|(a, _)| *a == ip.destination).unwrap();
+        let prov = rig.link("prov").mac;
+        let syn_ack = tcp6(
+            (target.1, prov),
+            target.0,
+            NAT6,
+            (8080, tcp.source_port),
+            TARGET_ISN,
+            Some(CLIENT_ISN + 1),
+            true,
+        );
+        assert_eq!(rig.run("prov", &syn_ack).action, XDP_REDIRECT);
+        let data = |length: usize| {
+            let mut frame = Vec::new();
+            PacketBuilder::ethernet2(CLIENT_MAC, cons_a)
+                .ipv6(CLIENT6, ENDPOINT6, 64)
+                .tcp(40000, 80, CLIENT_ISN + 1, 4096)
+                .ack(TARGET_ISN + 1)
+                .write(&mut frame, &vec![7; length])
+                .unwrap();
+            frame
+        };
+        assert_eq!(rig.run("cons-a", &data(1440)).action, XDP_REDIRECT);
+        let long = data(1441);
+        let out = rig.run("cons-a", &long);
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", rig.counted());
+        assert_eq!(out.frame, icmpv6_error_about(&long, cons_a, 2, 1500));
+        assert_eq!(rig.count("a", counter::ICMP_FRAG_NEEDED_SENT), 1);
+    });
+}
