@@ -19,4 +19,4 @@ pub use tcp::{
     connect_to, exchange, exchange_any, link_index,
 };
 pub use topology::{Topology, addresses};
-pub use udp::{UdpServer, udp_ask, udp_socket};
+pub use udp::{UdpServer, udp_ask, udp_ask_any, udp_socket, udp_socket_any};
