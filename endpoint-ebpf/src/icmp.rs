@@ -16,7 +16,7 @@
 //! What the node sends of its own comes out of a per-CPU budget (`icmp_per_second`).
 
 use aya_ebpf::{
-    helpers::generated::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use endpoint_common::{
@@ -27,18 +27,15 @@ use endpoint_common::{
         PROVIDER_NETWORK, Policy, address_kind, nat_scope, tcp,
     },
 };
-use network_types::{
-    eth::EthHdr,
-    icmp::Icmpv4Hdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
-};
+use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 use crate::{
     budget, classify, conntrack,
     forward::{self, Route},
+    icmpv6,
     maps::INTERFACES,
     outcome::Outcome,
-    parse::{PROTO_ICMPV6, Packet},
+    parse::Packet,
     policy::{self, Admission},
     verify,
 };
@@ -66,9 +63,9 @@ const GROWTH: usize = Ipv4Hdr::LEN + Icmpv4Hdr::LEN;
 #[inline(always)]
 pub fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u32, slot: u32) -> Outcome {
     if packet.is_ipv6() {
-        return error6(
+        return icmpv6::error(
             ctx,
-            V6_PACKET_TOO_BIG,
+            icmpv6::PACKET_TOO_BIG,
             mtu,
             counter::ICMP_FRAG_NEEDED_SENT,
             slot,
@@ -91,9 +88,9 @@ pub fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u32, slot: u32) -> Outcom
 #[inline(always)]
 pub fn time_exceeded(ctx: &XdpContext, packet: &Packet, slot: u32) -> Outcome {
     if packet.is_ipv6() {
-        return error6(
+        return icmpv6::error(
             ctx,
-            V6_TIME_EXCEEDED,
+            icmpv6::TIME_EXCEEDED,
             0,
             counter::ICMP_TIME_EXCEEDED_SENT,
             slot,
@@ -173,84 +170,6 @@ fn error(ctx: &XdpContext, kind: u16, info: u32, sent: u32, slot: u32) -> Outcom
     Outcome::new(forward::bounce(ctx, interface), sent, slot)
 }
 
-/// ICMPv6 errors (type and code) the node sends.
-const V6_PACKET_TOO_BIG: u16 = 2 << 8;
-const V6_TIME_EXCEEDED: u16 = 3 << 8;
-/// What an ICMPv6 error quotes: the IPv6 header and 8 bytes after it (the ports) —
-/// less than RFC 4443 allows, all a receiver needs to find its socket.
-const QUOTED6: usize = Ipv6Hdr::LEN + 8;
-const QUOTED6_OFFSET: usize = EthHdr::LEN + Ipv6Hdr::LEN + 8;
-const ERROR6_LEN: usize = QUOTED6_OFFSET + QUOTED6;
-const GROWTH6: usize = Ipv6Hdr::LEN + 8;
-/// The ICMPv6 message: its header and the quote.
-const MESSAGE6_LEN: usize = 8 + QUOTED6;
-
-/// As [`error`], for IPv6: the ICMPv6 error `kind` with `info` in the header's last
-/// four bytes (the MTU), from the address the packet was sent to.
-#[inline(never)]
-fn error6(ctx: &XdpContext, kind: u16, info: u32, sent: u32, slot: u32) -> Outcome {
-    let dropped = Outcome::drop_for(counter::DROP_ICMP_BUDGET, slot);
-    let Some(interface) = INTERFACES.get(ctx.ingress_ifindex() as u32) else {
-        return dropped;
-    };
-    if !budget::icmp() {
-        return dropped;
-    }
-    let frame_len = core::hint::black_box(ctx.data_end() - ctx.data());
-    let excess = frame_len as i32 - (EthHdr::LEN + QUOTED6) as i32;
-    // SAFETY: resizing the frame; every pointer is derived again below.
-    if excess < 0
-        || (excess > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -excess) } != 0)
-        || unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GROWTH6 as i32)) } != 0
-    {
-        return dropped;
-    }
-    let start = ctx.data();
-    if start + ERROR6_LEN > ctx.data_end() {
-        return dropped;
-    }
-    // SAFETY: all within the ERROR6_LEN bytes checked just above; the old Ethernet
-    // header (at GROWTH6) is read before the new headers overwrite it.
-    unsafe {
-        let sender_mac = (*((start + GROWTH6) as *const EthHdr)).src_addr;
-        let quoted = &*((start + QUOTED6_OFFSET) as *const Ipv6Hdr);
-        let eth = &mut *(start as *mut EthHdr);
-        eth.dst_addr = sender_mac;
-        eth.src_addr = interface.mac;
-        eth.ether_type = network_types::eth::EtherType::Ipv6 as u16;
-        let ip = &mut *((start + EthHdr::LEN) as *mut Ipv6Hdr);
-        ip.vcf = [0x60, 0, 0, 0];
-        ip.payload_len = (MESSAGE6_LEN as u16).to_be_bytes();
-        ip.next_hdr = PROTO_ICMPV6;
-        ip.hop_limit = 64;
-        ip.src_addr = quoted.dst_addr;
-        ip.dst_addr = quoted.src_addr;
-        let message = &mut *((start + EthHdr::LEN + Ipv6Hdr::LEN) as *mut [u8; 8]);
-        let kind = kind.to_be_bytes();
-        *message = [kind[0], kind[1], 0, 0, 0, 0, 0, 0];
-        message[4..8].copy_from_slice(&info.to_be_bytes());
-        // The pseudo-header's addresses, side by side in the new header.
-        let addresses = bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            ip.src_addr.as_mut_ptr().cast(),
-            32,
-            0,
-        );
-        let mut sum = Sum::of(addresses as u32)
-            .word(u16::from_ne_bytes([0, PROTO_ICMPV6]))
-            .dword((MESSAGE6_LEN as u32).to_be());
-        let words = &*((start + EthHdr::LEN + Ipv6Hdr::LEN) as *const [u16; MESSAGE6_LEN / 2]);
-        let mut i = 0;
-        while i < MESSAGE6_LEN / 2 {
-            sum = sum.word(words[i]);
-            i += 1;
-        }
-        message[2..4].copy_from_slice(&sum.finish().to_ne_bytes());
-    }
-    Outcome::new(forward::bounce(ctx, interface), sent, slot)
-}
-
 /// A fresh IPv4 header for an ICMP error of the node's own, checksum computed.
 #[inline(always)]
 fn write_ip_header(ip: &mut Ipv4Hdr, src: [u8; 4], dst: [u8; 4], total_len: u16) {
@@ -278,17 +197,23 @@ fn write_ip_header(ip: &mut Ipv4Hdr, src: [u8; 4], dst: [u8; 4], total_len: u16)
 /// error about a flow; anything else of ours is dropped, the rest is not ours.
 #[inline(never)]
 pub fn arrived(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
-    let dst = packet.dst();
+    let (family, dst) = (packet.family(), packet.dst());
     // An endpoint's address, whether or not it was accepted: its policy decides. The
     // network's resolver address answers anyone in it.
     if interface.consumer()
-        && let Some(address) = classify::owned(interface.network, FAMILY_IPV4, dst)
+        && let Some(address) = classify::owned(interface.network, family, dst)
     {
+        if packet.is_ipv6() {
+            return icmpv6::echo(ctx, interface, packet, &address);
+        }
         return echo(ctx, interface, packet, &address);
     }
     if interface.provider() {
         let scope = nat_scope(ctx.ingress_ifindex() as u32);
-        if classify::owned(scope, FAMILY_IPV4, dst).is_some() {
+        if classify::owned(scope, family, dst).is_some() {
+            if packet.is_ipv6() {
+                return icmpv6::from_provider(ctx, interface, packet);
+            }
             return from_provider(ctx, interface, packet);
         }
     }
@@ -297,7 +222,7 @@ pub fn arrived(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outc
 
 /// An echo request to an endpoint's address: answered if it is available and its
 /// security groups admit the source; to the resolver address: answered.
-#[inline(always)]
+#[inline(never)]
 fn echo(ctx: &XdpContext, interface: &Interface, packet: &Packet, address: &Address) -> Outcome {
     let slot = address.slot;
     // SAFETY: `parse` checked the 8-byte ICMP header lies within the frame.
@@ -347,7 +272,7 @@ fn echo(ctx: &XdpContext, interface: &Interface, packet: &Packet, address: &Addr
 
 /// A provider-side ICMP message to a NAT address: an error about one of its flows goes
 /// to the flow's consumer, translated; anything else is dropped.
-#[inline(always)]
+#[inline(never)]
 fn from_provider(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
     let refused = Outcome::drop(counter::DROP_ICMP);
     // SAFETY: `parse` checked the 8-byte ICMP header lies within the frame.

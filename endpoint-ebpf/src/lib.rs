@@ -31,6 +31,7 @@ mod dns;
 pub mod expire;
 mod forward;
 mod icmp;
+mod icmpv6;
 mod limits;
 mod maps;
 mod mem;

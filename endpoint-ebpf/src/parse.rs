@@ -12,7 +12,8 @@
 //! - IPv4 options or fragments, IPv6 extension headers: [`Frame::Unsupported`],
 //!   dropped if addressed to one of our addresses (ports are unknown or the headers
 //!   would move).
-//! - ICMPv6 other than neighbour solicitation: [`Frame::Other`] for now.
+//! - ICMPv6 other than errors, echo requests and neighbour solicitations:
+//!   [`Frame::Other`].
 
 use core::mem::size_of;
 
@@ -84,6 +85,8 @@ const FRAGMENT_MASK: u16 = 0x3fff;
 /// ICMPv6 neighbour solicitation, and its length before options.
 const NEIGHBOUR_SOLICITATION: u8 = 135;
 const SOLICITATION_LEN: usize = 24;
+/// ICMPv6 echo request.
+const ECHO_REQUEST: u8 = 128;
 
 /// A pointer to a `T` at `offset`, if the frame is long enough to hold it.
 #[inline(always)]
@@ -166,19 +169,29 @@ fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> Result<Frame, Outcome> {
         eth,
         ip: ip.cast(),
         l4: (ctx.data() + L4_OFFSET_V6) as *mut u8,
-        kind: kind(FAMILY_IPV6, PROTO_ICMP),
+        kind: kind(FAMILY_IPV6, PROTO_ICMPV6),
     };
     match proto {
         PROTO_TCP | PROTO_UDP => transport(ctx, packet, proto, L4_OFFSET_V6, payload),
         PROTO_ICMPV6 => {
-            let kind: *mut u8 = at(ctx, L4_OFFSET_V6)?;
+            let message: *mut u8 = at(ctx, L4_OFFSET_V6)?;
             // SAFETY: as above.
-            if unsafe { *kind } == NEIGHBOUR_SOLICITATION {
+            let message = unsafe { *message };
+            if message == NEIGHBOUR_SOLICITATION {
                 at::<[u8; SOLICITATION_LEN]>(ctx, L4_OFFSET_V6)?;
                 if payload < SOLICITATION_LEN {
                     return Err(Outcome::drop(counter::DROP_MALFORMED));
                 }
                 return Ok(Frame::Solicitation(packet));
+            }
+            // Errors (types below 128) and echo requests; the rest of neighbour
+            // discovery, and multicast listener messages, are not ours.
+            if message < 128 || message == ECHO_REQUEST {
+                at::<[u8; 8]>(ctx, L4_OFFSET_V6)?;
+                if payload < 8 {
+                    return Err(Outcome::drop(counter::DROP_MALFORMED));
+                }
+                return Ok(Frame::Icmp(packet));
             }
             Ok(Frame::Other)
         }

@@ -548,3 +548,107 @@ fn a_hop_limit_that_runs_out_or_a_packet_too_big_is_told_to_its_ipv6_sender() {
         assert_eq!(rig.count("a", counter::ICMP_FRAG_NEEDED_SENT), 1);
     });
 }
+
+/// An ICMPv6 message from `src` to `dst`, its checksum computed here.
+fn icmpv6(macs: ([u8; 6], [u8; 6]), src: [u8; 16], dst: [u8; 16], mut message: Vec<u8>) -> Vec<u8> {
+    let mut pseudo = Vec::new();
+    pseudo.extend(src);
+    pseudo.extend(dst);
+    pseudo.extend((message.len() as u32).to_be_bytes());
+    pseudo.extend([0, 0, 0, 58]);
+    pseudo.extend(&message);
+    let check = !(sum(&pseudo) as u16);
+    message[2..4].copy_from_slice(&check.to_be_bytes());
+    let mut frame = macs.1.to_vec();
+    frame.extend(macs.0);
+    frame.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+    frame.extend((message.len() as u16).to_be_bytes());
+    frame.extend([58, 64]);
+    frame.extend(src);
+    frame.extend(dst);
+    frame.extend(message);
+    frame
+}
+
+#[test]
+fn a_consumer_can_ping_an_ipv6_endpoint_its_security_groups_admit() {
+    with_rig6(|rig| {
+        let cons_a = rig.link("cons-a").mac;
+        let request = |src, dst| {
+            let message = [128, 0, 0, 0, 0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g'].to_vec();
+            icmpv6((CLIENT_MAC, cons_a), src, dst, message)
+        };
+        let out = rig.run("cons-a", &request(CLIENT6, ENDPOINT6));
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", rig.counted());
+        let f = &out.frame;
+        assert_eq!((&f[0..6], &f[6..12]), (&CLIENT_MAC[..], &cons_a[..]));
+        assert_eq!((&f[22..38], &f[38..54]), (&ENDPOINT6[..], &CLIENT6[..]));
+        assert_eq!(f[21], 64, "hop limit");
+        assert_eq!(f[54], 129, "echo reply");
+        assert_eq!(
+            f[58..],
+            [0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g'],
+            "id, sequence, data"
+        );
+        assert!(icmpv6_checksum_ok(&f[22..38], &f[38..54], &f[54..]));
+        assert_eq!(rig.count("a", counter::ICMP_ECHO_REPLY), 1);
+        // Outside the endpoint's security groups: not answered.
+        let outsider = octets("fd00:a::1:10");
+        assert_eq!(
+            rig.run("cons-a", &request(outsider, GUARDED6)).action,
+            XDP_DROP
+        );
+        assert_eq!(rig.count("guarded", counter::DROP_SECURITY_GROUP), 1);
+    });
+}
+
+#[test]
+fn a_provider_side_icmpv6_error_about_a_flow_reaches_its_consumer_translated() {
+    with_rig6(|rig| {
+        let (cons_a, prov) = (rig.link("cons-a").mac, rig.link("prov").mac);
+        let mut datagram = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, cons_a)
+            .ipv6(CLIENT6, ENDPOINT6, 64)
+            .udp(40000, 53)
+            .write(&mut datagram, b"query")
+            .unwrap();
+        let out = rig.run("cons-a", &datagram);
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", rig.counted());
+        let target = TARGETS6[0];
+        assert_eq!(out.frame[38..54], target.0);
+        // The target's port is closed: destination unreachable, quoting what it got.
+        let mut message = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        message.extend(&out.frame[14..14 + 48]);
+        let error = icmpv6((target.1, prov), target.0, NAT6, message);
+        let back = rig.run("prov", &error);
+        assert_eq!(back.action, XDP_REDIRECT, "{:?}", rig.counted());
+        let f = &back.frame;
+        assert_eq!((&f[0..6], &f[6..12]), (&CLIENT_MAC[..], &cons_a[..]));
+        assert_eq!((&f[22..38], &f[38..54]), (&ENDPOINT6[..], &CLIENT6[..]));
+        assert_eq!(f[21], 63, "hop limit");
+        assert_eq!((f[54], f[55]), (1, 4));
+        // The quote is the datagram as the client sent it (its checksum too), but for
+        // the hop it took.
+        let mut sent = datagram[14..14 + 48].to_vec();
+        sent[7] = 63;
+        assert_eq!(f[62..], sent[..]);
+        assert!(icmpv6_checksum_ok(&f[22..38], &f[38..54], &f[54..]));
+        assert_eq!(rig.count("a", counter::ICMP_ERROR), 1);
+
+        // Other ICMPv6 to the NAT address, or an error about no flow: dropped.
+        let echo = icmpv6(
+            (target.1, prov),
+            target.0,
+            NAT6,
+            vec![128, 0, 0, 0, 0, 1, 0, 1],
+        );
+        assert_eq!(rig.run("prov", &echo).action, XDP_DROP);
+        let mut stray = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        let mut quote = out.frame[14..14 + 48].to_vec();
+        quote[40..42].copy_from_slice(&20999u16.to_be_bytes());
+        stray.extend(quote);
+        let stray = icmpv6((target.1, prov), target.0, NAT6, stray);
+        assert_eq!(rig.run("prov", &stray).action, XDP_DROP);
+        assert_eq!(rig.counters().packets(counter::DROP_ICMP), 2);
+    });
+}
