@@ -565,24 +565,6 @@ fn ipv6_datagrams_from_both_networks_at_once_never_cross_and_a_zero_checksum_is_
     );
 }
 
-/// Path MTU discovery on for an IPv6 socket: never fragmented by its own kernel either
-/// (a datagram over the path MTU it knows is refused with EMSGSIZE).
-fn set_dont_fragment_v6(socket: &std::net::UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let value: libc::c_int = libc::IPV6_PMTUDISC_DO;
-    // SAFETY: a plain setsockopt with an int option.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MTU_DISCOVER,
-            (&raw const value).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "IPV6_MTU_DISCOVER");
-}
-
 /// Sends datagrams with a UDP checksum of 0 (what IPv4 allows and IPv6 does not).
 fn set_no_udp6_checksum(socket: &std::net::UdpSocket) {
     use std::os::fd::AsRawFd;
@@ -667,7 +649,7 @@ fn rejecting_an_ipv6_endpoint_with_drain_keeps_the_connection_and_with_reset_cut
 }
 
 #[test]
-fn a_jumbo_ipv6_consumer_and_a_1500_provider_side_carry_10_mib_both_ways() {
+fn a_jumbo_ipv6_consumer_and_a_1500_provider_side_carry_10_mib_both_ways_and_learn_the_path_mtu() {
     if !root() {
         return;
     }
@@ -718,35 +700,162 @@ fn a_jumbo_ipv6_consumer_and_a_1500_provider_side_carry_10_mib_both_ways() {
         "a segment did not fit: {status:#}"
     );
 
-    // UDP: a datagram that fits goes through; one over the provider side's MTU does
-    // not cross. Either the node drops it (`drop_fib_frag_needed`: no ICMPv6 of its own
-    // yet, as the README says) or it tells the sender (packet too big, counted as
-    // `icmp_frag_needed_sent`), whose kernel then learns the path MTU and refuses the
-    // next one itself.
+    // UDP: a datagram that fits goes through; one with DF over the provider side's MTU
+    // is answered with packet too big, and the consumer's kernel learns the path MTU
+    // and refuses the next one itself.
     udp_ask_any(&t.consumer_a, at6(ENDPOINT, 7), "fits", WAIT).unwrap_or_else(|e| fail6(&bed, e));
     let socket = udp_socket_any(&t.consumer_a, at6(ENDPOINT, 7), Duration::from_secs(1)).unwrap();
-    set_dont_fragment_v6(&socket);
+    // Path MTU discovery on: never fragmented by its own kernel either.
+    set_ipv6_option(&socket, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO);
     socket.send(&[b'j'; 3000]).unwrap();
     assert!(
         socket.recv(&mut [0; 4096]).is_err(),
         "3000 bytes crossed a 1500 link"
     );
-    let status = bed.status();
-    let dropped = counted_for(&status, "vpce-a", "drop_fib_frag_needed");
-    let told = counted_for(&status, "vpce-a", "icmp_frag_needed_sent");
-    assert_eq!(dropped + told, 1, "{status:#}");
-    if told == 1 {
+    let deadline = std::time::Instant::now() + WAIT;
+    let learned = loop {
         let route = t
             .consumer_a
             .ip(&["-6", "-o", "route", "get", &ENDPOINT.to_string()])
             .unwrap();
-        assert!(route.contains("mtu 1500"), "no path MTU learned: {route}");
-        let refused = socket
-            .send(&[b'j'; 3000])
-            .expect_err("a datagram over the path MTU");
-        assert_eq!(refused.raw_os_error(), Some(libc::EMSGSIZE), "{refused}");
-        eprintln!("the consumer was told the path MTU: {route}");
-    } else {
-        eprintln!("the datagram over the MTU was dropped at the node, untold");
+        if route.contains("mtu 1500") || std::time::Instant::now() > deadline {
+            break route;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        learned.contains("mtu 1500"),
+        "no path MTU learned: {learned}\n{}",
+        evidence(&bed)
+    );
+    let refused = socket
+        .send(&[b'j'; 3000])
+        .expect_err("a datagram over the path MTU");
+    assert_eq!(refused.raw_os_error(), Some(libc::EMSGSIZE), "{refused}");
+    let status = bed.status();
+    assert_eq!(
+        counted_for(&status, "vpce-a", "icmp_frag_needed_sent"),
+        1,
+        "{status:#}"
+    );
+}
+
+#[test]
+fn icmpv6_echo_is_answered_within_security_groups_and_errors_reach_the_consumers_socket() {
+    if !root() {
+        return;
     }
+    // UDP port 7 with no server behind it: the provider's kernel answers port
+    // unreachable, to the NAT address.
+    let listeners = tcp_80(&V6_TARGETS)
+        + "          - port: 7\n            protocol: udp\n            targets:\n\
+           \x20             - { ip: 'fd00:16::10', port: 7 }\n";
+    let endpoints = endpoint("vpce-a", "team-a", "vpc-a", "")
+        + &endpoint(
+            "vpce-b",
+            "team-b",
+            "vpc-b",
+            "    security_groups:\n      - { cidr: 'fd00:a::20/128' }\n",
+        );
+    let config = config_with("'fd00:16::100'", &listeners, &endpoints).replace(
+        "        listeners:\n",
+        "        health_check: { protocol: tcp, port: 8080 }\n        listeners:\n",
+    );
+    let (bed, _servers) = bed6(&config);
+    let t = &bed.topology;
+
+    // A consumer pings its endpoint; one its security groups do not admit gets nothing.
+    let ping = |ns: &Namespace| {
+        ns.command("ping")
+            .args([
+                "-6",
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                &ENDPOINT.to_string(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let answered = ping(&t.consumer_a);
+    assert!(
+        answered.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&answered.stdout),
+        String::from_utf8_lossy(&answered.stderr),
+        evidence(&bed)
+    );
+    assert!(
+        !ping(&t.consumer_b).status.success(),
+        "vpce-b answered a ping"
+    );
+    let status = bed.status();
+    assert_eq!(
+        counted_for(&status, "vpce-a", "icmp_echo_reply"),
+        2,
+        "{status:#}"
+    );
+    assert_eq!(
+        counted_for(&status, "vpce-b", "icmp_echo_reply"),
+        0,
+        "{status:#}"
+    );
+    assert!(
+        counted_for(&status, "vpce-b", "drop_security_group") >= 2,
+        "{status:#}"
+    );
+
+    // The target's port unreachable, translated back: the consumer's connected socket
+    // sees the refusal.
+    let socket = udp_socket_any(&t.consumer_a, at6(ENDPOINT, 7), WAIT).unwrap();
+    socket.send(b"anyone?").unwrap();
+    let error = socket
+        .recv(&mut [0; 64])
+        .expect_err("an answer from a closed port");
+    assert_eq!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{error}\n{}",
+        evidence(&bed)
+    );
+    assert_eq!(counted_for(&bed.status(), "vpce-a", "icmp_error"), 1);
+
+    // A datagram whose hop limit runs out at the node: time exceeded, from the
+    // endpoint's address, to a socket that asked to hear of such errors.
+    let socket = udp_socket_any(&t.consumer_a, at6(ENDPOINT, 7), WAIT).unwrap();
+    set_ipv6_option(&socket, libc::IPV6_UNICAST_HOPS, 1);
+    set_ipv6_option(&socket, libc::IPV6_RECVERR, 1);
+    socket.send(b"far?").unwrap();
+    let error = socket
+        .recv(&mut [0; 64])
+        .expect_err("an answer with hop limit 1");
+    assert_eq!(
+        error.raw_os_error(),
+        Some(libc::EHOSTUNREACH),
+        "{error}\n{}",
+        evidence(&bed)
+    );
+    assert_eq!(
+        counted_for(&bed.status(), "vpce-a", "icmp_time_exceeded_sent"),
+        1
+    );
+}
+
+/// An integer IPv6 socket option.
+fn set_ipv6_option(socket: &std::net::UdpSocket, option: libc::c_int, value: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain setsockopt with an int option.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            option,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "IPv6 socket option {option}");
 }
