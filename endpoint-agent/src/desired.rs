@@ -344,7 +344,7 @@ fn ring_slots(
     let named: Vec<(TargetKey, &crate::config::Target)> = listener
         .targets
         .iter()
-        .filter(|t| Addr::family_of(t.ip) == family)
+        .filter(|t| Some(Addr::family_of(t.ip)) == listener.target_family(family))
         .map(|t| (key.target(t), t))
         .collect();
     let in_zone = |t: &crate::config::Target| t.zone.as_deref().unwrap_or(&lb.zone) == zone;

@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use endpoint_common::{
     counter, hash,
-    maps::{DEAD, Flow, FlowKey, PROTO_TCP, PROVIDER_NETWORK, Pending, Scratch, Settings, tcp},
+    maps::{DEAD, Flow, FlowKey, PROTO_TCP, Pending, Scratch, Settings, tcp},
 };
 
 use crate::{
@@ -32,8 +32,8 @@ use crate::{
 /// quarter of the ports towards a target in use, all 16 are taken once in 4 billion).
 const NAT_PORT_ATTEMPTS: u32 = 16;
 
-/// The key of a consumer-side packet in `network`, kept per CPU for the packet's
-/// journey ([`packet_key`]).
+/// The key of a consumer-side packet in `network` (or a provider-side one in
+/// `PROVIDER_NETWORK`), kept per CPU for the packet's journey ([`packet_key`]).
 #[inline(always)]
 pub fn forward_key(network: u32, packet: &Packet) -> Option<&'static FlowKey> {
     let key = FLOW_KEY.get_ptr_mut(0)?;
@@ -49,14 +49,6 @@ pub fn forward_key(network: u32, packet: &Packet) -> Option<&'static FlowKey> {
 pub fn packet_key() -> Option<&'static FlowKey> {
     // SAFETY: as above.
     FLOW_KEY.get_ptr(0).map(|key| unsafe { &*key })
-}
-
-/// The key of a provider-side packet.
-#[inline(always)]
-pub fn arriving_reply_key(packet: &Packet) -> FlowKey {
-    let mut key = FlowKey::default();
-    write_key(&mut key, PROVIDER_NETWORK, packet);
-    key
 }
 
 /// Writes the key of `packet` in `network` field by field (a whole struct would be

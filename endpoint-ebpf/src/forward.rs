@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use endpoint_common::{
     counter,
-    maps::{Addr, Flow, Interface, bounce},
+    maps::{Addr, FAMILY_IPV6, Flow, Interface, bounce},
 };
 use network_types::eth::EthHdr;
 
@@ -62,14 +62,45 @@ impl Route {
         }
     }
 
-    /// A kept route still takes `packet`: it is no longer than the egress MTU (the
-    /// route lookup checks that only once a second).
+    /// A kept route still takes `packet`, leaving as `family`: it is no longer than the
+    /// egress MTU (the route lookup checks that only once a second).
     #[inline(always)]
-    pub fn takes(&self, ctx: &XdpContext, packet: &Packet, slot: u32) -> Result<(), Outcome> {
+    pub fn takes(
+        &self,
+        ctx: &XdpContext,
+        packet: &Packet,
+        family: u8,
+        slot: u32,
+    ) -> Result<(), Outcome> {
         match INTERFACES.get(self.ifindex) {
-            Some(egress) => fits(ctx, packet, egress.mtu, slot),
+            Some(egress) => fits(ctx, packet, mtu_for(packet, family, egress.mtu), slot),
             None => Ok(()),
         }
+    }
+}
+
+/// An egress MTU as `packet` sees it when it leaves as `family`: translated between
+/// IPv6 and IPv4, its header shrinks or grows by 20 bytes.
+#[inline(always)]
+pub fn mtu_for(packet: &Packet, family: u8, mtu: u32) -> u32 {
+    if mtu == 0 || packet.family() == family {
+        mtu
+    } else if packet.is_ipv6() {
+        mtu + 20
+    } else {
+        mtu.saturating_sub(20)
+    }
+}
+
+/// `packet`'s length once it leaves as `family`.
+#[inline(always)]
+fn length_as(packet: &Packet, family: u8) -> u32 {
+    if packet.family() == family {
+        packet.ip_len()
+    } else if packet.is_ipv6() {
+        packet.ip_len() - 20
+    } else {
+        packet.ip_len() + 20
     }
 }
 
@@ -93,12 +124,13 @@ pub fn check_ttl(ctx: &XdpContext, packet: &Packet, slot: u32) -> Result<(), Out
     }
 }
 
-/// Where a packet towards a target goes: its new source and destination (of the
-/// packet's family), the interface the route is looked up from (the NAT address's),
-/// and the endpoint slot it is counted for.
+/// Where a packet towards a target goes: its new source and destination (of `family`:
+/// the packet's, or IPv4 for an IPv6 packet translated), the interface the route is
+/// looked up from (the NAT address's), and the endpoint slot it is counted for.
 pub struct Hop<'a> {
     pub src: &'a Addr,
     pub dst: &'a Addr,
+    pub family: u8,
     pub via: u32,
     pub slot: u32,
     /// Set by [`route`] when the packet is too big for the route: its MTU.
@@ -114,15 +146,17 @@ pub fn route(ctx: &XdpContext, packet: &Packet, hop: &mut Hop) -> Result<Route, 
     // SAFETY: zeroed just above; an all-zero `bpf_fib_lookup` is a valid (empty) request.
     let params = unsafe { request.assume_init_mut() };
     params.l4_protocol = packet.proto();
-    params.__bindgen_anon_1.tot_len = packet.ip_len() as u16;
+    params.__bindgen_anon_1.tot_len = length_as(packet, hop.family) as u16;
     params.ifindex = hop.via;
-    if packet.is_ipv6() {
+    if hop.family == FAMILY_IPV6 {
         params.family = AF_INET6;
         params.__bindgen_anon_3.ipv6_src = hop.src.words_be;
         params.__bindgen_anon_4.ipv6_dst = hop.dst.words_be;
     } else {
         params.family = AF_INET;
-        params.__bindgen_anon_2.tos = packet.ipv4().tos;
+        if !packet.is_ipv6() {
+            params.__bindgen_anon_2.tos = packet.ipv4().tos;
+        }
         params.__bindgen_anon_3.ipv4_src = hop.src.ipv4_be();
         params.__bindgen_anon_4.ipv4_dst = hop.dst.ipv4_be();
     }
@@ -149,7 +183,8 @@ pub fn route(ctx: &XdpContext, packet: &Packet, hop: &mut Hop) -> Result<Route, 
         BPF_FIB_LKUP_RET_NO_NEIGH => counter::DROP_FIB_NO_NEIGHBOUR,
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
             // SAFETY: on this result the kernel wrote the route's MTU there.
-            hop.mtu = unsafe { params.__bindgen_anon_1.mtu_result } as u32;
+            let mtu = unsafe { params.__bindgen_anon_1.mtu_result } as u32;
+            hop.mtu = mtu_for(packet, hop.family, mtu);
             counter::DROP_FIB_FRAG_NEEDED
         }
         _ => counter::DROP_FIB_UNREACHABLE,
@@ -202,7 +237,7 @@ pub fn bounce(ctx: &XdpContext, interface: &Interface) -> u32 {
 }
 
 #[inline(always)]
-fn redirect(ifindex: u32) -> u32 {
+pub fn redirect(ifindex: u32) -> u32 {
     // SAFETY: a plain helper call; it returns the XDP action to take.
     unsafe { bpf_redirect(ifindex, 0) as u32 }
 }

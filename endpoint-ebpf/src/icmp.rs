@@ -313,7 +313,8 @@ fn from_provider(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Ou
         return refused;
     };
     let slot = reply.slot;
-    if reply.tcp() & tcp::RESERVED != 0 {
+    // Errors about a translated flow are not translated (its consumer is IPv6).
+    if reply.tcp() & tcp::RESERVED != 0 || reply.family != FAMILY_IPV4 {
         return Outcome::drop_for(counter::DROP_ICMP, slot);
     }
     if ctx.ingress_ifindex() as u32 != reply.via {

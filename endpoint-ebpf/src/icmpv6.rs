@@ -234,7 +234,7 @@ pub fn from_provider(ctx: &XdpContext, interface: &Interface, packet: &Packet) -
         return refused;
     };
     let slot = reply.slot;
-    if reply.tcp() & tcp::RESERVED != 0 {
+    if reply.tcp() & tcp::RESERVED != 0 || reply.family != FAMILY_IPV6 {
         return Outcome::drop_for(counter::DROP_ICMP, slot);
     }
     if ctx.ingress_ifindex() as u32 != reply.via {

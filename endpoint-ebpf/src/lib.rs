@@ -45,12 +45,13 @@ mod reset;
 mod select;
 mod stats;
 mod tcp;
+mod translate;
 mod verify;
 
 use aya_ebpf::programs::XdpContext;
 use endpoint_common::{
     counter,
-    maps::{FlowKey, Interface, Policy, Scratch, nat_scope, tcp as bits},
+    maps::{FlowKey, Interface, PROVIDER_NETWORK, Policy, Scratch, nat_scope, tcp as bits},
 };
 
 use crate::{
@@ -156,7 +157,7 @@ fn forward(ctx: &XdpContext, interface: &Interface, packet: &Packet, flow: &Entr
         Touch::Gone => return Outcome::drop_for(counter::DROP_NO_FLOW, slot),
         Touch::Same => {
             let route = Route::kept(flow);
-            route.takes(ctx, packet, slot)?;
+            route.takes(ctx, packet, flow.family, slot)?;
             route
         }
         // The route is looked up again once a second (the neighbour or route may have
@@ -165,6 +166,7 @@ fn forward(ctx: &XdpContext, interface: &Interface, packet: &Packet, flow: &Entr
             let mut hop = Hop {
                 src: &flow.src,
                 dst: &flow.dst,
+                family: flow.family,
                 via: flow.via,
                 slot,
                 mtu: 0,
@@ -185,6 +187,9 @@ fn forward(ctx: &XdpContext, interface: &Interface, packet: &Packet, flow: &Entr
         }
     }
     flow.carried((ctx.data_end() - ctx.data()) as u64);
+    if flow.family != packet.family() {
+        return translate::to_ipv4(ctx, interface, flow, &route, counter::FORWARD);
+    }
     nat::rewrite(packet, flow);
     forward::send(ctx, interface, packet, &route, counter::FORWARD, slot)
 }
@@ -194,7 +199,7 @@ fn forward(ctx: &XdpContext, interface: &Interface, packet: &Packet, flow: &Entr
 #[inline(never)]
 fn clamp_syn(ctx: &XdpContext, interface: &Interface, packet: &Packet, egress: u32, slot: u32) {
     let egress_mtu = maps::INTERFACES.get(egress).map_or(0, |egress| egress.mtu);
-    let limit = tcp::mss_limit(packet, [interface.mtu, egress_mtu], slot);
+    let limit = tcp::mss_limit(packet, packet.family(), [interface.mtu, egress_mtu], slot);
     tcp::clamp(ctx, packet, limit, slot);
 }
 
@@ -267,10 +272,10 @@ fn open(ctx: &XdpContext, interface: &Interface, packet: &Packet, key: &FlowKey)
     scratch.forward.policy = word;
     scratch.forward.listener = endpoint.listener as u8;
     limits::reserve(&raw mut scratch.forward, settings)?;
-    // A ring holds targets of its endpoint address's family only (the agent builds
-    // them so): translating between families is not done.
+    // A ring holds targets of its endpoint address's family, or IPv4 ones for an IPv6
+    // address (translated): the agent builds them so.
     if let Err(outcome) = select::choose(endpoint.ring, key, settings, scratch)
-        .and_then(|()| select::same_family(scratch, packet.family()))
+        .and_then(|()| select::reachable_from(scratch, packet.family()))
     {
         limits::release(&raw mut scratch.forward);
         return outcome;
@@ -280,6 +285,7 @@ fn open(ctx: &XdpContext, interface: &Interface, packet: &Packet, key: &FlowKey)
     let mut hop = Hop {
         src: &scratch.nat.addr,
         dst: &scratch.target.addr,
+        family: scratch.target.family,
         via: scratch.nat.ifindex,
         slot,
         mtu: 0,
@@ -297,6 +303,15 @@ fn open(ctx: &XdpContext, interface: &Interface, packet: &Packet, key: &FlowKey)
         clamp_syn(ctx, interface, packet, route.ifindex, slot);
     }
     // What was inserted is in the scratch: no need to look it up again.
+    if scratch.forward.family != packet.family() {
+        return translate::to_ipv4(
+            ctx,
+            interface,
+            &scratch.forward,
+            &route,
+            counter::FORWARD_NEW,
+        );
+    }
     nat::rewrite(packet, &scratch.forward);
     forward::send(ctx, interface, packet, &route, counter::FORWARD_NEW, slot)
 }
@@ -390,19 +405,17 @@ fn translate(scratch: &mut Scratch, route: &Route) {
     reply_key.dst = forward.src;
     reply_key.src_port_be = target.port_be;
     reply_key.dst_port_be = 0;
-    reply_key.scope = FlowKey::scope(
-        endpoint_common::maps::PROVIDER_NETWORK,
-        forward.family,
-        forward.proto,
-    );
+    reply_key.scope = FlowKey::scope(PROVIDER_NETWORK, forward.family, forward.proto);
 }
 
 /// A provider-side packet to a NAT port: a reply of a flow, or nothing of ours to
 /// open.
 #[inline(never)]
 fn target_to_consumer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
-    let key = conntrack::arriving_reply_key(packet);
-    let Some(reply) = conntrack::lookup(&key) else {
+    let Some(key) = conntrack::forward_key(PROVIDER_NETWORK, packet) else {
+        return Outcome::drop(counter::DROP_REPLY_NO_FLOW);
+    };
+    let Some(reply) = conntrack::lookup(key) else {
         // To a NAT address and port but no flow: the provider side can never open
         // anything towards a consumer.
         let scope = nat_scope(ctx.ingress_ifindex() as u32);
@@ -448,16 +461,24 @@ fn target_to_consumer(ctx: &XdpContext, interface: &Interface, packet: &Packet) 
         }
     }
     let (route, mtu) = Route::back(&reply).inspect_err(|_| remove_by_reply(&reply))?;
-    forward::fits(ctx, packet, mtu, slot)?;
+    forward::fits(
+        ctx,
+        packet,
+        forward::mtu_for(packet, reply.family, mtu),
+        slot,
+    )?;
     if flags & SYN != 0 {
         tcp::clamp(
             ctx,
             packet,
-            tcp::mss_limit(packet, [interface.mtu, mtu], slot),
+            tcp::mss_limit(packet, reply.family, [interface.mtu, mtu], slot),
             slot,
         );
     }
     reply.carried((ctx.data_end() - ctx.data()) as u64);
+    if reply.family != packet.family() {
+        return translate::to_ipv6(ctx, interface, &reply, &route, counter::REPLY);
+    }
     nat::rewrite(packet, &reply);
     forward::send(ctx, interface, packet, &route, counter::REPLY, slot)
 }

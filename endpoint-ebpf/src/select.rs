@@ -3,7 +3,7 @@
 
 use endpoint_common::{
     counter, hash,
-    maps::{FAMILY_IPV6, FlowKey, MAX_NAT_ADDRESSES, NO_TARGET, Scratch, Settings},
+    maps::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_NAT_ADDRESSES, NO_TARGET, Scratch, Settings},
 };
 
 use crate::{
@@ -62,10 +62,12 @@ pub fn choose(
     Ok(())
 }
 
-/// Whether the chosen target is of `family`, the consumer's.
+/// Whether the chosen target can be reached from `family`, the consumer's: of the same
+/// family, or IPv4 from IPv6 (translated).
 #[inline(always)]
-pub fn same_family(scratch: &Scratch, family: u8) -> Result<(), Outcome> {
-    if scratch.target.family != family {
+pub fn reachable_from(scratch: &Scratch, family: u8) -> Result<(), Outcome> {
+    let target = scratch.target.family;
+    if target != family && !(family == FAMILY_IPV6 && target == FAMILY_IPV4) {
         return Err(Outcome::drop_for(
             counter::DROP_NO_TARGET,
             scratch.forward.slot,

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use endpoint_common::{
     checksum::Delta,
     counter,
-    maps::{Flow, FlowKey, tcp},
+    maps::{FAMILY_IPV6, Flow, FlowKey, tcp},
 };
 
 use crate::{
@@ -271,13 +271,19 @@ pub fn clamp_mss(ctx: &XdpContext, packet: &Packet, limit: u32) -> bool {
     true
 }
 
-/// The MSS `packet`, a SYN or SYN-ACK of endpoint `slot`, may announce between
-/// interfaces with MTUs `mtus` (0: unknown): what fits both, and the service's `mss`.
+/// The MSS `packet`, a SYN or SYN-ACK of endpoint `slot` that leaves as `family`, may
+/// announce between interfaces with MTUs `mtus` (0: unknown): what fits both, and the
+/// service's `mss`. A connection translated between IPv6 and IPv4 must fit the IPv6
+/// side's longer header on both.
 #[inline(always)]
-pub fn mss_limit(packet: &Packet, mtus: [u32; 2], slot: u32) -> u32 {
+pub fn mss_limit(packet: &Packet, family: u8, mtus: [u32; 2], slot: u32) -> u32 {
     let mut limit = LIMITS.get(slot).map_or(0, |l| l.mss as u32);
     // The IP and TCP headers without options.
-    let headers = packet.ip_header_len() as u32 + 20;
+    let headers = if packet.is_ipv6() || family == FAMILY_IPV6 {
+        60
+    } else {
+        40
+    };
     for mtu in mtus {
         if mtu > headers && (limit == 0 || mtu - headers < limit) {
             limit = mtu - headers;

@@ -397,6 +397,23 @@ pub struct Listener {
     pub targets: Vec<Target>,
 }
 
+impl Listener {
+    /// The family of the targets an endpoint address of `family` reaches here: its
+    /// own when the listener has targets of it, else IPv4 ones from an IPv6 address
+    /// (translated in the data path); none for an IPv4 address with IPv6 targets only.
+    pub fn target_family(&self, family: u8) -> Option<u8> {
+        use endpoint_common::maps::{Addr, FAMILY_IPV4, FAMILY_IPV6};
+        let has = |f: u8| self.targets.iter().any(|t| Addr::family_of(t.ip) == f);
+        if has(family) {
+            Some(family)
+        } else if family == FAMILY_IPV6 && has(FAMILY_IPV4) {
+            Some(FAMILY_IPV4)
+        } else {
+            None
+        }
+    }
+}
+
 /// A listener's protocol: a port may have a TCP and a UDP listener.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,

@@ -778,8 +778,9 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
             );
             continue;
         };
-        // An address's flows go to targets of its family: every listener it may be
-        // placed on needs one (an empty listener is warned about on its own).
+        // An address's flows go to targets of its family, or an IPv6 address's to IPv4
+        // ones (translated): every listener it may be placed on needs one (an empty
+        // listener is warned about on its own).
         for (n, address) in addresses.iter().enumerate() {
             let f = family(address.ip);
             let lacking: Vec<String> = service
@@ -789,24 +790,19 @@ fn endpoints(config: &Config, networks: &BTreeSet<String>, problems: &mut Proble
                     lb.listeners
                         .iter()
                         .filter(|l| !l.targets.is_empty())
-                        .filter(move |l| !l.targets.iter().any(|t| family(t.ip) == f))
+                        .filter(move |l| l.target_family(Addr::family_of(address.ip)).is_none())
                         .map(move |l| format!("{}/{} of {:?}", l.port, l.protocol, lb.name))
                 })
                 .collect();
             if lacking.is_empty() {
                 continue;
             }
-            let translation = if address.ip.is_ipv6() {
-                "IPv6 to IPv4 translation is not supported yet"
-            } else {
-                "IPv4 to IPv6 translation is not supported"
-            };
             problems.error(
                 &object,
                 path(&endpoint.address_path(n, "ip")),
                 format!(
                     "{f} address {} of an endpoint whose service {:?} has no {f} targets on \
-                     listener(s) {} ({translation})",
+                     listener(s) {} (IPv4 to IPv6 translation is not supported)",
                     address.ip,
                     service.name,
                     lacking.join(", ")

@@ -868,21 +868,10 @@ fn ipv6_addresses_are_global_or_unique_local_unicast() {
 
 #[test]
 fn an_endpoint_address_needs_targets_of_its_family_in_every_listener() {
-    // IPv6 endpoint address, IPv4 targets only: no 6-to-4 translation yet.
+    // IPv6 endpoint address, IPv4 targets only: valid, translated (6 to 4).
     let text = BASE.replace("ip: 10.0.0.100", "ip: fd00:a::100");
-    let report = parse("test.yaml", &text).unwrap_err().report;
-    assert_names(
-        &report,
-        &[
-            &format!("test.yaml:{}:", line_in(&text, "fd00:a::100")),
-            "endpoint \"vpce-1\" (endpoints[0].ip)",
-            "IPv6 address fd00:a::100 of an endpoint whose service \"orders\" has no IPv6 \
-             targets on listener(s) 80/tcp of \"nlb-1\" (IPv6 to IPv4 translation is not \
-             supported yet)",
-            "1 error(s)",
-        ],
-    );
-    // IPv4 endpoint address, IPv6 targets only.
+    parse("test.yaml", &text).expect("an IPv6 address in front of IPv4 targets");
+    // IPv4 endpoint address, IPv6 targets only: no 4 to 6.
     let text = BASE
         .replace("[172.16.0.100]", "[fd00:16::100]")
         .replace("ip: 172.16.0.10,", "ip: fd00:16::10,")
@@ -891,13 +880,15 @@ fn an_endpoint_address_needs_targets_of_its_family_in_every_listener() {
     assert_names(
         &report,
         &[
-            "endpoints[0].ip",
+            &format!("test.yaml:{}:", line_in(&text, "ip: 10.0.0.100")),
+            "endpoint \"vpce-1\" (endpoints[0].ip)",
             "IPv4 address 10.0.0.100 of an endpoint whose service \"orders\" has no IPv4 \
              targets on listener(s) 80/tcp of \"nlb-1\" (IPv4 to IPv6 translation is not \
              supported)",
+            "1 error(s)",
         ],
     );
-    // Every listener counts: a UDP one with IPv4 targets only fails the IPv6 address.
+    // Every listener counts: a UDP one with IPv6 targets only fails the IPv4 address.
     let text = dual_stack()
         .replace(
             "        listeners:\n",
@@ -905,14 +896,14 @@ fn an_endpoint_address_needs_targets_of_its_family_in_every_listener() {
         )
         .replace(
             "endpoints:",
-            "          - { port: 53, protocol: udp, targets: [{ ip: 172.16.0.10, port: 53 }] }\nendpoints:",
+            "          - { port: 53, protocol: udp, targets: [{ ip: fd00:16::10, port: 53 }] }\nendpoints:",
         );
     let report = parse("test.yaml", &text).unwrap_err().report;
     assert_names(
         &report,
         &[
-            "endpoints[0].addresses[1].ip",
-            "no IPv6 targets on listener(s) 53/udp of \"nlb-1\"",
+            "endpoints[0].addresses[0].ip",
+            "no IPv4 targets on listener(s) 53/udp of \"nlb-1\"",
             "1 error(s)",
         ],
     );

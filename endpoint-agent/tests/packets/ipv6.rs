@@ -8,13 +8,15 @@ use endpoint_common::{
     counter,
     maps::{FAMILY_IPV6, PROTO_TCP},
 };
-use etherparse::{IpNumber, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+use etherparse::{IpNumber, NetHeaders, PacketBuilder, PacketHeaders, TcpHeader, TransportHeader};
 
 use crate::rig::*;
 
 const CLIENT6: [u8; 16] = fd00(0xa, 0x10);
 const ENDPOINT6: [u8; 16] = fd00(0xa, 0x100);
 const GUARDED6: [u8; 16] = fd00(0xa, 0x104);
+/// An IPv6 endpoint address of a service with IPv4 targets only.
+const LEGACY6: [u8; 16] = fd00(0xa, 0x105);
 const NAT6: [u8; 16] = fd00(0x16, 0x100);
 const TARGETS6: [([u8; 16], [u8; 6]); 2] = [
     (fd00(0x16, 0x10), [2, 0, 0, 0, 0, 0x10]),
@@ -58,6 +60,19 @@ services:
             targets:
               - { ip: 172.16.0.10, port: 5353 }
               - { ip: 'fd00:16::10', port: 5353 }
+  - name: legacy
+    acceptance_required: false
+    allowed_principals: ['*']
+    load_balancers:
+      - name: nlb
+        zone: z1
+        health_check: { protocol: none }
+        listeners:
+          - port: 80
+            targets: [{ ip: 172.16.0.10, port: 8080 }]
+          - port: 53
+            protocol: udp
+            targets: [{ ip: 172.16.0.10, port: 5353 }]
 endpoints:
   - id: a
     service: orders
@@ -66,6 +81,7 @@ endpoints:
     addresses: [{ zone: z1, ip: 10.0.0.100 }, { zone: z1, ip: 'fd00:a::100' }]
     state: available
   - { id: b, service: orders, principal: p, consumer_network: vpc-b, ip: 'fd00:a::100', zone: z1, state: available }
+  - { id: legacy, service: legacy, principal: p, consumer_network: vpc-a, ip: 'fd00:a::105', zone: z1, state: available }
   - id: guarded
     service: orders
     principal: p
@@ -650,5 +666,109 @@ fn a_provider_side_icmpv6_error_about_a_flow_reaches_its_consumer_translated() {
         let stray = icmpv6((target.1, prov), target.0, NAT6, stray);
         assert_eq!(rig.run("prov", &stray).action, XDP_DROP);
         assert_eq!(rig.counters().packets(counter::DROP_ICMP), 2);
+    });
+}
+
+#[test]
+fn an_ipv6_endpoint_of_an_ipv4_service_translates_both_ways() {
+    with_rig6(|rig| {
+        let (cons_a, prov) = (rig.link("cons-a").mac, rig.link("prov").mac);
+        let (target, target_mac) = TARGETS[0];
+        let mut syn = tcp6(
+            (CLIENT_MAC, cons_a),
+            CLIENT6,
+            LEGACY6,
+            (40000, 80),
+            CLIENT_ISN,
+            None,
+            true,
+        );
+        // Traffic class 0xb8 (EF), across the first two bytes.
+        syn[14] = 0x60 | 0xb8 >> 4;
+        syn[15] = 0x80;
+        let out = rig.run("cons-a", &syn);
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", rig.counted());
+        assert_eq!(out.frame.len(), syn.len() - 20, "an IPv4 header instead");
+        // `parse` checks the IPv4 and TCP checksums from scratch.
+        let (ip, tcp) = parse(&out.frame);
+        assert_eq!((ip.source, ip.destination), (NAT, target));
+        assert_eq!(ip.time_to_live, 63);
+        assert!(ip.dont_fragment);
+        assert_eq!(ip.identification, 0);
+        assert_eq!(
+            ip.dscp.value() << 2 | ip.ecn.value(),
+            0xb8,
+            "TOS from the class"
+        );
+        assert_eq!(tcp.destination_port, 8080);
+        assert_eq!(out.frame[0..6], target_mac);
+        assert_eq!(out.frame[6..12], prov);
+        let nat_port = tcp.source_port;
+
+        // The SYN-ACK comes back as IPv6, its MSS held to the IPv6 side (1500 - 60).
+        let mut header = TcpHeader::new(8080, nat_port, TARGET_ISN, 4096);
+        header.syn = true;
+        header.ack = true;
+        header.acknowledgment_number = CLIENT_ISN + 1;
+        header.set_options_raw(&[2, 4, 0x05, 0xb4]).unwrap();
+        let mut syn_ack = Vec::new();
+        PacketBuilder::ethernet2(target_mac, prov)
+            .ipv4(target, NAT, 64)
+            .tcp_header(header)
+            .write(&mut syn_ack, b"")
+            .unwrap();
+        let back = rig.run("prov", &syn_ack);
+        assert_eq!(back.action, XDP_REDIRECT, "{:?}", rig.counted());
+        assert_eq!(back.frame.len(), syn_ack.len() + 20);
+        let (ip, tcp) = parse6(&back.frame);
+        assert_eq!((ip.source, ip.destination), (LEGACY6, CLIENT6));
+        assert_eq!(ip.hop_limit, 63);
+        assert_eq!((tcp.source_port, tcp.destination_port), (80, 40000));
+        assert_eq!(tcp.options.as_slice(), [2, 4, 0x05, 0xa0], "MSS 1440");
+        assert_eq!(back.frame[0..6], CLIENT_MAC);
+        assert_eq!(back.frame[6..12], cons_a);
+
+        // UDP both ways; an IPv4 answer without a checksum cannot become IPv6.
+        let mut datagram = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, cons_a)
+            .ipv6(CLIENT6, LEGACY6, 64)
+            .udp(40001, 53)
+            .write(&mut datagram, b"query")
+            .unwrap();
+        let out = rig.run("cons-a", &datagram);
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", rig.counted());
+        let (ip, udp, payload) = parse_udp(&out.frame);
+        assert_eq!((ip.source, ip.destination), (NAT, target));
+        assert_eq!(udp.checksum, udp.calc_checksum_ipv4(&ip, &payload).unwrap());
+        let answer = |checksum: bool| {
+            let mut frame = Vec::new();
+            PacketBuilder::ethernet2(target_mac, prov)
+                .ipv4(target, NAT, 64)
+                .udp(5353, udp.source_port)
+                .write(&mut frame, b"answer")
+                .unwrap();
+            if !checksum {
+                frame[34 + 6..34 + 8].copy_from_slice(&[0, 0]);
+            }
+            frame
+        };
+        assert_eq!(rig.run("prov", &answer(false)).action, XDP_DROP);
+        assert_eq!(rig.count("legacy", counter::DROP_BAD_CHECKSUM), 1);
+        let back = rig.run("prov", &answer(true));
+        assert_eq!(back.action, XDP_REDIRECT);
+        let headers = PacketHeaders::from_ethernet_slice(&back.frame).unwrap();
+        let (Some(NetHeaders::Ipv6(ip, _)), Some(TransportHeader::Udp(udp))) =
+            (headers.net, headers.transport)
+        else {
+            panic!("not UDP/IPv6")
+        };
+        assert_eq!((ip.source, ip.destination), (LEGACY6, CLIENT6));
+        assert_eq!((udp.source_port, udp.destination_port), (53, 40001));
+        assert_eq!(
+            udp.checksum,
+            udp.calc_checksum_ipv6(&ip, headers.payload.slice())
+                .unwrap()
+        );
+        assert_eq!(headers.payload.slice(), b"answer");
     });
 }
