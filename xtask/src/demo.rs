@@ -1,22 +1,27 @@
 //! The demo: two consumer networks whose clients have the same address each reach the
 //! `orders` service through their own endpoint; the targets see only the NAT address;
+//! one endpoint is dual-stack, and its IPv6 address reaches the IPv4 targets translated;
 //! each network resolves the same private DNS name to its own endpoint (answered in XDP
 //! on its resolver address) and connects by name; a `pendingAcceptance` endpoint gets no
 //! connection until the provider accepts it, then carries TCP and a UDP exchange.
 //! Everything is removed on exit or Ctrl-C.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
 use anyhow::{Result, bail};
-use testbed::{Agent, Namespace, Server, Topology, UdpServer, addresses, ask, at, udp_ask};
+use testbed::{
+    Agent, Namespace, Server, Topology, UdpServer, addresses, ask, ask_any, at, udp_ask,
+};
 
 /// The endpoint IPs of the example config (examples/demo.yaml).
 const ORDERS_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+/// vpce-a-orders' IPv6 address (orders' targets are IPv4: translated).
+const ORDERS_ENDPOINT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xa, 0, 0, 0, 0, 0, 0x100);
 const BILLING_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 101);
 /// Each consumer network's resolver address, and the names the demo asks it.
 const RESOLVER: &str = "10.0.0.2";
@@ -55,6 +60,7 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
     }
     println!("\n== Building the topology (network namespaces and veth links)");
     let topology = Topology::build()?;
+    topology.add_ipv6()?;
     println!(
         "   consumer-a ({}) and consumer-b ({}): clients at {} in BOTH\n   node ({}): the agent and the XDP program\n   provider ({}): targets at {}:8080 and {}:8080, billing at {}:9090 (TCP) and :7 (UDP echo)",
         topology.consumer_a.name(),
@@ -127,6 +133,22 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
             converse(consumer, network, i)?;
         }
     }
+
+    check_interrupt()?;
+    let to = SocketAddr::new(ORDERS_ENDPOINT_V6.into(), 80);
+    println!(
+        "\n== vpc-a: the same client over IPv6, {} to {to} (vpce-a-orders is dual-stack; orders' targets are IPv4: translated 6 to 4)",
+        addresses::v6::CLIENT
+    );
+    let line = "hello over IPv6 from vpc-a";
+    let answer = ask_any(&topology.consumer_a, to, line, TIMEOUT)?;
+    if answer.echo != line {
+        bail!("the target echoed {:?}, not {line:?}", answer.echo);
+    }
+    println!(
+        "   answered by {}; it saw the connection come from {} (IPv4: the NAT address)",
+        answer.target, answer.seen_from
+    );
 
     for (consumer, network) in [
         (&topology.consumer_a, "vpc-a"),

@@ -153,11 +153,13 @@ fn a_zoned_node_stands_for_its_zones_addresses_that_carry_traffic_and_leaves_the
         .unwrap(),
     )
     .unwrap();
-    // vpce-b-billing waits for acceptance: nobody claims it.
+    // vpce-b-billing waits for acceptance: nobody claims it. vpce-a-orders is
+    // dual-stack: each of its addresses is an election of its own.
     assert_eq!(
         claims(&config, "zone-1"),
         BTreeSet::from([
             "zone-1/vpc-a/10.0.0.100".to_string(),
+            "zone-1/vpc-a/fd00:a::100".to_string(),
             "zone-1/vpc-b/10.0.0.100".to_string()
         ])
     );
