@@ -30,7 +30,8 @@ use endpoint_common::{
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 use crate::{
-    budget, classify, conntrack,
+    budget, classify,
+    conntrack::{self, Entry},
     forward::{self, Route},
     icmpv6,
     maps::INTERFACES,
@@ -270,6 +271,40 @@ fn echo(ctx: &XdpContext, interface: &Interface, packet: &Packet, address: &Addr
     )
 }
 
+/// The flow a provider-side error is about — `key`, its quote the other way round —
+/// and the way back to its consumer: a live flow of the error's family, that leaves by
+/// the interface the error came in on and is still admitted, and an error that may
+/// travel one more hop. (Errors about a flow translated between the families are not
+/// translated themselves.)
+#[inline(always)]
+pub fn flow_of_error(
+    ctx: &XdpContext,
+    interface: &Interface,
+    packet: &Packet,
+    key: &FlowKey,
+) -> Result<(Entry, Route), Outcome> {
+    let Some(reply) = conntrack::lookup(key) else {
+        return Err(Outcome::drop(counter::DROP_ICMP));
+    };
+    let slot = reply.slot;
+    if reply.tcp() & tcp::RESERVED != 0 || reply.family != packet.family() {
+        return Err(Outcome::drop_for(counter::DROP_ICMP, slot));
+    }
+    if ctx.ingress_ifindex() as u32 != reply.via {
+        return Err(Outcome::drop_for(counter::DROP_WRONG_INTERFACE, slot));
+    }
+    verify::addressed_to(interface, packet, slot)?;
+    verify::ip_checksum(packet, slot)?;
+    if packet.hop_limit() <= 1 {
+        return Err(Outcome::drop_for(counter::DROP_TTL_EXPIRED, slot));
+    }
+    if policy::word(slot) != reply.policy && policy::recheck_reply(&reply).is_err() {
+        return Err(Outcome::drop_for(counter::DROP_FLOW_GONE, slot));
+    }
+    let (route, _) = Route::back(&reply)?;
+    Ok((reply, route))
+}
+
 /// A provider-side ICMP message to a NAT address: an error about one of its flows goes
 /// to the flow's consumer, translated; anything else is dropped.
 #[inline(never)]
@@ -309,26 +344,8 @@ fn from_provider(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Ou
         dst_port_be: u16::from_ne_bytes(ports[0]),
         scope: FlowKey::scope(PROVIDER_NETWORK, FAMILY_IPV4, proto),
     };
-    let Some(reply) = conntrack::lookup(&key) else {
-        return refused;
-    };
+    let (reply, route) = flow_of_error(ctx, interface, packet, &key)?;
     let slot = reply.slot;
-    // Errors about a translated flow are not translated (its consumer is IPv6).
-    if reply.tcp() & tcp::RESERVED != 0 || reply.family != FAMILY_IPV4 {
-        return Outcome::drop_for(counter::DROP_ICMP, slot);
-    }
-    if ctx.ingress_ifindex() as u32 != reply.via {
-        return Outcome::drop_for(counter::DROP_WRONG_INTERFACE, slot);
-    }
-    verify::addressed_to(interface, packet, slot)?;
-    verify::ip_checksum(packet, slot)?;
-    if packet.hop_limit() <= 1 {
-        return Outcome::drop_for(counter::DROP_TTL_EXPIRED, slot);
-    }
-    if policy::word(slot) != reply.policy && policy::recheck_reply(&reply).is_err() {
-        return Outcome::drop_for(counter::DROP_FLOW_GONE, slot);
-    }
-    let (route, _) = Route::back(&reply)?;
 
     // The consumer sees the error come from the endpoint, about the packet it sent.
     let (consumer, endpoint) = (reply.dst.ipv4_be(), reply.src.ipv4_be());

@@ -22,14 +22,13 @@ use endpoint_common::{
     counter,
     maps::{
         Addr, Address, FAMILY_IPV6, Flow, FlowKey, Interface, PROTO_TCP, PROTO_UDP,
-        PROVIDER_NETWORK, Policy, tcp,
+        PROVIDER_NETWORK, Policy,
     },
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
-    budget, conntrack,
-    forward::{self, Route},
+    budget, forward, icmp,
     maps::INTERFACES,
     outcome::Outcome,
     parse::{PROTO_ICMPV6, Packet},
@@ -230,24 +229,8 @@ pub fn from_provider(ctx: &XdpContext, interface: &Interface, packet: &Packet) -
         dst_port_be: u16::from_ne_bytes(ports[0]),
         scope: FlowKey::scope(PROVIDER_NETWORK, FAMILY_IPV6, proto),
     };
-    let Some(reply) = conntrack::lookup(&key) else {
-        return refused;
-    };
+    let (reply, route) = icmp::flow_of_error(ctx, interface, packet, &key)?;
     let slot = reply.slot;
-    if reply.tcp() & tcp::RESERVED != 0 || reply.family != FAMILY_IPV6 {
-        return Outcome::drop_for(counter::DROP_ICMP, slot);
-    }
-    if ctx.ingress_ifindex() as u32 != reply.via {
-        return Outcome::drop_for(counter::DROP_WRONG_INTERFACE, slot);
-    }
-    verify::addressed_to(interface, packet, slot)?;
-    if packet.hop_limit() <= 1 {
-        return Outcome::drop_for(counter::DROP_TTL_EXPIRED, slot);
-    }
-    if policy::word(slot) != reply.policy && policy::recheck_reply(&reply).is_err() {
-        return Outcome::drop_for(counter::DROP_FLOW_GONE, slot);
-    }
-    let (route, _) = Route::back(&reply)?;
     // SAFETY: `parse` checked the ICMPv6 and IPv6 headers.
     let (icmp, ip) = unsafe {
         (

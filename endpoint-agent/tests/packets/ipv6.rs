@@ -136,15 +136,41 @@ fn sum(bytes: &[u8]) -> u32 {
     sum
 }
 
-/// Whether an ICMPv6 message's checksum over its pseudo-header is right.
-fn icmpv6_checksum_ok(src: &[u8], dst: &[u8], message: &[u8]) -> bool {
+/// The sum of an ICMPv6 message from `src` to `dst` over its pseudo-header.
+fn icmpv6_sum(src: &[u8], dst: &[u8], message: &[u8]) -> u32 {
     let mut pseudo = Vec::new();
     pseudo.extend(src);
     pseudo.extend(dst);
     pseudo.extend((message.len() as u32).to_be_bytes());
     pseudo.extend([0, 0, 0, 58]);
     pseudo.extend(message);
-    sum(&pseudo) == 0xffff
+    sum(&pseudo)
+}
+
+/// Whether an ICMPv6 message's checksum over its pseudo-header is right.
+fn icmpv6_checksum_ok(src: &[u8], dst: &[u8], message: &[u8]) -> bool {
+    icmpv6_sum(src, dst, message) == 0xffff
+}
+
+/// The frame of an ICMPv6 message from `src` to `dst`, sent with `hop_limit` from MAC
+/// `macs.0` to `macs.1`, its checksum computed here.
+fn icmpv6(
+    macs: ([u8; 6], [u8; 6]),
+    (src, dst): ([u8; 16], [u8; 16]),
+    hop_limit: u8,
+    mut message: Vec<u8>,
+) -> Vec<u8> {
+    let check = !(icmpv6_sum(&src, &dst, &message) as u16);
+    message[2..4].copy_from_slice(&check.to_be_bytes());
+    let mut frame = macs.1.to_vec();
+    frame.extend(macs.0);
+    frame.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+    frame.extend((message.len() as u16).to_be_bytes());
+    frame.extend([58, hop_limit]);
+    frame.extend(src);
+    frame.extend(dst);
+    frame.extend(message);
+    frame
 }
 
 /// A neighbour solicitation for `target` from `src` (with its link-layer address
@@ -158,23 +184,27 @@ fn solicitation(src: [u8; 16], target: [u8; 16], hop_limit: u8) -> Vec<u8> {
         message.extend([1, 1]);
         message.extend(CLIENT_MAC);
     }
-    let mut pseudo = Vec::new();
-    pseudo.extend(src);
-    pseudo.extend(group);
-    pseudo.extend((message.len() as u32).to_be_bytes());
-    pseudo.extend([0, 0, 0, 58]);
-    pseudo.extend(&message);
-    let check = !(sum(&pseudo) as u16);
-    message[2..4].copy_from_slice(&check.to_be_bytes());
-    let mut frame = vec![0x33, 0x33, 0xff, group[13], group[14], group[15]];
-    frame.extend(CLIENT_MAC);
-    frame.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
-    frame.extend((message.len() as u16).to_be_bytes());
-    frame.extend([58, hop_limit]);
-    frame.extend(src);
-    frame.extend(group);
-    frame.extend(message);
-    frame
+    let group_mac = [0x33, 0x33, 0xff, group[13], group[14], group[15]];
+    icmpv6((CLIENT_MAC, group_mac), (src, group), hop_limit, message)
+}
+
+/// The ICMPv6 error a node sends about `frame` (IPv6) arriving from the client on an
+/// interface with `mac`: `kind`, `info` (the MTU), from the address `frame` went to,
+/// quoting its IPv6 header and 8 bytes.
+fn icmpv6_error_about(frame: &[u8], mac: [u8; 6], kind: u8, info: u32) -> Vec<u8> {
+    let mut message = vec![kind, 0, 0, 0];
+    message.extend(info.to_be_bytes());
+    message.extend(&frame[14..14 + 48]);
+    let addresses = (
+        frame[38..54].try_into().unwrap(),
+        frame[22..38].try_into().unwrap(),
+    );
+    icmpv6(
+        (mac, frame[6..12].try_into().unwrap()),
+        addresses,
+        64,
+        message,
+    )
 }
 
 #[test]
@@ -483,33 +513,6 @@ fn ipv6_martians_extension_headers_and_udp_without_a_checksum_are_dropped() {
     });
 }
 
-/// The ICMPv6 error a node sends about `frame` (IPv6) arriving from the client on an
-/// interface with `mac`: `kind`, `info` (the MTU), from the address `frame` went to,
-/// quoting its IPv6 header and 8 bytes.
-fn icmpv6_error_about(frame: &[u8], mac: [u8; 6], kind: u8, info: u32) -> Vec<u8> {
-    let mut message = vec![kind, 0, 0, 0];
-    message.extend(info.to_be_bytes());
-    message.extend(&frame[14..14 + 48]);
-    let (src, dst) = (&frame[38..54], &frame[22..38]);
-    let mut pseudo = Vec::new();
-    pseudo.extend(src);
-    pseudo.extend(dst);
-    pseudo.extend((message.len() as u32).to_be_bytes());
-    pseudo.extend([0, 0, 0, 58]);
-    pseudo.extend(&message);
-    let check = !(sum(&pseudo) as u16);
-    message[2..4].copy_from_slice(&check.to_be_bytes());
-    let mut out = frame[6..12].to_vec();
-    out.extend(mac);
-    out.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
-    out.extend((message.len() as u16).to_be_bytes());
-    out.extend([58, 64]);
-    out.extend(src);
-    out.extend(dst);
-    out.extend(message);
-    out
-}
-
 #[test]
 fn a_hop_limit_that_runs_out_or_a_packet_too_big_is_told_to_its_ipv6_sender() {
     with_rig6(|rig| {
@@ -565,34 +568,13 @@ fn a_hop_limit_that_runs_out_or_a_packet_too_big_is_told_to_its_ipv6_sender() {
     });
 }
 
-/// An ICMPv6 message from `src` to `dst`, its checksum computed here.
-fn icmpv6(macs: ([u8; 6], [u8; 6]), src: [u8; 16], dst: [u8; 16], mut message: Vec<u8>) -> Vec<u8> {
-    let mut pseudo = Vec::new();
-    pseudo.extend(src);
-    pseudo.extend(dst);
-    pseudo.extend((message.len() as u32).to_be_bytes());
-    pseudo.extend([0, 0, 0, 58]);
-    pseudo.extend(&message);
-    let check = !(sum(&pseudo) as u16);
-    message[2..4].copy_from_slice(&check.to_be_bytes());
-    let mut frame = macs.1.to_vec();
-    frame.extend(macs.0);
-    frame.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
-    frame.extend((message.len() as u16).to_be_bytes());
-    frame.extend([58, 64]);
-    frame.extend(src);
-    frame.extend(dst);
-    frame.extend(message);
-    frame
-}
-
 #[test]
 fn a_consumer_can_ping_an_ipv6_endpoint_its_security_groups_admit() {
     with_rig6(|rig| {
         let cons_a = rig.link("cons-a").mac;
         let request = |src, dst| {
             let message = [128, 0, 0, 0, 0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g'].to_vec();
-            icmpv6((CLIENT_MAC, cons_a), src, dst, message)
+            icmpv6((CLIENT_MAC, cons_a), (src, dst), 64, message)
         };
         let out = rig.run("cons-a", &request(CLIENT6, ENDPOINT6));
         assert_eq!(out.action, XDP_REDIRECT, "{:?}", rig.counted());
@@ -635,7 +617,7 @@ fn a_provider_side_icmpv6_error_about_a_flow_reaches_its_consumer_translated() {
         // The target's port is closed: destination unreachable, quoting what it got.
         let mut message = vec![1, 4, 0, 0, 0, 0, 0, 0];
         message.extend(&out.frame[14..14 + 48]);
-        let error = icmpv6((target.1, prov), target.0, NAT6, message);
+        let error = icmpv6((target.1, prov), (target.0, NAT6), 64, message);
         let back = rig.run("prov", &error);
         assert_eq!(back.action, XDP_REDIRECT, "{:?}", rig.counted());
         let f = &back.frame;
@@ -654,8 +636,8 @@ fn a_provider_side_icmpv6_error_about_a_flow_reaches_its_consumer_translated() {
         // Other ICMPv6 to the NAT address, or an error about no flow: dropped.
         let echo = icmpv6(
             (target.1, prov),
-            target.0,
-            NAT6,
+            (target.0, NAT6),
+            64,
             vec![128, 0, 0, 0, 0, 1, 0, 1],
         );
         assert_eq!(rig.run("prov", &echo).action, XDP_DROP);
@@ -663,7 +645,7 @@ fn a_provider_side_icmpv6_error_about_a_flow_reaches_its_consumer_translated() {
         let mut quote = out.frame[14..14 + 48].to_vec();
         quote[40..42].copy_from_slice(&20999u16.to_be_bytes());
         stray.extend(quote);
-        let stray = icmpv6((target.1, prov), target.0, NAT6, stray);
+        let stray = icmpv6((target.1, prov), (target.0, NAT6), 64, stray);
         assert_eq!(rig.run("prov", &stray).action, XDP_DROP);
         assert_eq!(rig.counters().packets(counter::DROP_ICMP), 2);
     });
