@@ -105,8 +105,9 @@ pub fn load(config: &Config, instance: &Instance) -> Result<(Ebpf, Maps)> {
     let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
     for name in [PROGRAM, EXPIRE] {
         // The verifier gives up with EAGAIN when it is interrupted (a pending signal);
-        // try again, as libbpf and cilium/ebpf do. Five attempts (libbpf's) were seen
-        // to run out once in CI under parallel tests: allow more, still bounded.
+        // try again, as libbpf and cilium/ebpf do. Twenty immediate attempts were seen
+        // to run out under parallel tests: back off a little more each time (at most
+        // about two seconds in all).
         let mut attempts = 20;
         loop {
             match xdp(&mut ebpf, name)?.load() {
@@ -114,6 +115,7 @@ pub fn load(config: &Config, instance: &Instance) -> Result<(Ebpf, Maps)> {
                     if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts > 1 =>
                 {
                     attempts -= 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10 * (20 - attempts)));
                 }
                 result => {
                     result.with_context(|| {

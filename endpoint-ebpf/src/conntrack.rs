@@ -17,7 +17,9 @@ use aya_ebpf::{
 };
 use endpoint_common::{
     counter, hash,
-    maps::{DEAD, Flow, FlowKey, PROTO_TCP, Pending, Scratch, Settings, tcp},
+    maps::{
+        Addr, DEAD, Flow, FlowKey, PROTO_TCP, PROVIDER_NETWORK, Pending, Scratch, Settings, tcp,
+    },
 };
 
 use crate::{
@@ -40,6 +42,28 @@ pub fn forward_key(network: u32, packet: &Packet) -> Option<&'static FlowKey> {
     // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
     unsafe {
         write_key(key, network, packet);
+        Some(&*key)
+    }
+}
+
+/// The reply key of the flow whose packet (`src` to `dst`, `ports` as in the packet) an
+/// ICMP error quotes: the other way round, on the provider side. Kept per CPU too.
+#[inline(always)]
+pub fn quoted_key(
+    src: Addr,
+    dst: Addr,
+    ports: [[u8; 2]; 2],
+    family: u8,
+    proto: u8,
+) -> Option<&'static FlowKey> {
+    let key = FLOW_KEY.get_ptr_mut(0)?;
+    // SAFETY: as above.
+    unsafe {
+        (*key).src = dst;
+        (*key).dst = src;
+        (*key).src_port_be = u16::from_ne_bytes(ports[1]);
+        (*key).dst_port_be = u16::from_ne_bytes(ports[0]);
+        (*key).scope = FlowKey::scope(PROVIDER_NETWORK, family, proto);
         Some(&*key)
     }
 }

@@ -23,8 +23,8 @@ use endpoint_common::{
     checksum::{Delta, Sum},
     counter,
     maps::{
-        Addr, Address, FAMILY_IPV4, FlowKey, Interface, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-        PROVIDER_NETWORK, Policy, address_kind, nat_scope, tcp,
+        Addr, Address, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, Interface, PROTO_ICMP, PROTO_TCP,
+        PROTO_UDP, Policy, address_kind, nat_scope, tcp,
     },
 };
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
@@ -38,7 +38,7 @@ use crate::{
     outcome::Outcome,
     parse::Packet,
     policy::{self, Admission},
-    verify,
+    translate, verify,
 };
 
 const ECHO_REPLY: u8 = 0;
@@ -272,10 +272,9 @@ fn echo(ctx: &XdpContext, interface: &Interface, packet: &Packet, address: &Addr
 }
 
 /// The flow a provider-side error is about — `key`, its quote the other way round —
-/// and the way back to its consumer: a live flow of the error's family, that leaves by
-/// the interface the error came in on and is still admitted, and an error that may
-/// travel one more hop. (Errors about a flow translated between the families are not
-/// translated themselves.)
+/// and the way back to its consumer: a live flow of the error's family (or an IPv6
+/// consumer's, translated), that leaves by the interface the error came in on and is
+/// still admitted, and an error that may travel one more hop.
 #[inline(always)]
 pub fn flow_of_error(
     ctx: &XdpContext,
@@ -287,7 +286,7 @@ pub fn flow_of_error(
         return Err(Outcome::drop(counter::DROP_ICMP));
     };
     let slot = reply.slot;
-    if reply.tcp() & tcp::RESERVED != 0 || reply.family != packet.family() {
+    if reply.tcp() & tcp::RESERVED != 0 || (packet.is_ipv6() && reply.family != FAMILY_IPV6) {
         return Err(Outcome::drop_for(counter::DROP_ICMP, slot));
     }
     if ctx.ingress_ifindex() as u32 != reply.via {
@@ -337,16 +336,28 @@ fn from_provider(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Ou
     if quoted.src_addr != packet.ipv4().dst_addr {
         return refused;
     }
-    let key = FlowKey {
-        src: Addr::ipv4(quoted.dst_addr),
-        dst: Addr::ipv4(quoted.src_addr),
-        src_port_be: u16::from_ne_bytes(ports[1]),
-        dst_port_be: u16::from_ne_bytes(ports[0]),
-        scope: FlowKey::scope(PROVIDER_NETWORK, FAMILY_IPV4, proto),
+    let quote = (Addr::ipv4(quoted.src_addr), Addr::ipv4(quoted.dst_addr));
+    let Some(key) =
+        conntrack::quoted_key(quote.0, quote.1, [ports[0], ports[1]], FAMILY_IPV4, proto)
+    else {
+        return refused;
     };
-    let (reply, route) = flow_of_error(ctx, interface, packet, &key)?;
+    let (reply, route) = flow_of_error(ctx, interface, packet, key)?;
+    if reply.family == FAMILY_IPV6 {
+        return translate::error_to_ipv6(ctx, interface, &reply, &route);
+    }
     let slot = reply.slot;
 
+    translate_error(packet, &reply, quoted, ports);
+    forward::send(ctx, interface, packet, &route, counter::ICMP_ERROR, slot)
+}
+
+/// Rewrites an error about reply entry `reply`'s flow as its consumer sees it: from the
+/// endpoint's address, about the packet the consumer sent (`quoted`, and the 8 bytes
+/// after it, `ports`), every checksum updated.
+// Its own BPF function: the caller's stack frame stays small.
+#[inline(never)]
+fn translate_error(packet: &Packet, reply: &Flow, quoted: &mut Ipv4Hdr, ports: &mut [[u8; 2]; 4]) {
     // The consumer sees the error come from the endpoint, about the packet it sent.
     let (consumer, endpoint) = (reply.dst.ipv4_be(), reply.src.ipv4_be());
     let (consumer_port, endpoint_port) = (reply.dst_port_be, reply.src_port_be);
@@ -368,7 +379,7 @@ fn from_provider(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Ou
     ports[0] = consumer_port.to_ne_bytes();
     ports[1] = endpoint_port.to_ne_bytes();
     let old = u16::from_ne_bytes(ports[3]);
-    if proto == PROTO_UDP && old != 0 {
+    if quoted.proto == PROTO_UDP && old != 0 {
         let sum = transport.apply(old);
         let new = if sum == 0 { 0xffff } else { sum };
         message = message.word(old, new);
@@ -393,5 +404,4 @@ fn from_provider(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Ou
     ip.src_addr = endpoint.to_ne_bytes();
     ip.dst_addr = consumer.to_ne_bytes();
     ip.ttl -= 1;
-    forward::send(ctx, interface, packet, &route, counter::ICMP_ERROR, slot)
 }

@@ -20,15 +20,12 @@ use aya_ebpf::{
 use endpoint_common::{
     checksum::{Delta, Sum},
     counter,
-    maps::{
-        Addr, Address, FAMILY_IPV6, Flow, FlowKey, Interface, PROTO_TCP, PROTO_UDP,
-        PROVIDER_NETWORK, Policy,
-    },
+    maps::{Addr, Address, FAMILY_IPV6, Flow, Interface, PROTO_TCP, PROTO_UDP, Policy},
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
-    budget, forward, icmp,
+    budget, conntrack, forward, icmp,
     maps::INTERFACES,
     outcome::Outcome,
     parse::{PROTO_ICMPV6, Packet},
@@ -222,14 +219,13 @@ pub fn from_provider(ctx: &XdpContext, interface: &Interface, packet: &Packet) -
     if quoted.src_addr != packet.ipv6().dst_addr {
         return refused;
     }
-    let key = FlowKey {
-        src: Addr::ipv6(quoted.dst_addr),
-        dst: Addr::ipv6(quoted.src_addr),
-        src_port_be: u16::from_ne_bytes(ports[1]),
-        dst_port_be: u16::from_ne_bytes(ports[0]),
-        scope: FlowKey::scope(PROVIDER_NETWORK, FAMILY_IPV6, proto),
+    let quote = (Addr::ipv6(quoted.src_addr), Addr::ipv6(quoted.dst_addr));
+    let Some(key) =
+        conntrack::quoted_key(quote.0, quote.1, [ports[0], ports[1]], FAMILY_IPV6, proto)
+    else {
+        return refused;
     };
-    let (reply, route) = icmp::flow_of_error(ctx, interface, packet, &key)?;
+    let (reply, route) = icmp::flow_of_error(ctx, interface, packet, key)?;
     let slot = reply.slot;
     // SAFETY: `parse` checked the ICMPv6 and IPv6 headers.
     let (icmp, ip) = unsafe {

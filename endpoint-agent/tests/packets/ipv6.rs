@@ -754,3 +754,84 @@ fn an_ipv6_endpoint_of_an_ipv4_service_translates_both_ways() {
         assert_eq!(headers.payload.slice(), b"answer");
     });
 }
+
+/// An ICMPv4 error (`kind`, `code`, next-hop `mtu`) from a target to the NAT address,
+/// quoting the IPv4 header and 8 bytes of `forwarded` (what the node sent it).
+fn icmpv4_error(rig: &Rig, kind: u8, code: u8, mtu: u16, forwarded: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0, 0, 0];
+    icmp.extend(mtu.to_be_bytes());
+    icmp.extend(&forwarded[14..14 + 28]);
+    let check = !(sum(&icmp) as u16);
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, (20 + icmp.len()) as u8, 0, 0, 0, 0, 64, 1, 0, 0];
+    ip.extend(TARGETS[0].0);
+    ip.extend(NAT);
+    let check = !(sum(&ip) as u16);
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    let mut frame = rig.link("prov").mac.to_vec();
+    frame.extend(TARGETS[0].1);
+    frame.extend([0x08, 0x00]);
+    frame.extend(ip);
+    frame.extend(icmp);
+    frame
+}
+
+#[test]
+fn an_icmpv4_error_about_a_translated_flow_reaches_its_ipv6_consumer_as_icmpv6() {
+    with_rig6(|rig| {
+        let cons_a = rig.link("cons-a").mac;
+        // UDP to a closed port: port unreachable.
+        let mut datagram = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, cons_a)
+            .ipv6(CLIENT6, LEGACY6, 64)
+            .udp(40001, 53)
+            .write(&mut datagram, b"query")
+            .unwrap();
+        let forwarded = rig.run("cons-a", &datagram).frame;
+        let out = rig.run("prov", &icmpv4_error(rig, 3, 3, 0, &forwarded));
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", rig.counted());
+        let f = &out.frame;
+        assert_eq!(f.len(), 14 + 40 + 8 + 48);
+        assert_eq!((&f[0..6], &f[6..12]), (&CLIENT_MAC[..], &cons_a[..]));
+        assert_eq!((&f[22..38], &f[38..54]), (&LEGACY6[..], &CLIENT6[..]));
+        assert_eq!((f[20], f[21]), (58, 63), "ICMPv6, one hop on");
+        assert_eq!(
+            f[54..62],
+            [1, 4, f[56], f[57], 0, 0, 0, 0],
+            "port unreachable"
+        );
+        // The quote is the datagram as the client sent it, one hop on (its checksum
+        // too, carried back across the families).
+        let mut sent = datagram[14..14 + 48].to_vec();
+        sent[7] = 63;
+        assert_eq!(f[62..], sent[..]);
+        assert!(icmpv6_checksum_ok(&f[22..38], &f[38..54], &f[54..]));
+        assert_eq!(rig.count("legacy", counter::ICMP_ERROR), 1);
+
+        // TCP: a router on the IPv4 side says the path is 1400: 1420 on the IPv6 side.
+        let syn = tcp6(
+            (CLIENT_MAC, cons_a),
+            CLIENT6,
+            LEGACY6,
+            (40002, 80),
+            CLIENT_ISN,
+            None,
+            true,
+        );
+        let forwarded = rig.run("cons-a", &syn).frame;
+        let out = rig.run("prov", &icmpv4_error(rig, 3, 4, 1400, &forwarded));
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", rig.counted());
+        let f = &out.frame;
+        assert_eq!((f[54], f[55]), (2, 0), "packet too big");
+        assert_eq!(f[58..62], 1420u32.to_be_bytes());
+        let mut sent = syn[14..14 + 48].to_vec();
+        sent[7] = 63;
+        assert_eq!(f[62..], sent[..]);
+        assert!(icmpv6_checksum_ok(&f[22..38], &f[38..54], &f[54..]));
+
+        // What means nothing in ICMPv6 (a parameter problem) is dropped.
+        let out = rig.run("prov", &icmpv4_error(rig, 12, 0, 0, &forwarded));
+        assert_eq!(out.action, XDP_DROP);
+        assert_eq!(rig.count("legacy", counter::DROP_ICMP), 1);
+    });
+}
