@@ -135,8 +135,8 @@ fn an_endpoint_is_held_to_its_rate_of_new_connections_and_no_other_endpoint_is()
     const RATE: f64 = 50.0;
     const BURST: f64 = 5.0;
     let config = example().replace(
-        "      - { cidr: 10.0.0.0/24, ports: [80] }\n",
-        "      - { cidr: 10.0.0.0/24, ports: [80] }\n    limits: { new_connections_per_second: 50, burst: 5 }\n",
+        "      - { cidr: fd00:a::/64, ports: [80] }\n",
+        "      - { cidr: fd00:a::/64, ports: [80] }\n    limits: { new_connections_per_second: 50, burst: 5 }\n",
     );
     assert_ne!(config, example());
     let bed = bed_with(&config);
