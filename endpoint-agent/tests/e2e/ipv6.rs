@@ -712,22 +712,7 @@ fn a_jumbo_ipv6_consumer_and_a_1500_provider_side_carry_10_mib_both_ways_and_lea
         socket.recv(&mut [0; 4096]).is_err(),
         "3000 bytes crossed a 1500 link"
     );
-    let deadline = std::time::Instant::now() + WAIT;
-    let learned = loop {
-        let route = t
-            .consumer_a
-            .ip(&["-6", "-o", "route", "get", &ENDPOINT.to_string()])
-            .unwrap();
-        if route.contains("mtu 1500") || std::time::Instant::now() > deadline {
-            break route;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(
-        learned.contains("mtu 1500"),
-        "no path MTU learned: {learned}\n{}",
-        evidence(&bed)
-    );
+    wait_path_mtu(&bed, &t.consumer_a, 1500);
     let refused = socket
         .send(&[b'j'; 3000])
         .expect_err("a datagram over the path MTU");
@@ -737,6 +722,44 @@ fn a_jumbo_ipv6_consumer_and_a_1500_provider_side_carry_10_mib_both_ways_and_lea
         counted_for(&status, "vpce-a", "icmp_frag_needed_sent"),
         1,
         "{status:#}"
+    );
+
+    // Without "don't fragment" (a socket's default) the client's kernel fragments the
+    // datagram to the path MTU it learned: IPv6 fragments carry a fragment extension
+    // header, which the node does not take — every fragment dropped and counted (3008
+    // bytes of UDP in pieces of at most 1448 are three), nothing answered.
+    let fragmented =
+        udp_socket_any(&t.consumer_a, at6(ENDPOINT, 7), Duration::from_secs(1)).unwrap();
+    let before = counted(&bed.status(), "drop_ipv6_extension");
+    fragmented.send(&[b'f'; 3000]).unwrap();
+    let answer = fragmented.recv(&mut [0; 4096]);
+    assert!(answer.is_err(), "a fragmented datagram was answered");
+    let after = bed.status();
+    assert_eq!(
+        counted(&after, "drop_ipv6_extension") - before,
+        3,
+        "{after:#}"
+    );
+}
+
+/// Waits until `ns` has learned a path MTU of `mtu` towards `ENDPOINT` (from a packet
+/// too big), or fails with the evidence.
+fn wait_path_mtu(bed: &Bed, ns: &Namespace, mtu: u32) {
+    let deadline = std::time::Instant::now() + WAIT;
+    let wanted = format!("mtu {mtu}");
+    let learned = loop {
+        let route = ns
+            .ip(&["-6", "-o", "route", "get", &ENDPOINT.to_string()])
+            .unwrap();
+        if route.contains(&wanted) || std::time::Instant::now() > deadline {
+            break route;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        learned.contains(&wanted),
+        "no path MTU of {mtu} learned: {learned}\n{}",
+        evidence(bed)
     );
 }
 
