@@ -117,13 +117,16 @@ mod tests {
     /// their weights.
     #[test]
     fn a_million_flows_follow_the_weights() {
-        use crate::{hash, maps::FlowKey};
+        use crate::{
+            hash,
+            maps::{Addr, FlowKey},
+        };
         let weights = [1, 2, 3, 4];
         let ring = ring(&members(&weights), SIZE, 9);
         let mut landed = [0u32; 4];
         for i in 0..1_000_000u32 {
             let key = FlowKey {
-                src_be: u32::from_ne_bytes((0x0a00_0000 | (i >> 16)).to_be_bytes()),
+                src: Addr::ipv4((0x0a00_0000 | (i >> 16)).to_be_bytes()),
                 src_port_be: (i & 0xffff) as u16,
                 dst_port_be: 80u16.to_be(),
                 ..FlowKey::default()
