@@ -14,6 +14,8 @@
 //! - Managed neighbour entries (Linux 5.16+) for each target's next hop, IPv4 or IPv6:
 //!   the kernel keeps them resolved without traffic, so the XDP route lookup finds the
 //!   MAC from the first SYN on (it cannot trigger ARP or neighbour discovery itself).
+//! - `allmulticast` on attached interfaces while the node answers for an IPv6 address:
+//!   neighbour solicitations for it go to a multicast group only the program knows of.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -34,6 +36,9 @@ pub struct Host {
     sysctls: BTreeMap<String, String>,
     /// Managed neighbour entries the agent made: (address, device).
     neighbours: BTreeSet<(IpAddr, String)>,
+    /// Interfaces the agent turned `allmulticast` on for.
+    #[serde(default)]
+    allmulticast: BTreeSet<String>,
 }
 
 const FILE: &str = "host.json";
@@ -84,6 +89,9 @@ impl Host {
                 let path = format!("/proc/sys/{}", path.replace("{}", name));
                 self.set_sysctl(path, value)?;
             }
+            if answers_ipv6(config) {
+                self.receive_all_multicast(name)?;
+            }
         }
         let wanted: BTreeSet<(IpAddr, String)> =
             targets(config).into_iter().filter_map(next_hop).collect();
@@ -112,7 +120,28 @@ impl Host {
                 log::warn!("restoring {path}: {e}");
             }
         }
+        for dev in std::mem::take(&mut self.allmulticast) {
+            if let Err(e) = ip(&["link", "set", "dev", &dev, "allmulticast", "off"]) {
+                log::warn!("restoring allmulticast on {dev}: {e:#}");
+            }
+        }
         instance.write(FILE, self)
+    }
+
+    /// Makes `dev` take in every multicast frame. Neighbour solicitations go to an
+    /// address's solicited-node group (33:33:ff:…), which the kernel joins only for
+    /// addresses of its own: a real NIC's filter would drop those for the endpoint and
+    /// NAT addresses the program answers for, before XDP sees them.
+    fn receive_all_multicast(&mut self, dev: &str) -> Result<()> {
+        if self.allmulticast.contains(dev)
+            || ip(&["link", "show", "dev", dev])?.contains("ALLMULTI")
+        {
+            return Ok(());
+        }
+        ip(&["link", "set", "dev", dev, "allmulticast", "on"])
+            .with_context(|| format!("taking in all multicast on {dev}"))?;
+        self.allmulticast.insert(dev.to_string());
+        Ok(())
     }
 
     fn set_sysctl(&mut self, path: String, value: &str) -> Result<()> {
@@ -157,6 +186,22 @@ impl Host {
         self.neighbours.insert((address, dev.to_string()));
         Ok(())
     }
+}
+
+/// Whether the node answers for any IPv6 address: an endpoint's or a NAT address.
+fn answers_ipv6(config: &Config) -> bool {
+    let endpoints = config
+        .endpoints
+        .iter()
+        .flat_map(|e| e.addresses())
+        .any(|a| a.ip.is_ipv6());
+    let nat = config
+        .node
+        .interfaces
+        .iter()
+        .flat_map(|i| &i.nat_addresses)
+        .any(IpAddr::is_ipv6);
+    endpoints || nat
 }
 
 fn targets(config: &Config) -> BTreeSet<IpAddr> {

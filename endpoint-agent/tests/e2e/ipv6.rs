@@ -454,6 +454,12 @@ fn the_node_answers_neighbour_solicitations_for_its_addresses_and_no_others() {
     let t = &bed.topology;
     let cons_a = link::mac(&t.node, Topology::CONSUMER_A_LINK).unwrap();
     let prov = link::mac(&t.node, Topology::PROVIDER_LINK).unwrap();
+    // Solicitations go to groups the kernel never joined for these addresses: the
+    // agent has the links take in all multicast (a real NIC would filter them out).
+    for dev in [Topology::CONSUMER_A_LINK, Topology::PROVIDER_LINK] {
+        let flags = t.node.ip(&["link", "show", "dev", dev]).unwrap();
+        assert!(flags.contains("ALLMULTI"), "{dev}: {flags}");
+    }
 
     // The client resolves the endpoint address by itself, to the node's consumer link.
     ask_any(&t.consumer_a, at6(ENDPOINT, 80), "hello", WAIT).unwrap_or_else(|e| fail6(&bed, e));
@@ -503,6 +509,13 @@ fn the_node_answers_neighbour_solicitations_for_its_addresses_and_no_others() {
     let after = bed.status();
     let answered = counted(&after, "neighbour_advert") - counted(&before, "neighbour_advert");
     assert!(answered >= 2, "{answered} advertisements: {after:#}");
+    // The agent puts the links back as it found them when it stops.
+    let mut bed = bed;
+    bed.agent.stop().unwrap();
+    for dev in [Topology::CONSUMER_A_LINK, Topology::PROVIDER_LINK] {
+        let flags = bed.topology.node.ip(&["link", "show", "dev", dev]).unwrap();
+        assert!(!flags.contains("ALLMULTI"), "{dev}: {flags}");
+    }
 }
 
 #[test]
