@@ -114,22 +114,10 @@ pub fn time_exceeded(ctx: &XdpContext, packet: &Packet, slot: u32) -> Outcome {
 #[inline(never)]
 fn error(ctx: &XdpContext, kind: u16, info: u32, sent: u32, slot: u32) -> Outcome {
     let dropped = Outcome::drop_for(counter::DROP_ICMP_BUDGET, slot);
-    let Some(interface) = INTERFACES.get(ctx.ingress_ifindex() as u32) else {
+    // The packet's own IPv4 header lands where the quote begins.
+    let Some(interface) = room_for_error(ctx, QUOTED, GROWTH) else {
         return dropped;
     };
-    if !budget::icmp() {
-        return dropped;
-    }
-    // Cut to what is quoted, then grow room for the new IPv4 and ICMP headers in
-    // front: the packet's own IPv4 header lands where the quote begins.
-    let excess = (ctx.data_end() - ctx.data()) as i32 - (EthHdr::LEN + QUOTED) as i32;
-    // SAFETY: resizing the frame; every pointer is derived again below.
-    if excess < 0
-        || (excess > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -excess) } != 0)
-        || unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GROWTH as i32)) } != 0
-    {
-        return dropped;
-    }
     let start = ctx.data();
     if start + ERROR_LEN > ctx.data_end() {
         return dropped;
@@ -169,6 +157,34 @@ fn error(ctx: &XdpContext, kind: u16, info: u32, sent: u32, slot: u32) -> Outcom
         icmp.check = sum.finish().to_ne_bytes();
     }
     Outcome::new(forward::bounce(ctx, interface), sent, slot)
+}
+
+/// Makes room for an error of the node's own, within the ICMP budget: the frame cut to
+/// its headers and the `quoted` bytes after them, then `growth` bytes more in front for
+/// the error's own headers. Every pointer into the frame must be derived again. Returns
+/// the interface the error goes back out.
+#[inline(always)]
+pub fn room_for_error(
+    ctx: &XdpContext,
+    quoted: usize,
+    growth: usize,
+) -> Option<&'static Interface> {
+    let interface = INTERFACES.get(ctx.ingress_ifindex() as u32)?;
+    if !budget::icmp() {
+        return None;
+    }
+    // A plain number (LLVM would otherwise do arithmetic on the end pointer, which the
+    // verifier forbids).
+    let frame_len = core::hint::black_box(ctx.data_end() - ctx.data());
+    let excess = frame_len as i32 - (EthHdr::LEN + quoted) as i32;
+    // SAFETY: resizing the frame; the callers derive every pointer again.
+    if excess < 0
+        || (excess > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -excess) } != 0)
+        || unsafe { bpf_xdp_adjust_head(ctx.ctx, -(growth as i32)) } != 0
+    {
+        return None;
+    }
+    Some(interface)
 }
 
 /// A fresh IPv4 header for an ICMP error of the node's own, checksum computed.

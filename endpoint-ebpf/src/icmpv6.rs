@@ -13,10 +13,7 @@
 //! What the node sends of its own comes out of the ICMP budget. Neighbour discovery is
 //! `neighbour`'s.
 
-use aya_ebpf::{
-    helpers::generated::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    programs::XdpContext,
-};
+use aya_ebpf::{helpers::generated::bpf_csum_diff, programs::XdpContext};
 use endpoint_common::{
     checksum::{Delta, Sum},
     counter,
@@ -26,7 +23,6 @@ use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
     budget, conntrack, forward, icmp,
-    maps::INTERFACES,
     outcome::Outcome,
     parse::{PROTO_ICMPV6, Packet},
     policy::{self, Admission},
@@ -58,21 +54,9 @@ const MESSAGE_LEN: usize = 8 + QUOTED;
 #[inline(never)]
 pub fn error(ctx: &XdpContext, kind: u16, info: u32, sent: u32, slot: u32) -> Outcome {
     let dropped = Outcome::drop_for(counter::DROP_ICMP_BUDGET, slot);
-    let Some(interface) = INTERFACES.get(ctx.ingress_ifindex() as u32) else {
+    let Some(interface) = icmp::room_for_error(ctx, QUOTED, GROWTH) else {
         return dropped;
     };
-    if !budget::icmp() {
-        return dropped;
-    }
-    let frame_len = core::hint::black_box(ctx.data_end() - ctx.data());
-    let excess = frame_len as i32 - (EthHdr::LEN + QUOTED) as i32;
-    // SAFETY: resizing the frame; every pointer is derived again below.
-    if excess < 0
-        || (excess > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -excess) } != 0)
-        || unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GROWTH as i32)) } != 0
-    {
-        return dropped;
-    }
     let start = ctx.data();
     if start + ERROR_LEN > ctx.data_end() {
         return dropped;
