@@ -720,19 +720,7 @@ fn a_jumbo_ipv6_consumer_and_a_1500_provider_side_carry_10_mib_both_ways_and_lea
     // is answered with packet too big, and the consumer's kernel learns the path MTU
     // and refuses the next one itself.
     udp_ask_any(&t.consumer_a, at6(ENDPOINT, 7), "fits", WAIT).unwrap_or_else(|e| fail6(&bed, e));
-    let socket = udp_socket_any(&t.consumer_a, at6(ENDPOINT, 7), Duration::from_secs(1)).unwrap();
-    // Path MTU discovery on: never fragmented by its own kernel either.
-    set_ipv6_option(&socket, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO);
-    socket.send(&[b'j'; 3000]).unwrap();
-    assert!(
-        socket.recv(&mut [0; 4096]).is_err(),
-        "3000 bytes crossed a 1500 link"
-    );
-    wait_path_mtu(&bed, &t.consumer_a, 1500);
-    let refused = socket
-        .send(&[b'j'; 3000])
-        .expect_err("a datagram over the path MTU");
-    assert_eq!(refused.raw_os_error(), Some(libc::EMSGSIZE), "{refused}");
+    learns_path_mtu(&bed, &t.consumer_a, 3000, 1500);
     let status = bed.status();
     assert_eq!(
         counted_for(&status, "vpce-a", "icmp_frag_needed_sent"),
@@ -756,6 +744,26 @@ fn a_jumbo_ipv6_consumer_and_a_1500_provider_side_carry_10_mib_both_ways_and_lea
         3,
         "{after:#}"
     );
+}
+
+/// A datagram of `payload` bytes from `ns` to `ENDPOINT`:7 that must not be fragmented
+/// (path MTU discovery on: not by the sender's own kernel either) gets no answer; the
+/// packet too big teaches the sender's kernel `mtu`, and it then refuses the next one
+/// itself.
+fn learns_path_mtu(bed: &Bed, ns: &Namespace, payload: usize, mtu: u32) {
+    let socket = udp_socket_any(ns, at6(ENDPOINT, 7), Duration::from_secs(1)).unwrap();
+    set_ipv6_option(&socket, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO);
+    let datagram = vec![b'm'; payload];
+    socket.send(&datagram).unwrap();
+    assert!(
+        socket.recv(&mut [0; 4096]).is_err(),
+        "{payload} bytes crossed a link narrower than they are"
+    );
+    wait_path_mtu(bed, ns, mtu);
+    let refused = socket
+        .send(&datagram)
+        .expect_err("a datagram over the path MTU");
+    assert_eq!(refused.raw_os_error(), Some(libc::EMSGSIZE), "{refused}");
 }
 
 /// Waits until `ns` has learned a path MTU of `mtu` towards `ENDPOINT` (from a packet
@@ -1369,19 +1377,8 @@ fn a_1400_provider_link_under_6to4_carries_4_mib_both_ways_and_udp_learns_the_pa
     // big of the MTU as the IPv6 side sees it (1420), which the client's kernel learns.
     udp_ask_any(&t.consumer_a, at6(ENDPOINT, 7), &"u".repeat(1200), WAIT)
         .unwrap_or_else(|e| fail6(&bed, e));
-    let socket = udp_socket_any(&t.consumer_a, at6(ENDPOINT, 7), Duration::from_secs(1)).unwrap();
-    set_ipv6_option(&socket, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO);
     // 40 + 8 + 1392 = 1440 bytes as IPv6, 1420 as IPv4.
-    socket.send(&[b'd'; 1392]).unwrap();
-    assert!(
-        socket.recv(&mut [0; 2048]).is_err(),
-        "1420 bytes crossed a 1400 link"
-    );
-    wait_path_mtu(&bed, &t.consumer_a, 1420);
-    let refused = socket
-        .send(&[b'd'; 1392])
-        .expect_err("a datagram over the path MTU");
-    assert_eq!(refused.raw_os_error(), Some(libc::EMSGSIZE), "{refused}");
+    learns_path_mtu(&bed, &t.consumer_a, 1392, 1420);
     let status = bed.status();
     assert_eq!(
         counted_for(&status, "vpce-a", "icmp_frag_needed_sent"),
@@ -1566,18 +1563,7 @@ fn a_router_beyond_the_node_reaches_ipv6_consumers_with_packet_too_big_and_time_
         (answer.target.as_str(), answer.seen_from.ip()),
         ("far-echo", nat)
     );
-    let socket = udp_socket_any(consumer, at6(ENDPOINT, 7), Duration::from_secs(1)).unwrap();
-    set_ipv6_option(&socket, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO);
-    socket.send(&[b'p'; 1300]).unwrap();
-    assert!(
-        socket.recv(&mut [0; 2048]).is_err(),
-        "1328 bytes crossed a 1300 link"
-    );
-    wait_path_mtu(&bed, consumer, 1320);
-    let refused = socket
-        .send(&[b'p'; 1300])
-        .expect_err("a datagram over the path MTU");
-    assert_eq!(refused.raw_os_error(), Some(libc::EMSGSIZE), "{refused}");
+    learns_path_mtu(&bed, consumer, 1300, 1320);
     assert_eq!(counted_for(&bed.status(), "vpce-b", "icmp_error"), 1);
 
     // Time exceeded: a hop limit of 2 leaves the node as a TTL of 1, which runs out at
