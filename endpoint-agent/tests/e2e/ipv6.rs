@@ -110,6 +110,23 @@ fn bed6(config: &str) -> (Bed, Vec<Server<SocketAddr>>) {
         t.add_ipv6().expect("IPv6 addresses");
         servers = Some(v6_servers(t));
     });
+    // The agent has the kernel resolve each target's neighbour (the program cannot):
+    // until it has, a first datagram is dropped (`drop_fib_no_neighbour`), and a UDP
+    // test has no retransmission to wait for.
+    let deadline = std::time::Instant::now() + WAIT;
+    for target in v6::TARGETS
+        .iter()
+        .filter(|t| config.contains(&format!("'{t}'")))
+    {
+        while !neighbour(&bed.topology.node, *target, Topology::PROVIDER_LINK).contains("lladdr") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node never resolved {target}\n{}",
+                evidence(&bed)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     (bed, servers.unwrap())
 }
 
