@@ -33,9 +33,11 @@ const PACKAGES: &[&str] = &[
     "dnsutils",
     "unbound",
     // The fleet: a real etcd for the store tests; etcd-client compiles its gRPC
-    // definitions with protoc.
+    // definitions with protoc, which needs the well-known types (descriptor.proto), a
+    // recommendation of protobuf-compiler that a machine may have gone without.
     "etcd-server",
     "protobuf-compiler",
+    "libprotobuf-dev",
     "nsd",
 ];
 const BPF_LINKER: &str = "0.13.0";
