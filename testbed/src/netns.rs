@@ -88,7 +88,7 @@ impl Namespace {
 
     /// A permanent neighbour entry: `ip` is at `mac` on `dev` (for hosts that answer no
     /// ARP, like an XDP sink).
-    pub fn neighbour(&self, ip: std::net::Ipv4Addr, mac: [u8; 6], dev: &str) -> Result<()> {
+    pub fn neighbour(&self, ip: std::net::IpAddr, mac: [u8; 6], dev: &str) -> Result<()> {
         let mac = mac.map(|b| format!("{b:02x}")).join(":");
         let ip = ip.to_string();
         self.ip(&[

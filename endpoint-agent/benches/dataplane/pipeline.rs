@@ -1,10 +1,11 @@
 //! Layer B: packets per second through the namespaces, consumer → node → provider.
 //! A live-frames generator (BPF_PROG_RUN in live mode: a new source port per frame over
-//! 256 flows, 64-byte SYNs or UDP datagrams) injects on the consumer's link of each way
-//! through the node; a counting XDP sink on the provider host counts what arrives. The
-//! ways are interleaved round by round: this forwarder, nftables DNAT + masquerade,
-//! plain kernel routing, and a trivial XDP redirect — the ceiling of this pipeline —
-//! then this forwarder and nftables with UDP.
+//! 256 flows, SYNs or UDP datagrams of 64 bytes, 80 in IPv6) injects on the consumer's
+//! link of each way through the node; a counting XDP sink on the provider host counts
+//! what arrives. The ways are interleaved round by round: this forwarder, nftables DNAT +
+//! masquerade, plain kernel routing, and a trivial XDP redirect — the ceiling of this
+//! pipeline — then this forwarder and nftables with UDP, then with IPv6 (and this
+//! forwarder from IPv6 to IPv4 targets, 6→4, which nftables does not do).
 //!
 //! Then new connections per second, this forwarder against nftables (conntrack), round
 //! by round: SYNs each with a tuple never used before, generated the same way; on the
@@ -14,6 +15,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -26,7 +28,7 @@ use aya::{
 use etherparse::{PacketBuilder, TcpOptionElement};
 
 use crate::{
-    bed::{self, Bed},
+    bed::{self, Bed, v4, v6},
     report::{ConnectionVariant, PipelineVariant, Report, median},
 };
 
@@ -37,21 +39,22 @@ struct Way {
     /// The consumer's link into the node for this way, and the frame to send on it.
     link: &'static str,
     node_link: &'static str,
-    src: [u8; 4],
-    dst: ([u8; 4], u16),
-    /// UDP datagrams (without a checksum: the generator keeps TCP's right) or TCP SYNs.
+    src: IpAddr,
+    dst: (IpAddr, u16),
+    /// UDP datagrams (IPv4 ones without a checksum: the generator keeps TCP's right) or
+    /// TCP SYNs.
     udp: bool,
-    /// The way its ratio to nftables is taken against.
+    /// The way its ratio to nftables is taken against (of the same family).
     nft: usize,
 }
 
-const WAYS: [Way; 6] = [
+const WAYS: [Way; 9] = [
     Way {
         name: "this forwarder (XDP DNAT + SNAT)",
         link: "eth0",
         node_link: "cons-a",
-        src: [10, 0, 0, 10],
-        dst: ([10, 0, 0, 100], 80),
+        src: v4(10, 0, 0, 10),
+        dst: (v4(10, 0, 0, 100), 80),
         udp: false,
         nft: 1,
     },
@@ -59,8 +62,8 @@ const WAYS: [Way; 6] = [
         name: "nftables dnat + masquerade",
         link: "eth2",
         node_link: "cons-k",
-        src: [10, 1, 0, 10],
-        dst: ([10, 1, 0, 100], 80),
+        src: v4(10, 1, 0, 10),
+        dst: (v4(10, 1, 0, 100), 80),
         udp: false,
         nft: 1,
     },
@@ -68,8 +71,8 @@ const WAYS: [Way; 6] = [
         name: "kernel routing (no NAT)",
         link: "eth2",
         node_link: "cons-k",
-        src: [10, 1, 0, 10],
-        dst: ([172, 16, 0, 10], 8080),
+        src: v4(10, 1, 0, 10),
+        dst: (v4(172, 16, 0, 10), 8080),
         udp: false,
         nft: 1,
     },
@@ -77,8 +80,8 @@ const WAYS: [Way; 6] = [
         name: "trivial XDP redirect (ceiling)",
         link: "eth1",
         node_link: "cons-r",
-        src: [10, 2, 0, 10],
-        dst: ([172, 16, 0, 10], 8080),
+        src: v4(10, 2, 0, 10),
+        dst: (v4(172, 16, 0, 10), 8080),
         udp: false,
         nft: 1,
     },
@@ -86,8 +89,8 @@ const WAYS: [Way; 6] = [
         name: "this forwarder, UDP",
         link: "eth0",
         node_link: "cons-a",
-        src: [10, 0, 0, 10],
-        dst: ([10, 0, 0, 100], 53),
+        src: v4(10, 0, 0, 10),
+        dst: (v4(10, 0, 0, 100), 53),
         udp: true,
         nft: 5,
     },
@@ -95,10 +98,37 @@ const WAYS: [Way; 6] = [
         name: "nftables dnat + masquerade, UDP",
         link: "eth2",
         node_link: "cons-k",
-        src: [10, 1, 0, 10],
-        dst: ([10, 1, 0, 100], 53),
+        src: v4(10, 1, 0, 10),
+        dst: (v4(10, 1, 0, 100), 53),
         udp: true,
         nft: 5,
+    },
+    Way {
+        name: "this forwarder, IPv6",
+        link: "eth0",
+        node_link: "cons-a",
+        src: v6(0xa, 0x10),
+        dst: (v6(0xa, 0x100), 80),
+        udp: false,
+        nft: 7,
+    },
+    Way {
+        name: "nftables dnat + masquerade, IPv6",
+        link: "eth2",
+        node_link: "cons-k",
+        src: v6(1, 0x10),
+        dst: (v6(1, 0x100), 80),
+        udp: false,
+        nft: 7,
+    },
+    Way {
+        name: "this forwarder, IPv6 → IPv4 targets (6→4)",
+        link: "eth0",
+        node_link: "cons-a",
+        src: v6(0xa, 0x10),
+        dst: (v6(0xa, 0x100), 8000),
+        udp: false,
+        nft: 7,
     },
 ];
 
@@ -110,7 +140,7 @@ fn sunk(object: &Ebpf) -> Result<u64> {
 
 pub fn run(report: &mut Report, object: &mut Ebpf, smoke: bool) -> Result<()> {
     let (rounds, frames) = if smoke { (1, 20_000) } else { (5, 2_000_000) };
-    for name in ["generate", "sink", "redirect", "empty"] {
+    for name in ["generate", "generate6", "sink", "redirect", "empty"] {
         let program: &mut Xdp = object.program_mut(name).context(name)?.try_into()?;
         program
             .load()
@@ -130,25 +160,9 @@ pub fn run(report: &mut Report, object: &mut Ebpf, smoke: bool) -> Result<()> {
         for (i, way) in WAYS.iter().enumerate() {
             let (ifindex, mac) = bed::link(&bed.consumer, way.link)?;
             let (_, node_mac) = bed::link(&bed.node, way.node_link)?;
-            let mut frame = Vec::new();
-            let builder = PacketBuilder::ethernet2(mac, node_mac).ipv4(way.src, way.dst.0, 64);
-            if way.udp {
-                builder
-                    .udp(1024, way.dst.1)
-                    .write(&mut frame, b"benchmark, benchmark!!")?;
-                frame[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
-            } else {
-                builder
-                    .tcp(1024, way.dst.1, 1, 65535)
-                    .syn()
-                    .write(&mut frame, b"benchmark!")?;
-            }
-            let mut pristine = [0u8; 64];
-            pristine.copy_from_slice(&frame);
-            Array::<_, [u8; 64]>::try_from(object.map_mut("FRAME").context("FRAME")?)?
-                .set(0, pristine, 0)?;
+            let (frame, generator) = way_frame(object, way, mac, node_mac)?;
             let before = sunk(object)?;
-            let elapsed = inject(&bed, object, "generate", &frame, ifindex, frames)?;
+            let elapsed = inject(&bed, object, generator, &frame, ifindex, frames)?;
             bed::settle();
             let delivered = (sunk(object)? - before) as f64;
             samples[i].0.push(delivered / elapsed / 1e6);
@@ -181,6 +195,52 @@ pub fn run(report: &mut Report, object: &mut Ebpf, smoke: bool) -> Result<()> {
     sink_program.detach(sink)?;
     connections(report, object, &bed, smoke)?;
     crate::tcp::run(report, &bed, smoke)
+}
+
+/// The frame a way sends, made the generator's pristine frame, and the generator.
+fn way_frame(
+    object: &mut Ebpf,
+    way: &Way,
+    mac: [u8; 6],
+    node_mac: [u8; 6],
+) -> Result<(Vec<u8>, &'static str)> {
+    let mut frame = Vec::new();
+    let builder = PacketBuilder::ethernet2(mac, node_mac);
+    let builder = match (way.src, way.dst.0) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => builder.ipv4(src.octets(), dst.octets(), 64),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => builder.ipv6(src.octets(), dst.octets(), 64),
+        _ => anyhow::bail!("{}: addresses of two families", way.name),
+    };
+    // IPv4 frames are 64 bytes, IPv6 ones 80 (the generators' frame lengths).
+    let ipv6 = way.src.is_ipv6();
+    if way.udp {
+        let payload: &[u8] = if ipv6 {
+            b"benchmark, benchmark, benchmark!!"
+        } else {
+            b"benchmark, benchmark!!"
+        };
+        builder.udp(1024, way.dst.1).write(&mut frame, payload)?;
+        if !ipv6 {
+            frame[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+        }
+    } else {
+        let payload: &[u8] = if ipv6 { b"bench!" } else { b"benchmark!" };
+        builder
+            .tcp(1024, way.dst.1, 1, 65535)
+            .syn()
+            .write(&mut frame, payload)?;
+    }
+    if ipv6 {
+        let pristine: [u8; 80] = frame.as_slice().try_into()?;
+        Array::<_, [u8; 80]>::try_from(object.map_mut("FRAME6").context("FRAME6")?)?
+            .set(0, pristine, 0)?;
+        Ok((frame, "generate6"))
+    } else {
+        let pristine: [u8; 64] = frame.as_slice().try_into()?;
+        Array::<_, [u8; 64]>::try_from(object.map_mut("FRAME").context("FRAME")?)?
+            .set(0, pristine, 0)?;
+        Ok((frame, "generate"))
+    }
 }
 
 /// One way through the node for new connections.

@@ -115,7 +115,9 @@ fn a_consumer_reaches_no_address_of_the_node_itself() {
         }
         // From now on the consumer sends to the node without asking first, so that
         // its segments reach the node whatever ARP and neighbour discovery say.
-        consumer.neighbour(NODE_IN_VPC_A, cons_a, "eth0").unwrap();
+        consumer
+            .neighbour(NODE_IN_VPC_A.into(), cons_a, "eth0")
+            .unwrap();
         let mac = cons_a.map(|b| format!("{b:02x}")).join(":");
         consumer
             .ip(&[
@@ -204,7 +206,9 @@ fn ip_forward_turned_on_behind_the_agent_lets_no_consumer_through_and_is_undone(
         t.node.sysctl("net.ipv4.ip_forward", "0").unwrap();
         // Send to the node without asking: its ARP silence must not be what stops us.
         let mac = link::mac(&t.node, Topology::CONSUMER_A_LINK).unwrap();
-        t.consumer_a.neighbour(NODE_IN_VPC_A, mac, "eth0").unwrap();
+        t.consumer_a
+            .neighbour(NODE_IN_VPC_A.into(), mac, "eth0")
+            .unwrap();
         prepared = Some(server);
     });
     let server = prepared.unwrap();

@@ -8,9 +8,10 @@
 //!   `restore_new_flow` with a new source port each time (1024–31023, clear of the
 //!   other cases' 40000), so every run opens a flow
 //!   (`expire`, the data path's own, empties the table between rounds);
-//! - for packets per second through namespaces: `generate` (live-frames traffic: `FRAME`
-//!   with a new source port per frame over `FLOWS_GENERATED` flows, XDP_TX), `sink` (count, drop)
-//!   and `redirect` (MACs and egress from `REDIRECT`: the ceiling of the pipeline);
+//! - for packets per second through namespaces: `generate` and `generate6` (live-frames
+//!   traffic: `FRAME` or, for IPv6, `FRAME6` with a new source port per frame over
+//!   `FLOWS_GENERATED` flows, XDP_TX), `sink` (count TCP and UDP, drop) and `redirect`
+//!   (MACs and egress from `REDIRECT`: the ceiling of the pipeline);
 //! - for new connections per second through namespaces: `generate_syn` (`FRAME`, a SYN,
 //!   with a source address and port never used before in the run), `reflect` (a target
 //!   that answers every SYN with a SYN-ACK) and `count_syn_ack` (counts, on the consumer
@@ -38,9 +39,21 @@ const FRAME_LEN: usize = 64;
 const SOURCE_PORT: usize = 34;
 const TCP_CHECK: usize = 50;
 
-/// The frame `restore_*` programs start from.
+/// The IPv6 frames' length (80 bytes, a multiple of 8 for the copy), where their
+/// next-header field and source port are, and their TCP or UDP checksum.
+const FRAME6_LEN: usize = 80;
+const NEXT_HEADER6: usize = 20;
+const SOURCE_PORT6: usize = 54;
+const TCP_CHECK6: usize = 70;
+const UDP_CHECK6: usize = 60;
+
+/// The frame `restore_*` programs and `generate` start from.
 #[map]
 static FRAME: Array<[u8; FRAME_LEN]> = Array::with_max_entries(1, 0);
+
+/// The IPv6 frame `generate6` starts from.
+#[map]
+static FRAME6: Array<[u8; FRAME6_LEN]> = Array::with_max_entries(1, 0);
 
 /// Per-CPU sequence for new source ports; `SEQUENCE[0]` of `FLOWS_GENERATED` is how many
 /// distinct flows `generate` cycles through.
@@ -143,18 +156,24 @@ pub fn swap_tx(ctx: XdpContext) -> u32 {
 /// Copies the pristine frame back over the packet.
 #[inline(always)]
 fn restore(ctx: &XdpContext) -> bool {
+    restore_from(ctx, &FRAME)
+}
+
+/// Copies the pristine frame of `map` back over the packet.
+#[inline(always)]
+fn restore_from<const LEN: usize>(ctx: &XdpContext, map: &Array<[u8; LEN]>) -> bool {
     let start = ctx.data();
-    if start + FRAME_LEN > ctx.data_end() {
+    if start + LEN > ctx.data_end() {
         return false;
     }
-    let Some(frame) = FRAME.get_ptr(0) else {
+    let Some(frame) = map.get_ptr(0) else {
         return false;
     };
-    // SAFETY: both are FRAME_LEN bytes (checked above); copied as 8-byte words.
+    // SAFETY: both are LEN bytes (checked above); copied as 8-byte words.
     unsafe {
         let from = frame as *const u64;
         let to = start as *mut u64;
-        for i in 0..FRAME_LEN / 8 {
+        for i in 0..LEN / 8 {
             to.add(i).write_unaligned(from.add(i).read_unaligned());
         }
     }
@@ -165,8 +184,15 @@ fn restore(ctx: &XdpContext) -> bool {
 /// keeping the TCP checksum right.
 #[inline(always)]
 fn next_source_port(ctx: &XdpContext, flows: u32) -> bool {
+    next_port_at::<SOURCE_PORT, TCP_CHECK>(ctx, flows)
+}
+
+/// As `next_source_port`, for a frame whose source port is at `PORT` and whose TCP or
+/// UDP checksum is at `CHECK`.
+#[inline(always)]
+fn next_port_at<const PORT: usize, const CHECK: usize>(ctx: &XdpContext, flows: u32) -> bool {
     let start = ctx.data();
-    if start + FRAME_LEN > ctx.data_end() {
+    if start + PORT + 2 > ctx.data_end() || start + CHECK + 2 > ctx.data_end() {
         return false;
     }
     let Some(sequence) = SEQUENCE.get_ptr_mut(0) else {
@@ -177,8 +203,8 @@ fn next_source_port(ctx: &XdpContext, flows: u32) -> bool {
         let n = *sequence;
         *sequence = n.wrapping_add(1);
         let port = (1024 + n % flows.max(1)) as u16;
-        let port_at = (start + SOURCE_PORT) as *mut [u8; 2];
-        let check_at = (start + TCP_CHECK) as *mut [u8; 2];
+        let port_at = (start + PORT) as *mut [u8; 2];
+        let check_at = (start + CHECK) as *mut [u8; 2];
         let old = u16::from_ne_bytes(*port_at);
         let new = port.to_be();
         let check = Delta::default()
@@ -226,6 +252,31 @@ pub fn restore_new_flow(ctx: XdpContext) -> u32 {
 pub fn generate(ctx: XdpContext) -> u32 {
     let flows = FLOWS_GENERATED.get(0).copied().unwrap_or(1);
     if !restore(&ctx) || !next_source_port(&ctx, flows) {
+        return xdp_action::XDP_ABORTED;
+    }
+    xdp_action::XDP_TX
+}
+
+/// `generate` for IPv6: TCP segments or UDP datagrams (with their checksum, which IPv6
+/// requires) from `FRAME6`.
+#[xdp]
+pub fn generate6(ctx: XdpContext) -> u32 {
+    let flows = FLOWS_GENERATED.get(0).copied().unwrap_or(1);
+    if !restore_from(&ctx, &FRAME6) {
+        return xdp_action::XDP_ABORTED;
+    }
+    let start = ctx.data();
+    if start + NEXT_HEADER6 + 1 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: checked above.
+    let tcp = unsafe { *((start + NEXT_HEADER6) as *const u8) } == 6;
+    let moved = if tcp {
+        next_port_at::<SOURCE_PORT6, TCP_CHECK6>(&ctx, flows)
+    } else {
+        next_port_at::<SOURCE_PORT6, UDP_CHECK6>(&ctx, flows)
+    };
+    if !moved {
         return xdp_action::XDP_ABORTED;
     }
     xdp_action::XDP_TX
@@ -535,8 +586,25 @@ pub fn count_dns(ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// Counts and drops TCP and UDP frames (IPv4 without options, or IPv6 without extension
+/// headers); the rest (ARP, neighbour discovery) goes to the kernel.
 #[xdp]
-pub fn sink(_ctx: XdpContext) -> u32 {
+pub fn sink(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + 24 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: the first 24 bytes, checked above.
+    let protocol = unsafe {
+        match *((start + 12) as *const [u8; 2]) {
+            [0x08, 0x00] => *((start + 23) as *const u8),
+            [0x86, 0xdd] => *((start + NEXT_HEADER6) as *const u8),
+            _ => 0,
+        }
+    };
+    if protocol != 6 && protocol != 17 {
+        return xdp_action::XDP_PASS;
+    }
     if let Some(count) = SINK.get_ptr_mut(0) {
         // SAFETY: a per-CPU slot.
         unsafe { *count += 1 };
