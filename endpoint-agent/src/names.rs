@@ -10,9 +10,9 @@
 //! - the service's `private_dns_name`, its own zone apex, in networks whose endpoint
 //!   enables `private_dns` (once verified, if verification is configured).
 //!
-//! A network sees only its own endpoints' names, and only while they are available.
-//! Names have A records only: an endpoint's IPv6 addresses are left out (AAAA records are
-//! later work), so a name whose addresses are all IPv6 exists with no records.
+//! A network sees only its own endpoints' names, and only while they are available. An
+//! endpoint's IPv4 addresses are its names' A records, its IPv6 addresses their AAAA
+//! records.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -73,7 +73,8 @@ pub struct Records {
     pub apex: bool,
     /// Labels of the apex of the name's zone.
     pub apex_labels: usize,
-    pub addresses: Vec<(Ipv4Addr, u8)>,
+    /// Addresses (A or AAAA records) and their zone ids.
+    pub addresses: Vec<(IpAddr, u8)>,
 }
 
 /// Every name each network's resolver answers, by network id: the text, its records.
@@ -119,7 +120,7 @@ pub fn records(
         names.insert(
             format!("ns.{domain}"),
             Records {
-                addresses: vec![(resolver_ip, 0)],
+                addresses: vec![(IpAddr::V4(resolver_ip), 0)],
                 ..under()
             },
         );
@@ -143,12 +144,8 @@ pub fn records(
             if served.is_empty() {
                 continue;
             }
-            // An A record, for an IPv4 address.
-            let record = |a: &EndpointAddress| match a.ip {
-                IpAddr::V4(ip) => Some((ip, zones.get(&a.zone).copied().unwrap_or(0))),
-                IpAddr::V6(_) => None,
-            };
-            let addresses: Vec<(Ipv4Addr, u8)> = served.iter().filter_map(record).collect();
+            let record = |a: &EndpointAddress| (a.ip, zones.get(&a.zone).copied().unwrap_or(0));
+            let addresses: Vec<(IpAddr, u8)> = served.iter().map(record).collect();
             names
                 .entry(format!("{}.{domain}", service.name.to_ascii_lowercase()))
                 .or_insert_with(under);
@@ -165,7 +162,7 @@ pub fn records(
                     .entry(zonal(&endpoint.id, &address.zone, &service.name, &domain))
                     .or_insert_with(under)
                     .addresses
-                    .extend(record(address));
+                    .push(record(address));
             }
             if let Some(private) = &service.private_dns_name
                 && endpoint.private_dns
@@ -251,25 +248,13 @@ pub fn build(config: &Config, ids: &Ids, inputs: &Inputs, desired: &mut Desired)
     let mut digest: u32 = 0x811c_9dc5;
     for (network, names) in records(config, ids, inputs.verified, inputs.failover) {
         for (text, records) in names {
-            let mut name = Name {
-                flags: if records.apex { name_flag::APEX } else { 0 },
-                count: records.addresses.len().min(MAX_NAME_ADDRESSES) as u8,
-                apex_labels: records.apex_labels as u8,
-                ..Name::default()
-            };
-            for (i, &(ip, zone)) in records
-                .addresses
-                .iter()
-                .take(MAX_NAME_ADDRESSES)
-                .enumerate()
-            {
-                name.addrs[i] = ip.octets();
-                name.zones[i] = zone;
-            }
+            let name = name_value(&records);
             for byte in text
                 .bytes()
                 .chain(name.addrs.iter().flatten().copied())
                 .chain(name.zones)
+                .chain(name.addrs6.iter().flatten().copied())
+                .chain(name.zones6)
             {
                 digest = (digest ^ u32::from(byte)).wrapping_mul(0x0100_0193);
             }
@@ -282,6 +267,32 @@ pub fn build(config: &Config, ids: &Ids, inputs: &Inputs, desired: &mut Desired)
         }
     }
     state.dns = dns_settings(&settings.domain, settings.ttl_seconds, digest);
+}
+
+/// A name's map value: its records, A and AAAA apart (validation keeps each family
+/// within `MAX_NAME_ADDRESSES`: one address per zone and family, at most 8 zones).
+fn name_value(records: &Records) -> Name {
+    let mut name = Name {
+        flags: if records.apex { name_flag::APEX } else { 0 },
+        apex_labels: records.apex_labels as u8,
+        ..Name::default()
+    };
+    for &(ip, zone) in &records.addresses {
+        match ip {
+            IpAddr::V4(ip) if (name.count as usize) < MAX_NAME_ADDRESSES => {
+                name.addrs[name.count as usize] = ip.octets();
+                name.zones[name.count as usize] = zone;
+                name.count += 1;
+            }
+            IpAddr::V6(ip) if (name.count6 as usize) < MAX_NAME_ADDRESSES => {
+                name.addrs6[name.count6 as usize] = ip.octets();
+                name.zones6[name.count6 as usize] = zone;
+                name.count6 += 1;
+            }
+            _ => {}
+        }
+    }
+    name
 }
 
 /// The SOA and NS records every zone shares, and the TTL; `serial` changes with the
@@ -379,7 +390,7 @@ dns:
         let (z1, z2) = (zones["z1"], zones["z2"]);
         let a = &all["vpc-a"];
         let b = &all["vpc-b"];
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
             a["e1.orders.endpoints.internal"].addresses,
             [(ip("10.0.0.1"), z1), (ip("10.0.0.2"), z2)]
@@ -443,7 +454,7 @@ dns:
     }
 
     #[test]
-    fn ipv6_addresses_stay_out_of_a_records() {
+    fn ipv6_addresses_are_aaaa_records_beside_the_a_records() {
         let text = CONFIG
             .replace(
                 "nat_addresses: [172.16.0.100]",
@@ -462,18 +473,44 @@ dns:
             .config;
         let ids = Ids::default().assign(&config);
         let zones = zone_ids(&config);
+        let (z1, z2, z3) = (zones["z1"], zones["z2"], zones["z3"]);
         let a =
             &records(&config, &ids, &BTreeSet::new(), &Failover::default())[&ids.networks["vpc-a"]];
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let regional = &a["e1.orders.endpoints.internal"];
         assert_eq!(
-            a["e1.orders.endpoints.internal"].addresses,
-            [(ip("10.0.0.1"), zones["z1"]), (ip("10.0.0.2"), zones["z2"])]
+            regional.addresses,
+            [
+                (ip("10.0.0.1"), z1),
+                (ip("10.0.0.2"), z2),
+                (ip("fd00:a::2"), z2),
+                (ip("fd00:a::3"), z3)
+            ]
         );
-        // z2 is dual-stack: its IPv4 address; z3 has only an IPv6 one: no records.
+        // The map value keeps the families apart, each with its zones.
+        let value = name_value(regional);
+        assert_eq!((value.count, value.count6), (2, 2));
+        assert_eq!(&value.addrs[..2], &[[10, 0, 0, 1], [10, 0, 0, 2]]);
+        assert_eq!(&value.zones[..2], &[z1, z2]);
+        assert_eq!(
+            &value.addrs6[..2],
+            &[ip6("fd00:a::2").octets(), ip6("fd00:a::3").octets()]
+        );
+        assert_eq!(&value.zones6[..2], &[z2, z3]);
+        // z2 is dual-stack: both its addresses; z3 has only an IPv6 one.
         assert_eq!(
             a["e1-z2.orders.endpoints.internal"].addresses,
-            [(ip("10.0.0.2"), zones["z2"])]
+            [(ip("10.0.0.2"), z2), (ip("fd00:a::2"), z2)]
         );
-        assert!(a["e1-z3.orders.endpoints.internal"].addresses.is_empty());
+        assert_eq!(
+            a["e1-z3.orders.endpoints.internal"].addresses,
+            [(ip("fd00:a::3"), z3)]
+        );
+        let value = name_value(&a["e1-z3.orders.endpoints.internal"]);
+        assert_eq!((value.count, value.count6), (0, 1));
+    }
+
+    fn ip6(s: &str) -> std::net::Ipv6Addr {
+        s.parse().unwrap()
     }
 }

@@ -67,8 +67,8 @@ pub enum Change {
     Address(Op<AddressKey, Address>),
     SecurityGroup(Op<PrefixKey, SecurityGroup>),
     Interface(Op<u32, Interface>),
-    /// A DNS name of a consumer network.
-    Name(Op<NameKey, Name>),
+    /// A DNS name of a consumer network (boxed: a name's records are large).
+    Name(Box<Op<NameKey, Name>>),
     /// What every zone's answers share (none: all zeros).
     Dns {
         old: Box<DnsSettings>,
@@ -179,7 +179,7 @@ impl Plan {
                 new: Box::new(new.dns),
             });
         }
-        changes.extend(name_puts.into_iter().map(Change::Name));
+        changes.extend(name_puts.into_iter().map(|op| Change::Name(Box::new(op))));
         changes.extend(address_puts.into_iter().map(Change::Address));
         changes.extend(group_puts.into_iter().map(Change::SecurityGroup));
         changes.extend(limits_puts.into_iter().map(Change::Limits));
@@ -195,7 +195,11 @@ impl Plan {
         changes.extend(limits_removes.into_iter().map(Change::Limits));
         changes.extend(target_removes.into_iter().map(Change::Target));
         changes.extend(ring_removes);
-        changes.extend(name_removes.into_iter().map(Change::Name));
+        changes.extend(
+            name_removes
+                .into_iter()
+                .map(|op| Change::Name(Box::new(op))),
+        );
         Plan { changes }
     }
 
@@ -603,6 +607,11 @@ impl fmt::Display for Shown<'_> {
                     let addresses: Vec<String> = value.addrs[..value.count as usize]
                         .iter()
                         .map(|a| std::net::Ipv4Addr::from(*a).to_string())
+                        .chain(
+                            value.addrs6[..value.count6 as usize]
+                                .iter()
+                                .map(|a| std::net::Ipv6Addr::from(*a).to_string()),
+                        )
                         .collect();
                     let name = n
                         .dns

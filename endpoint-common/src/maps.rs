@@ -12,7 +12,7 @@
 
 /// The version of this layout: bumped whenever a map's kind, key or value changes, so
 /// that an agent never adopts maps pinned by one with another layout.
-pub const LAYOUT: u32 = 6;
+pub const LAYOUT: u32 = 7;
 
 /// Address family codes.
 pub const FAMILY_IPV4: u8 = 4;
@@ -800,22 +800,25 @@ pub mod name_flag {
     pub const APEX: u8 = 1;
 }
 
-/// `NAMES` value: a name's A records, for one consumer network.
+/// `NAMES` value: a name's A and AAAA records, for one consumer network.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Name {
     /// [`name_flag`] bits.
     pub flags: u8,
-    /// How many of `addrs` are used (0: the name exists but has no A record).
+    /// How many of `addrs` are used (0: the name has no A record).
     pub count: u8,
     /// The labels of the apex of the zone the name is in: the owner of the SOA in a
     /// negative answer is that suffix of the question's name.
     pub apex_labels: u8,
-    pub _pad: u8,
+    /// How many of `addrs6` are used (0: the name has no AAAA record).
+    pub count6: u8,
     /// Each address's zone id ([`Interface::zone`]).
     pub zones: [u8; MAX_NAME_ADDRESSES],
+    pub zones6: [u8; MAX_NAME_ADDRESSES],
     /// The addresses, as in the packet.
     pub addrs: [[u8; 4]; MAX_NAME_ADDRESSES],
+    pub addrs6: [[u8; 16]; MAX_NAME_ADDRESSES],
 }
 
 /// Longest SOA and NS records, after their owner name (validated: the domain is at most
@@ -873,7 +876,7 @@ const _: () = {
     assert!(size_of::<Addr>() == 16);
     assert!(size_of::<Interface>() == 32);
     assert!(size_of::<NameKey>() == 16);
-    assert!(size_of::<Name>() == 44);
+    assert!(size_of::<Name>() == 180);
     assert!(size_of::<DnsSettings>() == 8 + MAX_SOA + MAX_NS);
     assert!(size_of::<PortBitmap>() == 8192);
     assert!(size_of::<EndpointKey>() == 24);

@@ -5,7 +5,8 @@
 //!
 //! - the question is echoed byte for byte (DNS 0x20 case kept), names are matched
 //!   case-insensitively by their hash ([`endpoint_common::dns`]);
-//! - A records, the client's zone first; SOA and NS at a zone apex; NODATA and NXDOMAIN
+//! - A and AAAA records, the client's zone first (ANY: the A records, or the AAAA
+//!   records of a name with none); SOA and NS at a zone apex; NODATA and NXDOMAIN
 //!   with the zone's SOA (negative caching); REFUSED for names that are not ours (or
 //!   not this network's), another class or a zone transfer; NOTIMP for other opcodes;
 //!   FORMERR for a malformed question (compression pointers included: a question has
@@ -96,6 +97,10 @@ struct Scan {
 }
 
 const _: () = assert!(size_of::<Work>() <= size_of::<endpoint_common::maps::Segment>());
+
+/// The longest answer (every AAAA record of a name of 255 bytes, and our OPT record) fits
+/// below DNS_ROOM, where `send` masks lengths.
+const _: () = assert!(HEADER + MAX_NAME + 4 + MAX_NAME_ADDRESSES * 28 + 11 < DNS_ROOM);
 
 /// A query to the consumer network's resolver address.
 #[inline(always)]
@@ -272,7 +277,14 @@ fn respond(work: &mut Work, network: u32, zone: u8, question: u32) -> u8 {
             record(work, HEADER as u32, &settings.ns, settings.ns_len);
             write(&mut work.answers, 1);
         } else if qtype == rtype::A || qtype == rtype::ANY {
-            addresses(work, &name, zone, settings.ttl);
+            a_records(work, name, zone, settings.ttl);
+            // ANY gets a subset (RFC 8482): the A records, or the AAAA records of a
+            // name with none — both might not fit 512 bytes.
+            if qtype == rtype::ANY && read(&work.answers) == 0 {
+                aaaa_records(work, name, zone, settings.ttl);
+            }
+        } else if qtype == rtype::AAAA {
+            aaaa_records(work, name, zone, settings.ttl);
         }
         if read(&work.answers) == 0 {
             // NODATA: the name is there, not this type.
@@ -426,14 +438,15 @@ fn find_apex(work: &mut Work, network: u32, labels: u32) {
 
 /// The network's record of the name `hash`.
 #[inline(always)]
-fn lookup(network: u32, hash: u64) -> Option<Name> {
+fn lookup(network: u32, hash: u64) -> Option<&'static Name> {
     let key = NameKey {
         network,
         _pad: 0,
         hash,
     };
-    // SAFETY: map values are replaced whole on update.
-    NAMES.get_ptr(&key).map(|name| unsafe { *name })
+    // SAFETY: map values are replaced whole on update (a hash map's update makes a new
+    // element; the one being read stays as it was).
+    NAMES.get_ptr(&key).map(|name| unsafe { &*name })
 }
 
 /// The query's EDNS version, if its one additional record is an OPT record for the root.
@@ -472,19 +485,43 @@ fn record<const N: usize>(work: &mut Work, owner: u32, rest: &[u8; N], len: u16)
 /// Writes the name's A records, those in the client's `zone` first, counting them in
 /// `work.answers`.
 #[inline(always)]
-fn addresses(work: &mut Work, name: &Name, zone: u8, ttl: [u8; 4]) {
+fn a_records(work: &mut Work, name: &Name, zone: u8, ttl: [u8; 4]) {
+    let [t0, t1, t2, t3] = ttl;
+    in_zone_order(work, &name.zones, name.count, zone, |i| {
+        let [a, b, c, d] = name.addrs[i];
+        [0xc0, 0x0c, 0, 1, 0, 1, t0, t1, t2, t3, 0, 4, a, b, c, d]
+    });
+}
+
+/// Writes the name's AAAA records likewise.
+#[inline(always)]
+fn aaaa_records(work: &mut Work, name: &Name, zone: u8, ttl: [u8; 4]) {
+    let [t0, t1, t2, t3] = ttl;
+    in_zone_order(work, &name.zones6, name.count6, zone, |i| {
+        let mut record = [0u8; 28];
+        record[..12].copy_from_slice(&[0xc0, 0x0c, 0, 28, 0, 1, t0, t1, t2, t3, 0, 16]);
+        record[12..].copy_from_slice(&name.addrs6[i]);
+        record
+    });
+}
+
+/// Writes the records `record` makes of the first `count` addresses, those whose zone
+/// (in `zones`) is the client's `zone` first, counting them in `work.answers`.
+#[inline(always)]
+fn in_zone_order<const N: usize>(
+    work: &mut Work,
+    zones: &[u8; MAX_NAME_ADDRESSES],
+    count: u8,
+    zone: u8,
+    record: impl Fn(usize) -> [u8; N],
+) {
     let mut i = 0;
     while i < 2 * MAX_NAME_ADDRESSES {
         let (first_pass, index) = (i < MAX_NAME_ADDRESSES, i % MAX_NAME_ADDRESSES);
         i += 1;
-        let local = zone != 0 && name.zones[index] == zone;
-        if index < name.count as usize && local == first_pass {
-            let [a, b, c, d] = name.addrs[index];
-            let [t0, t1, t2, t3] = ttl;
-            put(
-                work,
-                [0xc0, 0x0c, 0, 1, 0, 1, t0, t1, t2, t3, 0, 4, a, b, c, d],
-            );
+        let local = zone != 0 && zones[index] == zone;
+        if index < count as usize && local == first_pass {
+            put(work, record(index));
             let answers = read(&work.answers);
             write(&mut work.answers, answers + 1);
         }

@@ -502,6 +502,104 @@ fn a_private_dns_name_answers_each_networks_own_endpoint_and_is_refused_where_no
     });
 }
 
+/// An AAAA record owned by the question's name.
+fn aaaa(ip: &str) -> Vec<u8> {
+    let ip: std::net::Ipv6Addr = ip.parse().unwrap();
+    record(12, AAAA, &ip.octets())
+}
+
+#[test]
+fn aaaa_records_answer_an_endpoints_ipv6_addresses_the_askers_zone_first() {
+    // api-a is dual-stack in z1 and z2 (its IPv6 addresses reach the IPv4 targets through
+    // 6→4), not in z3; billing-a has an IPv6 address only.
+    let config = changed(
+        &config(),
+        "      - { zone: z2, ip: 10.0.0.111 }\n",
+        "      - { zone: z2, ip: 10.0.0.111 }\n      - { zone: z1, ip: 'fd00:a::110' }\n      - { zone: z2, ip: 'fd00:a::111' }\n",
+    );
+    let config = changed(
+        &config,
+        "consumer_network: vpc-a, ip: 10.0.0.113,",
+        "consumer_network: vpc-a, ip: 'fd00:a::113',",
+    );
+    with_rig_for(&config, |rig| {
+        let serial = serial(rig);
+        // cons-a's clients are in z2: its IPv6 address first, in the regional and the
+        // private name.
+        for (id, name) in [
+            (40, "Api-A.api.endpoints.internal"),
+            (41, "api.corp.example"),
+        ] {
+            let asked = question(name, AAAA, IN);
+            let expected = [
+                header(id, QR | AA | RD, [1, 2, 0, 0]),
+                asked.clone(),
+                aaaa("fd00:a::111"),
+                aaaa("fd00:a::110"),
+            ];
+            assert_answer(rig, "cons-a", &query(id, RD, &asked), &expected.concat());
+        }
+        // The A records are as they were.
+        let asked = question("api-a.api.endpoints.internal", A, IN);
+        let a_records = [a(API_A[1]), a(API_A[0]), a(API_A[2])].concat();
+        let expected = [
+            header(42, QR | AA | RD, [1, 3, 0, 0]),
+            asked.clone(),
+            a_records.clone(),
+        ];
+        assert_answer(rig, "cons-a", &query(42, RD, &asked), &expected.concat());
+        // ANY: the A records only (a subset, as RFC 8482 allows).
+        let asked = question("api-a.api.endpoints.internal", 255, IN);
+        let expected = [header(43, QR | AA, [1, 3, 0, 0]), asked.clone(), a_records];
+        assert_answer(rig, "cons-a", &query(43, 0, &asked), &expected.concat());
+        // A zonal name: its zone's address of the family asked; z3 has no IPv6 address
+        // (NODATA, with the SOA).
+        let asked = question("api-a-z1.api.endpoints.internal", AAAA, IN);
+        let expected = [
+            header(44, QR | AA, [1, 1, 0, 0]),
+            asked.clone(),
+            aaaa("fd00:a::110"),
+        ];
+        assert_answer(rig, "cons-a", &query(44, 0, &asked), &expected.concat());
+        let name = "api-a-z3.api.endpoints.internal";
+        let asked = question(name, AAAA, IN);
+        let expected = [
+            header(45, QR | AA, [1, 0, 1, 0]),
+            asked.clone(),
+            soa(offset_of(name, DOMAIN), serial),
+        ];
+        assert_answer(rig, "cons-a", &query(45, 0, &asked), &expected.concat());
+        // An IPv6-only endpoint: AAAA; A is NODATA; ANY gives the AAAA record.
+        let name = "billing-a.billing.endpoints.internal";
+        for (id, qtype) in [(46, AAAA), (47, 255)] {
+            let asked = question(name, qtype, IN);
+            let expected = [
+                header(id, QR | AA, [1, 1, 0, 0]),
+                asked.clone(),
+                aaaa("fd00:a::113"),
+            ];
+            assert_answer(rig, "cons-a", &query(id, 0, &asked), &expected.concat());
+        }
+        let asked = question(name, A, IN);
+        let expected = [
+            header(48, QR | AA, [1, 0, 1, 0]),
+            asked.clone(),
+            soa(offset_of(name, DOMAIN), serial),
+        ];
+        assert_answer(rig, "cons-a", &query(48, 0, &asked), &expected.concat());
+        // vpc-b's endpoint of api has no IPv6 address: NODATA there.
+        let name = "api.corp.example";
+        let asked = question(name, AAAA, IN);
+        let expected = [
+            header(49, QR | AA, [1, 0, 1, 0]),
+            asked.clone(),
+            soa(12, serial),
+        ];
+        assert_answer(rig, "cons-b", &query(49, 0, &asked), &expected.concat());
+        assert_eq!(dns_counted(rig), [10, 0, 0, 0, 0], "{:?}", rig.counted());
+    });
+}
+
 #[test]
 fn nodata_and_nxdomain_carry_the_zones_soa_owned_by_a_pointer_to_the_apex_in_the_question() {
     with_rig_for(&config(), |rig| {
