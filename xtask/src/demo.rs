@@ -1,6 +1,7 @@
 //! The demo: two consumer networks whose clients have the same address each reach the
 //! `orders` service through their own endpoint; the targets see only the NAT address;
-//! one endpoint is dual-stack, and its IPv6 address reaches the IPv4 targets translated;
+//! one endpoint is dual-stack, resolved by name (AAAA) and reached over IPv6, its IPv6
+//! address reaching the IPv4 targets translated;
 //! each network resolves the same private DNS name to its own endpoint (answered in XDP
 //! on its resolver address) and connects by name; a `pendingAcceptance` endpoint gets no
 //! connection until the provider accepts it, then carries TCP and a UDP exchange.
@@ -135,11 +136,16 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
     }
 
     check_interrupt()?;
-    let to = SocketAddr::new(ORDERS_ENDPOINT_V6.into(), 80);
     println!(
-        "\n== vpc-a: the same client over IPv6, {} to {to} (vpce-a-orders is dual-stack; orders' targets are IPv4: translated 6 to 4)",
-        addresses::v6::CLIENT
+        "\n== vpc-a: the same client over IPv6, by name: dig @{RESOLVER} {PRIVATE_NAME} AAAA (vpce-a-orders is dual-stack; orders' targets are IPv4: translated 6 to 4)"
     );
+    let aaaa = dig(&topology.consumer_a, PRIVATE_NAME, "AAAA")?;
+    println!("   {PRIVATE_NAME} AAAA -> {}", aaaa.join(", "));
+    if aaaa != [ORDERS_ENDPOINT_V6.to_string()] {
+        bail!("{PRIVATE_NAME} AAAA is not {ORDERS_ENDPOINT_V6}");
+    }
+    let to = SocketAddr::new(ORDERS_ENDPOINT_V6.into(), 80);
+    println!("   {} connects to {to}", addresses::v6::CLIENT);
     let line = "hello over IPv6 from vpc-a";
     let answer = ask_any(&topology.consumer_a, to, line, TIMEOUT)?;
     if answer.echo != line {
@@ -158,7 +164,7 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
         println!(
             "\n== {network}: dig @{RESOLVER} {PRIVATE_NAME} (the service's private DNS name, answered by the node in XDP)"
         );
-        let addresses = dig(consumer, PRIVATE_NAME)?;
+        let addresses = dig(consumer, PRIVATE_NAME, "A")?;
         println!("   {PRIVATE_NAME} -> {}", addresses.join(", "));
         let Some(address) = addresses.first() else {
             bail!("{network}: {PRIVATE_NAME} did not resolve");
@@ -176,7 +182,7 @@ pub fn run(agent: &Path, example: &Path, keep: bool) -> Result<()> {
     );
     println!(
         "   {REGIONAL_NAME} -> {}",
-        dig(&topology.consumer_b, REGIONAL_NAME)?.join(", ")
+        dig(&topology.consumer_b, REGIONAL_NAME, "A")?.join(", ")
     );
     println!(
         "   the same name from vpc-a (not its endpoint): {}",
@@ -328,9 +334,9 @@ fn converse(consumer: &Namespace, network: &str, i: u32) -> Result<()> {
     Ok(())
 }
 
-/// The A records `name` has for a client of `consumer`, in the order given (dig, bounded
-/// by its own timeout and tries).
-fn dig(consumer: &Namespace, name: &str) -> Result<Vec<String>> {
+/// The `rtype` records `name` has for a client of `consumer`, in the order given (dig,
+/// bounded by its own timeout and tries).
+fn dig(consumer: &Namespace, name: &str, rtype: &str) -> Result<Vec<String>> {
     let out = consumer.exec(
         "dig",
         &[
@@ -339,7 +345,7 @@ fn dig(consumer: &Namespace, name: &str) -> Result<Vec<String>> {
             "+tries=2",
             &format!("@{RESOLVER}"),
             name,
-            "A",
+            rtype,
         ],
     )?;
     Ok(out.lines().map(str::to_string).collect())

@@ -155,9 +155,14 @@ struct Reply {
 impl Reply {
     /// The A records' addresses, in order.
     fn addresses(&self) -> Vec<String> {
+        self.records("A")
+    }
+
+    /// The data of the answer's records of type `kind`, in order.
+    fn records(&self, kind: &str) -> Vec<String> {
         self.answers
             .iter()
-            .filter(|(kind, _)| kind == "A")
+            .filter(|(k, _)| k == kind)
             .map(|(_, data)| data.clone())
             .collect()
     }
@@ -165,9 +170,14 @@ impl Reply {
 
 /// `dig @server name A` from inside `ns`: one try, at most 2 s.
 fn dig(bed: &Bed, ns: &Namespace, server: Ipv4Addr, name: &str) -> Reply {
+    dig_type(bed, ns, server, name, "A")
+}
+
+/// `dig @server name <rtype>` from inside `ns`: one try, at most 2 s.
+fn dig_type(bed: &Bed, ns: &Namespace, server: Ipv4Addr, name: &str, rtype: &str) -> Reply {
     let output = ns
         .command("dig")
-        .args([&format!("@{server}"), name, "A", "+time=2", "+tries=1"])
+        .args([&format!("@{server}"), name, rtype, "+time=2", "+tries=1"])
         .output()
         .expect("dig (dnsutils)");
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -728,4 +738,90 @@ fn a_multi_zone_endpoint_is_answered_with_the_askers_zone_first() {
         }
     }
     eprintln!("zone order checked in {:?}", started.elapsed());
+}
+
+#[test]
+fn a_dual_stack_endpoints_names_answer_aaaa_and_curl_connects_by_name_over_ipv6() {
+    if !root() {
+        return;
+    }
+    // vpce-a-orders is dual-stack: its IPv6 address reaches orders' IPv4 targets (6→4).
+    const ORDERS6: &str = "fd00:a::100";
+    let text = two_networks().replace(
+        &format!("ip: {ORDERS}, zone: zone-1, private_dns: true,"),
+        &format!(
+            "addresses: [{{ zone: zone-1, ip: {ORDERS} }}, {{ zone: zone-1, ip: '{ORDERS6}' }}], private_dns: true,"
+        ),
+    );
+    assert!(text.contains(ORDERS6));
+    let bed = bed_prepared(&text, |t| t.add_ipv6().expect("IPv6 addresses"));
+    let (a, b) = (&bed.topology.consumer_a, &bed.topology.consumer_b);
+    let started = Instant::now();
+
+    // Both names of the endpoint answer both families; vpc-b's endpoint of orders has
+    // no IPv6 address: NODATA there (the name is, the type is not).
+    for name in [ORDERS_NAME.to_string(), regional("vpce-a-orders", "orders")] {
+        let aaaa = dig_type(&bed, a, RESOLVER, &name, "AAAA");
+        assert_eq!(aaaa.status, "NOERROR", "{}", aaaa.text);
+        assert!(aaaa.flags.contains(&"aa".to_string()), "{}", aaaa.text);
+        assert_eq!(aaaa.records("AAAA"), [ORDERS6], "{}", aaaa.text);
+        assert_eq!(aaaa.answers.len(), 1, "{}", aaaa.text);
+        assert_answers(&dig(&bed, a, RESOLVER, &name), &[ORDERS], &name);
+    }
+    let nodata = dig_type(&bed, b, RESOLVER, ORDERS_NAME, "AAAA");
+    assert_eq!(nodata.status, "NOERROR", "{}", nodata.text);
+    assert!(nodata.answers.is_empty(), "{}", nodata.text);
+    assert_eq!(nodata.authority, ["SOA"], "{}", nodata.text);
+
+    // curl -6 by name, the resolver address as the system's name server: glibc asks for
+    // AAAA, and the connection goes to the endpoint's IPv6 address and on to a target.
+    let dir = TempDir::new("resolv6");
+    let resolv_conf = dir.0.join("resolv.conf");
+    std::fs::write(
+        &resolv_conf,
+        format!("nameserver {RESOLVER}\noptions timeout:2 attempts:1\n"),
+    )
+    .unwrap();
+    let url = format!("http://{ORDERS_NAME}/");
+    let by_name = curl_with_resolver(
+        a,
+        &resolv_conf,
+        &[
+            "-6",
+            "-sS",
+            "-i",
+            "--max-time",
+            "10",
+            "-w",
+            "\nconnected to %{remote_ip}:%{remote_port}\n",
+            url.as_str(),
+        ],
+    );
+    let said = String::from_utf8_lossy(&by_name.stdout).into_owned();
+    assert!(
+        by_name.status.success(),
+        "curl -6 {url}: {}\n{said}{}\ncounters: {}\nagent log:\n{}",
+        by_name.status,
+        String::from_utf8_lossy(&by_name.stderr),
+        counters(&bed),
+        bed.agent.log()
+    );
+    assert!(
+        said.starts_with("HTTP/1.0 200 orders-1") || said.starts_with("HTTP/1.0 200 orders-2"),
+        "not an orders target: {said}"
+    );
+    assert!(
+        said.contains(&format!("connected to {ORDERS6}:80")),
+        "curl did not connect to the endpoint's IPv6 address: {said}"
+    );
+    let status = bed.status();
+    assert_eq!(
+        counted_for(&status, "vpce-a-orders", "forward_new"),
+        1,
+        "curl's one connection\n{status:#}"
+    );
+    eprintln!(
+        "AAAA resolved and connected by name in {:?}",
+        started.elapsed()
+    );
 }
