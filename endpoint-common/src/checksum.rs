@@ -69,10 +69,11 @@ impl Sum {
         self.0
     }
 
-    /// A sum the kernel computed (`bpf_csum_diff`).
+    /// A sum the kernel computed (`bpf_csum_diff`), folded first: it may be any 32-bit
+    /// value, and words added to it unfolded would carry out of 32 bits.
     #[inline(always)]
     pub const fn of(partial: u32) -> Self {
-        Self(partial)
+        Self(fold(partial) as u32)
     }
 }
 
@@ -155,6 +156,23 @@ mod tests {
         assert_eq!(sum.finish(), full(&buf));
         let by_dwords = (0..5).fold(Sum::default(), |s, i| s.dword(dword_at(&buf, i * 4)));
         assert_eq!(by_dwords.finish(), full(&buf));
+    }
+
+    /// Words added to a kernel's 32-bit partial sum near its top lose no carry.
+    #[test]
+    fn words_added_to_a_large_partial_sum_keep_their_carries() {
+        let buf: [u8; 24] = core::array::from_fn(|i| (i * 53 + 200) as u8);
+        for partial in [0xffff_ffffu32, 0xfffe_0001, 0x8000_0000, 0xffff_0000] {
+            // The partial sum stands for bytes summing to it: one's complement sums of
+            // a 32-bit value are its two halves added.
+            let halves = [(partial & 0xffff) as u16, (partial >> 16) as u16];
+            let with = (0..12).fold(Sum::of(partial), |s, i| s.word(word_at(&buf, i * 2)));
+            let reference = (0..12)
+                .map(|i| word_at(&buf, i * 2))
+                .chain(halves)
+                .fold(Sum::default(), Sum::word);
+            assert_eq!(with.finish(), reference.finish(), "{partial:#x}");
+        }
     }
 
     /// Edge values: all-ones and all-zeros words, a checksum of 0xffff.
