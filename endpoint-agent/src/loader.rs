@@ -125,6 +125,12 @@ pub fn load(config: &Config, instance: &Instance) -> Result<(Ebpf, Maps)> {
                 }
             }
         }
+        if let Some(count) = verified_instructions(xdp(&mut ebpf, name)?) {
+            log::info!(
+                "program {name:?}: the verifier walked {count} instructions (of the kernel's \
+                 1,000,000)"
+            );
+        }
     }
     instance.write(LAYOUT_FILE, &LAYOUT)?;
     let maps = Maps::take(&mut ebpf)?;
@@ -200,6 +206,12 @@ pub fn check_tables(instance: &Instance, tables: &Tables) -> Result<()> {
 /// The attached program.
 pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     xdp(ebpf, PROGRAM)
+}
+
+/// How many instructions the verifier walked to accept `program` (none before Linux
+/// 5.16): the data path must stay well within the kernel's limit of a million.
+pub fn verified_instructions(program: &Xdp) -> Option<u32> {
+    program.info().ok()?.verified_instruction_count()
 }
 
 /// The program that removes what ran out (see the data path's `expire`).

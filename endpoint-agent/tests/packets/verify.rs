@@ -2,6 +2,7 @@
 //! a frame, the counter it must be dropped under, and whether it is blamed on the
 //! endpoint.
 
+use endpoint_agent::loader;
 use endpoint_common::counter;
 
 use crate::rig::*;
@@ -194,5 +195,24 @@ fn options_and_fragments_to_an_endpoint_are_dropped_by_policy() {
         not_ours[14 + 16..14 + 20].copy_from_slice(&[10, 0, 0, 1]);
         assert_eq!(rig.run("cons-a", &not_ours).action, XDP_DROP);
         assert_eq!(rig.counters().packets(counter::DROP_NOT_ENDPOINT), 1);
+    });
+}
+
+/// The kernel gives up on a program whose verification walks a million instructions:
+/// the data path must leave room for what comes next. Each branch it adds can multiply
+/// the paths the verifier follows (on 2026-12-02: about 650,000, of which DNS answers some
+/// 410,000 — a DNS answer path for IPv6 as well did not fit).
+#[test]
+fn the_verifier_accepts_the_data_path_with_room_to_spare() {
+    const BUDGET: u32 = 800_000;
+    with_rig(|rig| {
+        let walked = loader::verified_instructions(loader::program(&mut rig.ebpf).unwrap())
+            .expect("the kernel reports verified instructions (Linux 5.16 and later)");
+        eprintln!("the verifier walked {walked} instructions");
+        assert!(
+            walked < BUDGET,
+            "the verifier walked {walked} instructions, more than {BUDGET} of its 1,000,000: \
+             find what multiplied the paths before the limit is reached"
+        );
     });
 }
