@@ -491,6 +491,25 @@ impl Drop for Unbound {
 /// (nothing of the host's changes; the mount goes with the process). The testbed enters
 /// namespaces with setns, which leaves mounts alone, so /etc/netns/<name>/resolv.conf
 /// (what `ip netns exec` would bind) does not apply.
+/// Asserts that `said` (curl's output) is an orders target's answer over a connection to
+/// `address` port 80, the one connection vpce-a-orders opened.
+fn assert_curl_reached_orders(bed: &Bed, said: &str, address: &str) {
+    assert!(
+        said.starts_with("HTTP/1.0 200 orders-1") || said.starts_with("HTTP/1.0 200 orders-2"),
+        "not an orders target: {said}"
+    );
+    assert!(
+        said.contains(&format!("connected to {address}:80")),
+        "curl did not connect to the endpoint at {address}: {said}"
+    );
+    let status = bed.status();
+    assert_eq!(
+        counted_for(&status, "vpce-a-orders", "forward_new"),
+        1,
+        "curl's one connection through the endpoint\n{status:#}"
+    );
+}
+
 fn curl_with_resolver(ns: &Namespace, resolv_conf: &Path, args: &[&str]) -> Output {
     ns.command("unshare")
         .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
@@ -572,20 +591,8 @@ fn a_consumers_unbound_forwards_endpoint_names_and_curl_connects_by_name_through
             &unbound,
         );
     }
-    assert!(
-        said.starts_with("HTTP/1.0 200 orders-1") || said.starts_with("HTTP/1.0 200 orders-2"),
-        "not an orders target: {said}"
-    );
-    assert!(
-        said.contains(&format!("connected to {ORDERS}:80")),
-        "curl did not connect to vpc-a's endpoint: {said}"
-    );
+    assert_curl_reached_orders(&bed, &said, &ORDERS.to_string());
     let status = bed.status();
-    assert_eq!(
-        counted_for(&status, "vpce-a-orders", "forward_new"),
-        1,
-        "curl's one connection through the endpoint\n{status:#}"
-    );
     assert!(
         counted(&status, "dns_answer") >= 2,
         "unbound's queries were answered by the resolver address\n{status:#}"
@@ -806,20 +813,7 @@ fn a_dual_stack_endpoints_names_answer_aaaa_and_curl_connects_by_name_over_ipv6(
         counters(&bed),
         bed.agent.log()
     );
-    assert!(
-        said.starts_with("HTTP/1.0 200 orders-1") || said.starts_with("HTTP/1.0 200 orders-2"),
-        "not an orders target: {said}"
-    );
-    assert!(
-        said.contains(&format!("connected to {ORDERS6}:80")),
-        "curl did not connect to the endpoint's IPv6 address: {said}"
-    );
-    let status = bed.status();
-    assert_eq!(
-        counted_for(&status, "vpce-a-orders", "forward_new"),
-        1,
-        "curl's one connection\n{status:#}"
-    );
+    assert_curl_reached_orders(&bed, &said, ORDERS6);
     eprintln!(
         "AAAA resolved and connected by name in {:?}",
         started.elapsed()
