@@ -444,8 +444,9 @@ fn lookup(network: u32, hash: u64) -> Option<&'static Name> {
         _pad: 0,
         hash,
     };
-    // SAFETY: map values are replaced whole on update (a hash map's update makes a new
-    // element; the one being read stays as it was).
+    // SAFETY: a map value, valid while the program runs. Not a snapshot: the kernel may
+    // reuse a replaced element at once, even for another key, so an answer built while
+    // the agent rewrites names may mix records (known; see the README's DNS names).
     NAMES.get_ptr(&key).map(|name| unsafe { &*name })
 }
 

@@ -215,7 +215,7 @@ fn way_frame(
     let ipv6 = way.src.is_ipv6();
     if way.udp {
         let payload: &[u8] = if ipv6 {
-            b"benchmark, benchmark, benchmark!!"
+            b"benchmark, bench!!"
         } else {
             b"benchmark, benchmark!!"
         };

@@ -486,11 +486,6 @@ impl Drop for Unbound {
     }
 }
 
-/// Runs `curl <args>` in `ns` with the system resolver pointed at `resolv_conf`: in a
-/// mount namespace of its own, where that file is bind-mounted over /etc/resolv.conf
-/// (nothing of the host's changes; the mount goes with the process). The testbed enters
-/// namespaces with setns, which leaves mounts alone, so /etc/netns/<name>/resolv.conf
-/// (what `ip netns exec` would bind) does not apply.
 /// Asserts that `said` (curl's output) is an orders target's answer over a connection to
 /// `address` port 80, the one connection vpce-a-orders opened.
 fn assert_curl_reached_orders(bed: &Bed, said: &str, address: &str) {
@@ -510,6 +505,11 @@ fn assert_curl_reached_orders(bed: &Bed, said: &str, address: &str) {
     );
 }
 
+/// Runs `curl <args>` in `ns` with the system resolver pointed at `resolv_conf`: in a
+/// mount namespace of its own, where that file is bind-mounted over /etc/resolv.conf
+/// (nothing of the host's changes; the mount goes with the process). The testbed enters
+/// namespaces with setns, which leaves mounts alone, so /etc/netns/<name>/resolv.conf
+/// (what `ip netns exec` would bind) does not apply.
 fn curl_with_resolver(ns: &Namespace, resolv_conf: &Path, args: &[&str]) -> Output {
     ns.command("unshare")
         .args(["--mount", "--propagation", "private", "--", "sh", "-c"])

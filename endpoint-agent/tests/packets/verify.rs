@@ -201,13 +201,19 @@ fn options_and_fragments_to_an_endpoint_are_dropped_by_policy() {
 /// The kernel gives up on a program whose verification walks a million instructions:
 /// the data path must leave room for what comes next. Each branch it adds can multiply
 /// the paths the verifier follows (on 2026-12-02: about 650,000, of which DNS answers some
-/// 410,000 — a DNS answer path for IPv6 as well did not fit).
+/// 410,000 — a DNS answer path for IPv6 as well did not fit). The count depends on the
+/// kernel and the compiler: this holds it on the kernel CI runs (6.18).
 #[test]
 fn the_verifier_accepts_the_data_path_with_room_to_spare() {
     const BUDGET: u32 = 800_000;
     with_rig(|rig| {
-        let walked = loader::verified_instructions(loader::program(&mut rig.ebpf).unwrap())
-            .expect("the kernel reports verified instructions (Linux 5.16 and later)");
+        let Some(walked) = loader::verified_instructions(loader::program(&mut rig.ebpf).unwrap())
+        else {
+            eprintln!(
+                "this kernel does not report verified instructions (Linux 5.16 and later do)"
+            );
+            return;
+        };
         eprintln!("the verifier walked {walked} instructions");
         assert!(
             walked < BUDGET,

@@ -207,9 +207,13 @@ fn next_port_at<const PORT: usize, const CHECK: usize>(ctx: &XdpContext, flows: 
         let check_at = (start + CHECK) as *mut [u8; 2];
         let old = u16::from_ne_bytes(*port_at);
         let new = port.to_be();
-        let check = Delta::default()
+        let mut check = Delta::default()
             .word(old, new)
             .apply(u16::from_ne_bytes(*check_at));
+        // A UDP/IPv6 checksum of 0 would mean none, which IPv6 does not allow.
+        if CHECK == UDP_CHECK6 && check == 0 {
+            check = 0xffff;
+        }
         *port_at = new.to_ne_bytes();
         *check_at = check.to_ne_bytes();
     }
