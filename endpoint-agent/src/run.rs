@@ -141,6 +141,10 @@ pub async fn run(options: Options) -> Result<()> {
         events.endpoint_events = false;
         events.revision = Some(f.applied);
     }
+    // The lease an earlier agent left must outlive this one's start.
+    let lease_bridge = options.store.as_ref().map(|fleet| {
+        store::follow::LeaseBridge::hold(fleet.location.clone(), options.instance.clone())
+    });
     // A first start that fails leaves nothing behind; a restart that fails leaves the
     // running data path alone.
     let instance = options.instance.clone();
@@ -232,6 +236,9 @@ pub async fn run(options: Options) -> Result<()> {
                 keep: options.on_exit == OnExit::Keep,
             },
         )));
+        // `presence` keeps the lease from here (its first keep-alive comes as soon as
+        // this task waits, well within the lease's life).
+        drop(lease_bridge);
     } else {
         drop((updates_tx, status_rx, leader_tx, wanted_rx, elections_tx));
     }

@@ -203,6 +203,67 @@ pub async fn presence(mut presence: Presence) {
 /// Where an instance keeps its lease's id.
 const LEASE_FILE: &str = "lease.json";
 
+/// Keeps the lease an earlier agent of the instance left (`--on-exit keep`) alive while
+/// this one starts, until dropped once `presence` has it: loading and verifying the
+/// data path blocks the agent's one thread for seconds, longer than the lease lives,
+/// and a lease that ends gives the node's addresses to another node of its zone.
+pub struct LeaseBridge {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LeaseBridge {
+    pub fn hold(location: Location, instance: Instance) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            let Some(id) = instance.read::<i64>(LEASE_FILE).ok().flatten() else {
+                return;
+            };
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(mut store) = Store::connect(&location).await else {
+                    return;
+                };
+                // An ended lease is refused: nothing to keep.
+                let Ok((mut keeper, mut kept)) = store.client.lease_keep_alive(id).await else {
+                    return;
+                };
+                while !stopped.load(Ordering::Relaxed) {
+                    let answered = async {
+                        keeper.keep_alive().await.ok()?;
+                        kept.message().await.ok()?
+                    };
+                    if !matches!(timeout(Duration::from_secs(3), answered).await, Ok(Some(answer)) if answer.ttl() > 0)
+                    {
+                        return;
+                    }
+                    // Every second, in short sleeps: a drop is answered at once.
+                    for _ in 0..10 {
+                        if stopped.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            });
+        });
+        Self { stop }
+    }
+}
+
+impl Drop for LeaseBridge {
+    /// Stops the thread (within 0.1 s, or its bounded wait for etcd), without waiting.
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The lease of an earlier connection (or agent) if it still lives, else a new one;
 /// and its keeper (whose first answer, the lease's TTL, the client has read).
 async fn lease(
