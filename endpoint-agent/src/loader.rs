@@ -16,7 +16,7 @@ use aya::{
 };
 use endpoint_common::{
     counter,
-    maps::{LAYOUT, MAPS, MAX_NAT_ADDRESSES, PROTO_UDP, dns_counter, name, ports_index},
+    maps::{LAYOUT, MAPS, MAX_NAT_ADDRESSES, PROTO_UDP, dns_counter, name, ports_index, program},
 };
 use serde::{Deserialize, Serialize};
 
@@ -30,9 +30,10 @@ use crate::{
 /// The XDP object built by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/endpoint"));
 
-/// The programs' names in the object: the one attached, and the one the agent runs to
-/// remove what ran out.
+/// The programs' names in the object: the one attached, the one it hands DNS queries
+/// to, and the one the agent runs to remove what ran out.
 pub const PROGRAM: &str = "endpoint";
+pub const DNS: &str = "dns";
 pub const EXPIRE: &str = "expire";
 
 /// How an interface got the program.
@@ -103,7 +104,7 @@ pub fn load(config: &Config, instance: &Instance) -> Result<(Ebpf, Maps)> {
         loader.map_pin_path(map.name, instance.pins.join(map.name));
     }
     let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
-    for name in [PROGRAM, EXPIRE] {
+    for name in [PROGRAM, DNS, EXPIRE] {
         // The verifier gives up with EAGAIN when it is interrupted (a pending signal);
         // try again, as libbpf and cilium/ebpf do. Twenty immediate attempts were seen
         // to run out under parallel tests: back off a little more each time (at most
@@ -133,8 +134,22 @@ pub fn load(config: &Config, instance: &Instance) -> Result<(Ebpf, Maps)> {
         }
     }
     instance.write(LAYOUT_FILE, &LAYOUT)?;
-    let maps = Maps::take(&mut ebpf)?;
+    let mut maps = Maps::take(&mut ebpf)?;
+    hand_dns(&ebpf, &mut maps)?;
     Ok((ebpf, maps))
+}
+
+/// Puts the loaded `dns` program where the attached one hands DNS queries to it. A
+/// pinned slot is replaced at once: an earlier agent's program, still attached until
+/// this one's replaces it, hands its queries to this `dns` (the same layout).
+pub fn hand_dns(ebpf: &Ebpf, maps: &mut Maps) -> Result<()> {
+    let dns: &Xdp = ebpf
+        .program(DNS)
+        .with_context(|| format!("no program {DNS:?} in the object"))?
+        .try_into()?;
+    maps.program_array_mut(name::PROGRAMS)?
+        .set(program::DNS, dns.fd()?, 0)
+        .context("handing DNS queries to the dns program")
 }
 
 /// Where an instance records the layout of the maps it pinned (in its state
@@ -219,7 +234,8 @@ pub fn expire_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     xdp(ebpf, EXPIRE)
 }
 
-fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+/// The loaded program `name` ([`PROGRAM`], [`DNS`] or [`EXPIRE`]).
+pub fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     let program = ebpf
         .program_mut(name)
         .with_context(|| format!("no program {name:?} in the object"))?;

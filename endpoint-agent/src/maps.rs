@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, ProgramArray},
 };
 use endpoint_common::maps::{self as layout, MAPS};
 
@@ -113,6 +113,10 @@ impl Maps {
         Ok(LpmTrie::try_from(self.map_mut(name)?)?)
     }
 
+    pub fn program_array_mut(&mut self, name: &str) -> Result<ProgramArray<&mut MapData>> {
+        Ok(ProgramArray::try_from(self.map_mut(name)?)?)
+    }
+
     /// The mmapped array `name`.
     pub fn mmap(&self, name: &str) -> Result<&Mmap> {
         self.mmaps
@@ -143,7 +147,8 @@ fn data(map: &Map) -> &MapData {
         | Map::PerCpuArray(data)
         | Map::Queue(data)
         | Map::RingBuf(data)
-        | Map::LruHashMap(data) => data,
+        | Map::LruHashMap(data)
+        | Map::ProgramArray(data) => data,
         other => unreachable!("the registry has no map like {other:?}"),
     }
 }

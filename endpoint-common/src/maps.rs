@@ -12,7 +12,7 @@
 
 /// The version of this layout: bumped whenever a map's kind, key or value changes, so
 /// that an agent never adopts maps pinned by one with another layout.
-pub const LAYOUT: u32 = 7;
+pub const LAYOUT: u32 = 8;
 
 /// Address family codes.
 pub const FAMILY_IPV4: u8 = 4;
@@ -105,6 +105,7 @@ impl From<core::net::IpAddr> for Addr {
 pub mod kind {
     pub const HASH: u32 = 1;
     pub const ARRAY: u32 = 2;
+    pub const PROG_ARRAY: u32 = 3;
     pub const PERCPU_ARRAY: u32 = 6;
     pub const LPM_TRIE: u32 = 11;
     pub const QUEUE: u32 = 22;
@@ -158,6 +159,14 @@ pub mod name {
     pub const NAMES: &str = "NAMES";
     pub const DNS: &str = "DNS";
     pub const DNS_STATS: &str = "DNS_STATS";
+    pub const PROGRAMS: &str = "PROGRAMS";
+}
+
+/// Slots of `PROGRAMS`: the programs the attached one hands packets to (tail calls).
+pub mod program {
+    /// Answers queries to a resolver address (its own program: the verifier checks
+    /// each program within its own budget of a million instructions).
+    pub const DNS: u32 = 0;
 }
 
 /// Every map of the data path.
@@ -196,6 +205,7 @@ pub const MAPS: &[Map] = &[
     map::<NameKey, Name>(name::NAMES, kind::HASH, false),
     map::<u32, DnsSettings>(name::DNS, kind::HASH, false),
     map::<u32, crate::counter::Count>(name::DNS_STATS, kind::PERCPU_ARRAY, false),
+    map::<u32, u32>(name::PROGRAMS, kind::PROG_ARRAY, false),
 ];
 
 /// Interface roles (bits of [`Interface::roles`]).

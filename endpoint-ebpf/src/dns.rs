@@ -14,6 +14,10 @@
 //!   a version above 0);
 //! - a message shorter than a header, or a response, is dropped (counted).
 //!
+//! A program of its own (`dns`), which the attached one hands queries to by tail call:
+//! the verifier checks each program within its own budget of a million instructions,
+//! and the name scans take much of one.
+//!
 //! The query is read into the per-CPU `SEGMENT` and the answer built over it. The scans
 //! keep their results in that memory, indexed by position, so that the verifier sees
 //! each loop's paths converge.
@@ -31,16 +35,17 @@ use endpoint_common::{
     dns::{self, EDNS_PAYLOAD, FNV_OFFSET, MAX_APEX_LABELS, MAX_NAME, rcode, rtype},
     maps::{
         DNS_ROOM, Interface, MAX_NAME_ADDRESSES, Name, NameKey, PROTO_UDP, dns_counter, name_flag,
+        program,
     },
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 
 use crate::{
-    forward,
-    maps::{DNS, DNS_STATS, NAMES, SEGMENT},
+    classify, forward,
+    maps::{DNS, DNS_STATS, NAMES, PROGRAMS, SEGMENT},
     outcome::Outcome,
-    parse::{L4_OFFSET, Packet},
-    verify,
+    parse::{self, Frame, L4_OFFSET, Packet},
+    stats, verify,
 };
 
 const PORT: u16 = 53;
@@ -114,9 +119,39 @@ pub fn for_resolver(interface: &Interface, packet: &Packet) -> bool {
         && packet.ipv4().dst_addr == interface.resolver
 }
 
+/// Hands the packet, a query to the resolver address, to the `dns` program; returns
+/// only if that is not there.
+#[inline(always)]
+pub fn hand_over(ctx: &XdpContext) -> Outcome {
+    // SAFETY: a tail call; the program in the slot is the agent's `dns`.
+    unsafe { PROGRAMS.tail_call(ctx, program::DNS) };
+    Outcome::drop(counter::DROP_DNS)
+}
+
+/// The `dns` program: answers the query `hand_over` passed (the frame is read again:
+/// nothing else crosses a tail call), counted as the journey counts.
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    let outcome = query(ctx);
+    stats::count(ctx, &outcome);
+    outcome.action()
+}
+
+#[inline(always)]
+fn query(ctx: &XdpContext) -> Outcome {
+    let interface = classify::interface(ctx)?;
+    let Frame::Flow(packet) = parse::frame(ctx)? else {
+        return Outcome::drop(counter::DROP_DNS);
+    };
+    if !for_resolver(&interface, &packet) {
+        return Outcome::drop(counter::DROP_DNS);
+    }
+    answer(ctx, &interface, &packet)
+}
+
 /// Answers a query to the resolver address, in place, back out the interface it came in.
 #[inline(never)]
-pub fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
+fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
     verify::addressed_to(interface, packet, 0)?;
     verify::ip_checksum(packet, 0)?;
     verify::source(interface.network, packet, 0)?;

@@ -10,7 +10,8 @@
 //! and checked again once a second) → nat (rewrite addresses, ports, TTL and checksums)
 //! → send; and every outcome is counted. The `expire` program removes what runs out.
 //! Beside the journey: ARP for the node's addresses, ICMP, and DNS queries to a consumer
-//! network's resolver address (`dns`), answered in place.
+//! network's resolver address, handed to the `dns` program (a tail call), which answers
+//! them in place.
 #![no_std]
 // BPF has atomic instructions, but the target's `core::sync::atomic` offers no 32-bit
 // atomics and no compare-and-swap: the intrinsics do (see `atomic`).
@@ -27,7 +28,7 @@ mod atomic;
 mod budget;
 mod classify;
 mod conntrack;
-mod dns;
+pub mod dns;
 pub mod expire;
 mod forward;
 mod icmp;
@@ -80,7 +81,7 @@ fn journey(ctx: &XdpContext) -> Outcome {
         Frame::Arp { eth, arp } => arp::answer(ctx, &interface, eth, arp),
         Frame::Flow(packet) => {
             if dns::for_resolver(&interface, &packet) {
-                return dns::answer(ctx, &interface, &packet);
+                return dns::hand_over(ctx);
             }
             if classify::endpoint_port(&interface, &packet) {
                 return consumer_to_target(ctx, &interface, &packet);

@@ -1,5 +1,6 @@
 //! The XDP programs the agent loads: `endpoint`, attached (see the library for the
-//! packet's journey), and `expire`, which it runs.
+//! packet's journey); `dns`, which it hands queries to a resolver address; and
+//! `expire`, which the agent runs.
 #![no_std]
 #![no_main]
 
@@ -8,6 +9,12 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 #[xdp]
 pub fn endpoint(ctx: XdpContext) -> u32 {
     endpoint_ebpf::handle(&ctx)
+}
+
+/// Reached from `endpoint` by tail call, never attached: answers a DNS query.
+#[xdp]
+pub fn dns(ctx: XdpContext) -> u32 {
+    endpoint_ebpf::dns::run(&ctx)
 }
 
 /// Run by the agent (BPF_PROG_RUN), never attached: removes what ran out.

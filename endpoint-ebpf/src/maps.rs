@@ -5,7 +5,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, Queue, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray, Queue, RingBuf},
 };
 use endpoint_common::{
     counter::{self, Count},
@@ -120,3 +120,8 @@ pub static DNS: HashMap<u32, DnsSettings> = HashMap::with_max_entries(1, 0);
 #[map]
 pub static DNS_STATS: PerCpuArray<Count> =
     PerCpuArray::with_max_entries(256 * dns_counter::COUNT, 0);
+
+/// The programs the attached one hands packets to, by `endpoint_common::maps::program`
+/// slot (filled by the agent before it attaches).
+#[map]
+pub static PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);

@@ -94,7 +94,7 @@ const DNS_FRAME_LEN: usize = 128;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
-const PROGRAMS: [&str; 4] = ["empty", "swap_tx", "restore_dns_pass", "restore_dns"];
+const PROGRAMS: [&str; 5] = ["empty", "swap_tx", "restore_dns_pass", "restore_dns", "dns"];
 /// Source ports the generated queries cycle through.
 const PORTS: u32 = 256;
 const NSD_BINARY: &str = "/usr/sbin/nsd";
@@ -233,7 +233,9 @@ impl Rig {
                 .with_context(|| format!("verifying {name}"))?;
         }
         let facts = Facts::of_this_node()?;
-        let mut pipeline = Pipeline::new(Maps::take(&mut ebpf)?, Applied::default());
+        let mut maps = Maps::take(&mut ebpf)?;
+        loader::hand_dns(&ebpf, &mut maps)?;
+        let mut pipeline = Pipeline::new(maps, Applied::default());
         let inputs = Inputs {
             facts: &facts,
             seed: 1,

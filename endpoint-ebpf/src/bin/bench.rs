@@ -7,7 +7,8 @@
 //!   `FRAME` (the copy's cost is `restore_pass` − `empty`) and then run the data path —
 //!   `restore_new_flow` with a new source port each time (1024–31023, clear of the
 //!   other cases' 40000), so every run opens a flow
-//!   (`expire`, the data path's own, empties the table between rounds);
+//!   (`expire`, the data path's own, empties the table between rounds; `dns`, the data
+//!   path's own too, is where `endpoint` hands DNS queries);
 //! - for packets per second through namespaces: `generate` and `generate6` (live-frames
 //!   traffic: `FRAME` or, for IPv6, `FRAME6` with a new source port per frame over
 //!   `FLOWS_GENERATED` flows, XDP_TX), `sink` (count TCP and UDP, drop) and `redirect`
@@ -234,6 +235,12 @@ pub fn restore_endpoint(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     }
     endpoint_ebpf::handle(&ctx)
+}
+
+/// The data path's DNS program, which `endpoint` hands queries to.
+#[xdp]
+pub fn dns(ctx: XdpContext) -> u32 {
+    endpoint_ebpf::dns::run(&ctx)
 }
 
 /// The data path's own expiry, so that rounds of new flows start from an empty table.
