@@ -248,7 +248,12 @@ pub fn build(config: &Config, ids: &Ids, inputs: &Inputs, desired: &mut Desired)
     let mut digest: u32 = 0x811c_9dc5;
     for (network, names) in records(config, ids, inputs.verified, inputs.failover) {
         for (text, records) in names {
-            let name = name_value(&records);
+            let key = NameKey {
+                network,
+                _pad: 0,
+                hash: dns::hash(&text).0,
+            };
+            let name = name_value(key, &records);
             for byte in text
                 .bytes()
                 .chain(name.addrs.iter().flatten().copied())
@@ -258,11 +263,6 @@ pub fn build(config: &Config, ids: &Ids, inputs: &Inputs, desired: &mut Desired)
             {
                 digest = (digest ^ u32::from(byte)).wrapping_mul(0x0100_0193);
             }
-            let key = NameKey {
-                network,
-                _pad: 0,
-                hash: dns::hash(&text).0,
-            };
             state.names.insert(key, name);
         }
     }
@@ -271,8 +271,9 @@ pub fn build(config: &Config, ids: &Ids, inputs: &Inputs, desired: &mut Desired)
 
 /// A name's map value: its records, A and AAAA apart (validation keeps each family
 /// within `MAX_NAME_ADDRESSES`: one address per zone and family, at most 8 zones).
-fn name_value(records: &Records) -> Name {
+fn name_value(key: NameKey, records: &Records) -> Name {
     let mut name = Name {
+        key,
         flags: if records.apex { name_flag::APEX } else { 0 },
         apex_labels: records.apex_labels as u8,
         ..Name::default()
@@ -488,7 +489,7 @@ dns:
             ]
         );
         // The map value keeps the families apart, each with its zones.
-        let value = name_value(regional);
+        let value = name_value(NameKey::default(), regional);
         assert_eq!((value.count, value.count6), (2, 2));
         assert_eq!(&value.addrs[..2], &[[10, 0, 0, 1], [10, 0, 0, 2]]);
         assert_eq!(&value.zones[..2], &[z1, z2]);
@@ -506,7 +507,7 @@ dns:
             a["e1-z3.orders.endpoints.internal"].addresses,
             [(ip("fd00:a::3"), z3)]
         );
-        let value = name_value(&a["e1-z3.orders.endpoints.internal"]);
+        let value = name_value(NameKey::default(), &a["e1-z3.orders.endpoints.internal"]);
         assert_eq!((value.count, value.count6), (0, 1));
     }
 

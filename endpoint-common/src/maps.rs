@@ -814,6 +814,10 @@ pub mod name_flag {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Name {
+    /// The name's own key. The kernel may give a replaced or deleted element to another
+    /// key at once, even while a program reads it: the data path copies the value and
+    /// keeps the copy only if this was its key before and after.
+    pub key: NameKey,
     /// [`name_flag`] bits.
     pub flags: u8,
     /// How many of `addrs` are used (0: the name has no A record).
@@ -886,7 +890,7 @@ const _: () = {
     assert!(size_of::<Addr>() == 16);
     assert!(size_of::<Interface>() == 32);
     assert!(size_of::<NameKey>() == 16);
-    assert!(size_of::<Name>() == 180);
+    assert!(size_of::<Name>() == 200);
     assert!(size_of::<DnsSettings>() == 8 + MAX_SOA + MAX_NS);
     assert!(size_of::<PortBitmap>() == 8192);
     assert!(size_of::<EndpointKey>() == 24);

@@ -101,7 +101,15 @@ struct Scan {
     _pad: u32,
 }
 
-const _: () = assert!(size_of::<Work>() <= size_of::<endpoint_common::maps::Segment>());
+/// `SEGMENT` as the DNS program uses it: the work, and a copy of the name's record
+/// (apart: the answer is built in one from the other).
+#[repr(C)]
+struct Room {
+    work: Work,
+    name: Name,
+}
+
+const _: () = assert!(size_of::<Room>() <= size_of::<endpoint_common::maps::Segment>());
 
 /// The longest answer (every AAAA record of a name of 255 bytes, and our OPT record) fits
 /// below DNS_ROOM, where `send` masks lengths.
@@ -157,11 +165,11 @@ fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
     verify::source(interface.network, packet, 0)?;
     verify::transport_checksum(ctx, packet, 0)?;
     let network = interface.network;
-    let Some(work) = SEGMENT.get_ptr_mut(0) else {
+    let Some(room) = SEGMENT.get_ptr_mut(0) else {
         return Outcome::drop(counter::DROP_DNS);
     };
-    // SAFETY: per-CPU room, larger than `Work` (asserted above).
-    let work = unsafe { &mut *work.cast::<Work>() };
+    // SAFETY: per-CPU room, larger than `Room` (asserted above).
+    let Room { work, name } = unsafe { &mut *room.cast::<Room>() };
     let size = (packet.ipv4().tot_len() as usize).wrapping_sub(Ipv4Hdr::LEN + UdpHdr::LEN);
     if !(HEADER..=u16::MAX as usize).contains(&size) {
         note(network, dns_counter::MALFORMED);
@@ -243,9 +251,19 @@ fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
     }
 
     write(&mut work.at, end as u32);
+    let key = NameKey {
+        network,
+        _pad: 0,
+        hash: read(&work.scan).hash,
+    };
+    let Some(found) = fetch(name, &key) else {
+        // Rewritten under every read: the client asks again.
+        return Outcome::drop(counter::DROP_DNS);
+    };
     let code = respond(
         work,
         network,
+        found.then_some(&*name),
         interface.zone,
         (qtype as u32) << 16 | qclass as u32,
     );
@@ -280,16 +298,16 @@ fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
 }
 
 /// Writes the answer to the question `work.scan` describes (type and class in
-/// `question`) for a client in `zone` of `network`, after the question, with its header
-/// but no OPT record; returns its response code.
+/// `question`; `name`, its record in `network`, if it has one) for a client in
+/// `zone`, after the question, with its header but no OPT record; returns its response
+/// code.
 #[inline(never)]
-fn respond(work: &mut Work, network: u32, zone: u8, question: u32) -> u8 {
+fn respond(work: &mut Work, network: u32, name: Option<&Name>, zone: u8, question: u32) -> u8 {
     let (qtype, qclass) = ((question >> 16) as u16, question as u16);
     // SAFETY: the value is replaced whole on update, never changed in place.
     let Some(settings) = (unsafe { DNS.get(&0) }) else {
         return rcode::REFUSED;
     };
-    let name = lookup(network, read(&work.scan).hash);
     let code = if qclass != rtype::CLASS_IN || qtype == AXFR || qtype == IXFR {
         rcode::REFUSED
     } else if name.is_some() {
@@ -461,8 +479,16 @@ fn find_apex(work: &mut Work, network: u32, labels: u32) {
                 break;
             }
         } else if suffix < scan.labels {
-            let hash = dns::suffix(scan.hash, work.prefix[index], power);
-            if lookup(network, hash).is_some_and(|n| n.flags & name_flag::APEX != 0) {
+            let key = NameKey {
+                network,
+                _pad: 0,
+                hash: dns::suffix(scan.hash, work.prefix[index], power),
+            };
+            if let Some(name) = NAMES.get_ptr(&key)
+                // SAFETY: a map value (see `checked`).
+                && let Some(flags) = checked(name, &key, |name| unsafe { read(&(*name).flags) })
+                && flags & name_flag::APEX != 0
+            {
                 apex = work.start[index];
             }
         }
@@ -471,18 +497,46 @@ fn find_apex(work: &mut Work, network: u32, labels: u32) {
     work.scan.apex = apex;
 }
 
-/// The network's record of the name `hash`.
+/// Copies the record of the name `key` into `to`: whether there is one, or None if
+/// it was given to other keys under each of a few reads.
+#[inline(never)]
+fn fetch(to: &mut Name, key: &NameKey) -> Option<bool> {
+    let mut attempt = 0;
+    while attempt < 3 {
+        attempt += 1;
+        let Some(name) = NAMES.get_ptr(key) else {
+            return Some(false);
+        };
+        let copied = checked(name, key, |name| {
+            let (from, to) = (name.cast::<u64>(), (&raw mut *to).cast::<u64>());
+            let mut i = 0;
+            while i < size_of::<Name>() / 8 {
+                // SAFETY: words of the element's value and of the copy, both a `Name`.
+                unsafe { to.add(i).write(from.add(i).read_volatile()) };
+                i += 1;
+            }
+        });
+        if copied.is_some() {
+            return Some(true);
+        }
+    }
+    None
+}
+
+/// Reads `what` of the element `name`, found under `key`, if the element's value was
+/// `key`'s before and after: the kernel may give a replaced or deleted element to
+/// another key at once, even while a program reads it (a torn read within one name's
+/// own versions remains possible; another network's records never pass). Loads are
+/// not reordered with loads on x86-64.
 #[inline(always)]
-fn lookup(network: u32, hash: u64) -> Option<&'static Name> {
-    let key = NameKey {
-        network,
-        _pad: 0,
-        hash,
-    };
-    // SAFETY: a map value, valid while the program runs. Not a snapshot: the kernel may
-    // reuse a replaced element at once, even for another key, so an answer built while
-    // the agent rewrites names may mix records (known; see the README's DNS names).
-    NAMES.get_ptr(&key).map(|name| unsafe { &*name })
+fn checked<T>(name: *const Name, key: &NameKey, what: impl FnOnce(*const Name) -> T) -> Option<T> {
+    // SAFETY: a map value, valid while the program runs (its contents may change).
+    let ours = || unsafe { read(&(*name).key) } == *key;
+    if !ours() {
+        return None;
+    }
+    let value = what(name);
+    ours().then_some(value)
 }
 
 /// The query's EDNS version, if its one additional record is an OPT record for the root.

@@ -7,7 +7,8 @@
 
 use endpoint_common::{
     counter::{self, Count},
-    maps::{DnsSettings, dns_counter, name},
+    dns,
+    maps::{DnsSettings, Name, NameKey, dns_counter, name},
 };
 
 use crate::rig::*;
@@ -597,6 +598,51 @@ fn aaaa_records_answer_an_endpoints_ipv6_addresses_the_askers_zone_first() {
         ];
         assert_answer(rig, "cons-b", &query(49, 0, &asked), &expected.concat());
         assert_eq!(dns_counted(rig), [10, 0, 0, 0, 0], "{:?}", rig.counted());
+    });
+}
+
+/// The kernel may give a replaced or deleted `NAMES` element to another key while the
+/// program reads it. Here vpc-a's element for the name holds vpc-b's record, as it would
+/// once given to vpc-b's: the program never answers from it.
+#[test]
+fn a_record_given_to_another_networks_name_meanwhile_is_never_answered() {
+    with_rig_for(&config(), |rig| {
+        let ids = &rig.pipeline.applied().ids.networks;
+        let hash = dns::hash("api.corp.example").0;
+        let [in_a, in_b] = [ids["vpc-a"], ids["vpc-b"]].map(|network| NameKey {
+            network,
+            _pad: 0,
+            hash,
+        });
+        let ours = {
+            let mut names = rig
+                .pipeline
+                .maps_mut()
+                .hash_mut::<NameKey, Name>(name::NAMES)
+                .unwrap();
+            let (ours, theirs) = (names.get(&in_a, 0).unwrap(), names.get(&in_b, 0).unwrap());
+            names.insert(in_a, theirs, 0).unwrap();
+            ours
+        };
+        let asked = question("api.corp.example", A, IN);
+        assert_dropped(rig, "cons-a", &query(20, RD, &asked));
+        assert_eq!(dns_counted(rig), [0, 0, 0, 0, 1], "{:?}", rig.counted());
+
+        // Its own record again: answered.
+        rig.pipeline
+            .maps_mut()
+            .hash_mut::<NameKey, Name>(name::NAMES)
+            .unwrap()
+            .insert(in_a, ours, 0)
+            .unwrap();
+        let expected = [
+            header(21, QR | AA | RD, [1, 3, 0, 0]),
+            asked.clone(),
+            a(API_A[1]),
+            a(API_A[0]),
+            a(API_A[2]),
+        ];
+        assert_answer(rig, "cons-a", &query(21, RD, &asked), &expected.concat());
     });
 }
 
