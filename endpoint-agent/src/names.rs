@@ -253,7 +253,7 @@ pub fn build(config: &Config, ids: &Ids, inputs: &Inputs, desired: &mut Desired)
                 _pad: 0,
                 hash: dns::hash(&text).0,
             };
-            let name = name_value(key, &records);
+            let name = name_value(key, &records, settings.ttl_seconds);
             for byte in text
                 .bytes()
                 .chain(name.addrs.iter().flatten().copied())
@@ -271,9 +271,10 @@ pub fn build(config: &Config, ids: &Ids, inputs: &Inputs, desired: &mut Desired)
 
 /// A name's map value: its records, A and AAAA apart (validation keeps each family
 /// within `MAX_NAME_ADDRESSES`: one address per zone and family, at most 8 zones).
-fn name_value(key: NameKey, records: &Records) -> Name {
+fn name_value(key: NameKey, records: &Records, ttl: u32) -> Name {
     let mut name = Name {
         key,
+        ttl: ttl.to_be_bytes(),
         flags: if records.apex { name_flag::APEX } else { 0 },
         apex_labels: records.apex_labels as u8,
         ..Name::default()
@@ -489,7 +490,7 @@ dns:
             ]
         );
         // The map value keeps the families apart, each with its zones.
-        let value = name_value(NameKey::default(), regional);
+        let value = name_value(NameKey::default(), regional, 60);
         assert_eq!((value.count, value.count6), (2, 2));
         assert_eq!(&value.addrs[..2], &[[10, 0, 0, 1], [10, 0, 0, 2]]);
         assert_eq!(&value.zones[..2], &[z1, z2]);
@@ -507,7 +508,11 @@ dns:
             a["e1-z3.orders.endpoints.internal"].addresses,
             [(ip("fd00:a::3"), z3)]
         );
-        let value = name_value(NameKey::default(), &a["e1-z3.orders.endpoints.internal"]);
+        let value = name_value(
+            NameKey::default(),
+            &a["e1-z3.orders.endpoints.internal"],
+            60,
+        );
         assert_eq!((value.count, value.count6), (0, 1));
     }
 

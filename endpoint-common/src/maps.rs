@@ -833,6 +833,9 @@ pub struct Name {
     /// The addresses, as in the packet.
     pub addrs: [[u8; 4]; MAX_NAME_ADDRESSES],
     pub addrs6: [[u8; 16]; MAX_NAME_ADDRESSES],
+    /// The records' TTL, as in the packet (`dns.ttl_seconds`; here too, so that an
+    /// answer needs no other lookup).
+    pub ttl: [u8; 4],
 }
 
 /// Longest SOA and NS records, after their owner name (validated: the domain is at most

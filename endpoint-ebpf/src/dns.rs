@@ -22,9 +22,11 @@
 //! keep their results in that memory, indexed by position, so that the verifier sees
 //! each loop's paths converge.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     helpers::generated::{
-        bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_csum_diff, bpf_loop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
         bpf_xdp_store_bytes,
     },
     programs::XdpContext,
@@ -34,8 +36,8 @@ use endpoint_common::{
     counter,
     dns::{self, EDNS_PAYLOAD, FNV_OFFSET, MAX_APEX_LABELS, MAX_NAME, rcode, rtype},
     maps::{
-        DNS_ROOM, Interface, MAX_NAME_ADDRESSES, Name, NameKey, PROTO_UDP, dns_counter, name_flag,
-        program,
+        DNS_ROOM, DnsSettings, Interface, MAX_NAME_ADDRESSES, Name, NameKey, PROTO_UDP,
+        dns_counter, name_flag, program,
     },
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
@@ -43,6 +45,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use crate::{
     classify, forward,
     maps::{DNS, DNS_STATS, NAMES, PROGRAMS, SEGMENT},
+    mem,
     outcome::Outcome,
     parse::{self, Frame, L4_OFFSET, Packet},
     stats, verify,
@@ -76,8 +79,7 @@ struct Work {
     /// begins.
     prefix: [u64; LABELS],
     start: [u32; LABELS],
-    /// What the name scan found, and the labels it counted so far — kept in memory, so
-    /// that the verifier sees the scan's paths converge instead of following each count.
+    /// What the name scan found.
     scan: Scan,
     /// Where the answer being built ends, and the answers in it.
     at: u32,
@@ -98,6 +100,9 @@ struct Scan {
     /// The owner of a negative answer's SOA: the position of the zone apex in the
     /// question (0: none).
     apex: u32,
+    /// While scanning: where the next label begins, and where the message ends.
+    at: u32,
+    len: u32,
     _pad: u32,
 }
 
@@ -162,7 +167,11 @@ fn query(ctx: &XdpContext) -> Outcome {
 fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
     verify::addressed_to(interface, packet, 0)?;
     verify::ip_checksum(packet, 0)?;
-    verify::source(interface.network, packet, 0)?;
+    // Not `source`: an answer goes back to the frame's sender alone, whatever address
+    // it claims (and the lookup would cost every answer a hash lookup).
+    if verify::martian(packet) {
+        return Outcome::drop(counter::DROP_MARTIAN);
+    }
     verify::transport_checksum(ctx, packet, 0)?;
     let network = interface.network;
     let Some(room) = SEGMENT.get_ptr_mut(0) else {
@@ -303,9 +312,14 @@ fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
 /// code.
 #[inline(never)]
 fn respond(work: &mut Work, network: u32, name: Option<&Name>, zone: u8, question: u32) -> u8 {
+    if let Some(name) = name
+        && addresses(work, name, zone, question)
+    {
+        header(work, rcode::NOERROR, false);
+        return rcode::NOERROR;
+    }
     let (qtype, qclass) = ((question >> 16) as u16, question as u16);
-    // SAFETY: the value is replaced whole on update, never changed in place.
-    let Some(settings) = (unsafe { DNS.get(&0) }) else {
+    let Some(settings) = settings() else {
         return rcode::REFUSED;
     };
     let code = if qclass != rtype::CLASS_IN || qtype == AXFR || qtype == IXFR {
@@ -329,36 +343,59 @@ fn respond(work: &mut Work, network: u32, name: Option<&Name>, zone: u8, questio
         } else if apex && qtype == rtype::NS {
             record(work, HEADER as u32, &settings.ns, settings.ns_len);
             write(&mut work.answers, 1);
-        } else if qtype == rtype::A || qtype == rtype::ANY {
-            a_records(work, name, zone, settings.ttl);
-            // ANY gets a subset (RFC 8482): the A records, or the AAAA records of a
-            // name with none — both might not fit 512 bytes.
-            if qtype == rtype::ANY && read(&work.answers) == 0 {
-                aaaa_records(work, name, zone, settings.ttl);
-            }
-        } else if qtype == rtype::AAAA {
-            aaaa_records(work, name, zone, settings.ttl);
-        }
-        if read(&work.answers) == 0 {
+        } else {
             // NODATA: the name is there, not this type.
             find_apex(work, network, name.apex_labels as u32);
         }
     }
     // Negative answers carry the zone's SOA (its minimum is the negative TTL).
-    let answers = read(&work.answers) as u16;
     let apex = read(&work.scan).apex;
-    let authority = answers == 0 && code != rcode::REFUSED && apex != 0;
+    let authority = read(&work.answers) == 0 && code != rcode::REFUSED && apex != 0;
     if authority {
         record(work, apex, &settings.soa, settings.soa_len);
     }
-    // A response to this query, authoritative unless refused.
+    header(work, code, authority);
+    code
+}
+
+/// Writes the name's addresses the question asks for (A, AAAA or ANY in class IN);
+/// whether there were any. The common answer: it needs no other lookup.
+#[inline(always)]
+fn addresses(work: &mut Work, name: &Name, zone: u8, question: u32) -> bool {
+    let (qtype, qclass) = ((question >> 16) as u16, question as u16);
+    if qclass != rtype::CLASS_IN {
+        return false;
+    }
+    write(&mut work.answers, 0);
+    if qtype == rtype::A || qtype == rtype::ANY {
+        a_records(work, name, zone);
+    }
+    // ANY gets a subset (RFC 8482): the A records, or the AAAA records of a name with
+    // none — both might not fit 512 bytes.
+    if qtype == rtype::AAAA || (qtype == rtype::ANY && read(&work.answers) == 0) {
+        aaaa_records(work, name, zone);
+    }
+    read(&work.answers) != 0
+}
+
+/// Makes the message the header of a response to the query with response code
+/// `code`, the answers in `work.answers` and an SOA in the authority section or not;
+/// authoritative unless refused.
+#[inline(always)]
+fn header(work: &mut Work, code: u8, authority: bool) {
+    let [an_hi, an_lo] = (read(&work.answers) as u16).to_be_bytes();
     let m = &mut work.message;
     let authoritative = if code == rcode::REFUSED { 0 } else { AA };
     m[2] = (m[2] & (OPCODE | RD)) | QR | authoritative;
     m[3] = code;
-    let [an_hi, an_lo] = answers.to_be_bytes();
     m[4..12].copy_from_slice(&[0, 1, an_hi, an_lo, 0, authority as u8, 0, 0]);
-    code
+}
+
+/// What every zone's answers share: SOA, NS and TTL.
+#[inline(always)]
+fn settings() -> Option<&'static DnsSettings> {
+    // SAFETY: the value is replaced whole on update, never changed in place.
+    unsafe { DNS.get(&0) }
 }
 
 /// The additional-record count of the query.
@@ -409,53 +446,72 @@ fn write<T: Copy>(at: &mut T, value: T) {
 /// label type).
 #[inline(never)]
 fn scan_name(work: &mut Work, len: u32) {
-    write(
-        &mut work.scan,
-        Scan {
-            hash: 0,
-            labels: 0,
-            end: 0,
-            apex: 0,
-            _pad: 0,
-        },
-    );
-    let mut left: u32 = 0;
-    let mut hash: u64 = 0;
-    let mut label: u64 = 0;
-    let mut end: u32 = 0;
-    let mut i = 0;
-    // A name has at most MAX_NAME bytes, its root's zero the last of them.
-    while i < MAX_NAME {
-        let pos = (HEADER + i) as u32;
-        i += 1;
-        if pos >= len {
-            break;
-        }
-        let byte = work.message[pos as usize & MASK];
-        if left == 0 {
-            if byte == 0 {
-                end = pos + 1 + 4;
-                break;
-            }
-            if byte > 63 {
-                break;
-            }
-            left = byte as u32;
-            label = dns::label_step(FNV_OFFSET, byte);
-            let n = read(&work.scan.labels) as usize;
-            work.prefix[n & (LABELS - 1)] = hash;
-            work.start[n & (LABELS - 1)] = pos;
-            write(&mut work.scan.labels, n as u32 + 1);
-        } else {
-            label = dns::label_step(label, byte);
-            left -= 1;
-            if left == 0 {
-                hash = dns::fold(hash, label);
-            }
-        }
+    work.scan = Scan {
+        hash: 0,
+        labels: 0,
+        end: 0,
+        apex: 0,
+        at: HEADER as u32,
+        len,
+        _pad: 0,
+    };
+    // A name has at most 127 labels and the root. SAFETY: a helper call; the callback
+    // finds the work in `SEGMENT` itself.
+    unsafe {
+        bpf_loop(
+            LABELS as u32,
+            scan_label as *mut _,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+}
+
+/// Scans one label of the question's name, at `work.scan.at`; 1 ends the scan. A
+/// `bpf_loop` callback: the verifier checks it once, not once per label.
+extern "C" fn scan_label(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(room) = SEGMENT.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: the per-CPU room `answer` holds the work in (see `Room`).
+    let work = unsafe { &mut *room.cast::<Work>() };
+    let Scan {
+        hash,
+        labels,
+        at,
+        len,
+        ..
+    } = work.scan;
+    if at >= len {
+        return 1;
     }
-    work.scan.hash = hash;
-    work.scan.end = if end != 0 && end <= len { end } else { 0 };
+    let size = work.message[at as usize & MASK] as u32;
+    // The name, its root's zero byte the last, has at most MAX_NAME bytes.
+    let last = HEADER as u32 + MAX_NAME as u32 - 1;
+    if size == 0 {
+        if at <= last && at + 5 <= len {
+            // After the root: the question's type and class.
+            work.scan.end = at + 5;
+        }
+        return 1;
+    }
+    let next = at + 1 + size;
+    if size > 63 || next >= len || next > last {
+        return 1;
+    }
+    let index = labels as usize & (LABELS - 1);
+    work.prefix[index] = hash;
+    work.start[index] = at;
+    let mut label = dns::label_step(FNV_OFFSET, size as u8);
+    let mut i = 0;
+    while i < 63 && i < size {
+        label = dns::label_step(label, work.message[(at + 1 + i) as usize & MASK]);
+        i += 1;
+    }
+    work.scan.hash = dns::fold(hash, label);
+    work.scan.labels = labels + 1;
+    work.scan.at = next;
+    0
 }
 
 /// Finds where the zone apex lies in the question's name: the suffix of `labels` labels,
@@ -559,51 +615,51 @@ fn record<const N: usize>(work: &mut Work, owner: u32, rest: &[u8; N], len: u16)
     const { assert!(N.is_multiple_of(8)) };
     put(work, (0xc000 | owner as u16).to_be_bytes());
     let at = read(&work.at) as usize & (DNS_ROOM - 1);
-    let to = work.message.as_mut_ptr();
-    let mut i = 0;
-    while i < N {
-        // SAFETY: below DNS_ROOM + N, within the buffer; `i` < N.
-        unsafe {
-            to.add(at + i)
-                .write_volatile(core::ptr::read_volatile(&rest[i]))
-        };
-        i += 1;
-    }
+    // SAFETY: N bytes from `rest`, to below DNS_ROOM + N, within the buffer.
+    unsafe { mem::copy_words(work.message.as_mut_ptr().add(at), rest.as_ptr(), N / 8) };
     write(&mut work.at, (at + (len as usize).min(N)) as u32);
 }
 
 /// Writes the name's A records, those in the client's `zone` first, counting them in
 /// `work.answers`.
 #[inline(always)]
-fn a_records(work: &mut Work, name: &Name, zone: u8, ttl: [u8; 4]) {
-    let [t0, t1, t2, t3] = ttl;
-    in_zone_order(work, &name.zones, name.count, zone, |i| {
-        let [a, b, c, d] = name.addrs[i];
-        [0xc0, 0x0c, 0, 1, 0, 1, t0, t1, t2, t3, 0, 4, a, b, c, d]
+fn a_records(work: &mut Work, name: &Name, zone: u8) {
+    // Little-endian words of the record: owner (a pointer to the question's name),
+    // type, class, TTL, length, address.
+    let ttl = u32::from_le_bytes(name.ttl) as u64;
+    let head = u64::from_le_bytes([0xc0, 0x0c, 0, 1, 0, 1, 0, 0]) | ttl << 48;
+    let length = (ttl >> 16) | u64::from_le_bytes([0, 0, 0, 4, 0, 0, 0, 0]);
+    in_zone_order(work, &name.zones, name.count, zone, 16, |i| {
+        let address = u32::from_le_bytes(name.addrs[i]) as u64;
+        [head, length | address << 32, 0, 0]
     });
 }
 
 /// Writes the name's AAAA records likewise.
 #[inline(always)]
-fn aaaa_records(work: &mut Work, name: &Name, zone: u8, ttl: [u8; 4]) {
-    let [t0, t1, t2, t3] = ttl;
-    in_zone_order(work, &name.zones6, name.count6, zone, |i| {
-        let mut record = [0u8; 28];
-        record[..12].copy_from_slice(&[0xc0, 0x0c, 0, 28, 0, 1, t0, t1, t2, t3, 0, 16]);
-        record[12..].copy_from_slice(&name.addrs6[i]);
-        record
+fn aaaa_records(work: &mut Work, name: &Name, zone: u8) {
+    let ttl = u32::from_le_bytes(name.ttl) as u64;
+    let head = u64::from_le_bytes([0xc0, 0x0c, 0, 28, 0, 1, 0, 0]) | ttl << 48;
+    let length = (ttl >> 16) | u64::from_le_bytes([0, 0, 0, 16, 0, 0, 0, 0]);
+    in_zone_order(work, &name.zones6, name.count6, zone, 28, |i| {
+        let address = name.addrs6[i].as_ptr();
+        // SAFETY: words within the 16 bytes of the address: 0..8, 4..12, 8..16.
+        let [low, middle, high] = unsafe { [0, 4, 8].map(|at| mem::load_u64(address.add(at))) };
+        [head, length | low << 32, middle, high >> 32]
     });
 }
 
-/// Writes the records `record` makes of the first `count` addresses, those whose zone
-/// (in `zones`) is the client's `zone` first, counting them in `work.answers`.
+/// Writes the records (`len` bytes of the words `record` makes) of the first `count`
+/// addresses, those whose zone (in `zones`) is the client's `zone` first, counting them
+/// in `work.answers`.
 #[inline(always)]
-fn in_zone_order<const N: usize>(
+fn in_zone_order(
     work: &mut Work,
     zones: &[u8; MAX_NAME_ADDRESSES],
     count: u8,
     zone: u8,
-    record: impl Fn(usize) -> [u8; N],
+    len: u32,
+    record: impl Fn(usize) -> [u64; 4],
 ) {
     let mut i = 0;
     while i < 2 * MAX_NAME_ADDRESSES {
@@ -611,7 +667,20 @@ fn in_zone_order<const N: usize>(
         i += 1;
         let local = zone != 0 && zones[index] == zone;
         if index < count as usize && local == first_pass {
-            put(work, record(index));
+            let words = record(index);
+            let at = read(&work.at) as usize & (DNS_ROOM - 1);
+            let to = work.message.as_mut_ptr();
+            // SAFETY: 32 bytes from below DNS_ROOM, within the buffer; what lies past
+            // `len` is written over next, or past the message.
+            unsafe {
+                mem::store_u64(to.add(at), words[0]);
+                mem::store_u64(to.add(at + 8), words[1]);
+                if len > 16 {
+                    mem::store_u64(to.add(at + 16), words[2]);
+                    mem::store_u64(to.add(at + 24), words[3]);
+                }
+            }
+            write(&mut work.at, at as u32 + len);
             let answers = read(&work.answers);
             write(&mut work.answers, answers + 1);
         }

@@ -17,6 +17,8 @@
 // atomics and no compare-and-swap: the intrinsics do (see `atomic`).
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
+// Unaligned 8-byte loads and stores (see `mem`): the compiler has no other way to them.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 // `?` in steps that return an `Outcome` (see `outcome`).
 #![feature(try_trait_v2)]
 // Map helpers take `impl Borrow<K>`: pass keys by reference, not by (copied) value, on

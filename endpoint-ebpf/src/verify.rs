@@ -86,12 +86,24 @@ fn sane_flags(flags: u8, endpoint: u32) -> Result<(), Outcome> {
     Ok(())
 }
 
-/// A source that can be a client of an endpoint in `network`: not unspecified,
-/// loopback, multicast, broadcast or reserved (IPv6: not link-local or IPv4-mapped
-/// either), not the destination itself, and not an address the node answers for in
-/// that network (replies would go to it).
+/// A source that can be a client of an endpoint in `network`: not [`martian`], and not
+/// an address the node answers for in that network (replies would go to it).
 #[inline(always)]
 pub fn source(network: u32, packet: &Packet, endpoint: u32) -> Result<(), Outcome> {
+    let martian = martian(packet)
+        || classify::owned(network, packet.family(), packet.src())
+            .is_some_and(|a| a.kind != address_kind::WAITING && a.kind != address_kind::NAT);
+    if martian {
+        return Err(Outcome::drop_for(counter::DROP_MARTIAN, endpoint));
+    }
+    Ok(())
+}
+
+/// A source that cannot be a client at all: unspecified, loopback, multicast,
+/// broadcast or reserved (IPv6: link-local or IPv4-mapped too), or the destination
+/// itself.
+#[inline(always)]
+pub fn martian(packet: &Packet) -> bool {
     let src = packet.src();
     let martian = if packet.is_ipv6() {
         let [w0, w1, w2, w3] = src.words_be;
@@ -103,14 +115,7 @@ pub fn source(network: u32, packet: &Packet, endpoint: u32) -> Result<(), Outcom
         let first = src.octets()[0];
         first == 0 || first == 127 || first >= 224
     };
-    let martian = martian
-        || src == packet.dst()
-        || classify::owned(network, packet.family(), src)
-            .is_some_and(|a| a.kind != address_kind::WAITING && a.kind != address_kind::NAT);
-    if martian {
-        return Err(Outcome::drop_for(counter::DROP_MARTIAN, endpoint));
-    }
-    Ok(())
+    martian || src == packet.dst()
 }
 
 /// The TCP or UDP checksum over the pseudo-header, the header and the payload is right

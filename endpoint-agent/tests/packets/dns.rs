@@ -1065,8 +1065,8 @@ fn a_query_is_checked_like_endpoint_traffic_but_answered_whatever_its_ttl() {
             XDP_DROP
         );
         assert_eq!(rig.counters().packets(counter::DROP_NOT_FOR_US), 1);
-        // From the resolver address itself, or an endpoint's: the answer would go there.
-        for src in [RESOLVER, ENDPOINT] {
+        // From the resolver address itself, or from loopback: dropped.
+        for src in [RESOLVER, [127, 0, 0, 1]] {
             let spoofed = Datagram { src, ..datagram };
             assert_eq!(
                 rig.run("cons-a", &frame(&spoofed, &message)).action,
@@ -1074,8 +1074,17 @@ fn a_query_is_checked_like_endpoint_traffic_but_answered_whatever_its_ttl() {
             );
         }
         assert_eq!(rig.counters().packets(counter::DROP_MARTIAN), 2);
-        assert_eq!(dns_counted(rig), [2, 0, 0, 0, 0], "{:?}", rig.counted());
-        assert_eq!(dns_stats(rig, "vpc-a"), [2, 0, 0, 0]);
+        // From an endpoint's address: answered, to the frame's sender alone (the MAC it
+        // came from), which the claimed address cannot redirect.
+        let spoofed = Datagram {
+            src: ENDPOINT,
+            ..datagram
+        };
+        let out = rig.run("cons-a", &frame(&spoofed, &message));
+        assert_eq!(out.action, XDP_REDIRECT);
+        assert_eq!(out.frame[..6], spoofed.mac_src);
+        assert_eq!(dns_counted(rig), [3, 0, 0, 0, 0], "{:?}", rig.counted());
+        assert_eq!(dns_stats(rig, "vpc-a"), [3, 0, 0, 0]);
     });
 }
 

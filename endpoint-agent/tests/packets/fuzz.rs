@@ -472,8 +472,15 @@ fn answered(vpc: &str) -> &'static [[u8; 4]] {
 /// multicast, broadcast, reserved, the destination itself, or an address the node
 /// answers for there (replies would go to it).
 fn martian(vpc: &str, src: [u8; 4], dst: [u8; 4]) -> bool {
+    never_a_client(src, dst) || answered(vpc).contains(&src)
+}
+
+/// A source that can be no client at all: unspecified, loopback, multicast, broadcast,
+/// reserved or the destination itself (a DNS query from another of the node's addresses
+/// is answered: the answer goes to the frame's sender alone).
+fn never_a_client(src: [u8; 4], dst: [u8; 4]) -> bool {
     let first = src[0];
-    first == 0 || first == 127 || first >= 224 || src == dst || answered(vpc).contains(&src)
+    first == 0 || first == 127 || first >= 224 || src == dst
 }
 
 fn target_mac(ip: [u8; 4]) -> Option<[u8; 6]> {
@@ -2659,7 +2666,7 @@ impl<'r> Fuzz<'r> {
 
     /// A datagram to port 53 of the resolver address of `port`'s network: checked like
     /// endpoint traffic (sent to the interface from a unicast MAC, a right IPv4 checksum,
-    /// a source that can be a client, a right UDP checksum or none), then answered as the
+    /// a source that can be a client at all, a right UDP checksum or none), then answered as the
     /// README's DNS rules say — or dropped if shorter than a header or a response.
     fn query(&self, port: usize, f: &[u8], seg: &Seg) -> DnsExpect {
         let p = self.ports[port];
@@ -2670,7 +2677,7 @@ impl<'r> Fuzz<'r> {
         if !ip_checksum_ok(f) {
             return drop(counter::DROP_BAD_CHECKSUM, None);
         }
-        if martian(p.vpc, seg.src, seg.dst) {
+        if never_a_client(seg.src, seg.dst) {
             return drop(counter::DROP_MARTIAN, None);
         }
         if !seg.checksum_ok(f) {
