@@ -22,11 +22,9 @@
 //! keep their results in that memory, indexed by position, so that the verifier sees
 //! each loop's paths converge.
 
-use core::ffi::c_void;
-
 use aya_ebpf::{
     helpers::generated::{
-        bpf_csum_diff, bpf_loop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
         bpf_xdp_store_bytes,
     },
     programs::XdpContext,
@@ -34,7 +32,7 @@ use aya_ebpf::{
 use endpoint_common::{
     checksum::{Delta, Sum},
     counter,
-    dns::{self, EDNS_PAYLOAD, FNV_OFFSET, MAX_APEX_LABELS, MAX_NAME, rcode, rtype},
+    dns::{self, EDNS_PAYLOAD, MAX_APEX_LABELS, MAX_NAME, rcode, rtype},
     maps::{
         DNS_ROOM, DnsSettings, Interface, MAX_NAME_ADDRESSES, Name, NameKey, PROTO_UDP,
         dns_counter, name_flag, program,
@@ -443,75 +441,71 @@ fn write<T: Copy>(at: &mut T, value: T) {
 
 /// Scans the question's name from byte 12: its hash, labels and where the question
 /// ends (0 if it is malformed: truncated, longer than 255 bytes, a pointer or a reserved
-/// label type).
+/// label type). A label at a time, 8 of its bytes a step.
 #[inline(never)]
 fn scan_name(work: &mut Work, len: u32) {
-    work.scan = Scan {
-        hash: 0,
-        labels: 0,
-        end: 0,
-        apex: 0,
-        at: HEADER as u32,
-        len,
-        _pad: 0,
-    };
-    // A name has at most 127 labels and the root. SAFETY: a helper call; the callback
-    // finds the work in `SEGMENT` itself.
-    unsafe {
-        bpf_loop(
-            LABELS as u32,
-            scan_label as *mut _,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
-}
-
-/// Scans one label of the question's name, at `work.scan.at`; 1 ends the scan. A
-/// `bpf_loop` callback: the verifier checks it once, not once per label.
-extern "C" fn scan_label(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(room) = SEGMENT.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: the per-CPU room `answer` holds the work in (see `Room`).
-    let work = unsafe { &mut *room.cast::<Work>() };
-    let Scan {
-        hash,
-        labels,
-        at,
-        len,
-        ..
-    } = work.scan;
-    if at >= len {
-        return 1;
-    }
-    let size = work.message[at as usize & MASK] as u32;
+    write(
+        &mut work.scan,
+        Scan {
+            hash: 0,
+            labels: 0,
+            end: 0,
+            apex: 0,
+            at: HEADER as u32,
+            len,
+            _pad: 0,
+        },
+    );
     // The name, its root's zero byte the last, has at most MAX_NAME bytes.
     let last = HEADER as u32 + MAX_NAME as u32 - 1;
-    if size == 0 {
-        if at <= last && at + 5 <= len {
-            // After the root: the question's type and class.
-            work.scan.end = at + 5;
-        }
-        return 1;
-    }
-    let next = at + 1 + size;
-    if size > 63 || next >= len || next > last {
-        return 1;
-    }
-    let index = labels as usize & (LABELS - 1);
-    work.prefix[index] = hash;
-    work.start[index] = at;
-    let mut label = dns::label_step(FNV_OFFSET, size as u8);
+    let message = work.message.as_ptr();
     let mut i = 0;
-    while i < 63 && i < size {
-        label = dns::label_step(label, work.message[(at + 1 + i) as usize & MASK]);
+    // At most 127 labels, then the root.
+    while i < LABELS {
         i += 1;
+        // What one label leaves for the next is read back from memory: the verifier
+        // sees the loop's head alike after labels of any length.
+        let at = read(&work.scan.at);
+        if at >= len {
+            return;
+        }
+        let size = work.message[at as usize & MASK] as u32;
+        if size == 0 {
+            if at <= last && at + 5 <= len {
+                // After the root: the question's type and class.
+                work.scan.end = at + 5;
+            }
+            return;
+        }
+        let next = at + 1 + size;
+        if size > 63 || next >= len || next > last {
+            return;
+        }
+        let (labels, hash) = (read(&work.scan.labels), read(&work.scan.hash));
+        let index = labels as usize & (LABELS - 1);
+        work.prefix[index] = hash;
+        work.start[index] = at;
+        let mut label = dns::label_start(size as u8);
+        let mut k = 0;
+        while k < 8 && 8 * k < size {
+            // SAFETY: 8 bytes from below DNS_ROOM, within the buffer (a label lies
+            // below byte 268; the mask is for the verifier).
+            let word =
+                unsafe { mem::load_u64(message.add((at + 1 + 8 * k) as usize & (DNS_ROOM - 1))) };
+            let left = size - 8 * k;
+            // Only the label's own bytes.
+            let word = if left < 8 {
+                word & ((1 << (8 * left)) - 1)
+            } else {
+                word
+            };
+            label = dns::label_step(label, word);
+            k += 1;
+        }
+        write(&mut work.scan.hash, dns::fold(hash, label));
+        write(&mut work.scan.labels, labels + 1);
+        write(&mut work.scan.at, next);
     }
-    work.scan.hash = dns::fold(hash, label);
-    work.scan.labels = labels + 1;
-    work.scan.at = next;
-    0
 }
 
 /// Finds where the zone apex lies in the question's name: the suffix of `labels` labels,
