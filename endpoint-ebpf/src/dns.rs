@@ -246,7 +246,7 @@ fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
         m[3] = rcode::NOERROR;
         m[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
         write(&mut work.at, end as u32);
-        put(work, opt(1));
+        put_opt(work, 1);
         let len = read(&work.at);
         return send(
             ctx,
@@ -276,7 +276,7 @@ fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
     );
     if edns.is_some() {
         work.message[11] = 1;
-        put(work, opt(0));
+        put_opt(work, 0);
     }
     let len = read(&work.at);
     match code {
@@ -402,11 +402,16 @@ fn counts_additional(m: &[u8; 2 * DNS_ROOM]) -> u16 {
     u16::from_be_bytes([m[10], m[11]])
 }
 
-/// Our OPT record: the root, our payload size, extended code `extended`, version 0.
+/// Writes our OPT record where the message ends: the root, our payload size, extended
+/// code `extended`, version 0.
 #[inline(always)]
-fn opt(extended: u8) -> [u8; 11] {
+fn put_opt(work: &mut Work, extended: u8) {
     let [hi, lo] = EDNS_PAYLOAD.to_be_bytes();
-    [0, 0, 41, hi, lo, extended, 0, 0, 0, 0, 0]
+    put_words(
+        work,
+        [u64::from_le_bytes([0, 0, 41, hi, lo, extended, 0, 0]), 0],
+        11,
+    );
 }
 
 /// Writes `bytes` where the message ends (`work.at`), and moves the end past them.
@@ -423,6 +428,23 @@ fn put<const N: usize>(work: &mut Work, bytes: [u8; N]) {
             .write_unaligned(bytes)
     };
     write(&mut work.at, (at + N) as u32);
+}
+
+/// Writes the first `len` bytes of `words` (little-endian) where the message ends, a
+/// word a store, and moves the end past them (what lies past them is written over
+/// next, or past the message).
+#[inline(always)]
+fn put_words<const W: usize>(work: &mut Work, words: [u64; W], len: u32) {
+    const { assert!(8 * W <= DNS_ROOM) };
+    let at = read(&work.at) as usize & (DNS_ROOM - 1);
+    let to = work.message.as_mut_ptr();
+    let mut i = 0;
+    while i < W {
+        // SAFETY: 8 * W bytes from below DNS_ROOM, within the buffer of twice that.
+        unsafe { mem::store_u64(to.add(at + 8 * i), words[i]) };
+        i += 1;
+    }
+    write(&mut work.at, at as u32 + len);
 }
 
 /// Reads `value` back from memory, so that the verifier forgets how each path got it.
@@ -661,20 +683,7 @@ fn in_zone_order(
         i += 1;
         let local = zone != 0 && zones[index] == zone;
         if index < count as usize && local == first_pass {
-            let words = record(index);
-            let at = read(&work.at) as usize & (DNS_ROOM - 1);
-            let to = work.message.as_mut_ptr();
-            // SAFETY: 32 bytes from below DNS_ROOM, within the buffer; what lies past
-            // `len` is written over next, or past the message.
-            unsafe {
-                mem::store_u64(to.add(at), words[0]);
-                mem::store_u64(to.add(at + 8), words[1]);
-                if len > 16 {
-                    mem::store_u64(to.add(at + 16), words[2]);
-                    mem::store_u64(to.add(at + 24), words[3]);
-                }
-            }
-            write(&mut work.at, at as u32 + len);
+            put_words(work, record(index), len);
             let answers = read(&work.answers);
             write(&mut work.answers, answers + 1);
         }
@@ -695,7 +704,8 @@ fn note(network: u32, which: u32) {
 /// cache line of the packet), where every XDP frame has 256 bytes before it.
 #[inline(always)]
 fn grow_at_head(ctx: &XdpContext, grow: i32) -> bool {
-    let mut headers = [0u8; MESSAGE_OFFSET];
+    // Not zeroed first (a call to `memset` here): the helper fills it.
+    let mut headers = core::mem::MaybeUninit::<[u8; MESSAGE_OFFSET]>::uninit();
     let at = headers.as_mut_ptr().cast();
     // SAFETY: MESSAGE_OFFSET bytes into a buffer of as many, from and to the frame.
     unsafe {
