@@ -704,15 +704,37 @@ fn note(network: u32, which: u32) {
 /// cache line of the packet), where every XDP frame has 256 bytes before it.
 #[inline(always)]
 fn grow_at_head(ctx: &XdpContext, grow: i32) -> bool {
-    // Not zeroed first (a call to `memset` here): the helper fills it.
-    let mut headers = core::mem::MaybeUninit::<[u8; MESSAGE_OFFSET]>::uninit();
-    let at = headers.as_mut_ptr().cast();
-    // SAFETY: MESSAGE_OFFSET bytes into a buffer of as many, from and to the frame.
-    unsafe {
-        bpf_xdp_load_bytes(ctx.ctx, 0, at, MESSAGE_OFFSET as u32) == 0
-            && bpf_xdp_adjust_head(ctx.ctx, -grow) == 0
-            && bpf_xdp_store_bytes(ctx.ctx, 0, at, MESSAGE_OFFSET as u32) == 0
+    // Masked after a read from memory, where the compiler cannot drop the mask the
+    // verifier needs to bound the headers' new place.
+    let grow = read(&(grow as u32)) as usize & (DNS_ROOM - 1);
+    // SAFETY: resizing the frame; every pointer is derived again below.
+    if grow == 0 || unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
+        return false;
     }
+    // The headers, now `grow` bytes into the frame, read whole before any is written
+    // (the two places may overlap).
+    let to = ctx.data();
+    let from = to + grow;
+    if to + MESSAGE_OFFSET > ctx.data_end() || from + MESSAGE_OFFSET > ctx.data_end() {
+        return false;
+    }
+    let (to, from) = (to as *mut u8, from as *const u8);
+    const WORDS: usize = MESSAGE_OFFSET / 8;
+    // SAFETY: MESSAGE_OFFSET bytes at both places, checked to lie within the frame.
+    unsafe {
+        let words: [u64; WORDS] = core::array::from_fn(|i| mem::load_u64(from.add(8 * i)));
+        let rest = from
+            .add(8 * WORDS)
+            .cast::<[u8; MESSAGE_OFFSET % 8]>()
+            .read_unaligned();
+        for (i, word) in words.into_iter().enumerate() {
+            mem::store_u64(to.add(8 * i), word);
+        }
+        to.add(8 * WORDS)
+            .cast::<[u8; MESSAGE_OFFSET % 8]>()
+            .write_unaligned(rest);
+    }
+    true
 }
 
 /// Sends the first `len` bytes of the message (in `SEGMENT`) back to the querier, from the resolver
