@@ -15,6 +15,20 @@ pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 /// The fold's multiplier (odd, so suffix hashes stay distinct).
 pub const P: u64 = 0x9e37_79b9_7f4a_7c15;
 
+/// P's inverse modulo 2⁶⁴ (P is odd): to step from the power of one suffix to the next
+/// shorter one.
+pub const P_INVERSE: u64 = {
+    // Newton's iteration doubles the bits that are right (3 at first, for any odd P).
+    let mut x = P;
+    let mut i = 0;
+    while i < 5 {
+        x = x.wrapping_mul(2u64.wrapping_sub(P.wrapping_mul(x)));
+        i += 1;
+    }
+    x
+};
+const _: () = assert!(P.wrapping_mul(P_INVERSE) == 1);
+
 /// The longest name in wire format (RFC 1035), the root's zero byte included.
 pub const MAX_NAME: usize = 255;
 /// Zone apexes have at most this many labels: the data path keeps the prefix hashes of

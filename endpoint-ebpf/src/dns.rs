@@ -536,35 +536,43 @@ fn scan_name(work: &mut Work, len: u32) {
 #[inline(never)]
 fn find_apex(work: &mut Work, network: u32, labels: u32) {
     let scan = read(&work.scan);
-    let mut apex = 0;
+    if labels != 0 {
+        let known = labels <= scan.labels && labels <= MAX_APEX_LABELS as u32;
+        work.scan.apex = if known {
+            work.start[(scan.labels - labels) as usize & (LABELS - 1)]
+        } else {
+            0
+        };
+        return;
+    }
+    // From the longest suffix (not the whole name, which is no record of ours) down:
+    // the first apex found is the one.
+    let longest = scan.labels.saturating_sub(1).min(MAX_APEX_LABELS as u32);
     let mut power: u64 = 1;
-    let mut suffix = 1;
-    while suffix <= MAX_APEX_LABELS as u32 {
+    let mut i = 0;
+    while i < longest && i < MAX_APEX_LABELS as u32 {
         power = power.wrapping_mul(dns::P);
-        if suffix > scan.labels {
+        i += 1;
+    }
+    let mut apex = 0;
+    let mut suffix = longest;
+    while suffix >= 1 && suffix <= MAX_APEX_LABELS as u32 {
+        let index = (scan.labels - suffix) as usize & (LABELS - 1);
+        let key = NameKey {
+            network,
+            _pad: 0,
+            hash: dns::suffix(scan.hash, work.prefix[index], power),
+        };
+        if let Some(name) = NAMES.get_ptr(&key)
+            // SAFETY: a map value (see `checked`).
+            && let Some(flags) = checked(name, &key, |name| unsafe { read(&(*name).flags) })
+            && flags & name_flag::APEX != 0
+        {
+            apex = work.start[index];
             break;
         }
-        let index = (scan.labels - suffix) as usize & (LABELS - 1);
-        if labels != 0 {
-            if suffix == labels {
-                apex = work.start[index];
-                break;
-            }
-        } else if suffix < scan.labels {
-            let key = NameKey {
-                network,
-                _pad: 0,
-                hash: dns::suffix(scan.hash, work.prefix[index], power),
-            };
-            if let Some(name) = NAMES.get_ptr(&key)
-                // SAFETY: a map value (see `checked`).
-                && let Some(flags) = checked(name, &key, |name| unsafe { read(&(*name).flags) })
-                && flags & name_flag::APEX != 0
-            {
-                apex = work.start[index];
-            }
-        }
-        suffix += 1;
+        power = power.wrapping_mul(dns::P_INVERSE);
+        suffix -= 1;
     }
     work.scan.apex = apex;
 }
