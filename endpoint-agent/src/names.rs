@@ -246,6 +246,7 @@ pub fn build(config: &Config, ids: &Ids, inputs: &Inputs, desired: &mut Desired)
         return;
     };
     let mut digest: u32 = 0x811c_9dc5;
+    let mut hashed: BTreeMap<NameKey, String> = BTreeMap::new();
     for (network, names) in records(config, ids, inputs.verified, inputs.failover) {
         for (text, records) in names {
             let key = NameKey {
@@ -253,6 +254,15 @@ pub fn build(config: &Config, ids: &Ids, inputs: &Inputs, desired: &mut Desired)
                 _pad: 0,
                 hash: dns::hash(&text).0,
             };
+            // A 64-bit hash is a name's only identity in the map: two that share one
+            // (never yet seen) cannot both be answered.
+            if let Some(first) = hashed.get(&key) {
+                log::warn!(
+                    "DNS names {first:?} and {text:?} share a hash: {text:?} is not answered"
+                );
+                continue;
+            }
+            hashed.insert(key, text.clone());
             let name = name_value(key, &records, settings.ttl_seconds);
             for byte in text
                 .bytes()

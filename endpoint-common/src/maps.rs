@@ -848,7 +848,8 @@ pub const MAX_NS: usize = 80;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsSettings {
-    /// The TTL of A records, as in the packet.
+    /// The records' TTL, as in the packet (each `Name` carries it too, for answers;
+    /// `plan` shows it from here).
     pub ttl: [u8; 4],
     pub soa_len: u16,
     pub ns_len: u16,

@@ -98,10 +98,8 @@ struct Scan {
     /// The owner of a negative answer's SOA: the position of the zone apex in the
     /// question (0: none).
     apex: u32,
-    /// While scanning: where the next label begins, and where the message ends.
+    /// While scanning: where the next label begins.
     at: u32,
-    len: u32,
-    _pad: u32,
 }
 
 /// `SEGMENT` as the DNS program uses it: the work, and a copy of the name's record
@@ -474,8 +472,6 @@ fn scan_name(work: &mut Work, len: u32) {
             end: 0,
             apex: 0,
             at: HEADER as u32,
-            len,
-            _pad: 0,
         },
     );
     // The name, its root's zero byte the last, has at most MAX_NAME bytes.
@@ -524,7 +520,7 @@ fn scan_name(work: &mut Work, len: u32) {
             label = dns::label_step(label, word);
             k += 1;
         }
-        write(&mut work.scan.hash, dns::fold(hash, label));
+        write(&mut work.scan.hash, dns::fold(hash, dns::label_end(label)));
         write(&mut work.scan.labels, labels + 1);
         write(&mut work.scan.at, next);
     }
@@ -605,9 +601,10 @@ fn fetch(to: &mut Name, key: &NameKey) -> Option<bool> {
 
 /// Reads `what` of the element `name`, found under `key`, if the element's value was
 /// `key`'s before and after: the kernel may give a replaced or deleted element to
-/// another key at once, even while a program reads it (a torn read within one name's
-/// own versions remains possible; another network's records never pass). Loads are
-/// not reordered with loads on x86-64.
+/// another key at once, even while a program reads it. This catches that unless the
+/// kernel's copy of the new value (a `memcpy`) makes its key visible after the rest, in
+/// the instant of the read (x86-64 keeps these loads in order); two versions of one
+/// name's own record may still mix.
 #[inline(always)]
 fn checked<T>(name: *const Name, key: &NameKey, what: impl FnOnce(*const Name) -> T) -> Option<T> {
     // SAFETY: a map value, valid while the program runs (its contents may change).

@@ -1,7 +1,9 @@
-//! Zeroing without `memset`: the compiler turns a zeroed struct or array into a call
-//! to `memset`, which in BPF is a byte-at-a-time loop with a call around it (a 64-byte
-//! route request costs hundreds of instructions). These store directly, unrolled;
-//! volatile, so that the stores are not merged back into a `memset` call.
+//! Memory the compiler would handle a byte at a time. Zeroing without `memset`: the
+//! compiler turns a zeroed struct or array into a call to `memset`, which in BPF is a
+//! byte-at-a-time loop with a call around it (a 64-byte route request costs hundreds of
+//! instructions); these store directly, unrolled, volatile so that the stores are not
+//! merged back into a `memset` call. And unaligned 8-byte words, loaded and stored
+//! whole (`copy_words`).
 
 /// Zeroes the `T` at `at` in place, 4 bytes at a time where `T`'s alignment allows
 /// (a zeroed value returned and moved would be copied with `memset` again).
