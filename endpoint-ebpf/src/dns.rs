@@ -23,14 +23,11 @@
 //! each loop's paths converge.
 
 use aya_ebpf::{
-    helpers::generated::{
-        bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
-        bpf_xdp_store_bytes,
-    },
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
 use endpoint_common::{
-    checksum::{Delta, Sum},
+    checksum::{Delta, WideSum},
     counter,
     dns::{self, EDNS_PAYLOAD, MAX_APEX_LABELS, MAX_NAME, rcode, rtype},
     maps::{
@@ -161,42 +158,49 @@ fn query(ctx: &XdpContext) -> Outcome {
 /// Answers a query to the resolver address, in place, back out the interface it came in.
 #[inline(never)]
 fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
+    match build(ctx, interface, packet) {
+        Ok((len, [sent, which])) => send(ctx, interface, len, sent, which),
+        Err(outcome) => outcome,
+    }
+}
+
+/// How an answer is counted: the data path's counter and the network's.
+const ANSWERED: [u32; 2] = [counter::DNS_ANSWER, dns_counter::ANSWER];
+const NXDOMAIN: [u32; 2] = [counter::DNS_NXDOMAIN, dns_counter::NXDOMAIN];
+const REFUSED: [u32; 2] = [counter::DNS_REFUSED, dns_counter::REFUSED];
+const FORMERR: [u32; 2] = [counter::DNS_FORMERR, dns_counter::MALFORMED];
+
+/// Builds the answer to the query in `SEGMENT`: its length, and how it is counted.
+#[inline(always)]
+fn build(
+    ctx: &XdpContext,
+    interface: &Interface,
+    packet: &Packet,
+) -> Result<(u32, [u32; 2]), Outcome> {
     verify::addressed_to(interface, packet, 0)?;
     verify::ip_checksum(packet, 0)?;
     // Not `source`: an answer goes back to the frame's sender alone, whatever address
     // it claims (and the lookup would cost every answer a hash lookup).
     if verify::martian(packet) {
-        return Outcome::drop(counter::DROP_MARTIAN);
+        return Err(Outcome::drop(counter::DROP_MARTIAN));
     }
-    verify::transport_checksum(ctx, packet, 0)?;
     let network = interface.network;
     let Some(room) = SEGMENT.get_ptr_mut(0) else {
-        return Outcome::drop(counter::DROP_DNS);
+        return Err(Outcome::drop(counter::DROP_DNS));
     };
     // SAFETY: per-CPU room, larger than `Room` (asserted above).
     let Room { work, name } = unsafe { &mut *room.cast::<Room>() };
     let size = (packet.ipv4().tot_len() as usize).wrapping_sub(Ipv4Hdr::LEN + UdpHdr::LEN);
     if !(HEADER..=u16::MAX as usize).contains(&size) {
         note(network, dns_counter::MALFORMED);
-        return Outcome::drop(counter::DROP_DNS);
+        return Err(Outcome::drop(counter::DROP_DNS));
     }
     let len = if size > DNS_ROOM { DNS_ROOM } else { size } as u32;
-    let message = work.message.as_mut_ptr();
-    // The checksum check copied the segment here, unless there was no checksum to check.
-    // SAFETY: bytes 6..8 of the 8-byte UDP header `parse` checked.
-    let copied = unsafe { *packet.l4.add(6).cast::<[u8; 2]>() } != [0; 2];
-    // SAFETY: `len` (12..=512) bytes into a buffer of 1024.
-    if !copied
-        && unsafe {
-            bpf_xdp_load_bytes(ctx.ctx, MESSAGE_OFFSET as u32, message.cast(), len & 0x3ff)
-        } != 0
-    {
-        return Outcome::drop(counter::DROP_DNS);
-    }
+    load(ctx, packet, work)?;
     let m = &mut work.message;
     if m[2] & QR != 0 {
         note(network, dns_counter::MALFORMED);
-        return Outcome::drop(counter::DROP_DNS);
+        return Err(Outcome::drop(counter::DROP_DNS));
     }
     let header_only = |m: &mut [u8; 2 * DNS_ROOM], code: u8| {
         // Header only: no question, no records.
@@ -207,13 +211,7 @@ fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
     };
     if m[2] & OPCODE != 0 {
         let at = header_only(m, rcode::NOTIMP);
-        return send(
-            ctx,
-            interface,
-            at,
-            counter::DNS_REFUSED,
-            dns_counter::REFUSED,
-        );
+        return Ok((at, REFUSED));
     }
     let counts = [
         u16::from_be_bytes([m[4], m[5]]),
@@ -224,13 +222,7 @@ fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
     let scan = read(&work.scan);
     if counts != [1, 0, 0] || scan.end == 0 {
         let at = header_only(&mut work.message, rcode::FORMERR);
-        return send(
-            ctx,
-            interface,
-            at,
-            counter::DNS_FORMERR,
-            dns_counter::MALFORMED,
-        );
+        return Ok((at, FORMERR));
     }
     let end = scan.end as usize & MASK;
     let m = &work.message;
@@ -246,13 +238,7 @@ fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
         write(&mut work.at, end as u32);
         put_opt(work, 1);
         let len = read(&work.at);
-        return send(
-            ctx,
-            interface,
-            len,
-            counter::DNS_FORMERR,
-            dns_counter::MALFORMED,
-        );
+        return Ok((len, FORMERR));
     }
 
     write(&mut work.at, end as u32);
@@ -263,7 +249,7 @@ fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
     };
     let Some(found) = fetch(name, &key) else {
         // Rewritten under every read: the client asks again.
-        return Outcome::drop(counter::DROP_DNS);
+        return Err(Outcome::drop(counter::DROP_DNS));
     };
     let code = respond(
         work,
@@ -277,29 +263,66 @@ fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
         put_opt(work, 0);
     }
     let len = read(&work.at);
-    match code {
-        rcode::NOERROR => send(
-            ctx,
-            interface,
-            len,
-            counter::DNS_ANSWER,
-            dns_counter::ANSWER,
-        ),
-        rcode::NXDOMAIN => send(
-            ctx,
-            interface,
-            len,
-            counter::DNS_NXDOMAIN,
-            dns_counter::NXDOMAIN,
-        ),
-        _ => send(
-            ctx,
-            interface,
-            len,
-            counter::DNS_REFUSED,
-            dns_counter::REFUSED,
-        ),
+    Ok(match code {
+        rcode::NOERROR => (len, ANSWERED),
+        rcode::NXDOMAIN => (len, NXDOMAIN),
+        _ => (len, REFUSED),
+    })
+}
+
+/// Copies the UDP segment into `work` (the message after its header), up to DNS_ROOM
+/// bytes of message, and checks its checksum, if it has one: summed here in words, or
+/// by the kernel for a segment longer than that.
+#[inline(never)]
+fn load(ctx: &XdpContext, packet: &Packet, work: &mut Work) -> Result<(), Outcome> {
+    const MOST: u32 = (UdpHdr::LEN + DNS_ROOM) as u32;
+    let length = packet.l4_len();
+    if length > MOST {
+        verify::transport_checksum(ctx, packet, 0)?;
     }
+    let length = if length > MOST { MOST } else { length };
+    if length < UdpHdr::LEN as u32 {
+        return Err(Outcome::drop(counter::DROP_DNS));
+    }
+    let segment = (&raw mut work.udp).cast::<u8>();
+    // SAFETY: at most MOST bytes into the room for the header and message, then a word
+    // of zeros (the sum's padding) within it.
+    unsafe {
+        if bpf_xdp_load_bytes(ctx.ctx, L4_OFFSET as u32, segment.cast(), length) != 0 {
+            return Err(Outcome::drop(counter::DROP_DNS));
+        }
+        mem::store_u64(segment.add(length as usize), 0);
+    }
+    // IPv4 allows a datagram without a checksum (0).
+    if packet.l4_len() > MOST || work.udp[6..8] == [0; 2] {
+        return Ok(());
+    }
+    let pseudo = verify::pseudo_header(packet.src(), packet.dst(), PROTO_UDP, length);
+    let sum = sum(
+        segment,
+        length,
+        WideSum::default().word(pseudo.partial() as u64),
+    );
+    if sum.sum().finish() != 0 {
+        return Err(Outcome::drop(counter::DROP_BAD_CHECKSUM));
+    }
+    Ok(())
+}
+
+/// `sum` and the `len` bytes at `at` (at most DNS_ROOM + 8), zeros after them to the
+/// next word: a loop of a few instructions a word, cheaper here than a helper's call.
+#[inline(always)]
+fn sum(at: *const u8, len: u32, sum: WideSum) -> WideSum {
+    const MOST: u32 = (UdpHdr::LEN + DNS_ROOM) as u32 / 8 + 1;
+    let words = len.div_ceil(8);
+    let mut sum = sum;
+    let mut i = 0;
+    while i < words && i < MOST {
+        // SAFETY: the caller's bytes and padding.
+        sum = sum.word(unsafe { mem::load_u64(at.add(8 * i as usize)) });
+        i += 1;
+    }
+    sum
 }
 
 /// Writes the answer to the question `work.scan` describes (type and class in
@@ -704,6 +727,34 @@ fn note(network: u32, which: u32) {
     }
 }
 
+/// Writes the message's `len` bytes (HEADER..DNS_ROOM) where the frame holds it, a word
+/// at a time, the last word ending with the message (overlapping the one before); their
+/// sum, the bytes after the last whole word summed with the zeros after them.
+#[inline(always)]
+fn put_message(ctx: &XdpContext, message: *const u8, len: u32) -> Option<WideSum> {
+    let put = |at: usize| {
+        let to = ctx.data() + MESSAGE_OFFSET + at;
+        if to + 8 > ctx.data_end() {
+            return None;
+        }
+        // SAFETY: 8 bytes of the message, and of the frame (checked).
+        let word = unsafe { mem::load_u64(message.add(at)) };
+        unsafe { mem::store_u64(to as *mut u8, word) };
+        Some(word)
+    };
+    let words = len / 8;
+    let mut sum = WideSum::default();
+    let mut i = 0;
+    while i < words && i < DNS_ROOM as u32 / 8 {
+        sum = sum.word(put((8 * i as usize) & (DNS_ROOM - 1))?);
+        i += 1;
+    }
+    put((len - 8) as usize & (DNS_ROOM - 1))?;
+    // SAFETY: the word after the last whole one, within the buffer.
+    let rest = unsafe { mem::load_u64(message.add((8 * words as usize) & (DNS_ROOM - 1))) };
+    Some(sum.word(rest))
+}
+
 /// Makes the frame `grow` bytes longer at its head, the headers moved there: for a
 /// driver that leaves little room after the frame (veth's page-pool copies end within a
 /// cache line of the packet), where every XDP frame has 256 bytes before it.
@@ -758,42 +809,27 @@ fn send(ctx: &XdpContext, interface: &Interface, len: u32, sent: u32, which: u32
     }
     let frame = (ctx.data_end() - ctx.data()) as i32;
     let grow = (MESSAGE_OFFSET as u32 + len) as i32 - frame;
+    // Grown at the head first: every XDP frame has 256 bytes before it, and few drivers
+    // leave room after it (veth does not).
     // SAFETY: resizing the frame; every pointer is derived again below.
-    if grow != 0
-        && unsafe { bpf_xdp_adjust_tail(ctx.ctx, grow) } != 0
-        && (grow < 0 || !grow_at_head(ctx, grow))
-    {
-        return dropped;
-    }
+    let resized = grow == 0
+        || (grow > 0 && grow_at_head(ctx, grow))
+        || unsafe { bpf_xdp_adjust_tail(ctx.ctx, grow) } == 0;
     let start = ctx.data();
-    if start + MESSAGE_OFFSET > ctx.data_end() {
-        return dropped;
-    }
-    // Summed in 4-byte words: the odd bytes at the end count as if padded with zeros.
-    let message = work.message.as_mut_ptr();
-    // SAFETY: within the 1024-byte buffer (`len` < 512).
-    unsafe {
-        message
-            .add(len as usize)
-            .cast::<[u8; 4]>()
-            .write_unaligned([0; 4])
-    };
-    // SAFETY: `len` bytes of the buffer, padded.
-    let sum = unsafe {
-        bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            message.cast(),
-            ((len + 3) & !3) & 0x3fc,
-            0,
-        )
-    };
-    // SAFETY: `len` (12..512) bytes at the message's offset, which the frame now holds.
-    if sum < 0
-        || unsafe { bpf_xdp_store_bytes(ctx.ctx, MESSAGE_OFFSET as u32, message.cast(), len) } != 0
+    // The headers within reach, and the frame as long as the answer.
+    if !resized
+        || start + MESSAGE_OFFSET > ctx.data_end()
+        || ctx.data_end() - start != MESSAGE_OFFSET + len as usize
     {
         return dropped;
     }
+    let message = work.message.as_mut_ptr();
+    // SAFETY: within the 1024-byte buffer (`len` < 512): the sum's padding.
+    unsafe { mem::store_u64(message.add(len as usize), 0) };
+    let Some(sum) = put_message(ctx, message, len) else {
+        return dropped;
+    };
+    let sum = sum.sum();
     // SAFETY: the headers lie within the MESSAGE_OFFSET bytes checked above.
     unsafe {
         let eth = &mut *(start as *mut EthHdr);
@@ -821,7 +857,7 @@ fn send(ctx: &XdpContext, interface: &Interface, len: u32, sent: u32, which: u32
         ip.frags = df;
         let [asker_port, resolver_port, _, _] = *udp;
         let length = ((UdpHdr::LEN as u32 + len) as u16).to_be();
-        let mut check = Sum::of(sum as u32)
+        let mut check = sum
             .dword(u32::from_ne_bytes(ip.src_addr))
             .dword(u32::from_ne_bytes(ip.dst_addr))
             .word(u16::from_ne_bytes([0, PROTO_UDP]))

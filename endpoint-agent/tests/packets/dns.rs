@@ -1055,6 +1055,27 @@ fn a_query_is_checked_like_endpoint_traffic_but_answered_whatever_its_ttl() {
             assert_eq!(rig.run("cons-a", &bad).action, XDP_DROP);
         }
         assert_eq!(rig.counters().packets(counter::DROP_BAD_CHECKSUM), 2);
+        // Longer than the room the program sums in (EDNS padding, RFC 7830): summed by
+        // the kernel, answered, or dropped with a wrong checksum.
+        let padding = [[0, 12, 2, 0].to_vec(), vec![0; 512]].concat();
+        let padded = [
+            header(86, RD, [1, 0, 0, 1]),
+            asked.clone(),
+            opt(1232, 0, 0, 0, &padding),
+        ]
+        .concat();
+        let expected = [
+            header(86, QR | AA | RD, [1, 1, 0, 1]),
+            asked.clone(),
+            a(RESOLVER),
+            our_opt(0),
+        ]
+        .concat();
+        assert_answer(rig, "cons-a", &padded, &expected);
+        let mut bad_padded = frame(&datagram, &padded);
+        *bad_padded.last_mut().unwrap() ^= 0x55;
+        assert_eq!(rig.run("cons-a", &bad_padded).action, XDP_DROP);
+        assert_eq!(rig.counters().packets(counter::DROP_BAD_CHECKSUM), 3);
         // Not sent to the interface's MAC.
         let broadcast = Datagram {
             mac_dst: [0xff; 6],
@@ -1083,8 +1104,8 @@ fn a_query_is_checked_like_endpoint_traffic_but_answered_whatever_its_ttl() {
         let out = rig.run("cons-a", &frame(&spoofed, &message));
         assert_eq!(out.action, XDP_REDIRECT);
         assert_eq!(out.frame[..6], spoofed.mac_src);
-        assert_eq!(dns_counted(rig), [3, 0, 0, 0, 0], "{:?}", rig.counted());
-        assert_eq!(dns_stats(rig, "vpc-a"), [3, 0, 0, 0]);
+        assert_eq!(dns_counted(rig), [4, 0, 0, 0, 0], "{:?}", rig.counted());
+        assert_eq!(dns_stats(rig, "vpc-a"), [4, 0, 0, 0]);
     });
 }
 

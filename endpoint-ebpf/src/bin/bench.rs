@@ -27,7 +27,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_loop, bpf_redirect, bpf_xdp_adjust_tail, bpf_xdp_store_bytes},
+    helpers::generated::{bpf_loop, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_store_bytes},
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
@@ -457,8 +457,8 @@ pub fn count_syn_ack(ctx: XdpContext) -> u32 {
 }
 
 /// Puts the query frame of `DNS_FRAME` in place of the packet, the packet first resized
-/// to its length (always, even by 0 bytes, so that `restore_dns_pass` costs what the
-/// restore in `restore_dns` does).
+/// to its length at its head, where the answer grew it (always, even by 0 bytes, so that
+/// `restore_dns_pass` costs what the restore in `restore_dns` does).
 #[inline(always)]
 fn restore_query(ctx: &XdpContext) -> bool {
     let Some(frame) = DNS_FRAME.get_ptr_mut(0) else {
@@ -479,7 +479,7 @@ fn restore_query(ctx: &XdpContext) -> bool {
     // DNS_FRAME_LEN) bytes of the map value after its length, into the frame that now
     // has that length.
     unsafe {
-        bpf_xdp_adjust_tail(ctx.ctx, len as i32 - have) == 0
+        bpf_xdp_adjust_head(ctx.ctx, have - len as i32) == 0
             && bpf_xdp_store_bytes(ctx.ctx, 0, frame.add(4).cast(), len) == 0
     }
 }
