@@ -755,9 +755,7 @@ fn put_message(ctx: &XdpContext, message: *const u8, len: u32) -> Option<WideSum
     Some(sum.word(rest))
 }
 
-/// Makes the frame `grow` bytes longer at its head, the headers moved there: for a
-/// driver that leaves little room after the frame (veth's page-pool copies end within a
-/// cache line of the packet), where every XDP frame has 256 bytes before it.
+/// Makes the frame `grow` bytes longer at its head, the headers moved there.
 #[inline(always)]
 fn grow_at_head(ctx: &XdpContext, grow: i32) -> bool {
     // Masked after a read from memory, where the compiler cannot drop the mask the
@@ -809,8 +807,9 @@ fn send(ctx: &XdpContext, interface: &Interface, len: u32, sent: u32, which: u32
     }
     let frame = (ctx.data_end() - ctx.data()) as i32;
     let grow = (MESSAGE_OFFSET as u32 + len) as i32 - frame;
-    // Grown at the head first: every XDP frame has 256 bytes before it, and few drivers
-    // leave room after it (veth does not).
+    // Grown at the head first: every XDP frame has 256 bytes before it, while the room
+    // after it depends on the driver (veth's page-pool copies end within a cache line of
+    // the packet, and a failed try costs a helper call on every answer).
     // SAFETY: resizing the frame; every pointer is derived again below.
     let resized = grow == 0
         || (grow > 0 && grow_at_head(ctx, grow))
