@@ -16,7 +16,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
 use endpoint_common::{
@@ -96,12 +96,16 @@ pub fn records(
         .iter()
         .map(|s| (s.name.as_str(), s))
         .collect();
+    // Each network's resolver addresses: one of each family at most (validated).
+    let mut resolvers: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
     for resolver in &settings.resolvers {
-        let Some(&network) = ids.networks.get(&resolver.consumer_network) else {
-            continue;
-        };
-        // Validation refuses IPv6 resolver addresses (DNS is answered over IPv4).
-        let IpAddr::V4(resolver_ip) = resolver.ip else {
+        resolvers
+            .entry(resolver.consumer_network.as_str())
+            .or_default()
+            .push(resolver.ip);
+    }
+    for (consumer_network, resolver_ips) in resolvers {
+        let Some(&network) = ids.networks.get(consumer_network) else {
             continue;
         };
         let names: &mut BTreeMap<String, Records> = all.entry(network).or_default();
@@ -120,12 +124,12 @@ pub fn records(
         names.insert(
             format!("ns.{domain}"),
             Records {
-                addresses: vec![(IpAddr::V4(resolver_ip), 0)],
+                addresses: resolver_ips.iter().map(|&ip| (ip, 0)).collect(),
                 ..under()
             },
         );
         for endpoint in &config.endpoints {
-            if endpoint.consumer_network != resolver.consumer_network {
+            if endpoint.consumer_network != consumer_network {
                 continue;
             }
             let Some(service) = services.get(endpoint.service.as_str()) else {
@@ -205,15 +209,11 @@ pub fn build(config: &Config, ids: &Ids, inputs: &Inputs, desired: &mut Desired)
     let facts = inputs.facts;
     let state = &mut desired.contents;
     let zones = zone_ids(config);
-    // IPv4 only: validation refuses the others.
-    let resolvers: BTreeMap<&str, Ipv4Addr> = config
+    let resolvers: Vec<(&str, IpAddr)> = config
         .dns
         .iter()
         .flat_map(|d| &d.resolvers)
-        .filter_map(|r| match r.ip {
-            IpAddr::V4(ip) => Some((r.consumer_network.as_str(), ip)),
-            IpAddr::V6(_) => None,
-        })
+        .map(|r| (r.consumer_network.as_str(), r.ip))
         .collect();
     for interface in &config.node.interfaces {
         let (Some(link), Some(network)) = (
@@ -231,10 +231,15 @@ pub fn build(config: &Config, ids: &Ids, inputs: &Inputs, desired: &mut Desired)
             .and_then(|z| zones.get(z))
             .copied()
             .unwrap_or(0);
-        if let Some(ip) = resolvers.get(network) {
-            entry.resolver = ip.octets();
+        // Every resolver address is one of the network's (ARP or neighbour discovery,
+        // pings, and an IPv6 query's destination is looked up there); the IPv4 one is
+        // the interface's too, where the program checks it without a lookup.
+        for &(_, ip) in resolvers.iter().filter(|(n, _)| *n == network) {
+            if let IpAddr::V4(ip) = ip {
+                entry.resolver = ip.octets();
+            }
             state.addresses.insert(
-                desired::address_key(ids.networks[network], IpAddr::V4(*ip)),
+                desired::address_key(ids.networks[network], ip),
                 Address {
                     kind: address_kind::RESOLVER,
                     slot: 0,

@@ -52,7 +52,8 @@ pub struct DnsStatus {
 #[derive(Debug, Serialize)]
 pub struct NetworkDns {
     pub consumer_network: String,
-    pub resolver: String,
+    /// Its resolver addresses (one of each family at most).
+    pub resolvers: Vec<String>,
     /// Queries answered (records or NODATA), NXDOMAIN, REFUSED, malformed.
     pub queries: BTreeMap<&'static str, u64>,
 }
@@ -271,8 +272,15 @@ pub fn resolvers(config: &Config, ids: &Ids, maps: &Maps) -> Result<Vec<NetworkD
         return Ok(networks);
     };
     let stats = maps.per_cpu_array::<Count>(name::DNS_STATS)?;
+    let mut resolvers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for resolver in &settings.resolvers {
-        let Some(&network) = ids.networks.get(&resolver.consumer_network) else {
+        resolvers
+            .entry(resolver.consumer_network.as_str())
+            .or_default()
+            .push(resolver.ip.to_string());
+    }
+    for (consumer_network, addresses) in resolvers {
+        let Some(&network) = ids.networks.get(consumer_network) else {
             continue;
         };
         let mut queries = BTreeMap::new();
@@ -284,8 +292,8 @@ pub fn resolvers(config: &Config, ids: &Ids, maps: &Maps) -> Result<Vec<NetworkD
             queries.insert(*label, total);
         }
         networks.push(NetworkDns {
-            consumer_network: resolver.consumer_network.clone(),
-            resolver: resolver.ip.to_string(),
+            consumer_network: consumer_network.to_string(),
+            resolvers: addresses,
             queries,
         });
     }
@@ -431,7 +439,7 @@ pub fn show(instance: &Instance) -> Result<String> {
                 out,
                 "  {:<12} resolver {:<15} {}",
                 n.consumer_network,
-                n.resolver,
+                n.resolvers.join(", "),
                 counts.join(", ")
             );
         }

@@ -1,7 +1,7 @@
 //! DNS: each consumer network's resolver address answers queries for its endpoints'
 //! names, here, per network — the consumer interfaces have no addresses, and networks
 //! overlap, so no server in user space could tell two askers apart; the ingress
-//! interface does. Authoritative, UDP only, every answer within 512 bytes:
+//! interface does. Authoritative, UDP over IPv4 or IPv6, every answer within 512 bytes:
 //!
 //! - the question is echoed byte for byte (DNS 0x20 case kept), names are matched
 //!   case-insensitively by their hash ([`endpoint_common::dns`]);
@@ -27,29 +27,34 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use endpoint_common::{
-    checksum::{Delta, WideSum},
+    checksum::{Delta, Sum, WideSum},
     counter,
     dns::{self, EDNS_PAYLOAD, MAX_APEX_LABELS, MAX_NAME, rcode, rtype},
     maps::{
-        DNS_ROOM, DnsSettings, Interface, MAX_NAME_ADDRESSES, Name, NameKey, PROTO_UDP,
-        dns_counter, name_flag, program,
+        Addr, DNS_ROOM, DnsSettings, FAMILY_IPV6, Interface, MAX_NAME_ADDRESSES, Name, NameKey,
+        PROTO_UDP, address_kind, dns_counter, name_flag, program,
     },
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+};
 
 use crate::{
-    classify, forward,
+    classify, forward, icmpv6,
     maps::{DNS, DNS_STATS, NAMES, PROGRAMS, SEGMENT},
     mem,
     outcome::Outcome,
-    parse::{self, Frame, L4_OFFSET, Packet},
+    parse::{self, Frame, L4_OFFSET, L4_OFFSET_V6, Packet},
     stats, verify,
 };
 
 const PORT: u16 = 53;
 const HEADER: usize = 12;
-/// Where the DNS message begins in the frame.
+/// Where the DNS message begins in the frame, over IPv4 and IPv6.
 const MESSAGE_OFFSET: usize = L4_OFFSET + UdpHdr::LEN;
+const MESSAGE_OFFSET_V6: usize = L4_OFFSET_V6 + UdpHdr::LEN;
 /// Offsets a mask lets through in the message buffer (twice the room: an answer's last
 /// record may begin anywhere in the first half).
 const MASK: usize = 2 * DNS_ROOM - 1;
@@ -119,10 +124,24 @@ pub fn for_resolver(interface: &Interface, packet: &Packet) -> bool {
     interface.consumer()
         && packet.proto() == PROTO_UDP
         && packet.dst_port_be() == PORT.to_be()
-        && interface.resolver != [0; 4]
-        // The resolver address is IPv4.
-        && !packet.is_ipv6()
-        && packet.ipv4().dst_addr == interface.resolver
+        && if packet.is_ipv6() {
+            to_resolver_v6(interface.network, packet.ipv6())
+        } else {
+            interface.resolver != [0; 4] && packet.ipv4().dst_addr == interface.resolver
+        }
+}
+
+/// Whether an IPv6 packet is sent to its network's resolver address: a lookup (the
+/// interface holds only the IPv4 one), in a BPF function of its own so that the
+/// caller's frame does not grow.
+#[inline(never)]
+fn to_resolver_v6(network: u32, ip: &Ipv6Hdr) -> bool {
+    let Some(address) = classify::owned(network, FAMILY_IPV6, Addr::ipv6(ip.dst_addr)) else {
+        return false;
+    };
+    // Read as a volatile: otherwise the compiler reads the kind for None too, from a
+    // register it never set, which the verifier refuses.
+    read(&address.kind) == address_kind::RESOLVER
 }
 
 /// Hands the packet, a query to the resolver address, to the `dns` program; returns
@@ -159,9 +178,25 @@ fn query(ctx: &XdpContext) -> Outcome {
 #[inline(never)]
 fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
     match build(ctx, interface, packet) {
-        Ok((len, [sent, which])) => send(ctx, interface, len, sent, which),
+        Ok((len, counted)) => {
+            let reply = Reply {
+                len,
+                counted,
+                v6: packet.is_ipv6(),
+            };
+            send(ctx, interface, &reply)
+        }
         Err(outcome) => outcome,
     }
+}
+
+/// An answer built in `SEGMENT`, to be sent: its length, how it is counted, and the
+/// query's family (known to the verifier on each path, which then checks one family's
+/// headers on each).
+struct Reply {
+    len: u32,
+    counted: [u32; 2],
+    v6: bool,
 }
 
 /// How an answer is counted: the data path's counter and the network's.
@@ -190,13 +225,14 @@ fn build(
     };
     // SAFETY: per-CPU room, larger than `Room` (asserted above).
     let Room { work, name } = unsafe { &mut *room.cast::<Room>() };
-    let size = (packet.ipv4().tot_len() as usize).wrapping_sub(Ipv4Hdr::LEN + UdpHdr::LEN);
+    // A wrong checksum first, as for any segment: the message may not be what was sent.
+    load(ctx, packet, work)?;
+    let size = (packet.l4_len() as usize).wrapping_sub(UdpHdr::LEN);
     if !(HEADER..=u16::MAX as usize).contains(&size) {
         note(network, dns_counter::MALFORMED);
         return Err(Outcome::drop(counter::DROP_DNS));
     }
     let len = if size > DNS_ROOM { DNS_ROOM } else { size } as u32;
-    load(ctx, packet, work)?;
     let m = &mut work.message;
     if m[2] & QR != 0 {
         note(network, dns_counter::MALFORMED);
@@ -288,14 +324,21 @@ fn load(ctx: &XdpContext, packet: &Packet, work: &mut Work) -> Result<(), Outcom
     // SAFETY: at most MOST bytes into the room for the header and message, then a word
     // of zeros (the sum's padding) within it.
     unsafe {
-        if bpf_xdp_load_bytes(ctx.ctx, L4_OFFSET as u32, segment.cast(), length) != 0 {
+        if bpf_xdp_load_bytes(ctx.ctx, packet.l4_offset() as u32, segment.cast(), length) != 0 {
             return Err(Outcome::drop(counter::DROP_DNS));
         }
         mem::store_u64(segment.add(length as usize), 0);
     }
-    // IPv4 allows a datagram without a checksum (0).
-    if packet.l4_len() > MOST || work.udp[6..8] == [0; 2] {
+    if packet.l4_len() > MOST {
         return Ok(());
+    }
+    // IPv4 allows a datagram without a checksum (0), IPv6 does not (RFC 8200).
+    if work.udp[6..8] == [0; 2] {
+        return if packet.is_ipv6() {
+            Err(Outcome::drop(counter::DROP_BAD_CHECKSUM))
+        } else {
+            Ok(())
+        };
     }
     let pseudo = verify::pseudo_header(packet.src(), packet.dst(), PROTO_UDP, length);
     let sum = sum(
@@ -487,6 +530,12 @@ fn write<T: Copy>(at: &mut T, value: T) {
 /// label type). A label at a time, 8 of its bytes a step.
 #[inline(never)]
 fn scan_name(work: &mut Work, len: u32) {
+    // Read back and bounded here: the compiler, knowing the caller's bound on `len`,
+    // would drop the masks the verifier needs.
+    let len = read(&len);
+    if len > DNS_ROOM as u32 {
+        return;
+    }
     write(
         &mut work.scan,
         Scan {
@@ -727,13 +776,14 @@ fn note(network: u32, which: u32) {
     }
 }
 
-/// Writes the message's `len` bytes (HEADER..DNS_ROOM) where the frame holds it, a word
+/// Writes the message's `len` bytes (HEADER..DNS_ROOM) where the frame holds it (at
+/// `offset`, 42 or 62), a word
 /// at a time, the last word ending with the message (overlapping the one before); their
 /// sum, the bytes after the last whole word summed with the zeros after them.
 #[inline(always)]
-fn put_message(ctx: &XdpContext, message: *const u8, len: u32) -> Option<WideSum> {
+fn put_message(ctx: &XdpContext, offset: usize, message: *const u8, len: u32) -> Option<WideSum> {
     let put = |at: usize| {
-        let to = ctx.data() + MESSAGE_OFFSET + at;
+        let to = ctx.data() + offset + at;
         if to + 8 > ctx.data_end() {
             return None;
         }
@@ -755,9 +805,11 @@ fn put_message(ctx: &XdpContext, message: *const u8, len: u32) -> Option<WideSum
     Some(sum.word(rest))
 }
 
-/// Makes the frame `grow` bytes longer at its head, the headers moved there.
+/// Makes the frame `grow` bytes longer at its head, its first `N` bytes (the headers)
+/// moved there.
 #[inline(always)]
-fn grow_at_head(ctx: &XdpContext, grow: i32) -> bool {
+fn grow_at_head<const N: usize>(ctx: &XdpContext, grow: i32) -> bool {
+    const { assert!(N >= 8 && N <= 64) };
     // Masked after a read from memory, where the compiler cannot drop the mask the
     // verifier needs to bound the headers' new place.
     let grow = read(&(grow as u32)) as usize & (DNS_ROOM - 1);
@@ -766,35 +818,39 @@ fn grow_at_head(ctx: &XdpContext, grow: i32) -> bool {
         return false;
     }
     // The headers, now `grow` bytes into the frame, read whole before any is written
-    // (the two places may overlap).
+    // (the two places may overlap): whole words, and the last 8 bytes.
     let to = ctx.data();
     let from = to + grow;
-    if to + MESSAGE_OFFSET > ctx.data_end() || from + MESSAGE_OFFSET > ctx.data_end() {
+    if to + N > ctx.data_end() || from + N > ctx.data_end() {
         return false;
     }
     let (to, from) = (to as *mut u8, from as *const u8);
-    const WORDS: usize = MESSAGE_OFFSET / 8;
-    // SAFETY: MESSAGE_OFFSET bytes at both places, checked to lie within the frame.
+    let at = |i: usize| if i < N / 8 { 8 * i } else { N - 8 };
+    // SAFETY: N bytes at both places, checked to lie within the frame.
     unsafe {
-        let words: [u64; WORDS] = core::array::from_fn(|i| mem::load_u64(from.add(8 * i)));
-        let rest = from
-            .add(8 * WORDS)
-            .cast::<[u8; MESSAGE_OFFSET % 8]>()
-            .read_unaligned();
-        for (i, word) in words.into_iter().enumerate() {
-            mem::store_u64(to.add(8 * i), word);
+        let words: [u64; 8] = core::array::from_fn(|i| {
+            if i <= N / 8 {
+                mem::load_u64(from.add(at(i)))
+            } else {
+                0
+            }
+        });
+        for (i, word) in words.into_iter().enumerate().take(N / 8 + 1) {
+            mem::store_u64(to.add(at(i)), word);
         }
-        to.add(8 * WORDS)
-            .cast::<[u8; MESSAGE_OFFSET % 8]>()
-            .write_unaligned(rest);
     }
     true
 }
 
-/// Sends the first `len` bytes of the message (in `SEGMENT`) back to the querier, from the resolver
+/// Sends the reply's message (in `SEGMENT`) back to the querier, from the resolver
 /// address: the frame resized, addresses and ports swapped, lengths and checksums new.
 #[inline(never)]
-fn send(ctx: &XdpContext, interface: &Interface, len: u32, sent: u32, which: u32) -> Outcome {
+fn send(ctx: &XdpContext, interface: &Interface, reply: &Reply) -> Outcome {
+    let Reply {
+        len,
+        counted: [sent, which],
+        v6,
+    } = *reply;
     let dropped = Outcome::drop(counter::DROP_DNS);
     let Some(work) = SEGMENT.get_ptr_mut(0) else {
         return dropped;
@@ -805,30 +861,60 @@ fn send(ctx: &XdpContext, interface: &Interface, len: u32, sent: u32, which: u32
     if len < HEADER as u32 {
         return dropped;
     }
-    let frame = (ctx.data_end() - ctx.data()) as i32;
-    let grow = (MESSAGE_OFFSET as u32 + len) as i32 - frame;
+    let start = ctx.data();
+    let offset = if v6 {
+        MESSAGE_OFFSET_V6
+    } else {
+        MESSAGE_OFFSET
+    };
+    let frame = (ctx.data_end() - start) as i32;
+    let grow = (offset as u32 + len) as i32 - frame;
     // Grown at the head first: every XDP frame has 256 bytes before it, while the room
     // after it depends on the driver (veth's page-pool copies end within a cache line of
     // the packet, and a failed try costs a helper call on every answer).
+    let at_head = || {
+        if v6 {
+            grow_at_head::<MESSAGE_OFFSET_V6>(ctx, grow)
+        } else {
+            grow_at_head::<MESSAGE_OFFSET>(ctx, grow)
+        }
+    };
     // SAFETY: resizing the frame; every pointer is derived again below.
-    let resized = grow == 0
-        || (grow > 0 && grow_at_head(ctx, grow))
-        || unsafe { bpf_xdp_adjust_tail(ctx.ctx, grow) } == 0;
+    let resized =
+        grow == 0 || (grow > 0 && at_head()) || unsafe { bpf_xdp_adjust_tail(ctx.ctx, grow) } == 0;
     let start = ctx.data();
-    // The headers within reach, and the frame as long as the answer.
-    if !resized
-        || start + MESSAGE_OFFSET > ctx.data_end()
-        || ctx.data_end() - start != MESSAGE_OFFSET + len as usize
-    {
+    // The frame as long as the answer.
+    if !resized || ctx.data_end() - start != offset + len as usize {
         return dropped;
     }
     let message = work.message.as_mut_ptr();
     // SAFETY: within the 1024-byte buffer (`len` < 512): the sum's padding.
     unsafe { mem::store_u64(message.add(len as usize), 0) };
-    let Some(sum) = put_message(ctx, message, len) else {
+    let Some(sum) = put_message(ctx, offset, message, len) else {
         return dropped;
     };
     let sum = sum.sum();
+    let headers = if v6 {
+        headers_v6(ctx, interface, len, sum)
+    } else {
+        headers_v4(ctx, interface, len, sum)
+    };
+    if !headers {
+        return dropped;
+    }
+    note(interface.network, which);
+    Outcome::new(forward::bounce(ctx, interface), sent, 0)
+}
+
+/// Turns the IPv4 query's headers into the answer's: Ethernet and IP addresses and UDP
+/// ports swapped, lengths and checksums new (`sum`: the message's); whether they lie
+/// within the frame.
+#[inline(always)]
+fn headers_v4(ctx: &XdpContext, interface: &Interface, len: u32, sum: Sum) -> bool {
+    let start = ctx.data();
+    if start + MESSAGE_OFFSET > ctx.data_end() {
+        return false;
+    }
     // SAFETY: the headers lie within the MESSAGE_OFFSET bytes checked above.
     unsafe {
         let eth = &mut *(start as *mut EthHdr);
@@ -854,23 +940,70 @@ fn send(ctx: &XdpContext, interface: &Interface, len: u32, sent: u32, which: u32
         ip.tot_len = total;
         ip.ttl = 64;
         ip.frags = df;
-        let [asker_port, resolver_port, _, _] = *udp;
-        let length = ((UdpHdr::LEN as u32 + len) as u16).to_be();
-        let mut check = sum
+        let sum = sum
             .dword(u32::from_ne_bytes(ip.src_addr))
-            .dword(u32::from_ne_bytes(ip.dst_addr))
-            .word(u16::from_ne_bytes([0, PROTO_UDP]))
-            .word(length)
-            .word(resolver_port)
-            .word(asker_port)
-            .word(length)
-            .finish();
-        // A computed 0 is sent as all ones (0 means "no checksum").
-        if check == 0 {
-            check = 0xffff;
-        }
-        *udp = [resolver_port, asker_port, length, check];
+            .dword(u32::from_ne_bytes(ip.dst_addr));
+        udp_header(udp, len, sum);
     }
-    note(interface.network, which);
-    Outcome::new(forward::bounce(ctx, interface), sent, 0)
+    true
+}
+
+/// Turns the IPv6 query's headers into the answer's likewise (no IP checksum).
+#[inline(always)]
+fn headers_v6(ctx: &XdpContext, interface: &Interface, len: u32, sum: Sum) -> bool {
+    let start = ctx.data();
+    if start + MESSAGE_OFFSET_V6 > ctx.data_end() {
+        return false;
+    }
+    // SAFETY: the headers lie within the MESSAGE_OFFSET_V6 bytes checked above.
+    unsafe {
+        let eth = &mut *(start as *mut EthHdr);
+        let ip = &mut *((start + EthHdr::LEN) as *mut Ipv6Hdr);
+        let udp = (start + L4_OFFSET_V6) as *mut [u16; 4];
+        eth.dst_addr = eth.src_addr;
+        eth.src_addr = interface.mac;
+        icmpv6::swap_addresses(ip);
+        ip.payload_len = ((UdpHdr::LEN as u32 + len) as u16).to_be_bytes();
+        ip.hop_limit = 64;
+        let (src, dst) = (
+            ip.src_addr.as_ptr().cast::<[u8; 4]>(),
+            ip.dst_addr.as_ptr().cast::<[u8; 4]>(),
+        );
+        let mut sum = sum;
+        let mut i = 0;
+        while i < 4 {
+            sum = sum
+                .dword(u32::from_ne_bytes(*src.add(i)))
+                .dword(u32::from_ne_bytes(*dst.add(i)));
+            i += 1;
+        }
+        udp_header(udp, len, sum);
+    }
+    true
+}
+
+/// Writes the answer's UDP header over the query's at `udp`: ports swapped, the length
+/// of a `len`-byte message, the checksum of `sum` (the message's and the addresses')
+/// and the rest of the pseudo-header.
+///
+/// # Safety
+/// `udp` points to the 8-byte UDP header, within the frame.
+#[inline(always)]
+unsafe fn udp_header(udp: *mut [u16; 4], len: u32, sum: Sum) {
+    // SAFETY: the caller's header.
+    let [asker_port, resolver_port, _, _] = unsafe { *udp };
+    let length = ((UdpHdr::LEN as u32 + len) as u16).to_be();
+    let mut check = sum
+        .word(u16::from_ne_bytes([0, PROTO_UDP]))
+        .word(length)
+        .word(resolver_port)
+        .word(asker_port)
+        .word(length)
+        .finish();
+    // A computed 0 is sent as all ones (0 means "no checksum").
+    if check == 0 {
+        check = 0xffff;
+    }
+    // SAFETY: as above.
+    unsafe { *udp = [resolver_port, asker_port, length, check] };
 }

@@ -17,7 +17,9 @@ use aya_ebpf::{helpers::generated::bpf_csum_diff, programs::XdpContext};
 use endpoint_common::{
     checksum::{Delta, Sum},
     counter,
-    maps::{Addr, Address, FAMILY_IPV6, Flow, Interface, PROTO_TCP, PROTO_UDP, Policy},
+    maps::{
+        Addr, Address, FAMILY_IPV6, Flow, Interface, PROTO_TCP, PROTO_UDP, Policy, address_kind,
+    },
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
@@ -104,7 +106,7 @@ pub fn error(ctx: &XdpContext, kind: u16, info: u32, sent: u32, slot: u32) -> Ou
 }
 
 /// An echo request to an IPv6 endpoint address: answered if the endpoint is available
-/// and its security groups admit the source.
+/// and its security groups admit the source; to the resolver address: answered.
 #[inline(never)]
 pub fn echo(
     ctx: &XdpContext,
@@ -120,12 +122,14 @@ pub fn echo(
     }
     verify::addressed_to(interface, packet, slot)?;
     verify::source(interface.network, packet, slot)?;
-    let word = policy::word(slot);
-    let policy = Policy::of(word);
-    if !matches!(policy::of(policy), Admission::Open) {
-        return policy::refused(policy, slot);
+    if address.kind != address_kind::RESOLVER {
+        let word = policy::word(slot);
+        let policy = Policy::of(word);
+        if !matches!(policy::of(policy), Admission::Open) {
+            return policy::refused(policy, slot);
+        }
+        policy::security_groups(word, slot, policy::ANY_LISTENER, packet)?;
     }
-    policy::security_groups(word, slot, policy::ANY_LISTENER, packet)?;
     if !budget::icmp() {
         return Outcome::drop_for(counter::DROP_ICMP_BUDGET, slot);
     }
@@ -152,7 +156,7 @@ pub fn echo(
 /// Swaps an IPv6 header's addresses word by word (a 16-byte temporary would sit on the
 /// stack).
 #[inline(always)]
-fn swap_addresses(ip: &mut Ipv6Hdr) {
+pub fn swap_addresses(ip: &mut Ipv6Hdr) {
     let src = ip.src_addr.as_mut_ptr().cast::<[u8; 4]>();
     let dst = ip.dst_addr.as_mut_ptr().cast::<[u8; 4]>();
     let mut i = 0;

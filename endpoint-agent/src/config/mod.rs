@@ -53,7 +53,7 @@ fn dns_ttl() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct Resolver {
     pub consumer_network: String,
-    /// IPv4 only for now (validation says so): the data path answers DNS over IPv4.
+    /// One of each family per network at most (validated).
     pub ip: IpAddr,
 }
 

@@ -1056,24 +1056,18 @@ fn dns(config: &Config, networks: &BTreeSet<String>, problems: &mut Problems) {
                 ),
             );
         }
-        if !resolved.insert(network) {
+        // One address of each family: a client asks the one its own family reaches.
+        if !resolved.insert((network, resolver.ip.is_ipv6())) {
             problems.error(
                 object,
                 path("consumer_network"),
-                format!("consumer network {network:?} has two resolver addresses"),
-            );
-        }
-        if resolver.ip.is_ipv6() {
-            problems.error(
-                object,
-                path("ip"),
                 format!(
-                    "{}: IPv6 resolver addresses are not supported yet (the node answers DNS \
-                     over IPv4): give an IPv4 address",
-                    resolver.ip
+                    "consumer network {network:?} has two {} resolver addresses",
+                    family(resolver.ip)
                 ),
             );
-        } else if let Some(why) = not_unicast(resolver.ip) {
+        }
+        if let Some(why) = not_unicast(resolver.ip) {
             problems.error(object, path("ip"), why);
         }
         if let Some(other) = taken.get(&(network, resolver.ip)) {

@@ -671,7 +671,7 @@ fn dns_errors() {
         &[
             "dns.resolvers[1].ip",
             "10.0.0.100 in consumer network \"vpc-a\" is already endpoint \"vpce-1\"",
-            "consumer network \"vpc-a\" has two resolver addresses",
+            "consumer network \"vpc-a\" has two IPv4 resolver addresses",
         ],
     );
     check(
@@ -1018,15 +1018,24 @@ fn a_security_group_cidr_needs_an_endpoint_address_of_its_family() {
 }
 
 #[test]
-fn resolver_addresses_are_ipv4_only_for_now() {
-    let text = with_dns("").replace("ip: 10.0.0.2", "ip: fd00:a::2");
-    let report = parse("test.yaml", &text).unwrap_err().report;
+fn a_network_has_a_resolver_address_of_each_family_at_most() {
+    let both = with_dns("    - { consumer_network: vpc-a, ip: 'fd00:a::2' }\n");
+    parse("test.yaml", &both).expect("one of each family");
+    let report = parse(
+        "test.yaml",
+        &with_dns(
+            "    - { consumer_network: vpc-a, ip: 'fd00:a::2' }\n    - { consumer_network: vpc-a, ip: 'fd00:a::3' }\n    - { consumer_network: vpc-a, ip: 'fe80::2' }\n",
+        ),
+    )
+    .unwrap_err()
+    .report;
     assert_names(
         &report,
         &[
-            "dns (dns.resolvers[0].ip)",
-            "fd00:a::2: IPv6 resolver addresses are not supported yet",
-            "1 error(s)",
+            "dns.resolvers[2].consumer_network",
+            "consumer network \"vpc-a\" has two IPv6 resolver addresses",
+            "dns.resolvers[3].ip",
+            "fe80::2 is not a unicast host address",
         ],
     );
 }

@@ -13,6 +13,9 @@ use crate::bed::*;
 
 /// The resolver address of both consumer networks (the same, as the networks overlap).
 const RESOLVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// Their IPv6 resolver address, where a test gives them one (in `addresses::v6`'s
+/// consumer prefix).
+const RESOLVER6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0xa, 0, 0, 0, 0, 0, 2);
 /// The endpoint domain: `<endpoint-id>.<service>.<domain>`.
 const DOMAIN: &str = "endpoints.internal";
 const ORDERS_NAME: &str = "orders.example.internal";
@@ -169,12 +172,18 @@ impl Reply {
 }
 
 /// `dig @server name A` from inside `ns`: one try, at most 2 s.
-fn dig(bed: &Bed, ns: &Namespace, server: Ipv4Addr, name: &str) -> Reply {
+fn dig(bed: &Bed, ns: &Namespace, server: impl std::fmt::Display, name: &str) -> Reply {
     dig_type(bed, ns, server, name, "A")
 }
 
 /// `dig @server name <rtype>` from inside `ns`: one try, at most 2 s.
-fn dig_type(bed: &Bed, ns: &Namespace, server: Ipv4Addr, name: &str, rtype: &str) -> Reply {
+fn dig_type(
+    bed: &Bed,
+    ns: &Namespace,
+    server: impl std::fmt::Display,
+    name: &str,
+    rtype: &str,
+) -> Reply {
     let output = ns
         .command("dig")
         .args([&format!("@{server}"), name, rtype, "+time=2", "+tries=1"])
@@ -318,6 +327,53 @@ fn regional(endpoint: &str, service: &str) -> String {
 
 fn zonal(endpoint: &str, zone: &str, service: &str) -> String {
     format!("{endpoint}-{zone}.{service}.{DOMAIN}")
+}
+
+/// An IPv6 resolver address beside the IPv4 one (fd00:a::2 in both networks, which
+/// overlap in IPv6 too): `dig` over IPv6 from each network gets its own endpoint's
+/// address, and `ns.<domain>` both resolver addresses.
+#[test]
+fn an_ipv6_resolver_address_answers_each_network_over_ipv6() {
+    if !root() {
+        return;
+    }
+    let config = two_networks().replace(
+        &format!("    - {{ consumer_network: vpc-b, ip: {RESOLVER} }}\n"),
+        &format!(
+            "    - {{ consumer_network: vpc-b, ip: {RESOLVER} }}\n    - {{ consumer_network: vpc-a, ip: '{RESOLVER6}' }}\n    - {{ consumer_network: vpc-b, ip: '{RESOLVER6}' }}\n"
+        ),
+    );
+    assert!(config.contains(&RESOLVER6.to_string()));
+    let bed = bed_prepared(&config, |t| t.add_ipv6().expect("IPv6 addresses"));
+    let (a, b) = (&bed.topology.consumer_a, &bed.topology.consumer_b);
+    for (ns, orders, network) in [(a, ORDERS, "vpc-a"), (b, ORDERS_B, "vpc-b")] {
+        assert_answers(
+            &dig(&bed, ns, RESOLVER6, ORDERS_NAME),
+            &[orders],
+            &format!("orders' private name over IPv6 in {network}"),
+        );
+        let ns_name = format!("ns.{DOMAIN}");
+        let reply = dig_type(&bed, ns, RESOLVER6, &ns_name, "AAAA");
+        assert_eq!(
+            reply.records("AAAA"),
+            [RESOLVER6.to_string()],
+            "{ns_name} AAAA in {network}\n{}",
+            reply.text
+        );
+        assert_answers(
+            &dig(&bed, ns, RESOLVER6, &ns_name),
+            &[RESOLVER],
+            &format!("{ns_name} A in {network}"),
+        );
+    }
+    let status = bed.status();
+    let networks = &status["dns"]["networks"];
+    assert_eq!(
+        networks[0]["resolvers"],
+        serde_json::json!([RESOLVER.to_string(), RESOLVER6.to_string()]),
+        "{networks}"
+    );
+    assert_eq!(networks[0]["queries"]["answer"], 3, "{networks}");
 }
 
 #[test]

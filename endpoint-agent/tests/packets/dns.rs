@@ -1279,3 +1279,106 @@ fn the_resolver_address_answers_pings() {
         assert_eq!(rig.counters().packets(counter::DROP_ICMP), 1);
     });
 }
+
+/// An IPv6 resolver address: queries over IPv6 are answered likewise (A and AAAA records
+/// alike, `ns.<domain>` with both addresses), a datagram without a UDP checksum is
+/// dropped (IPv6 requires one), UDP to port 53 of another IPv6 address is not DNS, and the
+/// address answers neighbour solicitations and pings.
+#[test]
+fn an_ipv6_resolver_address_answers_over_ipv6_and_is_found_by_neighbour_discovery() {
+    use crate::ipv6::{icmpv6_checksum_ok, octets, solicitation};
+    let config = changed(
+        &config(),
+        "      - { zone: z2, ip: 10.0.0.111 }\n",
+        "      - { zone: z2, ip: 10.0.0.111 }\n      - { zone: z2, ip: 'fd00:a::111' }\n",
+    );
+    let config = changed(
+        &config,
+        "    - { consumer_network: vpc-a, ip: 10.0.0.2 }\n",
+        "    - { consumer_network: vpc-a, ip: 10.0.0.2 }\n    - { consumer_network: vpc-a, ip: 'fd00:a::2' }\n",
+    );
+    let (client6, resolver6) = (octets("fd00:a::10"), octets("fd00:a::2"));
+    with_rig_for(&config, |rig| {
+        let cons_a = rig.link("cons-a").mac;
+        let udp6 = |macs: ([u8; 6], [u8; 6]),
+                    addresses: ([u8; 16], [u8; 16]),
+                    ports: (u16, u16),
+                    message: &[u8]| {
+            let mut frame = Vec::new();
+            etherparse::PacketBuilder::ethernet2(macs.0, macs.1)
+                .ipv6(addresses.0, addresses.1, 64)
+                .udp(ports.0, ports.1)
+                .write(&mut frame, message)
+                .unwrap();
+            frame
+        };
+        let ask = |message: &[u8]| {
+            udp6(
+                (CLIENT_MAC, cons_a),
+                (client6, resolver6),
+                (CLIENT_PORT, 53),
+                message,
+            )
+        };
+        let answer = |message: &[u8]| {
+            udp6(
+                (cons_a, CLIENT_MAC),
+                (resolver6, client6),
+                (53, CLIENT_PORT),
+                message,
+            )
+        };
+        let asked_names = [
+            ("api-a.api.endpoints.internal", AAAA, aaaa("fd00:a::111")),
+            ("api-a-z1.api.endpoints.internal", A, a(API_A[0])),
+            ("ns.endpoints.internal", AAAA, aaaa("fd00:a::2")),
+            ("ns.endpoints.internal", A, a(RESOLVER)),
+        ];
+        for (id, (name, qtype, record)) in (60..).zip(asked_names) {
+            let asked = question(name, qtype, IN);
+            let message = query(id, RD, &asked);
+            let expected = [header(id, QR | AA | RD, [1, 1, 0, 0]), asked, record].concat();
+            let out = rig.run("cons-a", &ask(&message));
+            assert_eq!(out.action, XDP_REDIRECT, "{name}: {:?}", rig.counted());
+            assert_eq!(hex(&out.frame), hex(&answer(&expected)), "{name} {qtype}");
+        }
+        assert_eq!(dns_counted(rig), [4, 0, 0, 0, 0], "{:?}", rig.counted());
+        assert_eq!(dns_stats(rig, "vpc-a"), [4, 0, 0, 0]);
+
+        // No UDP checksum: dropped.
+        let mut unchecked = ask(&query(70, RD, &question(DOMAIN, SOA, IN)));
+        unchecked[14 + 40 + 6..14 + 40 + 8].copy_from_slice(&[0, 0]);
+        assert_eq!(rig.run("cons-a", &unchecked).action, XDP_DROP);
+        assert_eq!(rig.counters().packets(counter::DROP_BAD_CHECKSUM), 1);
+        // Port 53 of another address of the network (an endpoint's, with no listener
+        // there): not DNS.
+        let elsewhere = udp6(
+            (CLIENT_MAC, cons_a),
+            (client6, octets("fd00:a::111")),
+            (CLIENT_PORT, 53),
+            &query(71, RD, &question(DOMAIN, SOA, IN)),
+        );
+        assert_ne!(rig.run("cons-a", &elsewhere).action, XDP_REDIRECT);
+        assert_eq!(dns_counted(rig), [4, 0, 0, 0, 0], "{:?}", rig.counted());
+
+        // Neighbour discovery and pings find it.
+        let out = rig.run("cons-a", &solicitation(client6, resolver6, 255));
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", rig.counted());
+        assert_eq!(out.frame[22..38], resolver6, "advertised");
+        assert_eq!(out.frame[54], 136);
+        assert_eq!(rig.counters().packets(counter::NEIGHBOUR_ADVERT), 1);
+        let mut request = Vec::new();
+        etherparse::PacketBuilder::ethernet2(CLIENT_MAC, cons_a)
+            .ipv6(client6, resolver6, 64)
+            .icmpv6_echo_request(9, 3)
+            .write(&mut request, b"resolver?")
+            .unwrap();
+        let out = rig.run("cons-a", &request);
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", rig.counted());
+        let f = &out.frame;
+        assert_eq!((&f[22..38], &f[38..54]), (&resolver6[..], &client6[..]));
+        assert_eq!(f[54], 129, "echo reply");
+        assert!(icmpv6_checksum_ok(&f[22..38], &f[38..54], &f[54..]));
+        assert_eq!(rig.counters().packets(counter::ICMP_ECHO_REPLY), 1);
+    });
+}

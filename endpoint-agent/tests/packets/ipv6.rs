@@ -28,7 +28,7 @@ const fn fd00(subnet: u16, host: u16) -> [u8; 16] {
     Ipv6Addr::new(0xfd00, subnet, 0, 0, 0, 0, 0, host).octets()
 }
 
-fn octets(text: &str) -> [u8; 16] {
+pub(crate) fn octets(text: &str) -> [u8; 16] {
     text.parse::<Ipv6Addr>().unwrap().octets()
 }
 
@@ -125,7 +125,7 @@ fn run(command: &str) {
 }
 
 /// The one's complement sum of `bytes` folded, not complemented.
-fn sum(bytes: &[u8]) -> u32 {
+pub(crate) fn sum(bytes: &[u8]) -> u32 {
     let mut sum: u32 = bytes
         .chunks(2)
         .map(|w| u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32)
@@ -137,7 +137,7 @@ fn sum(bytes: &[u8]) -> u32 {
 }
 
 /// The sum of an ICMPv6 message from `src` to `dst` over its pseudo-header.
-fn icmpv6_sum(src: &[u8], dst: &[u8], message: &[u8]) -> u32 {
+pub(crate) fn icmpv6_sum(src: &[u8], dst: &[u8], message: &[u8]) -> u32 {
     let mut pseudo = Vec::new();
     pseudo.extend(src);
     pseudo.extend(dst);
@@ -148,13 +148,13 @@ fn icmpv6_sum(src: &[u8], dst: &[u8], message: &[u8]) -> u32 {
 }
 
 /// Whether an ICMPv6 message's checksum over its pseudo-header is right.
-fn icmpv6_checksum_ok(src: &[u8], dst: &[u8], message: &[u8]) -> bool {
+pub(crate) fn icmpv6_checksum_ok(src: &[u8], dst: &[u8], message: &[u8]) -> bool {
     icmpv6_sum(src, dst, message) == 0xffff
 }
 
 /// The frame of an ICMPv6 message from `src` to `dst`, sent with `hop_limit` from MAC
 /// `macs.0` to `macs.1`, its checksum computed here.
-fn icmpv6(
+pub(crate) fn icmpv6(
     macs: ([u8; 6], [u8; 6]),
     (src, dst): ([u8; 16], [u8; 16]),
     hop_limit: u8,
@@ -175,7 +175,7 @@ fn icmpv6(
 
 /// A neighbour solicitation for `target` from `src` (with its link-layer address
 /// option, unless from `::`), to the target's solicited-node multicast address.
-fn solicitation(src: [u8; 16], target: [u8; 16], hop_limit: u8) -> Vec<u8> {
+pub(crate) fn solicitation(src: [u8; 16], target: [u8; 16], hop_limit: u8) -> Vec<u8> {
     let mut group = octets("ff02::1:ff00:0");
     group[13..].copy_from_slice(&target[13..]);
     let mut message = vec![135, 0, 0, 0, 0, 0, 0, 0];
