@@ -300,8 +300,8 @@ pub fn resolvers(config: &Config, ids: &Ids, maps: &Maps) -> Result<Vec<NetworkD
     Ok(networks)
 }
 
-/// The DNS part of the status: per resolver address what it answered (summed over CPUs),
-/// and each private DNS name's verification.
+/// The DNS part of the status: per network what its resolver addresses answered (summed
+/// over CPUs), and each private DNS name's verification.
 fn dns(config: &Config, ids: &Ids, maps: &Maps, instance: &Instance) -> Result<Option<DnsStatus>> {
     let Some(settings) = &config.dns else {
         return Ok(None);
@@ -437,7 +437,7 @@ pub fn show(instance: &Instance) -> Result<String> {
             let counts: Vec<String> = n.queries.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(
                 out,
-                "  {:<12} resolver {:<15} {}",
+                "  {:<12} resolvers {:<24} {}",
                 n.consumer_network,
                 n.resolvers.join(", "),
                 counts.join(", ")

@@ -243,8 +243,9 @@ pub struct Interface {
     /// it. A flow keeps its route for a second without asking the kernel, and replies
     /// never ask: this is their check. 0: unknown, not checked.
     pub mtu: u32,
-    /// Consumer interfaces: the network's resolver address, where DNS queries to port
-    /// 53 are answered (as in the packet; 0: none).
+    /// Consumer interfaces: the network's IPv4 resolver address, where DNS queries to
+    /// port 53 are answered (as in the packet; 0: none). An IPv6 one is in `ADDRESSES`
+    /// only.
     pub resolver: [u8; 4],
     pub _pad3: u32,
 }
@@ -452,7 +453,8 @@ pub mod address_kind {
     /// The IP of an endpoint request that was never accepted: ARP for it is not
     /// answered (a request claims no address), only counted for the endpoint.
     pub const WAITING: u32 = 3;
-    /// A consumer network's resolver address: ARP for it is answered, DNS to it too.
+    /// A consumer network's resolver address: ARP or neighbour discovery for it is
+    /// answered, DNS to it too.
     pub const RESOLVER: u32 = 4;
     /// An endpoint IP another node of its zone holds (a fleet's failover): traffic
     /// that arrives is carried as for `ENDPOINT`, but ARP is left to the holder.
@@ -872,7 +874,7 @@ impl Default for DnsSettings {
     }
 }
 
-/// `DNS_STATS` (per CPU): per consumer network, what its resolver address answered
+/// `DNS_STATS` (per CPU): per consumer network, what its resolver addresses answered
 /// (indexed `network * dns_counter::COUNT + counter`).
 pub mod dns_counter {
     /// Answers with records, or none of the type asked (NODATA).

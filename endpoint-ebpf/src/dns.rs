@@ -65,6 +65,9 @@ const OPCODE: u8 = 0x78;
 const AA: u8 = 0x04;
 const RD: u8 = 0x01;
 
+/// The ECN bits of the IPv4 TOS byte and the IPv6 traffic class.
+const ECN: u8 = 0x03;
+
 /// A zone transfer (AXFR, IXFR) is not served.
 const AXFR: u16 = 252;
 const IXFR: u16 = 251;
@@ -530,12 +533,9 @@ fn write<T: Copy>(at: &mut T, value: T) {
 /// label type). A label at a time, 8 of its bytes a step.
 #[inline(never)]
 fn scan_name(work: &mut Work, len: u32) {
-    // Read back and bounded here: the compiler, knowing the caller's bound on `len`,
-    // would drop the masks the verifier needs.
+    // Read back: the compiler, knowing the caller's bound on `len`, would drop the masks
+    // the verifier needs.
     let len = read(&len);
-    if len > DNS_ROOM as u32 {
-        return;
-    }
     write(
         &mut work.scan,
         Scan {
@@ -777,9 +777,9 @@ fn note(network: u32, which: u32) {
 }
 
 /// Writes the message's `len` bytes (HEADER..DNS_ROOM) where the frame holds it (at
-/// `offset`, 42 or 62), a word
-/// at a time, the last word ending with the message (overlapping the one before); their
-/// sum, the bytes after the last whole word summed with the zeros after them.
+/// `offset`, 42 or 62), a word at a time, the last word ending with the message
+/// (overlapping the one before); their sum, the bytes after the last whole word summed
+/// with the zeros after them.
 #[inline(always)]
 fn put_message(ctx: &XdpContext, offset: usize, message: *const u8, len: u32) -> Option<WideSum> {
     let put = |at: usize| {
@@ -879,6 +879,8 @@ fn send(ctx: &XdpContext, interface: &Interface, reply: &Reply) -> Outcome {
             grow_at_head::<MESSAGE_OFFSET>(ctx, grow)
         }
     };
+    // (Should the headers' move fail after the head grew, which a frame longer than them
+    // rules out, the length check below drops the answer.)
     // SAFETY: resizing the frame; every pointer is derived again below.
     let resized =
         grow == 0 || (grow > 0 && at_head()) || unsafe { bpf_xdp_adjust_tail(ctx.ctx, grow) } == 0;
@@ -928,7 +930,13 @@ fn headers_v4(ctx: &XdpContext, interface: &Interface, len: u32, sum: Sum) -> bo
         let total = (Ipv4Hdr::LEN as u16 + UdpHdr::LEN as u16 + len as u16).to_be_bytes();
         let ttl = [64, ip.proto];
         let df = [0x40, 0];
+        // The query's ECN bits are not the answer's: the node does not do ECN.
+        let tos = [ip.vihl, ip.tos & !ECN];
         ip.check = Delta::default()
+            .word(
+                u16::from_ne_bytes([ip.vihl, ip.tos]),
+                u16::from_ne_bytes(tos),
+            )
             .word(u16::from_ne_bytes(ip.tot_len), u16::from_ne_bytes(total))
             .word(
                 u16::from_ne_bytes([ip.ttl, ip.proto]),
@@ -937,6 +945,7 @@ fn headers_v4(ctx: &XdpContext, interface: &Interface, len: u32, sum: Sum) -> bo
             .word(u16::from_ne_bytes(ip.frags), u16::from_ne_bytes(df))
             .apply(u16::from_ne_bytes(ip.check))
             .to_ne_bytes();
+        ip.tos = tos[1];
         ip.tot_len = total;
         ip.ttl = 64;
         ip.frags = df;
@@ -963,6 +972,8 @@ fn headers_v6(ctx: &XdpContext, interface: &Interface, len: u32, sum: Sum) -> bo
         eth.dst_addr = eth.src_addr;
         eth.src_addr = interface.mac;
         icmpv6::swap_addresses(ip);
+        // Nor are its ECN bits (the traffic class's last two).
+        ip.vcf[1] &= !(ECN << 4);
         ip.payload_len = ((UdpHdr::LEN as u32 + len) as u16).to_be_bytes();
         ip.hop_limit = 64;
         let (src, dst) = (

@@ -1044,7 +1044,15 @@ fn a_query_is_checked_like_endpoint_traffic_but_answered_whatever_its_ttl() {
             hex(&out.frame),
             hex(&answer_frame(&datagram, mac, &expected))
         );
-        assert_eq!(dns_counted(rig), [2, 0, 0, 0, 0], "{:?}", rig.counted());
+        // An ECN-capable query (ECT(0)): the answer is not (the node does not do ECN).
+        let mut ect = frame(&datagram, &message);
+        ect[15] = 0x02;
+        let out = rig.run("cons-a", &with_ip_checksum(ect));
+        assert_eq!(
+            hex(&out.frame),
+            hex(&answer_frame(&datagram, mac, &expected))
+        );
+        assert_eq!(dns_counted(rig), [3, 0, 0, 0, 0], "{:?}", rig.counted());
 
         // A wrong UDP or IPv4 checksum.
         let mut bad_udp = frame(&datagram, &message);
@@ -1104,8 +1112,8 @@ fn a_query_is_checked_like_endpoint_traffic_but_answered_whatever_its_ttl() {
         let out = rig.run("cons-a", &frame(&spoofed, &message));
         assert_eq!(out.action, XDP_REDIRECT);
         assert_eq!(out.frame[..6], spoofed.mac_src);
-        assert_eq!(dns_counted(rig), [4, 0, 0, 0, 0], "{:?}", rig.counted());
-        assert_eq!(dns_stats(rig, "vpc-a"), [4, 0, 0, 0]);
+        assert_eq!(dns_counted(rig), [5, 0, 0, 0, 0], "{:?}", rig.counted());
+        assert_eq!(dns_stats(rig, "vpc-a"), [5, 0, 0, 0]);
     });
 }
 
@@ -1338,7 +1346,12 @@ fn an_ipv6_resolver_address_answers_over_ipv6_and_is_found_by_neighbour_discover
             let asked = question(name, qtype, IN);
             let message = query(id, RD, &asked);
             let expected = [header(id, QR | AA | RD, [1, 1, 0, 0]), asked, record].concat();
-            let out = rig.run("cons-a", &ask(&message));
+            let mut frame = ask(&message);
+            if id == 60 {
+                // ECN-capable (ECT(0) in the traffic class): the answer is not.
+                frame[15] |= 0x20;
+            }
+            let out = rig.run("cons-a", &frame);
             assert_eq!(out.action, XDP_REDIRECT, "{name}: {:?}", rig.counted());
             assert_eq!(hex(&out.frame), hex(&answer(&expected)), "{name} {qtype}");
         }

@@ -458,7 +458,9 @@ pub fn count_syn_ack(ctx: XdpContext) -> u32 {
 
 /// Puts the query frame of `DNS_FRAME` in place of the packet, the packet first resized
 /// to its length at its head, where the answer grew it (always, even by 0 bytes, so that
-/// `restore_dns_pass` costs what the restore in `restore_dns` does).
+/// `restore_dns_pass` costs what the restore in `restore_dns` does). For answers longer
+/// than the query only: a shorter one is cut at the tail, and this would take the
+/// headroom away repeat by repeat.
 #[inline(always)]
 fn restore_query(ctx: &XdpContext) -> bool {
     let Some(frame) = DNS_FRAME.get_ptr_mut(0) else {
