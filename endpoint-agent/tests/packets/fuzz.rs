@@ -2900,7 +2900,7 @@ impl<'r> Fuzz<'r> {
 
     /// The output is the answer the model expects: back out the interface to the asker,
     /// from the address and port it asked (the rest of the IPv4 header kept but for the
-    /// lengths, DF, TTL 64), both checksums right (computed here); the message parses,
+    /// lengths, DF, TTL 64 and the ECN bits, cleared), both checksums right (computed here); the message parses,
     /// echoes the ID and the question byte for byte, has the flags, rcode and counts the
     /// model gives, and exactly its records.
     fn check_dns_reply(&self, ran: &Ran, reply: &DnsReply) {
@@ -2914,7 +2914,7 @@ impl<'r> Fuzz<'r> {
         let message = &out[42..];
         let mut headers = f[6..12].to_vec();
         headers.extend(p.mac);
-        headers.extend([8, 0, 0x45, f[15]]);
+        headers.extend([8, 0, 0x45, f[15] & !3]);
         headers.extend(((20 + 8 + message.len()) as u16).to_be_bytes());
         headers.extend(&f[18..20]);
         headers.extend([DF, 0, 64, 17]);
