@@ -109,6 +109,23 @@ pub const fn suffix(full: u64, prefix: u64, power: u64) -> u64 {
     full.wrapping_sub(prefix.wrapping_mul(power))
 }
 
+/// Which of a name's eight address zones (`zones`) are the client's `zone` (0: none
+/// is): bit i for byte i, without a loop or a branch.
+#[inline(always)]
+pub const fn zone_mask(zones: [u8; 8], zone: u8) -> u8 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const LOW: u64 = 0x7f * ONES;
+    if zone == 0 {
+        return 0;
+    }
+    // A byte of `x` is zero where the zone is the client's.
+    let x = u64::from_le_bytes(zones) ^ (zone as u64).wrapping_mul(ONES);
+    // Each byte's top bit set exactly if the byte is zero (no carry crosses bytes).
+    let zero = !(((x & LOW) + LOW) | x | LOW);
+    // The top bits gathered, byte i's to bit i, in the product's top byte.
+    ((zero >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8
+}
+
 /// The hash of a dotted name (`Api.Example.com`, a trailing dot or not) and its label
 /// count.
 #[cfg(feature = "user")]
@@ -179,6 +196,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_zone_mask_has_a_bit_for_each_address_in_the_zone() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // Zones 0..4 only, so that matches are common.
+            let zones = (seed >> 8).to_le_bytes().map(|b| b % 4);
+            for zone in 0..4 {
+                let expected = (0..8)
+                    .filter(|&i| zone != 0 && zones[i] == zone)
+                    .fold(0u8, |m, i| m | 1 << i);
+                assert_eq!(zone_mask(zones, zone), expected, "{zones:?} {zone}");
+            }
+        }
+        assert_eq!(zone_mask([0xff; 8], 0xff), 0xff);
+        assert_eq!(
+            zone_mask([0x7f, 0x80, 0xff, 1, 0, 0xfe, 0x81, 0xff], 0xff),
+            0b1000_0100
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! each loop's paths converge.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use endpoint_common::{
@@ -87,6 +87,8 @@ struct Work {
     /// Where the answer being built ends, and the answers in it.
     at: u32,
     answers: u32,
+    /// Where the segment `copy` copies is in the frame, and its length.
+    copy: [u32; 2],
 }
 
 /// Labels a name may have (127 in 255 bytes), a power of two for the mask.
@@ -290,13 +292,14 @@ fn build(
         // Rewritten under every read: the client asks again.
         return Err(Outcome::drop(counter::DROP_DNS));
     };
-    let code = respond(
-        work,
-        network,
-        found.then_some(&*name),
-        interface.zone,
-        (qtype as u32) << 16 | qclass as u32,
-    );
+    let question = (qtype as u32) << 16 | qclass as u32;
+    // The common answer, a name's addresses, needs no other lookup and no call.
+    let code = if found && addresses(work, name, interface.zone, question) {
+        header(work, rcode::NOERROR, false);
+        rcode::NOERROR
+    } else {
+        respond(work, network, found.then_some(&*name), question)
+    };
     if edns.is_some() {
         work.message[11] = 1;
         put_opt(work, 0);
@@ -310,9 +313,9 @@ fn build(
 }
 
 /// Copies the UDP segment into `work` (the message after its header), up to DNS_ROOM
-/// bytes of message, and checks its checksum, if it has one: summed here in words, or
-/// by the kernel for a segment longer than that.
-#[inline(never)]
+/// bytes of message, and checks its checksum, if it has one: summed here as it is
+/// copied, or by the kernel for a segment longer than that.
+#[inline(always)]
 fn load(ctx: &XdpContext, packet: &Packet, work: &mut Work) -> Result<(), Outcome> {
     const MOST: u32 = (UdpHdr::LEN + DNS_ROOM) as u32;
     let length = packet.l4_len();
@@ -323,15 +326,10 @@ fn load(ctx: &XdpContext, packet: &Packet, work: &mut Work) -> Result<(), Outcom
     if length < UdpHdr::LEN as u32 {
         return Err(Outcome::drop(counter::DROP_DNS));
     }
-    let segment = (&raw mut work.udp).cast::<u8>();
-    // SAFETY: at most MOST bytes into the room for the header and message, then a word
-    // of zeros (the sum's padding) within it.
-    unsafe {
-        if bpf_xdp_load_bytes(ctx.ctx, packet.l4_offset() as u32, segment.cast(), length) != 0 {
-            return Err(Outcome::drop(counter::DROP_DNS));
-        }
-        mem::store_u64(segment.add(length as usize), 0);
-    }
+    write(&mut work.copy, [packet.l4_offset() as u32, length]);
+    let Some(sum) = copy(ctx, work) else {
+        return Err(Outcome::drop(counter::DROP_DNS));
+    };
     if packet.l4_len() > MOST {
         return Ok(());
     }
@@ -344,45 +342,68 @@ fn load(ctx: &XdpContext, packet: &Packet, work: &mut Work) -> Result<(), Outcom
         };
     }
     let pseudo = verify::pseudo_header(packet.src(), packet.dst(), PROTO_UDP, length);
-    let sum = sum(
-        segment,
-        length,
-        WideSum::default().word(pseudo.partial() as u64),
-    );
-    if sum.sum().finish() != 0 {
+    if sum.word(pseudo.partial() as u64).sum().finish() != 0 {
         return Err(Outcome::drop(counter::DROP_BAD_CHECKSUM));
     }
     Ok(())
 }
 
-/// `sum` and the `len` bytes at `at` (at most DNS_ROOM + 8), zeros after them to the
-/// next word: a loop of a few instructions a word, cheaper here than a helper's call.
-#[inline(always)]
-fn sum(at: *const u8, len: u32, sum: WideSum) -> WideSum {
-    const MOST: u32 = (UdpHdr::LEN + DNS_ROOM) as u32 / 8 + 1;
-    let words = len.div_ceil(8);
-    let mut sum = sum;
+/// Copies the segment `work.copy` describes — its length (8 to UDP header + DNS_ROOM,
+/// as the caller checked) and where it is in the frame — to `work.udp` and the
+/// message, zeros after it to the next word, a word at a time (cheaper here than a
+/// helper's call); returns its sum, or None if it is not all in the frame.
+///
+/// Its own BPF function, which reads the length and place from memory: what the
+/// verifier learns of them on each way out of the loop then stays here, and does not
+/// keep those paths apart in the caller.
+#[inline(never)]
+fn copy(ctx: &XdpContext, work: &mut Work) -> Option<WideSum> {
+    const MOST: u32 = (UdpHdr::LEN + DNS_ROOM) as u32 / 8;
+    let [offset, len] = read(&work.copy);
+    let len = len & (2 * DNS_ROOM as u32 - 1);
+    if len < UdpHdr::LEN as u32 {
+        return None;
+    }
+    let to = (&raw mut work.udp).cast::<u8>();
+    let (from, end) = (ctx.data() + (offset as usize & 63), ctx.data_end());
+    let words = len / 8;
+    let mut sum = WideSum::default();
     let mut i = 0;
     while i < words && i < MOST {
-        // SAFETY: the caller's bytes and padding.
-        sum = sum.word(unsafe { mem::load_u64(at.add(8 * i as usize)) });
+        let at = from + 8 * i as usize;
+        if at + 8 > end {
+            return None;
+        }
+        // SAFETY: 8 bytes of the frame (checked), into the room for the segment.
+        let word = unsafe { mem::load_u64(at as *const u8) };
+        unsafe { mem::store_u64(to.add(8 * i as usize), word) };
+        sum = sum.word(word);
         i += 1;
     }
-    sum
+    // The bytes after the last whole word: the top ones of the 8 that end the segment.
+    // (Masked: checked and loaded at the same place, not 8 bytes before it.)
+    let last = from + ((len - 8) as usize & (2 * DNS_ROOM - 1));
+    if last + 8 > end {
+        return None;
+    }
+    let rest = len % 8;
+    let word = if rest == 0 {
+        0
+    } else {
+        // SAFETY: 8 bytes of the frame (checked).
+        unsafe { mem::load_u64(last as *const u8) >> (8 * (8 - rest)) }
+    };
+    // SAFETY: the word after the last whole one, within the room.
+    unsafe { mem::store_u64(to.add(8 * words as usize), word) };
+    Some(sum.word(word))
 }
 
 /// Writes the answer to the question `work.scan` describes (type and class in
-/// `question`; `name`, its record in `network`, if it has one) for a client in
-/// `zone`, after the question, with its header but no OPT record; returns its response
-/// code.
+/// `question`; `name`, its record in `network`, if it has one) when it is not the
+/// name's addresses, after the question, with its header but no OPT record; returns its
+/// response code.
 #[inline(never)]
-fn respond(work: &mut Work, network: u32, name: Option<&Name>, zone: u8, question: u32) -> u8 {
-    if let Some(name) = name
-        && addresses(work, name, zone, question)
-    {
-        header(work, rcode::NOERROR, false);
-        return rcode::NOERROR;
-    }
+fn respond(work: &mut Work, network: u32, name: Option<&Name>, question: u32) -> u8 {
     let (qtype, qclass) = ((question >> 16) as u16, question as u16);
     let Some(settings) = settings() else {
         return rcode::REFUSED;
@@ -647,7 +668,7 @@ fn find_apex(work: &mut Work, network: u32, labels: u32) {
 
 /// Copies the record of the name `key` into `to`: whether there is one, or None if
 /// it was given to other keys under each of a few reads.
-#[inline(never)]
+#[inline(always)]
 fn fetch(to: &mut Name, key: &NameKey) -> Option<bool> {
     let mut attempt = 0;
     while attempt < 3 {
@@ -754,16 +775,19 @@ fn in_zone_order(
     len: u32,
     record: impl Fn(usize) -> [u64; 4],
 ) {
-    let mut i = 0;
-    while i < 2 * MAX_NAME_ADDRESSES {
-        let (first_pass, index) = (i < MAX_NAME_ADDRESSES, i % MAX_NAME_ADDRESSES);
-        i += 1;
-        let local = zone != 0 && zones[index] == zone;
-        if index < count as usize && local == first_pass {
-            put_words(work, record(index), len);
+    const { assert!(MAX_NAME_ADDRESSES == 8) };
+    let all = (1u32 << (count as u32).min(8)) - 1;
+    let local = dns::zone_mask(*zones, zone) as u32 & all;
+    // Bit j: address j % 8 is written j-th — the local ones, then the others.
+    let order = local | (all & !local) << MAX_NAME_ADDRESSES;
+    let mut j = 0;
+    while j < 2 * MAX_NAME_ADDRESSES {
+        if order & 1 << j != 0 {
+            put_words(work, record(j % MAX_NAME_ADDRESSES), len);
             let answers = read(&work.answers);
             write(&mut work.answers, answers + 1);
         }
+        j += 1;
     }
 }
 
