@@ -353,10 +353,10 @@ fn load(ctx: &XdpContext, packet: &Packet, work: &mut Work) -> Result<(), Outcom
 /// message, zeros after it to the next word, a word at a time (cheaper here than a
 /// helper's call); returns its sum, or None if it is not all in the frame.
 ///
-/// Its own BPF function, which reads the length and place from memory: what the
-/// verifier learns of them on each way out of the loop then stays here, and does not
-/// keep those paths apart in the caller.
-#[inline(never)]
+/// The length and place are read from memory: what the verifier learns of them on
+/// each way out of the loop then stays with these copies, which die here, rather than
+/// keeping those paths apart to the end of the program.
+#[inline(always)]
 fn copy(ctx: &XdpContext, work: &mut Work) -> Option<WideSum> {
     const MOST: u32 = (UdpHdr::LEN + DNS_ROOM) as u32 / 8;
     let [offset, len] = read(&work.copy);
@@ -781,7 +781,7 @@ fn in_zone_order(
     // Bit j: address j % 8 is written j-th — the local ones, then the others.
     let order = local | (all & !local) << MAX_NAME_ADDRESSES;
     let mut j = 0;
-    while j < 2 * MAX_NAME_ADDRESSES {
+    while j < 2 * MAX_NAME_ADDRESSES && order >> j != 0 {
         if order & 1 << j != 0 {
             put_words(work, record(j % MAX_NAME_ADDRESSES), len);
             let answers = read(&work.answers);
@@ -806,9 +806,11 @@ fn note(network: u32, which: u32) {
 /// with the zeros after them.
 #[inline(always)]
 fn put_message(ctx: &XdpContext, offset: usize, message: *const u8, len: u32) -> Option<WideSum> {
+    // Read once: the stores below might change them, for all the compiler knows.
+    let (start, end) = (ctx.data() + offset, ctx.data_end());
     let put = |at: usize| {
-        let to = ctx.data() + offset + at;
-        if to + 8 > ctx.data_end() {
+        let to = start + at;
+        if to + 8 > end {
             return None;
         }
         // SAFETY: 8 bytes of the message, and of the frame (checked).
