@@ -323,10 +323,8 @@ fn load(ctx: &XdpContext, packet: &Packet, work: &mut Work) -> Result<(), Outcom
         verify::transport_checksum(ctx, packet, 0)?;
     }
     let length = if length > MOST { MOST } else { length };
-    if length < UdpHdr::LEN as u32 {
-        return Err(Outcome::drop(counter::DROP_DNS));
-    }
     write(&mut work.copy, [packet.l4_offset() as u32, length]);
+    // (Shorter than a UDP header: dropped there.)
     let Some(sum) = copy(ctx, work) else {
         return Err(Outcome::drop(counter::DROP_DNS));
     };
@@ -348,10 +346,10 @@ fn load(ctx: &XdpContext, packet: &Packet, work: &mut Work) -> Result<(), Outcom
     Ok(())
 }
 
-/// Copies the segment `work.copy` describes — its length (8 to UDP header + DNS_ROOM,
-/// as the caller checked) and where it is in the frame — to `work.udp` and the
-/// message, zeros after it to the next word, a word at a time (cheaper here than a
-/// helper's call); returns its sum, or None if it is not all in the frame.
+/// Copies the segment `work.copy` describes — its length (at most UDP header +
+/// DNS_ROOM) and where it is in the frame — to `work.udp` and the message, zeros after
+/// it to the next word, a word at a time (cheaper here than a helper's call); returns
+/// its sum, or None if it is shorter than a UDP header or not all in the frame.
 ///
 /// The length and place are read from memory: what the verifier learns of them on
 /// each way out of the loop then stays with these copies, which die here, rather than
