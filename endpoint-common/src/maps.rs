@@ -832,13 +832,17 @@ pub struct Name {
     /// Each address's zone id ([`Interface::zone`]).
     pub zones: [u8; MAX_NAME_ADDRESSES],
     pub zones6: [u8; MAX_NAME_ADDRESSES],
-    /// The addresses, as in the packet.
-    pub addrs: [[u8; 4]; MAX_NAME_ADDRESSES],
-    pub addrs6: [[u8; 16]; MAX_NAME_ADDRESSES],
     /// The records' TTL, as in the packet (`dns.ttl_seconds`; here too, so that an
     /// answer needs no other lookup).
     pub ttl: [u8; 4],
+    /// The addresses, as in the packet. The IPv6 ones last: an answer without AAAA
+    /// records reads only the words before them ([`NAME_WITHOUT_AAAA`]).
+    pub addrs: [[u8; 4]; MAX_NAME_ADDRESSES],
+    pub addrs6: [[u8; 16]; MAX_NAME_ADDRESSES],
 }
+
+/// The bytes of a [`Name`] before its IPv6 addresses.
+pub const NAME_WITHOUT_AAAA: usize = core::mem::offset_of!(Name, addrs6);
 
 /// Longest SOA and NS records, after their owner name (validated: the domain is at most
 /// 64 bytes in wire format).
@@ -897,6 +901,7 @@ const _: () = {
     assert!(size_of::<Interface>() == 32);
     assert!(size_of::<NameKey>() == 16);
     assert!(size_of::<Name>() == 200);
+    assert!(NAME_WITHOUT_AAAA.is_multiple_of(8));
     assert!(size_of::<DnsSettings>() == 8 + MAX_SOA + MAX_NS);
     assert!(size_of::<PortBitmap>() == 8192);
     assert!(size_of::<EndpointKey>() == 24);
