@@ -194,25 +194,16 @@ fn answer(ctx: &XdpContext, interface: &Interface, packet: &Packet) -> Outcome {
     // SAFETY: per-CPU room, larger than `Room` (asserted above).
     let room = unsafe { &mut *room.cast::<Room>() };
     match build(ctx, interface, packet, room) {
-        Ok((len, counted)) => {
-            let reply = Reply {
-                len,
-                counted,
-                v6: packet.is_ipv6(),
-            };
-            send(ctx, interface, &reply, &mut room.work)
-        }
+        Ok((len, counted)) => send(
+            ctx,
+            interface,
+            &mut room.work,
+            len,
+            counted,
+            packet.is_ipv6(),
+        ),
         Err(outcome) => outcome,
     }
-}
-
-/// An answer built in `SEGMENT`, to be sent: its length, how it is counted, and the
-/// query's family (known to the verifier on each path, which then checks one family's
-/// headers on each).
-struct Reply {
-    len: u32,
-    counted: [u32; 2],
-    v6: bool,
 }
 
 /// How an answer is counted: the data path's counter and the network's.
@@ -881,15 +872,19 @@ fn grow_at_head<const N: usize>(ctx: &XdpContext, grow: i32) -> bool {
     true
 }
 
-/// Sends the reply's message (in `work`) back to the querier, from the resolver
-/// address: the frame resized, addresses and ports swapped, lengths and checksums new.
+/// Sends the answer built in `work` (`len` bytes, counted as `counted`) back to the
+/// querier, from the resolver address: the frame resized, addresses and ports swapped,
+/// lengths and checksums new. `v6`, the query's family, is known to the verifier on each
+/// path, which then checks one family's headers on each.
 #[inline(always)]
-fn send(ctx: &XdpContext, interface: &Interface, reply: &Reply, work: &mut Work) -> Outcome {
-    let Reply {
-        len,
-        counted: [sent, which],
-        v6,
-    } = *reply;
+fn send(
+    ctx: &XdpContext,
+    interface: &Interface,
+    work: &mut Work,
+    len: u32,
+    [sent, which]: [u32; 2],
+    v6: bool,
+) -> Outcome {
     let dropped = Outcome::drop(counter::DROP_DNS);
     let len = len & (DNS_ROOM as u32 - 1);
     if len < HEADER as u32 {
